@@ -1,0 +1,1 @@
+"""The HTTP API: auth, action tokens, increments and batches into the stream."""

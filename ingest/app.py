@@ -1,0 +1,94 @@
+"""The ingest Starlette app: routes, error handlers, and the lifespan that owns
+the Redis client, the registered scripts, the Postgres pool and the keys.
+
+Run with ``uvicorn --factory ingest.app:create_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import redis.asyncio as redis_asyncio
+import redis.exceptions
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ingest import auth_routes, health, metrics, score_routes
+from ingest.http import error_response
+from ingest.state import IngestState
+from scoreboard.db import create_pool
+from scoreboard.errors import RequestError
+from scoreboard.jwt_tokens import JWTAuthority
+from scoreboard.keys import Keys
+from scoreboard.logs import configure_logging
+from scoreboard.lua import register_scripts
+from scoreboard.settings import Settings, load_settings
+from scoreboard.signing_keys import load_action_keys, load_jwt_keys
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_UNAVAILABLE_S = 1
+
+
+async def _request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return error_response(exc)
+
+
+async def _dependency_down(request: Request, exc: Exception) -> Response:
+    """Redis or Postgres did not answer: 503, the client retries, nothing was half-written."""
+    logger.warning("dependency unavailable on %s: %r", request.url.path, exc)
+    return error_response(RequestError(503, "unavailable",
+                                       "a storage dependency is unavailable; retry shortly",
+                                       retry_after_s=RETRY_AFTER_UNAVAILABLE_S))
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+    if settings.redis_url is None or settings.database_url is None:
+        raise RuntimeError("REDIS_URL and DATABASE_URL must be set (the run command sets them)")
+    redis_url, database_url = settings.redis_url, settings.database_url
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = redis_asyncio.Redis.from_url(redis_url, socket_connect_timeout=2,
+                                              socket_timeout=5, health_check_interval=30)
+        pool = await create_pool(database_url, max_size=10)
+        app.state.ingest = IngestState(
+            settings=settings, keys=Keys(settings.key_prefix), redis=client,
+            scripts=register_scripts(client), pool=pool,
+            jwt=JWTAuthority(load_jwt_keys(settings.jwt_keys_path), issuer=settings.jwt_issuer,
+                             audience=settings.jwt_audience, ttl_s=settings.access_token_ttl_s),
+            action_keys=load_action_keys(settings.action_keys_path))
+        try:
+            yield
+        finally:
+            await pool.close()
+            await client.aclose()
+
+    routes = [
+        Route("/api/auth/register", auth_routes.register, methods=["POST"]),
+        Route("/api/auth/login", auth_routes.login, methods=["POST"]),
+        Route("/api/auth/refresh", auth_routes.refresh, methods=["POST"]),
+        Route("/api/auth/logout", auth_routes.logout, methods=["POST"]),
+        Route("/.well-known/jwks.json", auth_routes.jwks, methods=["GET"]),
+        Route("/api/actions/token", score_routes.issue_action_token, methods=["POST"]),
+        Route("/api/scores/increment", score_routes.increment, methods=["POST"]),
+        Route("/api/scores/batch", score_routes.batch, methods=["POST"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
+    ]
+    unavailable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                   asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                   asyncpg.InterfaceError, ConnectionError, TimeoutError)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        RequestError: _request_error, **{kind: _dependency_down for kind in unavailable}})
+    app.add_middleware(metrics.ObservabilityMiddleware, router=app.router)
+    configure_logging(settings.log_level)
+    return app

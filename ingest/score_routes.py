@@ -1,0 +1,135 @@
+"""The hot endpoints: action tokens, increments, game-backend batches.
+
+Each does its cheap checks in Python (JWT, fields, the action token's HMAC)
+and then exactly one Redis round trip: the endpoint's Lua script, which
+either refuses with nothing written or writes everything (see ``lua/``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingest import metrics
+from ingest.bearer import authenticate, unauthorized
+from ingest.http import JSONResponse, read_json
+from ingest.state import IngestState, request_client, state_of
+from ingest.validation import parse_batch, parse_increment
+from scoreboard import action_tokens
+from scoreboard.errors import ActionTokenError, RequestError
+from scoreboard.limits import retry_after_seconds
+
+BACKEND_SCOPE = "scores:write"
+
+
+def _refusal(reason: str, retry_after_ms: int) -> RequestError:
+    """Map a script's refusal reason to the API's status and code."""
+    if reason == "revoked":
+        return unauthorized("token_revoked", "access token has been revoked")
+    if reason == "banned":
+        return RequestError(403, "user_banned", "this user is banned")
+    if reason in ("token_used", "duplicate"):
+        return RequestError(403, "action_token_used",
+                            "action token was already used, or was never issued")
+    if reason == "token_foreign":
+        return RequestError(403, "action_token_foreign", "action token was issued to another user")
+    if reason.startswith("limited"):
+        scope = {"limited_user": "this user", "limited_ip": "this address",
+                 "limited_backend": "this client"}.get(reason, "this caller")
+        return RequestError(429, "rate_limited", f"too many requests from {scope}",
+                            retry_after_s=retry_after_seconds(retry_after_ms))
+    raise RuntimeError(f"unknown script result {reason!r}")
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def issue_action_token(request: Request) -> Response:
+    state = state_of(request)
+    claims = authenticate(request, state)
+    settings, keys = state.settings, state.keys
+    nonce = secrets.token_hex(16)
+    user_rate, ip_rate = settings.action_token_rate, settings.ip_rate
+    reason, retry_ms = await state.scripts.action_token(
+        keys=[keys.revoked_jti(claims.jti), keys.banned(claims.sub),
+              keys.user_rate("action_token", claims.sub),
+              keys.ip_rate("action_token", request_client(request, state)),
+              keys.action_token(nonce)],
+        args=[claims.sub, *user_rate.as_args(), *ip_rate.as_args(),
+              settings.action_token_ttl_s * 1000])
+    reason = _decode(reason)
+    metrics.script_outcome("action_token", reason)
+    if reason != "ok":
+        raise _refusal(reason, int(retry_ms))
+    key_id, key = list(state.action_keys.items())[-1]
+    issued_ms = int(time.time() * 1000)
+    token = action_tokens.encode(
+        action_tokens.ActionToken(user_id=claims.sub, issued_ms=issued_ms, nonce=nonce,
+                                  key_id=key_id), key)
+    return JSONResponse({"action_token": token,
+                         "expires_at": (issued_ms + settings.action_token_ttl_s * 1000) / 1000})
+
+
+async def increment(request: Request) -> Response:
+    state = state_of(request)
+    claims = authenticate(request, state)
+    settings, keys = state.settings, state.keys
+    body = parse_increment(await read_json(request, max_bytes=settings.max_body_bytes),
+                           max_points=settings.max_points_per_increment)
+    try:
+        token = action_tokens.verify(body.action_token, keys=state.action_keys,
+                                     user_id=claims.sub, now_ms=int(time.time() * 1000),
+                                     ttl_ms=settings.action_token_ttl_s * 1000)
+    except ActionTokenError as exc:
+        metrics.script_outcome("increment", exc.code)
+        raise RequestError(403, exc.code, exc.detail) from None
+    event_id = "at-" + token.nonce
+    address = request_client(request, state)
+    reason, detail, *_ = await state.scripts.increment(
+        keys=[keys.action_token(token.nonce), keys.revoked_jti(claims.jti),
+              keys.banned(claims.sub), keys.flagged(claims.sub),
+              keys.user_rate("increment", claims.sub),
+              keys.user_rate("increment_flagged", claims.sub),
+              keys.ip_rate("increment", address), keys.event(event_id), keys.stream],
+        args=[claims.sub, *settings.increment_rate.as_args(),
+              *settings.flagged_increment_rate.as_args(), *settings.ip_rate.as_args(),
+              settings.dedup_ttl_s * 1000, event_id, body.board, body.points, claims.name,
+              "player", address, request.scope["state"]["request_id"]])
+    reason = _decode(reason)
+    metrics.script_outcome("increment", reason)
+    if reason != "ok":
+        raise _refusal(reason, int(detail))
+    return JSONResponse({"event_id": event_id, "status": "accepted"}, status_code=202)
+
+
+async def batch(request: Request) -> Response:
+    state = state_of(request)
+    claims = authenticate(request, state)
+    if BACKEND_SCOPE not in claims.scopes:
+        raise RequestError(403, "insufficient_scope", f"this endpoint needs scope {BACKEND_SCOPE}")
+    settings, keys = state.settings, state.keys
+    increments = parse_batch(await read_json(request, max_bytes=settings.max_body_bytes),
+                             max_points=settings.max_points_per_increment,
+                             max_increments=settings.max_batch_increments)
+    script_keys = [keys.revoked_jti(claims.jti), keys.user_rate("backend", claims.sub),
+                   keys.stream]
+    script_args: list[Any] = [*settings.backend_rate.as_args(), settings.dedup_ttl_s * 1000,
+                              f"backend:{claims.sub}", request_client(request, state),
+                              request.scope["state"]["request_id"]]
+    for item in increments:
+        script_keys += [keys.event(item.event_id), keys.banned(item.user_id)]
+        script_args += [item.event_id, item.user_id, item.board, item.points, item.username]
+    reason, *rest = await state.scripts.batch(keys=script_keys, args=script_args)
+    reason = _decode(reason)
+    metrics.script_outcome("batch", reason)
+    if reason != "ok":
+        raise _refusal(reason, int(rest[0]))
+    accepted, duplicates, *refused = rest
+    return JSONResponse({"accepted": int(accepted), "duplicates": int(duplicates),
+                         "refused": [{"event_id": _decode(e), "reason": "user_banned"}
+                                     for e in refused]}, status_code=202)

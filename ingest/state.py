@@ -1,0 +1,36 @@
+"""What the lifespan creates and every route uses: the ingest process's resources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from ingest.client_address import client_address
+from scoreboard.jwt_tokens import JWTAuthority
+from scoreboard.keys import Keys
+from scoreboard.lua import Scripts
+from scoreboard.settings import Settings
+
+
+@dataclass
+class IngestState:
+    settings: Settings
+    keys: Keys
+    redis: Any  # redis.asyncio.Redis
+    scripts: Scripts
+    pool: Any  # asyncpg.Pool
+    jwt: JWTAuthority
+    action_keys: dict[str, bytes]  # key id -> secret, the last one signs
+
+
+def state_of(request: Request) -> IngestState:
+    state: IngestState = request.app.state.ingest
+    return state
+
+
+def request_client(request: Request, state: IngestState) -> str:
+    peer = request.client.host if request.client else None
+    return client_address(peer, request.headers.get("x-forwarded-for"),
+                          state.settings.trusted_proxies)

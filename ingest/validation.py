@@ -1,0 +1,157 @@
+"""Request bodies to typed values, or a 422 naming the field. Pure functions.
+
+Unknown fields are refused too: a misspelt ``"point"`` should fail loudly, not
+silently count as the default of 1.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from scoreboard.errors import RequestError
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+BOARD_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{3,32}")
+DISPLAY_NAME_MAX = 64
+PASSWORD_MIN, PASSWORD_MAX = 8, 128
+DEFAULT_BOARD = "global"
+
+
+def invalid(field: str, message: str) -> RequestError:
+    return RequestError(422, "invalid_field", f"{field}: {message}", field=field)
+
+
+def _object(body: Any, allowed: set[str], where: str = "body") -> Mapping[str, Any]:
+    if not isinstance(body, dict):
+        raise invalid(where, "must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        prefix = "" if where == "body" else f"{where}."
+        raise invalid(f"{prefix}{unknown[0]}", "unknown field")
+    return body
+
+
+def _string(body: Mapping[str, Any], field: str, pattern: re.Pattern[str], rule: str,
+            *, name: str | None = None, default: str | None = None) -> str:
+    value = body.get(field, default)
+    label = name or field
+    if value is None:
+        raise invalid(label, "is required")
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise invalid(label, rule)
+    return value
+
+
+def _points(body: Mapping[str, Any], field: str, maximum: int, *, default: int | None,
+            name: str | None = None) -> int:
+    value = body.get(field, default)
+    label = name or field
+    if value is None:
+        raise invalid(label, "is required")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(label, "must be an integer")
+    if not 1 <= value <= maximum:
+        raise invalid(label, f"must be between 1 and {maximum}")
+    return value
+
+
+def _display_name(value: Any, label: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > DISPLAY_NAME_MAX:
+        raise invalid(label, f"must be a non-empty string of at most {DISPLAY_NAME_MAX} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise invalid(label, "must not contain control characters")
+    return value
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+def parse_credentials(body: Any) -> Credentials:
+    fields = _object(body, {"username", "password"})
+    username = _string(fields, "username", USERNAME_PATTERN,
+                       "must be 3 to 32 letters, digits, '_', '.' or '-'")
+    password = fields.get("password")
+    if password is None:
+        raise invalid("password", "is required")
+    if not isinstance(password, str) or not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        raise invalid("password", f"must be a string of {PASSWORD_MIN} to {PASSWORD_MAX} characters")
+    return Credentials(username=username, password=password)
+
+
+def parse_refresh(body: Any) -> str:
+    fields = _object(body, {"refresh_token"})
+    token = fields.get("refresh_token")
+    if token is None:
+        raise invalid("refresh_token", "is required")
+    if not isinstance(token, str) or not 1 <= len(token) <= 256:
+        raise invalid("refresh_token", "must be a string of at most 256 characters")
+    return token
+
+
+@dataclass(frozen=True)
+class IncrementRequest:
+    action_token: str
+    points: int
+    board: str
+
+
+def parse_increment(body: Any, *, max_points: int) -> IncrementRequest:
+    fields = _object(body, {"action_token", "points", "board"})
+    token = fields.get("action_token")
+    if token is None:
+        raise invalid("action_token", "is required")
+    if not isinstance(token, str) or not token:
+        raise invalid("action_token", "must be a non-empty string")
+    return IncrementRequest(
+        action_token=token,
+        points=_points(fields, "points", max_points, default=1),
+        board=_string(fields, "board", BOARD_PATTERN,
+                      "must be 1 to 64 letters, digits, '_', '.', ':' or '-'",
+                      default=DEFAULT_BOARD))
+
+
+@dataclass(frozen=True)
+class BatchIncrement:
+    user_id: str
+    points: int
+    event_id: str
+    board: str
+    username: str  # empty: keep the known display name
+
+
+def parse_batch(body: Any, *, max_points: int, max_increments: int) -> list[BatchIncrement]:
+    fields = _object(body, {"increments"})
+    items = fields.get("increments")
+    if items is None:
+        raise invalid("increments", "is required")
+    if not isinstance(items, list) or not items:
+        raise invalid("increments", "must be a non-empty array")
+    if len(items) > max_increments:
+        raise invalid("increments", f"must hold at most {max_increments} increments")
+    parsed = []
+    for index, item in enumerate(items):
+        where = f"increments[{index}]"
+        entry = _object(item, {"user_id", "points", "event_id", "board", "username"}, where)
+        username = entry.get("username")
+        parsed.append(BatchIncrement(
+            user_id=_string(entry, "user_id", ID_PATTERN,
+                            "must be 1 to 64 letters, digits, '_', '.', ':' or '-'",
+                            name=f"{where}.user_id"),
+            points=_points(entry, "points", max_points, default=None, name=f"{where}.points"),
+            event_id=_string(entry, "event_id", EVENT_ID_PATTERN,
+                             "must be 1 to 128 letters, digits, '_', '.', ':' or '-'",
+                             name=f"{where}.event_id"),
+            board=_string(entry, "board", BOARD_PATTERN,
+                          "must be 1 to 64 letters, digits, '_', '.', ':' or '-'",
+                          name=f"{where}.board", default=DEFAULT_BOARD),
+            username="" if username is None else _display_name(username, f"{where}.username"),
+        ))
+    return parsed

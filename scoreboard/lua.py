@@ -1,0 +1,35 @@
+"""The Lua script registry: every script in ``lua/``, registered once per client.
+
+Each script is the shared prelude ``lua/lib/gcra.lua`` followed by the
+script's own file. ``register_script`` returns redis-py ``Script`` objects,
+which call EVALSHA and reload the script on NOSCRIPT (after a Redis restart
+or SCRIPT FLUSH), so callers never send the source on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+PRELUDE = LUA_DIR / "lib" / "gcra.lua"
+
+
+def script_source(name: str) -> str:
+    """The full text sent to Redis for ``lua/<name>.lua``."""
+    return PRELUDE.read_text() + "\n" + (LUA_DIR / f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True)
+class Scripts:
+    increment: Any
+    action_token: Any
+    batch: Any
+    rate_limit: Any
+
+
+def register_scripts(redis: Any) -> Scripts:
+    """Register every script on ``redis`` (an async or sync redis-py client)."""
+    return Scripts(**{name: redis.register_script(script_source(name))
+                      for name in ("increment", "action_token", "batch", "rate_limit")})

@@ -1,0 +1,143 @@
+"""The one settings object, read from the environment once at start.
+
+Every process calls :func:`load_settings` in its entry point and passes the
+result (or values from it) down as keyword arguments; nothing else reads
+``os.environ``. A value that cannot be parsed fails at start with the name of
+the variable, never later on a request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from scoreboard.errors import ConfigError
+from scoreboard.limits import Rate
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration of every process. Secrets are hidden from ``repr``."""
+
+    # Servers. ``None`` means: the run command starts the embedded ones.
+    redis_url: str | None = field(default=None, repr=False)
+    database_url: str | None = field(default=None, repr=False)
+    key_prefix: str = "sb"
+    data_dir: Path = Path(".local")
+
+    # HTTP.
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8000
+    broadcaster_host: str = "127.0.0.1"
+    broadcaster_port: int = 8001
+    max_body_bytes: int = 256 * 1024
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+
+    # Tokens.
+    jwt_keys_dir: Path | None = None
+    jwt_issuer: str = "live-scoreboard"
+    jwt_audience: str = "live-scoreboard-api"
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 30 * 24 * 3600
+    action_keys_file: Path | None = None
+    action_token_ttl_s: int = 60
+
+    # Scores.
+    max_points_per_increment: int = 1000
+    max_batch_increments: int = 1000
+    dedup_ttl_s: int = 7 * 24 * 3600
+
+    # Limits (count per period in seconds; GCRA, bursts up to the count).
+    action_token_rate: Rate = Rate(10, 60)
+    increment_rate: Rate = Rate(5, 60)
+    flagged_increment_rate: Rate = Rate(1, 60)
+    ip_rate: Rate = Rate(600, 60)
+    auth_ip_rate: Rate = Rate(30, 60)
+    backend_rate: Rate = Rate(600_000, 60)
+
+    # Passwords (scrypt; n * r * 128 bytes of memory per hash: 16 MiB here).
+    scrypt_n: int = 2**14
+    scrypt_r: int = 8
+    scrypt_p: int = 1
+
+    log_level: str = "INFO"
+
+    @property
+    def jwt_keys_path(self) -> Path:
+        return self.jwt_keys_dir or self.data_dir / "keys" / "jwt"
+
+    @property
+    def action_keys_path(self) -> Path:
+        return self.action_keys_file or self.data_dir / "keys" / "action-token-keys"
+
+
+def _parse_int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(name, raw, "expected an integer") from None
+
+
+def _parse_networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                     for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(name, raw, str(exc)) from None
+
+
+def _parse_rate(name: str, raw: str) -> Rate:
+    try:
+        return Rate.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(name, raw, str(exc)) from None
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``environ`` (default ``os.environ``).
+
+    Each field ``foo_bar`` is read from ``FOO_BAR``; unset variables keep the
+    default. Empty ``REDIS_URL`` / ``DATABASE_URL`` count as unset.
+    """
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = env.get(f.name.upper())
+        if raw is None or (raw == "" and f.name in ("redis_url", "database_url")):
+            continue
+        current = getattr(defaults, f.name)
+        name = f.name.upper()
+        if isinstance(current, Rate):
+            values[f.name] = _parse_rate(name, raw)
+        elif isinstance(current, bool):
+            values[f.name] = raw.lower() in ("1", "true", "yes", "on")
+        elif isinstance(current, int):
+            values[f.name] = _parse_int(name, raw)
+        elif f.name == "trusted_proxies":
+            values[f.name] = _parse_networks(name, raw)
+        elif f.name in ("data_dir", "jwt_keys_dir", "action_keys_file"):
+            values[f.name] = Path(raw)
+        else:
+            values[f.name] = raw
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    for name in ("ingest_port", "broadcaster_port"):
+        port = getattr(settings, name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(name.upper(), str(port), "not a TCP port")
+    for name in ("max_body_bytes", "max_points_per_increment", "max_batch_increments",
+                 "action_token_ttl_s", "access_token_ttl_s", "refresh_token_ttl_s", "dedup_ttl_s"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
+    if not settings.key_prefix or any(c in settings.key_prefix for c in "{} "):
+        raise ConfigError("KEY_PREFIX", settings.key_prefix, "must be non-empty, without braces or spaces")

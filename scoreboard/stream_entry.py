@@ -1,0 +1,58 @@
+"""The stream entry: what ingest XADDs and workers persist.
+
+Written by ``lua/increment.lua`` and ``lua/batch.lua`` with these fields, all
+strings (Redis stream values):
+
+| field      | meaning                                                          |
+| ---        | ---                                                              |
+| event_id   | idempotency key; with ``ts`` the primary key of the action row   |
+| user_id    | the player credited                                              |
+| username   | display name at the time (may be empty: keep the known one)      |
+| board      | leaderboard name                                                 |
+| points     | positive integer                                                 |
+| source     | ``player`` (increment endpoint) or ``backend:<client id>`` (batch) |
+| ts         | acceptance time, ms since the epoch, from Redis ``TIME``; the row's ``created_at`` |
+| ip         | client address as ingest saw it (after trusted proxies)          |
+| request_id | the ingest request's id, for tracing a row back to its log line  |
+
+A worker takes an action's time from ``ts``, never from its own clock, so a
+redelivered entry lands in the same partition with the same key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FIELDS = ("event_id", "user_id", "username", "board", "points", "source", "ts", "ip",
+          "request_id")
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    stream_id: str
+    event_id: str
+    user_id: str
+    username: str
+    board: str
+    points: int
+    source: str
+    ts_ms: int
+    ip: str
+    request_id: str
+
+
+def parse_entry(stream_id: str, fields: dict[str, str]) -> StreamEntry:
+    """Build an entry from its stream fields; ``ValueError`` names what is wrong."""
+    missing = [name for name in FIELDS if name not in fields]
+    if missing:
+        raise ValueError(f"missing fields: {', '.join(missing)}")
+    try:
+        points, ts_ms = int(fields["points"]), int(fields["ts"])
+    except ValueError:
+        raise ValueError("points and ts must be integers") from None
+    if points <= 0:
+        raise ValueError("points must be positive")
+    return StreamEntry(stream_id=stream_id, event_id=fields["event_id"],
+                       user_id=fields["user_id"], username=fields["username"],
+                       board=fields["board"], points=points, source=fields["source"],
+                       ts_ms=ts_ms, ip=fields["ip"], request_id=fields["request_id"])
