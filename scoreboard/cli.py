@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -21,10 +20,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from scoreboard.accounts import create_backend_account
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
 from scoreboard.logs import configure_logging
 from scoreboard.migrate import ensure_database, migrate
-from scoreboard.passwords import hash_password
 from scoreboard.settings import Settings, load_settings
 from scoreboard.signing_keys import (add_action_key, add_jwt_key, load_action_keys,
                                      load_jwt_keys)
@@ -91,23 +90,6 @@ def run(settings: Settings) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
-async def _create_backend(database_url: str, name: str, settings: Settings) -> str:
-    import asyncpg
-
-    password = secrets.token_urlsafe(24)
-    password_hash = hash_password(password, n=settings.scrypt_n, r=settings.scrypt_r,
-                                  p=settings.scrypt_p)
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.execute(
-            "INSERT INTO users (user_id, username, password_hash, scopes)"
-            " VALUES ($1, $2, $3, $4)", "b_" + secrets.token_hex(8), name, password_hash,
-            ["scores:write"])
-    finally:
-        await connection.close()
-    return password
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scoreboard", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"migrations applied: {', '.join(applied) or 'none needed'}")
         elif args.command == "create-backend":
             asyncio.run(migrate(ready.database_url))
-            password = asyncio.run(_create_backend(ready.database_url, args.name, settings))
+            _, password = asyncio.run(create_backend_account(
+                ready.database_url, args.name, scrypt_n=settings.scrypt_n,
+                scrypt_r=settings.scrypt_r, scrypt_p=settings.scrypt_p))
             print(f"backend {args.name!r} created; log in with this password: {password}")
     return 0
 

@@ -1,0 +1,167 @@
+"""Session fixtures: real Redis, real Postgres, a real ingest process.
+
+Each run gets a fresh database and a fresh key prefix, so the suite can also
+run against long-lived servers (``REDIS_URL`` / ``DATABASE_URL``) without
+touching anything else on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from scoreboard.accounts import create_backend_account
+from scoreboard.cli import with_database
+from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
+from scoreboard.keys import Keys
+from scoreboard.migrate import ensure_database, migrate
+from scoreboard.signing_keys import load_action_keys, load_jwt_keys
+from tests.servers import Backing, fresh_name, ingest_server
+
+
+@pytest.fixture(scope="session")
+def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backing]:
+    root = tmp_path_factory.mktemp("backing")
+    stops = []
+    redis_url = os.environ.get("REDIS_URL") or None
+    admin_url = os.environ.get("DATABASE_URL") or None
+    try:
+        if redis_url is None:
+            embedded_redis = EmbeddedRedis(root / "redis")
+            redis_url = embedded_redis.start()
+            stops.append(embedded_redis.stop)
+        if admin_url is None:
+            embedded_pg = EmbeddedPostgres(root / "postgres", durable=False)
+            admin_url = embedded_pg.start()
+            stops.append(embedded_pg.stop)
+        database = fresh_name("sbtest")
+        asyncio.run(ensure_database(admin_url, database))
+        database_url = with_database(admin_url, database)
+        asyncio.run(migrate(database_url))
+        keys_dir = root / "keys"
+        load_jwt_keys(keys_dir / "jwt", create=True)
+        load_action_keys(keys_dir / "action-token-keys", create=True)
+        yield Backing(redis_url=redis_url, database_url=database_url,
+                      admin_database_url=admin_url, key_prefix=fresh_name("sbtest"),
+                      jwt_keys_dir=keys_dir / "jwt",
+                      action_keys_file=keys_dir / "action-token-keys")
+    finally:
+        for stop in reversed(stops):
+            stop()
+
+
+@pytest.fixture(scope="session")
+def ingest_url(backing: Backing) -> Iterator[str]:
+    """One ingest process for the suite. Trusts 127.0.0.1 as a proxy, so each
+    test can speak from an address of its own through ``X-Forwarded-For``."""
+    with ingest_server(backing.env(TRUSTED_PROXIES="127.0.0.1/32")) as url:
+        yield url
+
+
+@pytest.fixture
+def redis_client(backing: Backing) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(backing.redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def keys(backing: Backing) -> Keys:
+    return Keys(backing.key_prefix)
+
+
+def new_address() -> str:
+    """An address from the documentation range, unique per call: a rate-limit label only."""
+    return f"2001:db8::{secrets.token_hex(2)}:{secrets.token_hex(2)}"
+
+
+@dataclass
+class Player:
+    user_id: str
+    username: str
+    password: str
+    access_token: str
+    refresh_token: str
+    address: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}", "X-Forwarded-For": self.address}
+
+
+class Api:
+    """A real HTTP client of the ingest process, with the steps tests repeat."""
+
+    def __init__(self, base_url: str) -> None:
+        self.client = httpx.Client(base_url=base_url, timeout=10)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.post(path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.get(path, **kwargs)
+
+    def register(self, username: str, password: str, address: str) -> str:
+        registered = self.post("/api/auth/register", json={
+            "username": username, "password": password}, headers={"X-Forwarded-For": address})
+        assert registered.status_code == 201, registered.text
+        user_id: str = registered.json()["user_id"]
+        return user_id
+
+    def login(self, user_id: str, username: str, password: str, address: str) -> Player:
+        login = self.post("/api/auth/login", json={"username": username, "password": password},
+                          headers={"X-Forwarded-For": address})
+        assert login.status_code == 200, login.text
+        body = login.json()
+        return Player(user_id=user_id, username=username, password=password,
+                      access_token=body["access_token"], refresh_token=body["refresh_token"],
+                      address=address)
+
+    def register_and_login(self) -> Player:
+        address, username, password = new_address(), fresh_name("p"), secrets.token_urlsafe(12)
+        user_id = self.register(username, password, address)
+        return self.login(user_id, username, password, address)
+
+    def action_token(self, player: Player) -> str:
+        response = self.post("/api/actions/token", headers=player.headers)
+        assert response.status_code == 200, response.text
+        token: str = response.json()["action_token"]
+        return token
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@pytest.fixture
+def api(ingest_url: str) -> Iterator[Api]:
+    client = Api(ingest_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def player(api: Api) -> Player:
+    return api.register_and_login()
+
+
+@pytest.fixture
+def stream_length(redis_client: redis.Redis, keys: Keys) -> Any:
+    """Call to read the stream's current length."""
+    return lambda: redis_client.xlen(keys.stream)
+
+
+@pytest.fixture
+def backend(api: Api, backing: Backing) -> Player:
+    """A game backend's login (scope ``scores:write``), created as the CLI does."""
+    name = fresh_name("backend")
+    user_id, password = asyncio.run(create_backend_account(
+        backing.database_url, name, scrypt_n=1024, scrypt_r=8, scrypt_p=1))
+    return api.login(user_id, name, password, new_address())

@@ -1,0 +1,88 @@
+"""Real servers for the tests: Redis, Postgres, and ingest processes.
+
+With ``REDIS_URL`` / ``DATABASE_URL`` set the suite uses those servers (with a
+fresh database and key prefix of its own); otherwise it starts the embedded
+ones in a temporary folder. A server that cannot be reached fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from scoreboard.embedded import free_port
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Backing:
+    """Where the suite's Redis and Postgres are, and its run's names on them."""
+
+    redis_url: str
+    database_url: str
+    admin_database_url: str
+    key_prefix: str
+    jwt_keys_dir: Path
+    action_keys_file: Path
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """Environment for a process of the system under test."""
+        env = {**os.environ, "REDIS_URL": self.redis_url, "DATABASE_URL": self.database_url,
+               "KEY_PREFIX": self.key_prefix, "JWT_KEYS_DIR": str(self.jwt_keys_dir),
+               "ACTION_KEYS_FILE": str(self.action_keys_file),
+               # Cheap hashes keep registration fast in tests; production keeps the default.
+               "SCRYPT_N": "1024", "LOG_LEVEL": "WARNING",
+               "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                        os.environ.get("PATH", "")])}
+        env.update(overrides)
+        return env
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} while starting")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} was not ready within {timeout_s} s")
+
+
+@contextmanager
+def ingest_server(env: Mapping[str, str], *, ready_path: str = "/readyz") -> Iterator[str]:
+    """An ingest process (uvicorn, as the Procfile runs it) on a free port; yields its URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "ingest.app:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--no-access-log"],
+        cwd=PROJECT_DIR, env=dict(env))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url + ready_path, process)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def fresh_name(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(4)}"
