@@ -44,3 +44,45 @@ class Keys:
 
     def ip_rate(self, limit_name: str, address: str) -> str:
         return f"{self.tag}:rate:{limit_name}:ip:{address}"
+
+    # Leaderboards (a projection of Postgres ``scores``; see workers/leaderboard.py).
+    def board(self, board: str) -> str:
+        """ZSET member user id, score the user's total on ``board``."""
+        return f"{self.tag}:board:{board}"
+
+    def board_staging(self, board: str, token: str) -> str:
+        """Where a rebuild assembles a board before swapping it in."""
+        return f"{self.tag}:board-rebuild:{board}:{token}"
+
+    @property
+    def boards(self) -> str:
+        """SET of every board name that has a ZSET."""
+        return f"{self.tag}:boards"
+
+    def board_revision(self, board: str) -> str:
+        """Counter bumped by every committed change of ``board``."""
+        return f"{self.tag}:board-revision:{board}"
+
+    @property
+    def usernames(self) -> str:
+        """HASH user id -> display name, for rendering boards without Postgres."""
+        return f"{self.tag}:usernames"
+
+    @property
+    def board_changes(self) -> str:
+        """Pub/sub channel: a board name is published after each committed change."""
+        return f"{self.tag}:board-changes"
+
+    # The worker side of the stream.
+    @property
+    def dead_letters(self) -> str:
+        """Stream of entries given up on, each with the reason."""
+        return f"{self.tag}:stream:dead-letters"
+
+    def consumer_heartbeat(self, consumer: str) -> str:
+        return f"{self.tag}:consumer-alive:{consumer}"
+
+    @property
+    def arq_queue(self) -> str:
+        """arq's job queue (arq derives its other key names from it)."""
+        return f"{self.tag}:arq:queue"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -65,7 +66,19 @@ class Settings:
     scrypt_r: int = 8
     scrypt_p: int = 1
 
+    # Workers.
+    consumer_group: str = "persisters"
+    consumer_name: str = ""  # empty: "<hostname>-worker"; set one per process on a host
+    worker_batch_max: int = 1000
+    worker_block_ms: int = 1000
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+
     log_level: str = "INFO"
+
+    @property
+    def consumer(self) -> str:
+        return self.consumer_name or f"{socket.gethostname()}-worker"
 
     @property
     def jwt_keys_path(self) -> Path:
@@ -136,7 +149,8 @@ def _check(settings: Settings) -> None:
         if not 0 <= port <= 65535:
             raise ConfigError(name.upper(), str(port), "not a TCP port")
     for name in ("max_body_bytes", "max_points_per_increment", "max_batch_increments",
-                 "action_token_ttl_s", "access_token_ttl_s", "refresh_token_ttl_s", "dedup_ttl_s"):
+                 "action_token_ttl_s", "access_token_ttl_s", "refresh_token_ttl_s", "dedup_ttl_s",
+                 "worker_batch_max", "worker_block_ms", "claim_idle_ms", "max_deliveries"):
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
     if not settings.key_prefix or any(c in settings.key_prefix for c in "{} "):

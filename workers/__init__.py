@@ -1,0 +1,1 @@
+"""The worker process: the stream consumer beside arq's scheduled jobs."""

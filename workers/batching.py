@@ -1,0 +1,79 @@
+"""Pure helpers of the consumer: entries to rows, months, trim points, backoff.
+
+Nothing here does I/O, so each rule is unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from scoreboard.stream_entry import StreamEntry, parse_entry
+
+STAGING_COLUMNS = ("event_id", "created_at", "user_id", "board", "points", "source",
+                   "client_addr", "request_id", "stream_id", "username")
+
+
+def entry_time(entry: StreamEntry) -> datetime:
+    """The action's time: the acceptance time in the entry, never the worker's clock."""
+    return datetime.fromtimestamp(entry.ts_ms / 1000, UTC)
+
+
+def staging_record(entry: StreamEntry) -> tuple[object, ...]:
+    return (entry.event_id, entry_time(entry), entry.user_id, entry.board, entry.points,
+            entry.source, entry.ip or None, entry.request_id or None, entry.stream_id,
+            entry.username)
+
+
+def months_of(entries: Iterable[StreamEntry]) -> set[date]:
+    """First days of the months the entries' rows fall in (their partitions)."""
+    return {entry_time(e).date().replace(day=1) for e in entries}
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    entries: list[StreamEntry]
+    malformed: list[tuple[str, dict[str, str], str]]  # stream id, fields, why
+
+
+def parse_batch(raw: Sequence[tuple[str, dict[str, str] | None]]) -> ParsedBatch:
+    """Split what XREADGROUP returned into entries and malformed ones (with why).
+
+    An entry deleted from the stream while pending comes back without fields;
+    it is reported malformed so that it is acknowledged rather than retried.
+    """
+    entries, malformed = [], []
+    for stream_id, fields in raw:
+        if not fields:
+            malformed.append((stream_id, {}, "entry no longer in the stream"))
+            continue
+        try:
+            entries.append(parse_entry(stream_id, fields))
+        except ValueError as exc:
+            malformed.append((stream_id, fields, f"malformed: {exc}"))
+    return ParsedBatch(entries=entries, malformed=malformed)
+
+
+def stream_id_key(stream_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = stream_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def safe_trim_id(groups: Sequence[tuple[str, str | None]]) -> str | None:
+    """The MINID below which every group has acknowledged every entry.
+
+    ``groups`` holds, per consumer group, its last-delivered id and its oldest
+    pending id (``None`` when nothing is pending). Entries after the
+    last-delivered id are undelivered and kept; a pending entry is kept. With no
+    group at all nothing is trimmed (no reader has taken anything yet).
+    """
+    if not groups:
+        return None
+    candidates = [oldest_pending or last_delivered for last_delivered, oldest_pending in groups]
+    return min(candidates, key=stream_id_key)
+
+
+def backoff_s(attempt: int, *, base_s: float = 0.1, cap_s: float = 5.0) -> float:
+    """Capped exponential delay before retry ``attempt`` (1-based)."""
+    return min(cap_s, base_s * 2 ** max(0, attempt - 1))

@@ -1,0 +1,238 @@
+"""The stream consumer: XREADGROUP batches into Postgres, then the boards, then XACK.
+
+Order per batch, which is what makes every accepted increment count once:
+1. persist the batch in one Postgres transaction (``workers.persist``);
+2. in one MULTI: set the boards to the committed totals (``ZADD GT``), XACK,
+   announce the change (``workers.leaderboard``).
+A crash anywhere leaves the entries pending; they come back (to this consumer
+on restart, or to any consumer through XAUTOCLAIM once idle), step 1 then
+inserts nothing new and step 2 writes the same totals.
+
+Failures: Postgres or Redis unreachable (or a deadlock) is transient: the
+same batch is retried with capped backoff, nothing acknowledged, nothing new
+read. A batch Postgres refuses for its data is split and persisted entry by
+entry; an entry that still fails stays pending, is retried through
+XAUTOCLAIM, and past ``max_deliveries`` goes to the dead-letter stream with
+the reason, is counted, logged and acknowledged. A malformed entry goes there
+at once: retrying cannot fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+from prometheus_client import Counter, Histogram
+
+from scoreboard.keys import Keys
+from scoreboard.stream_entry import StreamEntry
+from workers.batching import backoff_s, parse_batch
+from workers.leaderboard import apply_and_ack
+from workers.persist import PartitionCache, persist_batch
+
+logger = logging.getLogger(__name__)
+
+PERSISTED = Counter("scoreboard_worker_persisted_total", "Actions inserted into Postgres")
+DEAD_LETTERED = Counter("scoreboard_worker_dead_lettered_total",
+                        "Stream entries moved to the dead-letter stream", ["reason"])
+BATCH_SIZE = Histogram("scoreboard_worker_batch_size", "Entries per persisted batch",
+                       buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500))
+BATCH_SECONDS = Histogram("scoreboard_worker_batch_seconds",
+                          "Persist + acknowledge time of one batch",
+                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
+
+HEARTBEAT_EVERY_S = 1.0
+CLAIM_PAGE = 100
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same batch later can succeed (the server, not the data)."""
+    if isinstance(exc, asyncpg.DataError):  # client-side encoding: the data is bad
+        return False
+    return isinstance(exc, (
+        OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
+        asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError, asyncpg.DeadlockDetectedError,
+        asyncpg.SerializationError, asyncpg.AdminShutdownError,
+        redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
+
+
+class StreamConsumer:
+    def __init__(self, *, redis: Any, pool: Any, keys: Keys, group: str, name: str,
+                 batch_max: int, block_ms: int, claim_idle_ms: int, max_deliveries: int,
+                 reclaim_every_s: float | None = None) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.keys = keys
+        self.group = group
+        self.name = name
+        self.batch_max = batch_max
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.reclaim_every_s = reclaim_every_s if reclaim_every_s is not None else max(
+            1.0, claim_idle_ms / 2000)
+        self.partitions = PartitionCache()
+        self._stopping = asyncio.Event()
+        self._last_heartbeat = 0.0
+        self._last_reclaim = time.monotonic()
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch and return."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.stream, self.group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self) -> None:
+        """Until stopped: drain this consumer's own pending entries, then new ones."""
+        await self._retry_transient(self.ensure_group)
+        start = "0"  # first our own pending entries (a restart resumes them) ...
+        while not self.stopping:
+            raw = await self._retry_transient(lambda: self._read(start))
+            if raw is None:
+                return
+            if start == "0" and not raw:
+                start = ">"  # ... then new ones
+                continue
+            if raw:
+                await self.handle(raw)
+                if start == "0":
+                    start = raw[-1][0]  # page through the pending list
+            await self._housekeeping()
+
+    async def _read(self, start: str) -> list[tuple[str, dict[str, str] | None]]:
+        block = None if start != ">" else self.block_ms
+        reply = await self.redis.xreadgroup(self.group, self.name, {self.keys.stream: start},
+                                            count=self.batch_max, block=block)
+        if not reply:
+            return []
+        entries: list[tuple[str, dict[str, str] | None]] = reply[0][1]
+        return entries
+
+    async def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat >= HEARTBEAT_EVERY_S:
+            await self.redis.set(self.keys.consumer_heartbeat(self.name), str(time.time()),
+                                 px=int(max(10_000, self.block_ms * 5)))
+            self._last_heartbeat = now
+        if now - self._last_reclaim >= self.reclaim_every_s:
+            self._last_reclaim = now
+            await self.reclaim()
+
+    async def handle(self, raw: Sequence[tuple[str, dict[str, str] | None]]) -> None:
+        parsed = parse_batch(raw)
+        for stream_id, fields, why in parsed.malformed:
+            await self._retry_transient(lambda s=stream_id, f=fields, w=why:  # type: ignore[misc]
+                                        self.dead_letter(s, f, w, deliveries=1))
+        if parsed.entries:
+            await self._persist(parsed.entries)
+
+    async def _persist(self, entries: Sequence[StreamEntry]) -> None:
+        started = time.perf_counter()
+
+        async def write() -> Any:
+            async with self.pool.acquire() as connection:
+                return await persist_batch(connection, entries, self.partitions)
+
+        try:
+            result = await self._retry_transient(write)
+        except Exception as exc:  # the data was refused, not the server
+            if len(entries) > 1:
+                logger.warning("batch of %d refused (%r); persisting one by one",
+                               len(entries), exc)
+                for entry in entries:
+                    await self._persist([entry])
+            else:
+                logger.error("entry %s refused by Postgres: %r; left pending for retry",
+                             entries[0].stream_id, exc)
+            return
+        if result is None:  # stopping while the database was down: all stays pending
+            return
+        await self._retry_transient(lambda: apply_and_ack(
+            self.redis, self.keys, group=self.group, totals=result.totals,
+            ack_ids=[e.stream_id for e in entries]))
+        PERSISTED.inc(result.inserted)
+        BATCH_SIZE.observe(len(entries))
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    async def _retry_transient(self, operation: Any) -> Any:
+        """Run ``operation()`` until it succeeds, retrying transient failures with
+        backoff. Returns None (without running again) once the consumer is stopping."""
+        attempt = 0
+        while True:
+            try:
+                return await operation()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                attempt += 1
+                if self.stopping:
+                    return None
+                delay = backoff_s(attempt)
+                logger.warning("transient failure (attempt %d, retry in %.1fs): %r",
+                               attempt, delay, exc)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+
+    async def reclaim(self) -> int:
+        """Take over entries idle past the threshold; dead-letter those delivered too often.
+
+        Safe on several consumers at once: XAUTOCLAIM hands each entry to one.
+        Returns how many entries were claimed.
+        """
+        start, claimed_total = "0-0", 0
+        while not self.stopping:
+            reply = await self.redis.xautoclaim(self.keys.stream, self.group, self.name,
+                                                min_idle_time=self.claim_idle_ms,
+                                                start_id=start, count=CLAIM_PAGE)
+            start, claimed = reply[0], [(i, f) for i, f in reply[1] if i is not None]
+            claimed_total += len(claimed)
+            if claimed:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for stream_id, _ in claimed:
+                        pipe.xpending_range(self.keys.stream, self.group, min=stream_id,
+                                            max=stream_id, count=1)
+                    pending = await pipe.execute()
+                retry = []
+                for (stream_id, fields), info in zip(claimed, pending, strict=True):
+                    deliveries = int(info[0]["times_delivered"]) if info else 1
+                    if deliveries > self.max_deliveries:
+                        await self.dead_letter(stream_id, fields or {}, "delivered "
+                                               f"{deliveries} times without being persisted",
+                                               deliveries=deliveries)
+                    else:
+                        retry.append((stream_id, fields))
+                if retry:
+                    await self.handle(retry)
+            if start in ("0-0", b"0-0"):
+                return claimed_total
+        return claimed_total
+
+    async def dead_letter(self, stream_id: str, fields: dict[str, str], reason: str, *,
+                          deliveries: int) -> None:
+        """Move an entry to the dead-letter stream with why, and acknowledge it."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.dead_letters, {**fields, "original_id": stream_id,
+                                               "reason": reason, "deliveries": deliveries,
+                                               "consumer": self.name})
+            pipe.xack(self.keys.stream, self.group, stream_id)
+            await pipe.execute()
+        DEAD_LETTERED.labels(reason.split(":")[0].split(" ")[0]).inc()
+        logger.error("dead-lettered %s after %d deliveries: %s", stream_id, deliveries, reason,
+                     extra={"stream_id": stream_id, "fields": fields})

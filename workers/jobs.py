@@ -1,0 +1,62 @@
+"""arq jobs: partitions ahead of time, stream trimming, board reconciliation, rebuild.
+
+Each is safe to run on two workers at once or to be killed half-way:
+partition creation is serialised in Postgres and skips existing months; the
+trim point only ever covers acknowledged entries; reconciliation only raises
+scores to committed totals; a rebuild swaps in a complete copy or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from scoreboard.keys import Keys
+from workers.batching import safe_trim_id
+from workers.leaderboard import rebuild_board, reconcile_board
+
+logger = logging.getLogger(__name__)
+
+PARTITION_MONTHS_AHEAD = 3  # this month and the next two
+
+
+async def ensure_partitions(ctx: dict[str, Any]) -> int:
+    created: int = await ctx["pool"].fetchval(
+        "SELECT ensure_actions_partitions($1, $2)", datetime.now(UTC).date(),
+        PARTITION_MONTHS_AHEAD)
+    if created:
+        logger.info("created %d actions partitions", created)
+    return created
+
+
+async def trim_stream(ctx: dict[str, Any]) -> str | None:
+    """Trim the stream below the oldest entry some consumer group still needs."""
+    redis, keys = ctx["redis"], ctx["keys"]
+    return await trim_acknowledged(redis, keys)
+
+
+async def trim_acknowledged(redis: Any, keys: Keys) -> str | None:
+    groups = []
+    for group in await redis.xinfo_groups(keys.stream):
+        oldest = None
+        if int(group["pending"]):
+            summary = await redis.xpending(keys.stream, group["name"])
+            oldest = summary["min"]
+        groups.append((group["last-delivered-id"], oldest))
+    min_id = safe_trim_id(groups)
+    if min_id is not None:
+        await redis.xtrim(keys.stream, minid=min_id, approximate=False)
+    return min_id
+
+
+async def reconcile_boards(ctx: dict[str, Any]) -> int:
+    redis, pool, keys = ctx["redis"], ctx["pool"], ctx["keys"]
+    boards = [row["board"] for row in await pool.fetch("SELECT DISTINCT board FROM scores")]
+    for board in boards:
+        await reconcile_board(redis, pool, keys, board)
+    return len(boards)
+
+
+async def rebuild_board_job(ctx: dict[str, Any], board: str) -> int:
+    return await rebuild_board(ctx["redis"], ctx["pool"], ctx["keys"], board)
