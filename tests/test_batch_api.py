@@ -1,0 +1,169 @@
+"""Game-backend batches (``POST /api/scores/batch``) against a real ingest and Redis."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import httpx
+import redis
+
+from scoreboard.keys import Keys
+from tests.conftest import Api, Player
+from tests.servers import Backing, fresh_name, ingest_server
+
+BATCH = "/api/scores/batch"
+
+
+def item(**overrides: Any) -> dict[str, Any]:
+    """A batch increment for a fresh player id, with a fresh event id."""
+    fields: dict[str, Any] = {"user_id": fresh_name("gp"), "points": 1,
+                              "event_id": fresh_name("ev")}
+    fields.update(overrides)
+    return fields
+
+
+def post_batch(api: Api | httpx.Client, backend: Player,
+               increments: list[dict[str, Any]]) -> httpx.Response:
+    return api.post(BATCH, json={"increments": increments}, headers=backend.headers)
+
+
+def entries_by_event(redis_client: redis.Redis, keys: Keys,
+                     event_ids: set[str]) -> dict[str, list[dict[str, str]]]:
+    """The stream entries carrying one of ``event_ids``, grouped by event id."""
+    found: dict[str, list[dict[str, str]]] = {event_id: [] for event_id in event_ids}
+    # redis-py types a sync client's replies as "Awaitable | Any".
+    stream = cast(list[tuple[str, dict[str, str]]], redis_client.xrange(keys.stream))
+    for _, fields in stream:
+        if fields["event_id"] in found:
+            found[fields["event_id"]].append(fields)
+    return found
+
+
+def test_batch_is_accepted_into_the_stream(api: Api, backend: Player,
+                                           redis_client: redis.Redis, keys: Keys,
+                                           stream_length: Any) -> None:
+    increments = [
+        item(points=5, board="weekly", username="Ada"),
+        item(points=1000, username="Grace Hopper"),
+        item(points=2),  # no board, no username
+    ]
+    before = stream_length()
+    response = post_batch(api, backend, increments)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": 3, "duplicates": 0, "refused": []}
+    assert stream_length() == before + 3
+
+    found = entries_by_event(redis_client, keys, {i["event_id"] for i in increments})
+    for sent in increments:
+        entries = found[sent["event_id"]]
+        assert len(entries) == 1, sent
+        entry = entries[0]
+        assert entry["user_id"] == sent["user_id"]
+        assert entry["points"] == str(sent["points"])
+        assert entry["board"] == sent.get("board", "global")
+        assert entry["username"] == sent.get("username", "")
+        assert entry["source"] == f"backend:{backend.user_id}"
+        assert entry["ip"] == backend.address
+        assert entry["request_id"] == response.headers["x-request-id"]
+        assert int(entry["ts"]) > 0
+
+
+def test_same_batch_posted_again_counts_only_as_duplicates(api: Api, backend: Player,
+                                                           stream_length: Any) -> None:
+    increments = [item(points=n) for n in range(1, 5)]
+    first = post_batch(api, backend, increments)
+    assert first.status_code == 202, first.text
+    assert first.json()["accepted"] == 4
+    before = stream_length()
+    again = post_batch(api, backend, increments)
+    assert again.status_code == 202, again.text
+    assert again.json() == {"accepted": 0, "duplicates": 4, "refused": []}
+    assert stream_length() == before
+
+
+def test_a_repeated_event_id_is_a_duplicate_whatever_it_carries(
+        api: Api, backend: Player, stream_length: Any) -> None:
+    """The event id is the idempotency key, whatever else the repeat carries."""
+    sent = item(points=3)
+    assert post_batch(api, backend, [sent]).json()["accepted"] == 1
+    before = stream_length()
+    changed = {**sent, "points": 9, "board": "other"}
+    response = post_batch(api, backend, [changed])
+    assert response.json() == {"accepted": 0, "duplicates": 1, "refused": []}
+    assert stream_length() == before
+
+
+def test_duplicates_inside_one_batch_count_once(api: Api, backend: Player,
+                                                redis_client: redis.Redis, keys: Keys,
+                                                stream_length: Any) -> None:
+    twice, once = item(points=7), item(points=2)
+    before = stream_length()
+    response = post_batch(api, backend, [twice, once, twice, {**twice, "points": 8}])
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": 2, "duplicates": 2, "refused": []}
+    assert stream_length() == before + 2
+    found = entries_by_event(redis_client, keys, {twice["event_id"], once["event_id"]})
+    assert [e["points"] for e in found[twice["event_id"]]] == ["7"]  # the first one wins
+    assert len(found[once["event_id"]]) == 1
+
+
+def test_banned_users_items_are_refused_and_the_rest_accepted(
+        api: Api, backend: Player, redis_client: redis.Redis, keys: Keys,
+        stream_length: Any) -> None:
+    banned_user = fresh_name("gp")
+    redis_client.set(keys.banned(banned_user), "1")
+    try:
+        fine = [item(), item()]
+        refused = [item(user_id=banned_user), item(user_id=banned_user, board="weekly")]
+        before = stream_length()
+        response = post_batch(api, backend, [fine[0], refused[0], fine[1], refused[1]])
+        assert response.status_code == 202, response.text
+        assert response.json() == {
+            "accepted": 2, "duplicates": 0,
+            "refused": [{"event_id": r["event_id"], "reason": "user_banned"} for r in refused]}
+        assert stream_length() == before + 2
+        found = entries_by_event(redis_client, keys, {i["event_id"] for i in fine + refused})
+        assert all(len(found[i["event_id"]]) == 1 for i in fine)
+        assert all(found[r["event_id"]] == [] for r in refused)
+    finally:
+        redis_client.delete(keys.banned(banned_user))
+    # A refused event id was not marked as seen: once unbanned, it counts.
+    again = post_batch(api, backend, refused[:1])
+    assert again.json() == {"accepted": 1, "duplicates": 0, "refused": []}
+
+
+def test_backend_limit_refuses_the_whole_batch(backing: Backing, backend: Player,
+                                               redis_client: redis.Redis, keys: Keys,
+                                               stream_length: Any) -> None:
+    with ingest_server(backing.env(TRUSTED_PROXIES="127.0.0.1/32", BACKEND_RATE="5/60")) as url:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            first = [item() for _ in range(5)]
+            response = post_batch(client, backend, first)
+            assert response.status_code == 202, response.text
+            assert response.json()["accepted"] == 5
+
+            over = item()
+            before = stream_length()
+            limited = post_batch(client, backend, [over])
+            assert limited.status_code == 429, limited.text
+            assert limited.json()["error"]["code"] == "rate_limited"
+            assert 1 <= int(limited.headers["retry-after"]) <= 12  # one every 12 s
+            assert stream_length() == before
+            assert not redis_client.exists(keys.event(over["event_id"]))
+
+            # Duplicates cost nothing: a retried batch is still answered.
+            retried = post_batch(client, backend, first)
+            assert retried.status_code == 202, retried.text
+            assert retried.json() == {"accepted": 0, "duplicates": 5, "refused": []}
+            assert stream_length() == before
+
+
+def test_revoked_backend_token_is_refused(api: Api, backend: Player,
+                                          stream_length: Any) -> None:
+    logout = api.post("/api/auth/logout", headers=backend.headers)
+    assert logout.status_code == 204, logout.text
+    before = stream_length()
+    response = post_batch(api, backend, [item(), item()])
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "token_revoked"
+    assert stream_length() == before
