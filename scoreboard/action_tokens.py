@@ -66,7 +66,8 @@ def verify(text: str, *, keys: Mapping[str, bytes], user_id: str, now_ms: int,
     if not isinstance(text, str) or len(text) > MAX_TOKEN_LENGTH:
         raise ActionTokenError("action_token_invalid", "action token is malformed")
     payload_text, sep, signature = text.rpartition(".")
-    if not sep or len(signature) != SIGNATURE_HEX_LENGTH or not payload_text.isascii():
+    if (not sep or len(signature) != SIGNATURE_HEX_LENGTH or not payload_text.isascii()
+            or not signature.isascii()):  # compare_digest raises on non-ASCII str
         raise ActionTokenError("action_token_invalid", "action token is malformed")
     try:
         payload = orjson.loads(_b64decode(payload_text))
