@@ -73,6 +73,9 @@ class Settings:
     worker_block_ms: int = 1000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
+    # Fault injection for chaos tests only: the probability that a worker exits
+    # right after a Postgres commit, before the boards are set and XACK is sent.
+    chaos_exit_after_commit: float = 0.0
 
     log_level: str = "INFO"
 
@@ -126,7 +129,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             continue
         current = getattr(defaults, f.name)
         name = f.name.upper()
-        if isinstance(current, Rate):
+        if isinstance(current, float):
+            try:
+                values[f.name] = float(raw)
+            except ValueError:
+                raise ConfigError(name, raw, "expected a number") from None
+        elif isinstance(current, Rate):
             values[f.name] = _parse_rate(name, raw)
         elif isinstance(current, bool):
             values[f.name] = raw.lower() in ("1", "true", "yes", "on")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +50,7 @@ BATCH_SECONDS = Histogram("scoreboard_worker_batch_seconds",
 
 HEARTBEAT_EVERY_S = 1.0
 CLAIM_PAGE = 100
+CHAOS_EXIT_STATUS = 86
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -65,7 +68,8 @@ def is_transient(exc: BaseException) -> bool:
 class StreamConsumer:
     def __init__(self, *, redis: Any, pool: Any, keys: Keys, group: str, name: str,
                  batch_max: int, block_ms: int, claim_idle_ms: int, max_deliveries: int,
-                 reclaim_every_s: float | None = None) -> None:
+                 reclaim_every_s: float | None = None,
+                 chaos_exit_after_commit: float = 0.0) -> None:
         self.redis = redis
         self.pool = pool
         self.keys = keys
@@ -78,6 +82,7 @@ class StreamConsumer:
         self.reclaim_every_s = reclaim_every_s if reclaim_every_s is not None else max(
             1.0, claim_idle_ms / 2000)
         self.partitions = PartitionCache()
+        self.chaos_exit_after_commit = chaos_exit_after_commit
         self._stopping = asyncio.Event()
         self._last_heartbeat = 0.0
         self._last_reclaim = time.monotonic()
@@ -105,12 +110,12 @@ class StreamConsumer:
             raw = await self._retry_transient(lambda: self._read(start))
             if raw is None:
                 return
-            if start == "0" and not raw:
+            if start != ">" and not raw:
                 start = ">"  # ... then new ones
                 continue
             if raw:
                 await self.handle(raw)
-                if start == "0":
+                if start != ">":
                     start = raw[-1][0]  # page through the pending list
             await self._housekeeping()
 
@@ -162,6 +167,9 @@ class StreamConsumer:
             return
         if result is None:  # stopping while the database was down: all stays pending
             return
+        if self.chaos_exit_after_commit and random.random() < self.chaos_exit_after_commit:
+            # Fault injection for the chaos tests: die in the worst place.
+            os._exit(CHAOS_EXIT_STATUS)
         await self._retry_transient(lambda: apply_and_ack(
             self.redis, self.keys, group=self.group, totals=result.totals,
             ack_ids=[e.stream_id for e in entries]))

@@ -59,7 +59,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         redis=ctx["redis"], pool=ctx["pool"], keys=KEYS, group=SETTINGS.consumer_group,
         name=SETTINGS.consumer, batch_max=SETTINGS.worker_batch_max,
         block_ms=SETTINGS.worker_block_ms, claim_idle_ms=SETTINGS.claim_idle_ms,
-        max_deliveries=SETTINGS.max_deliveries)
+        max_deliveries=SETTINGS.max_deliveries,
+        chaos_exit_after_commit=SETTINGS.chaos_exit_after_commit)
     task = asyncio.create_task(consumer.run(), name="stream-consumer")
     task.add_done_callback(lambda t: _supervise(t, consumer))
     ctx["consumer"], ctx["consumer_task"] = consumer, task

@@ -1,0 +1,235 @@
+"""The stream consumer, in process, against real Redis and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+import redis
+
+from scoreboard.keys import Keys
+from tests.servers import Backing, fresh_name
+from tests.worker_support import consumer_for, run_until
+from workers.jobs import trim_acknowledged
+from workers.leaderboard import rebuild_board
+from workers.persist import PartitionCache, persist_batch
+from scoreboard.stream_entry import parse_entry
+
+
+@pytest.fixture
+def worker_keys() -> Keys:
+    """A key prefix of the test's own: its own stream, group and boards."""
+    return Keys(fresh_name("wtest"))
+
+
+def entry_fields(user_id: str, points: int, *, board: str = "global", ts_ms: int | None = None,
+                 event_id: str | None = None, username: str = "") -> dict[str, str]:
+    return {"event_id": event_id or "e-" + secrets.token_hex(8), "user_id": user_id,
+            "username": username, "board": board, "points": str(points), "source": "test",
+            "ts": str(ts_ms if ts_ms is not None else int(datetime.now(UTC).timestamp() * 1000)),
+            "ip": "2001:db8::1", "request_id": "r1"}
+
+
+async def fetch(backing: Backing, query: str, *args: Any) -> list[Any]:
+    connection = await asyncpg.connect(backing.database_url)
+    try:
+        return list(await connection.fetch(query, *args))
+    finally:
+        await connection.close()
+
+
+def pending(redis_client: redis.Redis, keys: Keys) -> int:
+    info = redis_client.xpending(keys.stream, "persisters")
+    return int(info["pending"])
+
+
+def test_batch_lands_in_actions_scores_and_board(backing: Backing, redis_client: redis.Redis,
+                                                worker_keys: Keys) -> None:
+    users = [fresh_name("wu") for _ in range(3)]
+    expected: dict[str, int] = {}
+    for i in range(30):
+        user = users[i % 3]
+        redis_client.xadd(worker_keys.stream, entry_fields(user, i + 1, username=f"name-{user}"))
+        expected[user] = expected.get(user, 0) + i + 1
+
+    async def scenario() -> None:
+        async with consumer_for(backing, worker_keys) as consumer:
+            await consumer.ensure_group()
+            await run_until(consumer, lambda: _no_lag(consumer, worker_keys))
+
+    asyncio.run(scenario())
+    rows = asyncio.run(fetch(backing, "SELECT user_id, score FROM scores WHERE user_id = ANY($1)"
+                                      " AND board = 'global'", users))
+    assert {r["user_id"]: r["score"] for r in rows} == expected
+    board = dict(redis_client.zrange(worker_keys.board("global"), 0, -1, withscores=True))
+    assert {u: int(s) for u, s in board.items()} == expected
+    assert redis_client.hget(worker_keys.usernames, users[0]) == f"name-{users[0]}"
+    count = asyncio.run(fetch(backing, "SELECT count(*) AS n FROM actions WHERE user_id = ANY($1)",
+                              users))[0]["n"]
+    assert count == 30
+    assert pending(redis_client, worker_keys) == 0
+    assert int(redis_client.get(worker_keys.board_revision("global")) or 0) >= 1
+
+
+async def _no_lag(consumer: Any, keys: Keys) -> bool:
+    groups = await consumer.redis.xinfo_groups(keys.stream)
+    last = await consumer.redis.xrevrange(keys.stream, count=1)
+    if not groups or not last:
+        return False
+    group = groups[0]
+    return bool(group["last-delivered-id"] == last[0][0] and int(group["pending"]) == 0)
+
+
+def test_commit_without_ack_then_redelivery_counts_once(
+        backing: Backing, redis_client: redis.Redis, worker_keys: Keys) -> None:
+    """The crash window: committed in Postgres, boards not set, not acknowledged."""
+    user = fresh_name("wu")
+    for points in (5, 7):
+        redis_client.xadd(worker_keys.stream, entry_fields(user, points))
+
+    async def scenario() -> None:
+        async with consumer_for(backing, worker_keys, name="crashy") as consumer:
+            await consumer.ensure_group()
+            raw = await consumer._read(">")
+            entries = [parse_entry(i, f) for i, f in raw if f]
+            async with consumer.pool.acquire() as connection:
+                await persist_batch(connection, entries, PartitionCache())
+            # "crash": nothing set in Redis, nothing acknowledged
+        assert pending(redis_client, worker_keys) == 2
+        assert redis_client.zscore(worker_keys.board("global"), user) is None
+        async with consumer_for(backing, worker_keys, name="crashy") as restarted:
+            await run_until(restarted, lambda: _no_lag(restarted, worker_keys))
+
+    asyncio.run(scenario())
+    rows = asyncio.run(fetch(backing, "SELECT count(*) AS n, sum(points) AS s FROM actions"
+                                      " WHERE user_id = $1", user))
+    assert (rows[0]["n"], rows[0]["s"]) == (2, 12)
+    assert redis_client.zscore(worker_keys.board("global"), user) == 12
+    score = asyncio.run(fetch(backing, "SELECT score FROM scores WHERE user_id = $1", user))
+    assert score[0]["score"] == 12
+
+
+def test_month_end_action_redelivered_lands_once_in_its_partition(
+        backing: Backing, redis_client: redis.Redis, worker_keys: Keys) -> None:
+    """23:59:59.999 on a month's last day; the month has no partition yet."""
+    user = fresh_name("wu")
+    year = datetime.now(UTC).year + 2
+    last_ms = int(datetime(year, 7, 1, tzinfo=UTC).timestamp() * 1000) - 1  # June 30, 23:59:59.999
+    fields = entry_fields(user, 3, ts_ms=last_ms)
+    redis_client.xadd(worker_keys.stream, fields)
+
+    async def scenario() -> None:
+        async with consumer_for(backing, worker_keys, name="month-end") as consumer:
+            await consumer.ensure_group()
+            raw = await consumer._read(">")
+            async with consumer.pool.acquire() as connection:
+                await persist_batch(connection, [parse_entry(i, f) for i, f in raw],
+                                    PartitionCache())
+        # redelivered later (after midnight): the row's time is the entry's, not the clock's
+        async with consumer_for(backing, worker_keys, name="month-end") as restarted:
+            await run_until(restarted, lambda: _no_lag(restarted, worker_keys))
+
+    asyncio.run(scenario())
+    rows = asyncio.run(fetch(backing, "SELECT tableoid::regclass::text AS part, created_at"
+                                      " FROM actions WHERE user_id = $1", user))
+    assert len(rows) == 1
+    assert rows[0]["part"] == f"actions_y{year}m06"
+    assert rows[0]["created_at"] == datetime(year, 6, 30, 23, 59, 59, 999000, tzinfo=UTC)
+
+
+def test_poison_entry_is_dead_lettered_after_max_deliveries_and_batch_persists(
+        backing: Backing, redis_client: redis.Redis, worker_keys: Keys) -> None:
+    user = fresh_name("wu")
+    good = [entry_fields(user, p) for p in (1, 2, 3)]
+    poison = entry_fields(user, 3_000_000_000)  # parses, but Postgres refuses (integer)
+    ids = [redis_client.xadd(worker_keys.stream, f) for f in (good[0], poison, good[1], good[2])]
+
+    async def dead_lettered() -> bool:
+        return bool(redis_client.xlen(worker_keys.dead_letters) >= 1
+                    and pending(redis_client, worker_keys) == 0)
+
+    async def scenario() -> None:
+        async with consumer_for(backing, worker_keys, claim_idle_ms=50, max_deliveries=3,
+                                reclaim_every_s=0.05) as consumer:
+            await consumer.ensure_group()
+            await run_until(consumer, dead_lettered)
+
+    asyncio.run(scenario())
+    rows = asyncio.run(fetch(backing, "SELECT sum(points) AS s, count(*) AS n FROM actions"
+                                      " WHERE user_id = $1", user))
+    assert (rows[0]["n"], rows[0]["s"]) == (3, 6)
+    (dead_id, dead), = redis_client.xrange(worker_keys.dead_letters)
+    assert dead["original_id"] == ids[1]
+    assert dead["event_id"] == poison["event_id"]
+    assert int(dead["deliveries"]) > 3
+    assert "delivered" in dead["reason"]
+    assert redis_client.zscore(worker_keys.board("global"), user) == 6
+
+
+def test_malformed_entry_is_dead_lettered_at_once(backing: Backing, redis_client: redis.Redis,
+                                                  worker_keys: Keys) -> None:
+    user = fresh_name("wu")
+    redis_client.xadd(worker_keys.stream, {"event_id": "x", "points": "many"})
+    redis_client.xadd(worker_keys.stream, entry_fields(user, 4))
+
+    async def scenario() -> None:
+        async with consumer_for(backing, worker_keys) as consumer:
+            await consumer.ensure_group()
+            await run_until(consumer, lambda: _no_lag(consumer, worker_keys))
+
+    asyncio.run(scenario())
+    (_, dead), = redis_client.xrange(worker_keys.dead_letters)
+    assert dead["reason"].startswith("malformed")
+    assert redis_client.zscore(worker_keys.board("global"), user) == 4
+
+
+def test_trim_keeps_pending_and_removes_acknowledged(backing: Backing,
+                                                     redis_client: redis.Redis,
+                                                     worker_keys: Keys) -> None:
+    user = fresh_name("wu")
+    for points in range(1, 6):
+        redis_client.xadd(worker_keys.stream, entry_fields(user, points))
+
+    async def scenario() -> None:
+        async with consumer_for(backing, worker_keys) as consumer:
+            await consumer.ensure_group()
+            await run_until(consumer, lambda: _no_lag(consumer, worker_keys))
+            # two more, delivered but not acknowledged (a consumer that died)
+            kept = [await consumer.redis.xadd(worker_keys.stream, entry_fields(user, 1))
+                    for _ in range(2)]
+            await consumer.redis.xreadgroup("persisters", "dead", {worker_keys.stream: ">"})
+            await consumer.redis.xadd(worker_keys.stream, entry_fields(user, 1))  # undelivered
+            await trim_acknowledged(consumer.redis, worker_keys)
+            remaining = [i for i, _ in await consumer.redis.xrange(worker_keys.stream)]
+            assert remaining[:2] == kept
+            assert len(remaining) == 3
+
+    asyncio.run(scenario())
+
+
+def test_rebuild_gives_the_same_board_as_incremental_updates(
+        backing: Backing, redis_client: redis.Redis, worker_keys: Keys) -> None:
+    board = fresh_name("b")
+    users = [fresh_name("wu") for _ in range(20)]
+    for i in range(200):
+        redis_client.xadd(worker_keys.stream, entry_fields(users[i % 20], (i * 7) % 13 + 1,
+                                                           board=board))
+
+    async def scenario() -> None:
+        async with consumer_for(backing, worker_keys) as consumer:
+            await consumer.ensure_group()
+            await run_until(consumer, lambda: _no_lag(consumer, worker_keys))
+            incremental = await consumer.redis.zrange(worker_keys.board(board), 0, -1,
+                                                      withscores=True)
+            await consumer.redis.zadd(worker_keys.board(board), {users[0]: 999_999})  # drift
+            members = await rebuild_board(consumer.redis, consumer.pool, worker_keys, board)
+            rebuilt = await consumer.redis.zrange(worker_keys.board(board), 0, -1,
+                                                  withscores=True)
+            assert members == 20
+            assert rebuilt == incremental
+
+    asyncio.run(scenario())
