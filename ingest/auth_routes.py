@@ -84,7 +84,8 @@ async def revoke_access_tokens(state: IngestState, connection: Any,
 
 async def register(request: Request) -> Response:
     state = state_of(request)
-    credentials = parse_credentials(await read_json(request, max_bytes=state.settings.max_body_bytes))
+    body = await read_json(request, max_bytes=state.settings.max_body_bytes)
+    credentials = parse_credentials(body)
     await limit_auth_attempts(request, state)
     settings = state.settings
     password_hash = await asyncio.to_thread(hash_password, credentials.password,
@@ -102,7 +103,8 @@ async def register(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     state = state_of(request)
-    credentials = parse_credentials(await read_json(request, max_bytes=state.settings.max_body_bytes))
+    body = await read_json(request, max_bytes=state.settings.max_body_bytes)
+    credentials = parse_credentials(body)
     await limit_auth_attempts(request, state)
     row = await state.pool.fetchrow(
         "SELECT user_id, username, password_hash, scopes FROM users"

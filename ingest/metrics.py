@@ -41,7 +41,7 @@ def _route_template(app: Any, scope: Scope) -> str:
 def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
-            given = value.decode("latin-1")
+            given: str = value.decode("latin-1")
             if 0 < len(given) <= 64 and given.replace("-", "").replace("_", "").isalnum():
                 return given
     return secrets.token_hex(8)

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from ingest import metrics
 from ingest.bearer import authenticate, unauthorized
 from ingest.http import JSONResponse, read_json
-from ingest.state import IngestState, request_client, state_of
+from ingest.state import request_client, state_of
 from ingest.validation import parse_batch, parse_increment
 from scoreboard import action_tokens
 from scoreboard.errors import ActionTokenError, RequestError

@@ -62,7 +62,8 @@ def _points(body: Mapping[str, Any], field: str, maximum: int, *, default: int |
 
 def _display_name(value: Any, label: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > DISPLAY_NAME_MAX:
-        raise invalid(label, f"must be a non-empty string of at most {DISPLAY_NAME_MAX} characters")
+        raise invalid(label,
+                      f"must be a non-empty string of at most {DISPLAY_NAME_MAX} characters")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise invalid(label, "must not contain control characters")
     return value
@@ -82,7 +83,8 @@ def parse_credentials(body: Any) -> Credentials:
     if password is None:
         raise invalid("password", "is required")
     if not isinstance(password, str) or not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
-        raise invalid("password", f"must be a string of {PASSWORD_MIN} to {PASSWORD_MAX} characters")
+        raise invalid("password",
+                      f"must be a string of {PASSWORD_MIN} to {PASSWORD_MAX} characters")
     return Credentials(username=username, password=password)
 
 

@@ -25,8 +25,7 @@ from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
 from scoreboard.logs import configure_logging
 from scoreboard.migrate import ensure_database, migrate
 from scoreboard.settings import Settings, load_settings
-from scoreboard.signing_keys import (add_action_key, add_jwt_key, load_action_keys,
-                                     load_jwt_keys)
+from scoreboard.signing_keys import add_action_key, add_jwt_key, load_action_keys, load_jwt_keys
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 EMBEDDED_DATABASE = "scoreboard"

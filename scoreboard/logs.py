@@ -13,7 +13,8 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        created = datetime.fromtimestamp(record.created, UTC)
+        entry = {"ts": created.isoformat(timespec="milliseconds"),
                  "level": record.levelname.lower(), "logger": record.name,
                  "message": record.getMessage()}
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})

@@ -162,4 +162,5 @@ def _check(settings: Settings) -> None:
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
     if not settings.key_prefix or any(c in settings.key_prefix for c in "{} "):
-        raise ConfigError("KEY_PREFIX", settings.key_prefix, "must be non-empty, without braces or spaces")
+        raise ConfigError("KEY_PREFIX", settings.key_prefix,
+                          "must be non-empty, without braces or spaces")

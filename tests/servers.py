@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -86,3 +87,8 @@ def ingest_server(env: Mapping[str, str], *, ready_path: str = "/readyz") -> Ite
 
 def fresh_name(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(4)}"
+
+
+# redis-py's sync client is typed as returning ``Awaitable | Any`` from every
+# command (the stubs are shared with asyncio); tests hold it as ``Any``.
+SyncRedis = Any

@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 import httpx
-import redis
 
 from scoreboard.keys import Keys
 from tests.conftest import Api, Player
+from tests.servers import SyncRedis
 
 
 def increment(api: Api, player: Player, token: str, **body: Any) -> httpx.Response:
@@ -18,7 +18,7 @@ def increment(api: Api, player: Player, token: str, **body: Any) -> httpx.Respon
 
 
 def test_accepted_increment_lands_in_the_stream(api: Api, player: Player,
-                                                redis_client: redis.Redis, keys: Keys) -> None:
+                                                redis_client: SyncRedis, keys: Keys) -> None:
     token = api.action_token(player)
     response = increment(api, player, token, points=7, board="weekly")
     assert response.status_code == 202, response.text
@@ -38,7 +38,7 @@ def test_accepted_increment_lands_in_the_stream(api: Api, player: Player,
 
 
 def test_defaults_are_one_point_on_global(api: Api, player: Player,
-                                          redis_client: redis.Redis, keys: Keys) -> None:
+                                          redis_client: SyncRedis, keys: Keys) -> None:
     response = increment(api, player, api.action_token(player))
     assert response.status_code == 202
     event_id = response.json()["event_id"]
@@ -98,7 +98,7 @@ def test_action_token_issue_limit(api: Api, player: Player) -> None:
 
 
 def test_flagged_user_is_held_to_the_reduced_limit(api: Api, player: Player,
-                                                    redis_client: redis.Redis, keys: Keys,
+                                                    redis_client: SyncRedis, keys: Keys,
                                                     stream_length: Any) -> None:
     redis_client.set(keys.flagged(player.user_id), "rapid_actions")
     assert increment(api, player, api.action_token(player)).status_code == 202
@@ -109,7 +109,7 @@ def test_flagged_user_is_held_to_the_reduced_limit(api: Api, player: Player,
     assert stream_length() == before
 
 
-def test_banned_user_is_refused(api: Api, player: Player, redis_client: redis.Redis,
+def test_banned_user_is_refused(api: Api, player: Player, redis_client: SyncRedis,
                                 keys: Keys, stream_length: Any) -> None:
     token = api.action_token(player)
     redis_client.set(keys.banned(player.user_id), "1")

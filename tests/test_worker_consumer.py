@@ -9,15 +9,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-import redis
 
 from scoreboard.keys import Keys
-from tests.servers import Backing, fresh_name
+from scoreboard.stream_entry import parse_entry
+from tests.servers import Backing, SyncRedis, fresh_name
 from tests.worker_support import consumer_for, run_until
 from workers.jobs import trim_acknowledged
 from workers.leaderboard import rebuild_board
 from workers.persist import PartitionCache, persist_batch
-from scoreboard.stream_entry import parse_entry
 
 
 @pytest.fixture
@@ -42,12 +41,12 @@ async def fetch(backing: Backing, query: str, *args: Any) -> list[Any]:
         await connection.close()
 
 
-def pending(redis_client: redis.Redis, keys: Keys) -> int:
+def pending(redis_client: SyncRedis, keys: Keys) -> int:
     info = redis_client.xpending(keys.stream, "persisters")
     return int(info["pending"])
 
 
-def test_batch_lands_in_actions_scores_and_board(backing: Backing, redis_client: redis.Redis,
+def test_batch_lands_in_actions_scores_and_board(backing: Backing, redis_client: SyncRedis,
                                                 worker_keys: Keys) -> None:
     users = [fresh_name("wu") for _ in range(3)]
     expected: dict[str, int] = {}
@@ -85,7 +84,7 @@ async def _no_lag(consumer: Any, keys: Keys) -> bool:
 
 
 def test_commit_without_ack_then_redelivery_counts_once(
-        backing: Backing, redis_client: redis.Redis, worker_keys: Keys) -> None:
+        backing: Backing, redis_client: SyncRedis, worker_keys: Keys) -> None:
     """The crash window: committed in Postgres, boards not set, not acknowledged."""
     user = fresh_name("wu")
     for points in (5, 7):
@@ -114,7 +113,7 @@ def test_commit_without_ack_then_redelivery_counts_once(
 
 
 def test_month_end_action_redelivered_lands_once_in_its_partition(
-        backing: Backing, redis_client: redis.Redis, worker_keys: Keys) -> None:
+        backing: Backing, redis_client: SyncRedis, worker_keys: Keys) -> None:
     """23:59:59.999 on a month's last day; the month has no partition yet."""
     user = fresh_name("wu")
     year = datetime.now(UTC).year + 2
@@ -127,7 +126,7 @@ def test_month_end_action_redelivered_lands_once_in_its_partition(
             await consumer.ensure_group()
             raw = await consumer._read(">")
             async with consumer.pool.acquire() as connection:
-                await persist_batch(connection, [parse_entry(i, f) for i, f in raw],
+                await persist_batch(connection, [parse_entry(i, f) for i, f in raw if f],
                                     PartitionCache())
         # redelivered later (after midnight): the row's time is the entry's, not the clock's
         async with consumer_for(backing, worker_keys, name="month-end") as restarted:
@@ -142,7 +141,7 @@ def test_month_end_action_redelivered_lands_once_in_its_partition(
 
 
 def test_poison_entry_is_dead_lettered_after_max_deliveries_and_batch_persists(
-        backing: Backing, redis_client: redis.Redis, worker_keys: Keys) -> None:
+        backing: Backing, redis_client: SyncRedis, worker_keys: Keys) -> None:
     user = fresh_name("wu")
     good = [entry_fields(user, p) for p in (1, 2, 3)]
     poison = entry_fields(user, 3_000_000_000)  # parses, but Postgres refuses (integer)
@@ -162,7 +161,7 @@ def test_poison_entry_is_dead_lettered_after_max_deliveries_and_batch_persists(
     rows = asyncio.run(fetch(backing, "SELECT sum(points) AS s, count(*) AS n FROM actions"
                                       " WHERE user_id = $1", user))
     assert (rows[0]["n"], rows[0]["s"]) == (3, 6)
-    (dead_id, dead), = redis_client.xrange(worker_keys.dead_letters)
+    (_, dead), = redis_client.xrange(worker_keys.dead_letters)
     assert dead["original_id"] == ids[1]
     assert dead["event_id"] == poison["event_id"]
     assert int(dead["deliveries"]) > 3
@@ -170,7 +169,7 @@ def test_poison_entry_is_dead_lettered_after_max_deliveries_and_batch_persists(
     assert redis_client.zscore(worker_keys.board("global"), user) == 6
 
 
-def test_malformed_entry_is_dead_lettered_at_once(backing: Backing, redis_client: redis.Redis,
+def test_malformed_entry_is_dead_lettered_at_once(backing: Backing, redis_client: SyncRedis,
                                                   worker_keys: Keys) -> None:
     user = fresh_name("wu")
     redis_client.xadd(worker_keys.stream, {"event_id": "x", "points": "many"})
@@ -188,7 +187,7 @@ def test_malformed_entry_is_dead_lettered_at_once(backing: Backing, redis_client
 
 
 def test_trim_keeps_pending_and_removes_acknowledged(backing: Backing,
-                                                     redis_client: redis.Redis,
+                                                     redis_client: SyncRedis,
                                                      worker_keys: Keys) -> None:
     user = fresh_name("wu")
     for points in range(1, 6):
@@ -212,7 +211,7 @@ def test_trim_keeps_pending_and_removes_acknowledged(backing: Backing,
 
 
 def test_rebuild_gives_the_same_board_as_incremental_updates(
-        backing: Backing, redis_client: redis.Redis, worker_keys: Keys) -> None:
+        backing: Backing, redis_client: SyncRedis, worker_keys: Keys) -> None:
     board = fresh_name("b")
     users = [fresh_name("wu") for _ in range(20)]
     for i in range(200):
@@ -233,3 +232,21 @@ def test_rebuild_gives_the_same_board_as_incremental_updates(
             assert rebuilt == incremental
 
     asyncio.run(scenario())
+
+
+def test_restart_drains_more_pending_entries_than_one_batch_then_reads_new(
+        backing: Backing, redis_client: SyncRedis, worker_keys: Keys) -> None:
+    user = fresh_name("wu")
+    for _ in range(10):
+        redis_client.xadd(worker_keys.stream, entry_fields(user, 1))
+    redis_client.xgroup_create(worker_keys.stream, "persisters", id="0")
+    # a consumer named "pager" read them all and died before acknowledging
+    redis_client.xreadgroup("persisters", "pager", {worker_keys.stream: ">"})
+    redis_client.xadd(worker_keys.stream, entry_fields(user, 100))  # and one new
+
+    async def scenario() -> None:
+        async with consumer_for(backing, worker_keys, name="pager", batch_max=3) as consumer:
+            await run_until(consumer, lambda: _no_lag(consumer, worker_keys))
+
+    asyncio.run(scenario())
+    assert redis_client.zscore(worker_keys.board("global"), user) == 110

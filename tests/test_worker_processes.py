@@ -15,6 +15,7 @@ import random
 import secrets
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -26,14 +27,13 @@ from typing import Any
 
 import asyncpg
 import httpx
-import redis
 
 from scoreboard.accounts import create_backend_account
 from scoreboard.cli import with_database
 from scoreboard.embedded import EmbeddedPostgres
 from scoreboard.keys import Keys
 from scoreboard.migrate import ensure_database, migrate
-from tests.servers import Backing, fresh_name, ingest_server
+from tests.servers import Backing, SyncRedis, fresh_name, ingest_server
 from tests.worker_support import worker_process
 
 BOARD = "global"
@@ -56,9 +56,10 @@ class Load:
         with httpx.Client(base_url=self.url, timeout=10,
                           headers={"Authorization": f"Bearer {self.token}"}) as client:
             while not self.stop.is_set():
-                batch = [{"user_id": random.choice(self.users), "points": random.randint(1, 9),
-                          "event_id": "ev-" + secrets.token_hex(10), "board": BOARD}
-                         for _ in range(20)]
+                batch: list[dict[str, Any]] = [
+                    {"user_id": random.choice(self.users), "points": random.randint(1, 9),
+                     "event_id": "ev-" + secrets.token_hex(10), "board": BOARD}
+                    for _ in range(20)]
                 response = client.post("/api/scores/batch", json={"increments": batch})
                 if response.status_code != 202:
                     self.refused.append(f"{response.status_code} {response.text}")
@@ -124,7 +125,7 @@ def _username(database_url: str, user_id: str) -> str:
     return asyncio.run(query())
 
 
-def wait_settled(client: redis.Redis, keys: Keys, timeout_s: float = 90) -> None:
+def wait_settled(client: SyncRedis, keys: Keys, timeout_s: float = 90) -> None:
     """Until every entry of the stream is delivered and acknowledged."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -138,7 +139,7 @@ def wait_settled(client: redis.Redis, keys: Keys, timeout_s: float = 90) -> None
                          f"{client.xinfo_consumers(keys.stream, GROUP) if groups else None}")
 
 
-def assert_exactly_once(sys_: System, client: redis.Redis) -> None:
+def assert_exactly_once(sys_: System, client: SyncRedis) -> None:
     load = sys_.load
     assert load.accepted_events > 0
 
@@ -171,7 +172,7 @@ def assert_exactly_once(sys_: System, client: redis.Redis) -> None:
 
 
 def test_kill_9_twenty_times_under_load_loses_and_doubles_nothing(
-        backing: Backing, redis_client: redis.Redis) -> None:
+        backing: Backing, redis_client: SyncRedis) -> None:
     kills = 0
     with system(backing) as sys_, sys_.load.running():
         rng = random.Random()
@@ -195,7 +196,7 @@ def test_kill_9_twenty_times_under_load_loses_and_doubles_nothing(
 
 
 def test_three_workers_in_one_group_lose_and_double_nothing(
-        backing: Backing, redis_client: redis.Redis) -> None:
+        backing: Backing, redis_client: SyncRedis) -> None:
     with system(backing) as sys_:
         with worker_process(sys_.worker_env("w1")), worker_process(sys_.worker_env("w2")), \
                 worker_process(sys_.worker_env("w3")):
@@ -208,7 +209,7 @@ def test_three_workers_in_one_group_lose_and_double_nothing(
 
 
 def test_postgres_down_for_ten_seconds_under_load_loses_nothing(
-        backing: Backing, redis_client: redis.Redis, tmp_path: Path) -> None:
+        backing: Backing, redis_client: SyncRedis, tmp_path: Path) -> None:
     postgres = EmbeddedPostgres(tmp_path / "pg", durable=False)
     admin_url = postgres.start()
     try:
@@ -235,7 +236,7 @@ def test_postgres_down_for_ten_seconds_under_load_loses_nothing(
 
 
 def test_consumer_that_dies_takes_the_process_down_non_zero(
-        backing: Backing, redis_client: redis.Redis) -> None:
+        backing: Backing, redis_client: SyncRedis) -> None:
     keys = Keys(fresh_name("wdie"))
     redis_client.set(keys.stream, "not a stream")  # XGROUP CREATE fails: WRONGTYPE
     with worker_process({**backing.env(KEY_PREFIX=keys.prefix)}) as worker:
@@ -244,7 +245,7 @@ def test_consumer_that_dies_takes_the_process_down_non_zero(
 
 
 def test_sigterm_finishes_the_batch_and_exits_cleanly(
-        backing: Backing, redis_client: redis.Redis) -> None:
+        backing: Backing, redis_client: SyncRedis) -> None:
     with system(backing) as sys_:
         with worker_process(sys_.worker_env("graceful")) as worker:
             with sys_.load.running():
@@ -261,18 +262,14 @@ def test_sigterm_finishes_the_batch_and_exits_cleanly(
         assert_exactly_once(sys_, redis_client)
 
 
-def test_health_command_reflects_the_consumer(backing: Backing, redis_client: redis.Redis) -> None:
+def test_health_command_reflects_the_consumer(backing: Backing, redis_client: SyncRedis) -> None:
     keys = Keys(fresh_name("whealth"))
     env = backing.env(KEY_PREFIX=keys.prefix, CONSUMER_NAME="healthy")
-    command = [env.get("PYTHON", "python"), "-m", "workers.health"]
 
     def health(extra: dict[str, str]) -> int:
-        import sys
-
         return subprocess.run([sys.executable, "-m", "workers.health"], env={**env, **extra},
                               capture_output=True, check=False, timeout=30).returncode
 
-    assert command  # the command under test is `python -m workers.health`
     assert health({}) == 1  # nothing running yet
     with worker_process(env):
         deadline = time.monotonic() + 30
@@ -280,7 +277,3 @@ def test_health_command_reflects_the_consumer(backing: Backing, redis_client: re
             assert time.monotonic() < deadline, "worker never became healthy"
             time.sleep(0.3)
         assert health({"CONSUMER_NAME": "someone-else"}) == 1
-
-
-def _unused(*_: Any) -> None:
-    pass

@@ -58,7 +58,7 @@ async def run_until(consumer: StreamConsumer, done: Callable[[], Any],
 @contextmanager
 def worker_process(env: Mapping[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """``arq workers.main.WorkerSettings``, as the Procfile runs it."""
-    log = open(os.environ["WORKER_TEST_LOG"], "ab") if os.environ.get(  # noqa: SIM115
+    log = open(os.environ["WORKER_TEST_LOG"], "ab") if os.environ.get(
         "WORKER_TEST_LOG") else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, "-m", "arq", "workers.main.WorkerSettings"],
                                cwd=PROJECT_DIR, env=dict(env), stdout=log, stderr=log)

@@ -43,7 +43,8 @@ def parse_batch(raw: Sequence[tuple[str, dict[str, str] | None]]) -> ParsedBatch
     An entry deleted from the stream while pending comes back without fields;
     it is reported malformed so that it is acknowledged rather than retried.
     """
-    entries, malformed = [], []
+    entries: list[StreamEntry] = []
+    malformed: list[tuple[str, dict[str, str], str]] = []
     for stream_id, fields in raw:
         if not fields:
             malformed.append((stream_id, {}, "entry no longer in the stream"))
@@ -76,4 +77,4 @@ def safe_trim_id(groups: Sequence[tuple[str, str | None]]) -> str | None:
 
 def backoff_s(attempt: int, *, base_s: float = 0.1, cap_s: float = 5.0) -> float:
     """Capped exponential delay before retry ``attempt`` (1-based)."""
-    return min(cap_s, base_s * 2 ** max(0, attempt - 1))
+    return min(cap_s, base_s * 2.0 ** max(0, attempt - 1))

@@ -107,7 +107,7 @@ class StreamConsumer:
         await self._retry_transient(self.ensure_group)
         start = "0"  # first our own pending entries (a restart resumes them) ...
         while not self.stopping:
-            raw = await self._retry_transient(lambda: self._read(start))
+            raw = await self._retry_transient(lambda s=start: self._read(s))
             if raw is None:
                 return
             if start != ">" and not raw:
@@ -141,7 +141,7 @@ class StreamConsumer:
     async def handle(self, raw: Sequence[tuple[str, dict[str, str] | None]]) -> None:
         parsed = parse_batch(raw)
         for stream_id, fields, why in parsed.malformed:
-            await self._retry_transient(lambda s=stream_id, f=fields, w=why:  # type: ignore[misc]
+            await self._retry_transient(lambda s=stream_id, f=fields, w=why:
                                         self.dead_letter(s, f, w, deliveries=1))
         if parsed.entries:
             await self._persist(parsed.entries)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import redis.asyncio as redis_asyncio
 from arq import cron
@@ -89,8 +89,8 @@ def _redis_settings() -> RedisSettings:
 
 
 class WorkerSettings:
-    functions = [jobs.rebuild_board_job]
-    cron_jobs = [
+    functions: ClassVar = [jobs.rebuild_board_job]
+    cron_jobs: ClassVar = [
         cron(jobs.ensure_partitions, hour={0, 12}, minute={5}, run_at_startup=False),
         cron(jobs.trim_stream, second={15}),
         cron(jobs.reconcile_boards, minute={0, 15, 30, 45}),
