@@ -77,16 +77,43 @@ def run(settings: Settings) -> int:
                                         os.environ.get("PATH", "")])}
         print(f"ingest on http://{ready.ingest_host}:{ready.ingest_port}", flush=True)
         # honcho gets the terminal's Ctrl-C itself and stops the processes; we
-        # wait for it and only then stop the servers they were using.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # wait for it and only then stop the servers they were using. A stop
+        # asked for (Ctrl-C, SIGTERM) is a clean exit; a process dying is not.
+        stop_requested = False
+
+        def on_stop(signum: int, _frame: object) -> None:
+            nonlocal stop_requested
+            stop_requested = True
+            if signum == signal.SIGTERM:
+                child.send_signal(signal.SIGTERM)
+
+        previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             child = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f",
                                       str(PROJECT_DIR / "Procfile"), "-d", str(PROJECT_DIR)],
                                      env=env)
-            signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
-            return child.wait()
+            status = child.wait()
+            return 0 if stop_requested else status
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+async def _rebuild(settings: Settings, board: str) -> int:
+    import redis.asyncio as redis_asyncio
+
+    from scoreboard.db import create_pool
+    from scoreboard.keys import Keys
+    from workers.leaderboard import rebuild_board
+
+    assert settings.redis_url is not None and settings.database_url is not None
+    client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
+    pool = await create_pool(settings.database_url)
+    try:
+        return await rebuild_board(client, pool, Keys(settings.key_prefix), board)
+    finally:
+        await pool.close()
+        await client.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run every Procfile process (embedded servers by default)")
     commands.add_parser("migrate", help="apply the SQL migrations to DATABASE_URL")
+    commands.add_parser("init", help="generate signing keys if missing, then migrate")
     commands.add_parser("rotate-keys", help="add a new JWT key and action-token key")
     backend = commands.add_parser("create-backend",
                                   help="create a game-backend login with scope scores:write")
     backend.add_argument("name")
+    rebuild = commands.add_parser("rebuild-board",
+                                  help="recompute a board from Postgres and swap it in")
+    rebuild.add_argument("board")
     args = parser.parse_args(argv)
     configure_logging()
     settings = load_settings()
@@ -107,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         print("new JWT key:", add_jwt_key(settings.jwt_keys_path))
         print("new action-token key:", add_action_key(settings.action_keys_path))
         return 0
+    if args.command == "init":
+        ensure_keys(settings)
     with servers(settings) as ready:
         assert ready.database_url is not None
-        if args.command == "migrate":
+        if args.command in ("migrate", "init"):
             applied = asyncio.run(migrate(ready.database_url))
             print(f"migrations applied: {', '.join(applied) or 'none needed'}")
         elif args.command == "create-backend":
@@ -118,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                 ready.database_url, args.name, scrypt_n=settings.scrypt_n,
                 scrypt_r=settings.scrypt_r, scrypt_p=settings.scrypt_p))
             print(f"backend {args.name!r} created; log in with this password: {password}")
+        elif args.command == "rebuild-board":
+            members = asyncio.run(_rebuild(ready, args.board))
+            print(f"board {args.board!r} rebuilt from Postgres: {members} members")
     return 0
 
 

@@ -57,18 +57,20 @@ async def run_until(consumer: StreamConsumer, done: Callable[[], Any],
 
 @contextmanager
 def worker_process(env: Mapping[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    """``arq workers.main.WorkerSettings``, as the Procfile runs it."""
-    log = open(os.environ["WORKER_TEST_LOG"], "ab") if os.environ.get(
-        "WORKER_TEST_LOG") else subprocess.DEVNULL
-    process = subprocess.Popen([sys.executable, "-m", "arq", "workers.main.WorkerSettings"],
-                               cwd=PROJECT_DIR, env=dict(env), stdout=log, stderr=log)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    """``arq workers.main.WorkerSettings``, as the Procfile runs it.
+
+    Its output is dropped unless ``WORKER_TEST_LOG`` names a file to append it to.
+    """
+    with open(os.environ.get("WORKER_TEST_LOG") or os.devnull, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "arq", "workers.main.WorkerSettings"],
+                                   cwd=PROJECT_DIR, env=dict(env), stdout=log, stderr=log)
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
