@@ -12,13 +12,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
 
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
-from tests.servers import PROJECT_DIR
+from tests.servers import PROJECT_DIR, SyncRedis
 
 
 @contextmanager
@@ -79,9 +80,9 @@ def test_run_starts_everything_persists_and_stops_cleanly(tmp_path: Path) -> Non
         assert response.status_code == 202
         redis_url = re.search(r"embedded redis on (redis://[0-9.:]+/0)", log.read_text())
         assert redis_url, log.read_text()
-        client = redis.Redis.from_url(redis_url.group(1), decode_responses=True)
+        client: SyncRedis = redis.Redis.from_url(redis_url.group(1), decode_responses=True)
         deadline = time.monotonic() + 20
-        board: list[tuple[str, float]] = []
+        board: list[Any] = []
         while not board:  # the worker persists it, then sets the board
             assert time.monotonic() < deadline, "the worker never updated the board"
             time.sleep(0.2)
