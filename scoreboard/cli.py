@@ -104,13 +104,15 @@ async def _rebuild(settings: Settings, board: str) -> int:
 
     from scoreboard.db import create_pool
     from scoreboard.keys import Keys
+    from scoreboard.lua import register_scripts
     from workers.leaderboard import rebuild_board
 
     assert settings.redis_url is not None and settings.database_url is not None
     client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
     pool = await create_pool(settings.database_url)
     try:
-        return await rebuild_board(client, pool, Keys(settings.key_prefix), board)
+        return await rebuild_board(client, pool, register_scripts(client),
+                                   Keys(settings.key_prefix), board)
     finally:
         await pool.close()
         await client.aclose()

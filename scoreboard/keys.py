@@ -47,12 +47,17 @@ class Keys:
 
     # Leaderboards (a projection of Postgres ``scores``; see workers/leaderboard.py).
     def board(self, board: str) -> str:
-        """ZSET member user id, score the user's total on ``board``."""
+        """ZSET of ``board`` in rank order (see scoreboard/ranking.py)."""
         return f"{self.tag}:board:{board}"
 
-    def board_staging(self, board: str, token: str) -> str:
-        """Where a rebuild assembles a board before swapping it in."""
-        return f"{self.tag}:board-rebuild:{board}:{token}"
+    def board_entries(self, board: str) -> str:
+        """HASH user id -> "<version>|<ZSET member>" of ``board``."""
+        return f"{self.tag}:board-entries:{board}"
+
+    def board_staging(self, board: str, token: str) -> tuple[str, str]:
+        """Where a rebuild assembles a board (ZSET, entries) before swapping it in."""
+        return (f"{self.tag}:board-rebuild:{board}:{token}",
+                f"{self.tag}:board-entries-rebuild:{board}:{token}")
 
     @property
     def boards(self) -> str:

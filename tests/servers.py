@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 
 from scoreboard.embedded import free_port
+from scoreboard.keys import Keys
+from scoreboard.ranking import totals_by_user
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -92,3 +94,12 @@ def fresh_name(prefix: str) -> str:
 # redis-py's sync client is typed as returning ``Awaitable | Any`` from every
 # command (the stubs are shared with asyncio); tests hold it as ``Any``.
 SyncRedis = Any
+
+
+def board_totals(client: SyncRedis, keys: Keys, board: str) -> dict[str, int]:
+    """A board in Redis as user id -> total."""
+    return totals_by_user(client.zrange(keys.board(board), 0, -1, withscores=True))
+
+
+def user_total(client: SyncRedis, keys: Keys, board: str, user_id: str) -> int | None:
+    return board_totals(client, keys, board).get(user_id)

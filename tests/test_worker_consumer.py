@@ -12,7 +12,7 @@ import pytest
 
 from scoreboard.keys import Keys
 from scoreboard.stream_entry import parse_entry
-from tests.servers import Backing, SyncRedis, fresh_name
+from tests.servers import Backing, SyncRedis, board_totals, fresh_name, user_total
 from tests.worker_support import consumer_for, run_until
 from workers.jobs import trim_acknowledged
 from workers.leaderboard import rebuild_board
@@ -64,8 +64,7 @@ def test_batch_lands_in_actions_scores_and_board(backing: Backing, redis_client:
     rows = asyncio.run(fetch(backing, "SELECT user_id, score FROM scores WHERE user_id = ANY($1)"
                                       " AND board = 'global'", users))
     assert {r["user_id"]: r["score"] for r in rows} == expected
-    board = dict(redis_client.zrange(worker_keys.board("global"), 0, -1, withscores=True))
-    assert {u: int(s) for u, s in board.items()} == expected
+    assert board_totals(redis_client, worker_keys, "global") == expected
     assert redis_client.hget(worker_keys.usernames, users[0]) == f"name-{users[0]}"
     count = asyncio.run(fetch(backing, "SELECT count(*) AS n FROM actions WHERE user_id = ANY($1)",
                               users))[0]["n"]
@@ -99,7 +98,7 @@ def test_commit_without_ack_then_redelivery_counts_once(
                 await persist_batch(connection, entries, PartitionCache())
             # "crash": nothing set in Redis, nothing acknowledged
         assert pending(redis_client, worker_keys) == 2
-        assert redis_client.zscore(worker_keys.board("global"), user) is None
+        assert user_total(redis_client, worker_keys, "global", user) is None
         async with consumer_for(backing, worker_keys, name="crashy") as restarted:
             await run_until(restarted, lambda: _no_lag(restarted, worker_keys))
 
@@ -107,7 +106,7 @@ def test_commit_without_ack_then_redelivery_counts_once(
     rows = asyncio.run(fetch(backing, "SELECT count(*) AS n, sum(points) AS s FROM actions"
                                       " WHERE user_id = $1", user))
     assert (rows[0]["n"], rows[0]["s"]) == (2, 12)
-    assert redis_client.zscore(worker_keys.board("global"), user) == 12
+    assert user_total(redis_client, worker_keys, "global", user) == 12
     score = asyncio.run(fetch(backing, "SELECT score FROM scores WHERE user_id = $1", user))
     assert score[0]["score"] == 12
 
@@ -166,7 +165,7 @@ def test_poison_entry_is_dead_lettered_after_max_deliveries_and_batch_persists(
     assert dead["event_id"] == poison["event_id"]
     assert int(dead["deliveries"]) > 3
     assert "delivered" in dead["reason"]
-    assert redis_client.zscore(worker_keys.board("global"), user) == 6
+    assert user_total(redis_client, worker_keys, "global", user) == 6
 
 
 def test_malformed_entry_is_dead_lettered_at_once(backing: Backing, redis_client: SyncRedis,
@@ -183,7 +182,7 @@ def test_malformed_entry_is_dead_lettered_at_once(backing: Backing, redis_client
     asyncio.run(scenario())
     (_, dead), = redis_client.xrange(worker_keys.dead_letters)
     assert dead["reason"].startswith("malformed")
-    assert redis_client.zscore(worker_keys.board("global"), user) == 4
+    assert user_total(redis_client, worker_keys, "global", user) == 4
 
 
 def test_trim_keeps_pending_and_removes_acknowledged(backing: Backing,
@@ -224,12 +223,16 @@ def test_rebuild_gives_the_same_board_as_incremental_updates(
             await run_until(consumer, lambda: _no_lag(consumer, worker_keys))
             incremental = await consumer.redis.zrange(worker_keys.board(board), 0, -1,
                                                       withscores=True)
-            await consumer.redis.zadd(worker_keys.board(board), {users[0]: 999_999})  # drift
-            members = await rebuild_board(consumer.redis, consumer.pool, worker_keys, board)
+            entries = await consumer.redis.hgetall(worker_keys.board_entries(board))
+            await consumer.redis.zadd(worker_keys.board(board), {"0000000000001|x": -999_999})
+            await consumer.redis.zrem(worker_keys.board(board), incremental[0][0])  # drift
+            members = await rebuild_board(consumer.redis, consumer.pool, consumer.scripts,
+                                          worker_keys, board)
             rebuilt = await consumer.redis.zrange(worker_keys.board(board), 0, -1,
                                                   withscores=True)
             assert members == 20
             assert rebuilt == incremental
+            assert await consumer.redis.hgetall(worker_keys.board_entries(board)) == entries
 
     asyncio.run(scenario())
 
@@ -249,4 +252,4 @@ def test_restart_drains_more_pending_entries_than_one_batch_then_reads_new(
             await run_until(consumer, lambda: _no_lag(consumer, worker_keys))
 
     asyncio.run(scenario())
-    assert redis_client.zscore(worker_keys.board("global"), user) == 110
+    assert user_total(redis_client, worker_keys, "global", user) == 110

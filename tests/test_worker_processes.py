@@ -33,7 +33,7 @@ from scoreboard.cli import with_database
 from scoreboard.embedded import EmbeddedPostgres
 from scoreboard.keys import Keys
 from scoreboard.migrate import ensure_database, migrate
-from tests.servers import Backing, SyncRedis, fresh_name, ingest_server
+from tests.servers import Backing, SyncRedis, board_totals, fresh_name, ingest_server
 from tests.worker_support import worker_process
 
 BOARD = "global"
@@ -167,8 +167,7 @@ def assert_exactly_once(sys_: System, client: SyncRedis) -> None:
     assert rows == load.accepted_events
     assert sums == expected
     assert scores == expected
-    board = {u: int(s) for u, s in client.zrange(sys_.keys.board(BOARD), 0, -1, withscores=True)}
-    assert board == expected
+    assert board_totals(client, sys_.keys, BOARD) == expected
 
 
 def test_kill_9_twenty_times_under_load_loses_and_doubles_nothing(

@@ -32,6 +32,7 @@ import redis.exceptions
 from prometheus_client import Counter, Histogram
 
 from scoreboard.keys import Keys
+from scoreboard.lua import register_scripts
 from scoreboard.stream_entry import StreamEntry
 from workers.batching import backoff_s, parse_batch
 from workers.leaderboard import apply_and_ack
@@ -82,6 +83,7 @@ class StreamConsumer:
         self.reclaim_every_s = reclaim_every_s if reclaim_every_s is not None else max(
             1.0, claim_idle_ms / 2000)
         self.partitions = PartitionCache()
+        self.scripts = register_scripts(redis)
         self.chaos_exit_after_commit = chaos_exit_after_commit
         self._stopping = asyncio.Event()
         self._last_heartbeat = 0.0
@@ -171,7 +173,7 @@ class StreamConsumer:
             # Fault injection for the chaos tests: die in the worst place.
             os._exit(CHAOS_EXIT_STATUS)
         await self._retry_transient(lambda: apply_and_ack(
-            self.redis, self.keys, group=self.group, totals=result.totals,
+            self.redis, self.scripts, self.keys, group=self.group, totals=result.totals,
             ack_ids=[e.stream_id for e in entries]))
         PERSISTED.inc(result.inserted)
         BATCH_SIZE.observe(len(entries))

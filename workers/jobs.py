@@ -54,9 +54,9 @@ async def reconcile_boards(ctx: dict[str, Any]) -> int:
     redis, pool, keys = ctx["redis"], ctx["pool"], ctx["keys"]
     boards = [row["board"] for row in await pool.fetch("SELECT DISTINCT board FROM scores")]
     for board in boards:
-        await reconcile_board(redis, pool, keys, board)
+        await reconcile_board(redis, pool, ctx["scripts"], keys, board)
     return len(boards)
 
 
 async def rebuild_board_job(ctx: dict[str, Any], board: str) -> int:
-    return await rebuild_board(ctx["redis"], ctx["pool"], ctx["keys"], board)
+    return await rebuild_board(ctx["redis"], ctx["pool"], ctx["scripts"], ctx["keys"], board)

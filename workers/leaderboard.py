@@ -1,10 +1,10 @@
 """The Redis side of a persisted batch, and rebuilding a board from Postgres.
 
-Boards are a projection of ``scores``: the worker writes committed absolute
-totals with ``ZADD GT``, so replaying a batch, or two workers racing with
-older and newer totals, can only leave the newest (largest) total. Totals only
-grow while increments are positive; an operation that lowers a total must go
-through :func:`rebuild_board`.
+Boards are a projection of ``scores`` (order and encoding: scoreboard/ranking.py).
+Totals are written with ``lua/set_totals.lua``, a compare-and-set on each
+score row's version: replaying a batch, or two workers racing with older and
+newer totals, can only leave the newest total, and a total that goes down is
+applied like any other.
 """
 
 from __future__ import annotations
@@ -14,13 +14,32 @@ from collections.abc import Sequence
 from typing import Any
 
 from scoreboard.keys import Keys
+from scoreboard.lua import Scripts
 from workers.persist import BoardTotal
 
-REBUILD_PAGE = 10_000
+PAGE_SIZE = 5_000
+
+SELECT_PAGE = """
+SELECT s.user_id, s.score, s.reached_at, s.version, u.username
+FROM scores s JOIN users u USING (user_id)
+WHERE s.board = $1 AND ($2::text IS NULL OR s.user_id > $2)
+ORDER BY s.user_id LIMIT $3
+"""
 
 
-async def apply_and_ack(redis: Any, keys: Keys, *, group: str, totals: Sequence[BoardTotal],
-                        ack_ids: Sequence[str]) -> None:
+async def _set_totals(pipe: Any, scripts: Scripts, keys: Keys, board: str,
+                totals: Sequence[BoardTotal], *, board_key: str | None = None,
+                entries_key: str | None = None) -> None:
+    """Queue ``set_totals`` on ``pipe`` (awaiting only queues it; ``execute`` runs it)."""
+    args: list[object] = []
+    for total in totals:
+        args += total.script_args()
+    await scripts.set_totals(keys=[board_key or keys.board(board),
+                             entries_key or keys.board_entries(board)], args=args, client=pipe)
+
+
+async def apply_and_ack(redis: Any, scripts: Scripts, keys: Keys, *, group: str,
+                        totals: Sequence[BoardTotal], ack_ids: Sequence[str]) -> None:
     """Set the totals, keep the username map, acknowledge, and announce, atomically.
 
     One MULTI/EXEC: either the boards move and the entries are acknowledged
@@ -30,8 +49,7 @@ async def apply_and_ack(redis: Any, keys: Keys, *, group: str, totals: Sequence[
     boards = sorted({t.board for t in totals})
     async with redis.pipeline(transaction=True) as pipe:
         for board in boards:
-            pipe.zadd(keys.board(board), {t.user_id: t.score for t in totals if t.board == board},
-                      gt=True)
+            await _set_totals(pipe, scripts, keys, board, [t for t in totals if t.board == board])
         if totals:
             pipe.hset(keys.usernames, mapping={t.user_id: t.username for t in totals})
             pipe.sadd(keys.boards, *boards)
@@ -44,64 +62,62 @@ async def apply_and_ack(redis: Any, keys: Keys, *, group: str, totals: Sequence[
         await pipe.execute()
 
 
-async def _page_of_scores(pool: Any, board: str, after_user: str | None) -> list[Any]:
-    rows: list[Any] = await pool.fetch(
-        "SELECT s.user_id, s.score, u.username FROM scores s JOIN users u USING (user_id)"
-        " WHERE s.board = $1 AND ($2::text IS NULL OR s.user_id > $2)"
-        " ORDER BY s.user_id LIMIT $3", board, after_user, REBUILD_PAGE)
-    return rows
+def _totals(board: str, rows: Sequence[Any]) -> list[BoardTotal]:
+    return [BoardTotal(board=board, user_id=r["user_id"], score=r["score"],
+                       reached_at=r["reached_at"], version=r["version"], username=r["username"])
+            for r in rows]
 
 
-async def reconcile_board(redis: Any, pool: Any, keys: Keys, board: str) -> int:
-    """Raise every member of ``board`` to its Postgres total (``ZADD GT``).
+async def reconcile_board(redis: Any, pool: Any, scripts: Scripts, keys: Keys,
+                          board: str) -> int:
+    """Bring every member of ``board`` to its Postgres total and version.
 
     Repairs a board that missed updates (a lost Redis write, a restored
-    snapshot) without ever lowering a score a concurrent worker just set.
-    Returns how many rows were read.
+    snapshot); the version check means it never undoes a newer total a
+    worker set meanwhile. Returns how many rows were read.
     """
     after: str | None = None
     seen = 0
-    while True:
-        rows = await _page_of_scores(pool, board, after)
-        if not rows:
-            return seen
+    while rows := await pool.fetch(SELECT_PAGE, board, after, PAGE_SIZE):
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(keys.board(board), {r["user_id"]: r["score"] for r in rows}, gt=True)
+            await _set_totals(pipe, scripts, keys, board, _totals(board, rows))
             pipe.hset(keys.usernames, mapping={r["user_id"]: r["username"] for r in rows})
             pipe.sadd(keys.boards, board)
             await pipe.execute()
         seen += len(rows)
         after = rows[-1]["user_id"]
+    return seen
 
 
-async def rebuild_board(redis: Any, pool: Any, keys: Keys, board: str) -> int:
-    """Recompute ``board`` from Postgres into a new key and swap it in atomically.
+async def rebuild_board(redis: Any, pool: Any, scripts: Scripts, keys: Keys, board: str) -> int:
+    """Recompute ``board`` from Postgres into new keys and swap them in atomically.
 
     Spectators see the old board until the RENAME, then the new one; never an
     empty one. Totals committed while the copy was being built may have gone
-    to the old key (lost by the swap), so a reconcile pass follows the swap
-    and raises them again. Returns the number of members.
+    to the old keys (lost by the swap), so a reconcile pass follows the swap
+    and applies them again. Returns the number of members.
     """
-    staging = keys.board_staging(board, secrets.token_hex(4))
+    staging_board, staging_entries = keys.board_staging(board, secrets.token_hex(4))
     after: str | None = None
     members = 0
     try:
-        while True:
-            rows = await _page_of_scores(pool, board, after)
-            if not rows:
-                break
-            await redis.zadd(staging, {r["user_id"]: r["score"] for r in rows})
+        while rows := await pool.fetch(SELECT_PAGE, board, after, PAGE_SIZE):
+            async with redis.pipeline(transaction=False) as pipe:
+                await _set_totals(pipe, scripts, keys, board, _totals(board, rows),
+                            board_key=staging_board, entries_key=staging_entries)
+                await pipe.execute()
             members += len(rows)
             after = rows[-1]["user_id"]
         async with redis.pipeline(transaction=True) as pipe:
             if members:
-                pipe.rename(staging, keys.board(board))
+                pipe.rename(staging_board, keys.board(board))
+                pipe.rename(staging_entries, keys.board_entries(board))
             else:
-                pipe.delete(keys.board(board))
+                pipe.delete(keys.board(board), keys.board_entries(board))
             pipe.incr(keys.board_revision(board))
             pipe.publish(keys.board_changes, board)
             await pipe.execute()
     finally:
-        await redis.delete(staging)
-    await reconcile_board(redis, pool, keys, board)
+        await redis.delete(staging_board, staging_entries)
+    await reconcile_board(redis, pool, scripts, keys, board)
     return members

@@ -23,6 +23,7 @@ from arq.connections import RedisSettings
 from scoreboard.db import create_pool
 from scoreboard.keys import Keys
 from scoreboard.logs import configure_logging
+from scoreboard.lua import register_scripts
 from scoreboard.settings import load_settings
 from workers import jobs
 from workers.consumer import StreamConsumer
@@ -54,6 +55,7 @@ async def startup(ctx: dict[str, Any]) -> None:
                                                 health_check_interval=30)
     ctx["pool"] = await create_pool(SETTINGS.database_url, min_size=1, max_size=5)
     ctx["keys"] = KEYS
+    ctx["scripts"] = register_scripts(ctx["redis"])
     await jobs.ensure_partitions(ctx)
     consumer = StreamConsumer(
         redis=ctx["redis"], pool=ctx["pool"], keys=KEYS, group=SETTINGS.consumer_group,

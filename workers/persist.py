@@ -55,11 +55,12 @@ FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[])
 ORDER BY board, user_id
 ON CONFLICT (board, user_id) DO UPDATE
 SET score = scores.score + EXCLUDED.score,
-    reached_at = GREATEST(scores.reached_at, EXCLUDED.reached_at)
+    reached_at = GREATEST(scores.reached_at, EXCLUDED.reached_at),
+    version = scores.version + 1
 """
 
 SELECT_TOTALS = """
-SELECT s.board, s.user_id, s.score, s.reached_at, u.username
+SELECT s.board, s.user_id, s.score, s.reached_at, s.version, u.username
 FROM scores s JOIN users u USING (user_id)
 WHERE (s.board, s.user_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 """
@@ -71,7 +72,12 @@ class BoardTotal:
     user_id: str
     score: int
     reached_at: datetime
+    version: int
     username: str
+
+    def script_args(self) -> list[object]:
+        """The four arguments of ``lua/set_totals.lua`` for this total."""
+        return [self.user_id, self.score, int(self.reached_at.timestamp() * 1000), self.version]
 
 
 @dataclass(frozen=True)
@@ -122,4 +128,5 @@ async def persist_batch(connection: Any, entries: Sequence[StreamEntry],
                                       [u for _, u in touched])
     return PersistResult(inserted=len(inserted), totals=[
         BoardTotal(board=r["board"], user_id=r["user_id"], score=r["score"],
-                   reached_at=r["reached_at"], username=r["username"]) for r in rows])
+                   reached_at=r["reached_at"], version=r["version"], username=r["username"])
+        for r in rows])
