@@ -18,9 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import auth_routes, health, metrics, score_routes
+from ingest import auth_routes, health, metrics, read_routes, score_routes
 from ingest.http import error_response
 from ingest.state import IngestState
+from scoreboard.board_reads import BoardReader
+from scoreboard.boards_redis import RedisBoards
 from scoreboard.db import create_pool
 from scoreboard.errors import RequestError
 from scoreboard.jwt_tokens import JWTAuthority
@@ -59,9 +61,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         client = redis_asyncio.Redis.from_url(redis_url, socket_connect_timeout=2,
                                               socket_timeout=5, health_check_interval=30)
         pool = await create_pool(database_url, max_size=10)
+        keys, scripts = Keys(settings.key_prefix), register_scripts(client)
         app.state.ingest = IngestState(
-            settings=settings, keys=Keys(settings.key_prefix), redis=client,
-            scripts=register_scripts(client), pool=pool,
+            settings=settings, keys=keys, redis=client, scripts=scripts, pool=pool,
+            boards=BoardReader(RedisBoards(client, scripts, keys), rank_mode=settings.rank_ties),
             jwt=JWTAuthority(load_jwt_keys(settings.jwt_keys_path), issuer=settings.jwt_issuer,
                              audience=settings.jwt_audience, ttl_s=settings.access_token_ttl_s),
             action_keys=load_action_keys(settings.action_keys_path))
@@ -80,6 +83,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/actions/token", score_routes.issue_action_token, methods=["POST"]),
         Route("/api/scores/increment", score_routes.increment, methods=["POST"]),
         Route("/api/scores/batch", score_routes.batch, methods=["POST"]),
+        Route("/api/scores/top", read_routes.top, methods=["GET"]),
+        Route("/api/scores/page", read_routes.page, methods=["GET"]),
+        Route("/api/scores/ranks", read_routes.ranks, methods=["GET"]),
+        Route("/api/scores/users/{user_id}", read_routes.user, methods=["GET"]),
+        Route("/api/scores/around/{user_id}", read_routes.around, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),

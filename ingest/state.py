@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
 
 from ingest.client_address import client_address
+from scoreboard.board_reads import BoardReader
 from scoreboard.jwt_tokens import JWTAuthority
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
@@ -23,6 +24,8 @@ class IngestState:
     pool: Any  # asyncpg.Pool
     jwt: JWTAuthority
     action_keys: dict[str, bytes]  # key id -> secret, the last one signs
+    boards: BoardReader
+    top_cache: dict[tuple[str, int], tuple[float, dict[str, Any]]] = field(default_factory=dict)
 
 
 def state_of(request: Request) -> IngestState:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scoreboard.errors import RequestError
+from scoreboard.ranking import decode_cursor
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -157,3 +158,53 @@ def parse_batch(body: Any, *, max_points: int, max_increments: int) -> list[Batc
             username="" if username is None else _display_name(username, f"{where}.username"),
         ))
     return parsed
+
+
+@dataclass(frozen=True)
+class BoardQuery:
+    board: str
+    limit: int
+    radius: int
+    cursor: tuple[int, str] | None
+    user_ids: list[str]
+
+
+def _query_int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise invalid(name, f"must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def parse_board_query(params: Mapping[str, str], *, max_limit: int = 100,
+                      max_radius: int = 50, max_users: int = 100) -> BoardQuery:
+    """The query string of the read endpoints (unknown parameters are refused)."""
+    unknown = sorted(set(params) - {"board", "limit", "radius", "cursor", "user_ids"})
+    if unknown:
+        raise invalid(unknown[0], "unknown parameter")
+    board = params.get("board", DEFAULT_BOARD)
+    if not BOARD_PATTERN.fullmatch(board):
+        raise invalid("board", "must be 1 to 64 letters, digits, '_', '.', ':' or '-'")
+    cursor = None
+    if "cursor" in params:
+        try:
+            cursor = decode_cursor(params["cursor"])
+        except ValueError:
+            raise invalid("cursor", "is not a cursor this service returned") from None
+    user_ids = [u for u in params.get("user_ids", "").split(",") if u]
+    if len(user_ids) > max_users:
+        raise invalid("user_ids", f"must list at most {max_users} user ids")
+    for user_id in user_ids:
+        if not ID_PATTERN.fullmatch(user_id):
+            raise invalid("user_ids", f"{user_id[:70]!r} is not a valid user id")
+    return BoardQuery(board=board, limit=_query_int(params, "limit", 10, 1, max_limit),
+                      radius=_query_int(params, "radius", 5, 0, max_radius), cursor=cursor,
+                      user_ids=user_ids)
+
+
+def parse_user_id(value: str) -> str:
+    if not ID_PATTERN.fullmatch(value):
+        raise invalid("user_id", "must be 1 to 64 letters, digits, '_', '.', ':' or '-'")
+    return value

@@ -18,11 +18,17 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 
 REACHED_DIGITS = 13
 RANK_MODES = ("competition", "ordinal")
+
+
+def epoch_ms(moment: datetime) -> int:
+    """Whole milliseconds since the epoch (rounded: ``timestamp()`` is a float)."""
+    return round(moment.timestamp() * 1000)
 
 
 def encode_member(reached_ms: int, user_id: str) -> str:

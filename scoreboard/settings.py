@@ -66,6 +66,19 @@ class Settings:
     scrypt_r: int = 8
     scrypt_p: int = 1
 
+    # Reads and spectators.
+    rank_ties: str = "competition"  # or "ordinal": see scoreboard/ranking.py
+    top_cache_ms: int = 100
+    snapshot_size: int = 10
+    snapshot_interval_ms: int = 100
+    revision_poll_ms: int = 1000
+    ws_allowed_origins: str = "*"  # comma-separated Origin values, or * for any
+    ws_max_per_ip: int = 50
+    ws_max_message_bytes: int = 4096
+    ws_ping_interval_s: float = 20.0
+    ws_ping_timeout_s: float = 20.0
+    ws_send_timeout_s: float = 5.0
+
     # Workers.
     consumer_group: str = "persisters"
     consumer_name: str = ""  # empty: "<hostname>-worker"; set one per process on a host
@@ -78,6 +91,12 @@ class Settings:
     chaos_exit_after_commit: float = 0.0
 
     log_level: str = "INFO"
+
+    @property
+    def allowed_origins(self) -> frozenset[str] | None:
+        """None: any Origin is accepted."""
+        origins = frozenset(o.strip() for o in self.ws_allowed_origins.split(",") if o.strip())
+        return None if "*" in origins else origins
 
     @property
     def consumer(self) -> str:
@@ -158,9 +177,13 @@ def _check(settings: Settings) -> None:
             raise ConfigError(name.upper(), str(port), "not a TCP port")
     for name in ("max_body_bytes", "max_points_per_increment", "max_batch_increments",
                  "action_token_ttl_s", "access_token_ttl_s", "refresh_token_ttl_s", "dedup_ttl_s",
-                 "worker_batch_max", "worker_block_ms", "claim_idle_ms", "max_deliveries"):
+                 "worker_batch_max", "worker_block_ms", "claim_idle_ms", "max_deliveries",
+                 "snapshot_size", "snapshot_interval_ms", "revision_poll_ms", "ws_max_per_ip",
+                 "ws_max_message_bytes"):
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
+    if settings.rank_ties not in ("competition", "ordinal"):
+        raise ConfigError("RANK_TIES", settings.rank_ties, "must be competition or ordinal")
     if not settings.key_prefix or any(c in settings.key_prefix for c in "{} "):
         raise ConfigError("KEY_PREFIX", settings.key_prefix,
                           "must be non-empty, without braces or spaces")

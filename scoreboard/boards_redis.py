@@ -1,0 +1,62 @@
+"""Boards read from Redis: one script call per slice, read-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scoreboard.board_reads import Row, Slice
+from scoreboard.keys import Keys
+from scoreboard.lua import Scripts
+from scoreboard.ranking import total_of, zset_score
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisBoards:
+    def __init__(self, redis: Any, scripts: Scripts, keys: Keys) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.keys = keys
+
+    async def slice(self, board: str, start: int, count: int) -> Slice:
+        keys = self.keys
+        reply = await self.scripts.board_page(
+            keys=[keys.board(board), keys.board_revision(board), keys.usernames],
+            args=[start, start + count - 1])
+        revision, size, higher, *flat = reply
+        rows = [Row(total=total_of(float(_text(flat[i + 1]))), member=_text(flat[i]),
+                    username=_text(flat[i + 2])) for i in range(0, len(flat), 3)]
+        return Slice(version=int(revision), size=int(size), start=start,
+                     higher_than_first=int(higher), rows=rows)
+
+    async def position(self, board: str, user_id: str) -> int | None:
+        entry = await self.redis.hget(self.keys.board_entries(board), user_id)
+        if entry is None:
+            return None
+        member = _text(entry).partition("|")[2]
+        rank = await self.redis.zrank(self.keys.board(board), member)
+        return None if rank is None else int(rank)
+
+    async def position_after(self, board: str, total: int, member: str) -> int:
+        key, score = self.keys.board(board), zset_score(total)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrank(key, member)
+            pipe.zscore(key, member)
+            pipe.zcount(key, "-inf", f"({score}")
+            pipe.zcount(key, score, score)
+            rank, current, before, tied = await pipe.execute()
+        if rank is not None and current is not None and float(current) == score:
+            return int(rank) + 1
+        # The cursor's entry moved: find its place among the entries tied with
+        # it by binary search over their positions (they are sorted by member).
+        low, high = int(before), int(before) + int(tied)
+        while low < high:
+            middle = (low + high) // 2
+            (probe,) = await self.redis.zrange(key, middle, middle)
+            if _text(probe) <= member:
+                low = middle + 1
+            else:
+                high = middle
+        return low
