@@ -12,15 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from scoreboard.errors import RequestError
+from scoreboard.names import BOARD_PATTERN, DEFAULT_BOARD, ID_PATTERN
 from scoreboard.ranking import decode_cursor
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-BOARD_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{3,32}")
 DISPLAY_NAME_MAX = 64
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
-DEFAULT_BOARD = "global"
 
 
 def invalid(field: str, message: str) -> RequestError:

@@ -1,0 +1,1 @@
+"""The broadcaster process: live board snapshots to WebSocket and SSE spectators."""

@@ -1,0 +1,142 @@
+"""Building board snapshots and deciding when to send them.
+
+A snapshot is the top N of a board with the board's revision as ``version``,
+read in one consistent script call, so every broadcaster process gives the
+same version to the same state. A snapshot goes out only when the top N
+differs from the last one sent and its version is newer: versions only grow.
+
+Changes are noticed two ways: the workers' pub/sub notices, and a poll of
+the revisions of watched boards about once a second, so a lost notice cannot
+leave spectators stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.exceptions
+
+from broadcaster.hub import Hub
+from broadcaster.throttle import Throttle
+from scoreboard.boards_redis import RedisBoards
+from scoreboard.keys import Keys
+from scoreboard.ranking import ranks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int
+    entries: list[dict[str, Any]]
+    payload: str  # the encoded message, built once and sent to every client
+
+
+class SnapshotService:
+    def __init__(self, *, redis: Any, boards: RedisBoards, keys: Keys, hub: Hub, size: int,
+                 interval_s: float, poll_s: float, rank_mode: str) -> None:
+        self.redis = redis
+        self.boards = boards
+        self.keys = keys
+        self.hub = hub
+        self.size = size
+        self.interval_s = interval_s
+        self.poll_s = poll_s
+        self.rank_mode = rank_mode
+        self.latest: dict[str, Snapshot] = {}
+        self.throttles: dict[str, Throttle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _read(self, board: str) -> tuple[int, list[dict[str, Any]]]:
+        piece = await self.boards.slice(board, 0, self.size)
+        rank_list = ranks([row.total for row in piece.rows], first_position=0,
+                          first_competition_rank=piece.higher_than_first + 1,
+                          mode=self.rank_mode)
+        entries = [{"rank": rank, "user_id": row.user_id, "username": row.username,
+                    "score": row.total} for rank, row in zip(rank_list, piece.rows, strict=True)]
+        return piece.version or 0, entries
+
+    async def refresh(self, board: str) -> Snapshot | None:
+        """Read the board; return a new snapshot if its top N changed (and keep it)."""
+        version, entries = await self._read(board)
+        previous = self.latest.get(board)
+        if previous is not None and (version <= previous.version or entries == previous.entries):
+            if version > previous.version:  # same top N, newer revision: remember it
+                self.latest[board] = Snapshot(version, previous.entries, previous.payload)
+            return None
+        message = {"type": "snapshot", "board": board, "version": version,
+                   "ts": int(time.time() * 1000), "entries": entries}
+        snapshot = Snapshot(version, entries, orjson.dumps(message).decode())
+        self.latest[board] = snapshot
+        return snapshot
+
+    async def current(self, board: str) -> str:
+        """The snapshot a new spectator of ``board`` starts from."""
+        if board not in self.latest or board not in self.hub.boards:
+            await self.refresh(board)
+        return self.latest[board].payload
+
+    def notice(self, board: str) -> None:
+        """The board changed (a notice, or the poll saw a newer revision)."""
+        if board not in self.hub.boards:
+            self.latest.pop(board, None)  # nobody watching: rebuild on next connect
+            return
+        throttle = self.throttles.setdefault(board, Throttle(self.interval_s))
+        delay = throttle.on_change(time.monotonic())
+        if delay is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, self._spawn, board)
+
+    def _spawn(self, board: str) -> None:
+        task = asyncio.create_task(self._send(board))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, board: str) -> None:
+        throttle = self.throttles[board]
+        try:
+            snapshot = await self.refresh(board)
+            if snapshot is not None:
+                self.hub.publish(board, snapshot.payload)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("snapshot of %s failed: %r", board, exc)
+        finally:
+            throttle.on_sent(time.monotonic())
+
+    async def listen(self) -> None:
+        """Follow the workers' change notices, reconnecting after any failure."""
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.board_changes)
+                async for message in pubsub.listen():
+                    if message and message.get("type") == "message":
+                        data = message["data"]
+                        self.notice(data.decode() if isinstance(data, bytes) else str(data))
+            except redis.exceptions.RedisError as exc:
+                logger.warning("change notices interrupted: %r; resubscribing", exc)
+                await asyncio.sleep(1)
+            finally:
+                await pubsub.aclose()
+
+    async def poll(self) -> None:
+        """About once a second, catch changes whose notice was lost."""
+        while True:
+            await asyncio.sleep(self.poll_s)
+            watched = [b for b in self.hub.boards if b in self.latest]
+            if not watched:
+                continue
+            try:
+                revisions = await self.redis.mget([self.keys.board_revision(b) for b in watched])
+            except redis.exceptions.RedisError as exc:
+                logger.warning("revision poll failed: %r", exc)
+                continue
+            for board, revision in zip(watched, revisions, strict=True):
+                if revision is not None and int(revision) > self.latest[board].version:
+                    self.notice(board)
