@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from broadcaster.ws_protocol import SpectatorWebSocketProtocol
 from scoreboard.settings import load_settings
 
 
@@ -15,7 +16,7 @@ def main() -> None:
     settings = load_settings()
     uvicorn.run("broadcaster.app:create_app", factory=True, host=settings.broadcaster_host,
                 port=settings.broadcaster_port, loop="uvloop", http="httptools",
-                ws="websockets-sansio", ws_max_size=settings.ws_max_message_bytes,
+                ws=SpectatorWebSocketProtocol, ws_max_size=settings.ws_max_message_bytes,
                 ws_ping_interval=settings.ws_ping_interval_s,
                 ws_ping_timeout=settings.ws_ping_timeout_s, ws_per_message_deflate=False,
                 access_log=False, log_level=settings.log_level.lower())

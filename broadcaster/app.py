@@ -45,8 +45,10 @@ SSE_KEEPALIVE_S = 15.0
 
 
 def _origin_allowed(settings: Settings, origin: str | None) -> bool:
+    """Browsers always send Origin, so a page of a foreign site is refused; a client
+    without Origin (a bot, a game server) is not a browser page and is let in."""
     allowed = settings.allowed_origins
-    return allowed is None or (origin is not None and origin in allowed)
+    return allowed is None or origin is None or origin in allowed
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

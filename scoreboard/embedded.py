@@ -71,6 +71,19 @@ def redis_server_binary() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server")
 
 
+def _ensure_system_user(name: str) -> pwd.struct_passwd:
+    """The user ``name``, created if missing (retrying: another process may hold the
+    passwd lock, or create the same user, at the same moment)."""
+    for attempt in range(20):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", name],
+                           capture_output=True, check=False)
+            time.sleep(0.1 * attempt)
+    return pwd.getpwnam(name)
+
+
 class EmbeddedRedis:
     """A ``redis-server`` with AOF on (``appendfsync everysec``) in ``data_dir``."""
 
@@ -137,12 +150,7 @@ class EmbeddedPostgres:
     def _prepare_root(self) -> None:
         """Under root: an unprivileged owner for the data, and reachable binaries."""
         self._user = POSTGRES_USER_UNDER_ROOT
-        try:
-            entry = pwd.getpwnam(self._user)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", self._user],
-                           check=True, capture_output=True)
-            entry = pwd.getpwnam(self._user)
+        entry = _ensure_system_user(self._user)
         install = postgres_install_dir()
         for path in (self.data_dir, install):  # every parent folder must be traversable
             for parent in path.parents:

@@ -87,6 +87,28 @@ def ingest_server(env: Mapping[str, str], *, ready_path: str = "/readyz") -> Ite
             process.wait()
 
 
+@contextmanager
+def broadcaster_server(env: Mapping[str, str], *, port: int | None = None) -> Iterator[str]:
+    """A broadcaster process (``python -m broadcaster``, as the Procfile runs it) on
+    ``port`` (a free one by default: pass one to restart on the same address); yields
+    its base URL (http://...; the WebSocket is ws://.../ws)."""
+    port = port if port is not None else free_port()
+    process = subprocess.Popen([sys.executable, "-m", "broadcaster"], cwd=PROJECT_DIR,
+                               env={**env, "BROADCASTER_HOST": "127.0.0.1",
+                                    "BROADCASTER_PORT": str(port)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url + "/healthz", process)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def fresh_name(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(4)}"
 
