@@ -1,0 +1,182 @@
+"""Pure parts of the worker and the broadcaster: no servers."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime
+
+import pytest
+
+from broadcaster.hub import Hub, Subscriber
+from broadcaster.throttle import Throttle
+from scoreboard.ranking import (
+    decode_cursor,
+    decode_member,
+    encode_cursor,
+    encode_member,
+    epoch_ms,
+    ranks,
+    totals_by_user,
+)
+from scoreboard.stream_entry import parse_entry
+from workers.batching import backoff_s, months_of, parse_batch, safe_trim_id
+
+
+def fields(**overrides: str) -> dict[str, str]:
+    base = {"event_id": "e1", "user_id": "u1", "username": "", "board": "global",
+            "points": "3", "source": "player", "ts": "1764547199999", "ip": "", "request_id": ""}
+    return {**base, **overrides}
+
+
+# -- throttle ---------------------------------------------------------------------------
+
+def test_throttle_leading_edge_after_quiet_period() -> None:
+    throttle = Throttle(0.1)
+    assert throttle.on_change(10.0) == 0.0
+    throttle.on_sent(10.0)
+    assert throttle.on_change(10.5) == 0.0  # quiet for longer than the interval
+
+
+def test_throttle_coalesces_a_burst_into_one_trailing_send() -> None:
+    throttle = Throttle(0.1)
+    assert throttle.on_change(10.0) == 0.0
+    throttle.on_sent(10.0)
+    assert throttle.on_change(10.02) == pytest.approx(0.08)
+    assert throttle.on_change(10.05) is None
+    assert throttle.on_change(10.09) is None
+    throttle.on_sent(10.1)
+    assert throttle.on_change(10.12) == pytest.approx(0.08)
+
+
+def test_throttle_bounds_a_burst_to_duration_over_interval_plus_two() -> None:
+    throttle, sends, now, pending = Throttle(0.1), 0, 0.0, None
+    for _ in range(1000):  # 1,000 changes over one second
+        now += 0.001
+        if pending is not None and now >= pending:
+            throttle.on_sent(pending)
+            sends, pending = sends + 1, None
+        delay = throttle.on_change(now)
+        if delay is not None:
+            pending = now + delay
+    if pending is not None:
+        sends += 1
+    assert sends <= 1.0 / 0.1 + 2
+
+
+# -- hub ---------------------------------------------------------------------------------
+
+def test_hub_hands_the_same_payload_to_every_subscriber_and_keeps_only_the_latest() -> None:
+    async def scenario() -> None:
+        sent: list[tuple[str, str]] = []
+        hub = Hub(max_per_address=10)
+
+        def sender(name: str) -> Subscriber:
+            async def send(payload: str) -> None:
+                sent.append((name, payload))
+            return Subscriber(address="a", transport="websocket", send=send)
+
+        first, second = sender("first"), sender("second")
+        hub.join(first, "b")
+        hub.join(second, "b")
+        assert hub.publish("b", "v1") == 2
+        assert hub.publish("b", "v2") == 2  # v1 not yet sent: replaced
+        assert hub.publish("other", "x") == 0
+        tasks = [asyncio.create_task(s.deliver(1.0)) for s in (first, second)]
+        await asyncio.sleep(0.01)
+        hub.close(first)
+        hub.close(second)
+        await asyncio.gather(*tasks)
+        assert sorted(sent) == [("first", "v2"), ("second", "v2")]
+        assert hub.boards == {}
+
+    asyncio.run(scenario())
+
+
+def test_hub_slow_subscriber_times_out() -> None:
+    async def scenario() -> None:
+        async def never(payload: str) -> None:
+            await asyncio.sleep(10)
+
+        subscriber = Subscriber(address="a", transport="websocket", send=never)
+        subscriber.offer("snapshot")
+        with pytest.raises(TimeoutError):
+            await subscriber.deliver(0.05)
+
+    asyncio.run(scenario())
+
+
+def test_hub_address_cap() -> None:
+    hub = Hub(max_per_address=2)
+    assert hub.admit("1.2.3.4") and hub.admit("1.2.3.4")
+    assert not hub.admit("1.2.3.4")
+    assert hub.admit("5.6.7.8")
+    hub.release("1.2.3.4")
+    assert hub.admit("1.2.3.4")
+
+
+# -- ranking -----------------------------------------------------------------------------
+
+def test_members_sort_by_reached_time_then_user_id() -> None:
+    members = [encode_member(2000, "a"), encode_member(1000, "z"), encode_member(1000, "b")]
+    assert [decode_member(m)[1] for m in sorted(members)] == ["b", "z", "a"]
+    assert decode_member(encode_member(1764547200123, "u:1|x")) == (1764547200123, "u:1|x")
+
+
+def test_competition_and_ordinal_ranks() -> None:
+    scores = [10, 10, 7, 7, 7, 1]
+    assert ranks(scores, first_position=0, first_competition_rank=1,
+                 mode="competition") == [1, 1, 3, 3, 3, 6]
+    assert ranks(scores, first_position=0, first_competition_rank=1,
+                 mode="ordinal") == [1, 2, 3, 4, 5, 6]
+    # a page starting in the middle of a tie keeps the tie's rank
+    assert ranks([7, 7, 1], first_position=3, first_competition_rank=3,
+                 mode="competition") == [3, 3, 6]
+
+
+def test_cursor_round_trip_and_refusals() -> None:
+    member = encode_member(5, "u1")
+    assert decode_cursor(encode_cursor(42, member)) == (42, member)
+    for bad in ["", "!!!", "bm90IGpzb24", encode_cursor(1, "no-separator")]:
+        with pytest.raises(ValueError):
+            decode_cursor(bad)
+
+
+def test_epoch_ms_rounds_instead_of_truncating() -> None:
+    moment = datetime.fromtimestamp(1795742126998 / 1000, UTC)
+    assert epoch_ms(moment) == 1795742126998
+
+
+def test_totals_by_user() -> None:
+    assert totals_by_user([(encode_member(1, "a"), -5.0), (encode_member(2, "b"), -3.0)]) == {
+        "a": 5, "b": 3}
+
+
+# -- worker batching ---------------------------------------------------------------------
+
+def test_parse_batch_separates_malformed_and_deleted_entries() -> None:
+    parsed = parse_batch([("1-0", fields()), ("2-0", fields(points="lots")),
+                          ("3-0", None), ("4-0", {"event_id": "x"}), ("5-0", fields(points="0"))])
+    assert [e.stream_id for e in parsed.entries] == ["1-0"]
+    reasons = {stream_id: why for stream_id, _, why in parsed.malformed}
+    assert set(reasons) == {"2-0", "3-0", "4-0", "5-0"}
+    assert reasons["3-0"] == "entry no longer in the stream"
+    assert reasons["4-0"].startswith("malformed: missing fields")
+
+
+def test_an_entry_keeps_its_own_time_and_month() -> None:
+    last_ms_of_november = int(datetime(2025, 12, 1, tzinfo=UTC).timestamp() * 1000) - 1
+    entry = parse_entry("1-0", fields(ts=str(last_ms_of_november)))
+    assert months_of([entry]) == {date(2025, 11, 1)}
+
+
+def test_safe_trim_id_keeps_pending_and_undelivered() -> None:
+    assert safe_trim_id([]) is None
+    assert safe_trim_id([("10-0", None)]) == "10-0"
+    assert safe_trim_id([("10-0", "7-3")]) == "7-3"
+    assert safe_trim_id([("10-0", None), ("5-1", None)]) == "5-1"
+    assert safe_trim_id([("100-0", "9-0"), ("50-0", None)]) == "9-0"
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    assert [backoff_s(n) for n in (1, 2, 3)] == [0.1, 0.2, 0.4]
+    assert backoff_s(50) == 5.0
