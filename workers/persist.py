@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from scoreboard.ranking import epoch_ms
 from scoreboard.stream_entry import StreamEntry
 from workers.batching import STAGING_COLUMNS, months_of, staging_record
 
@@ -77,7 +78,7 @@ class BoardTotal:
 
     def script_args(self) -> list[object]:
         """The four arguments of ``lua/set_totals.lua`` for this total."""
-        return [self.user_id, self.score, int(self.reached_at.timestamp() * 1000), self.version]
+        return [self.user_id, self.score, epoch_ms(self.reached_at), self.version]
 
 
 @dataclass(frozen=True)
