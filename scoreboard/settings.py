@@ -90,7 +90,14 @@ class Settings:
     # right after a Postgres commit, before the boards are set and XACK is sent.
     chaos_exit_after_commit: float = 0.0
 
+    # Observability.
     log_level: str = "INFO"
+    access_log: bool = True  # ingest: one JSON line per request, at INFO
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 9101  # 0: the worker serves no metrics
+    # Ingest as several server processes: prometheus_client keeps every value
+    # in files in this (empty at start) folder and /metrics merges them.
+    prometheus_multiproc_dir: str = ""
 
     @property
     def allowed_origins(self) -> frozenset[str] | None:
@@ -171,7 +178,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def _check(settings: Settings) -> None:
-    for name in ("ingest_port", "broadcaster_port"):
+    for name in ("ingest_port", "broadcaster_port", "worker_metrics_port"):
         port = getattr(settings, name)
         if not 0 <= port <= 65535:
             raise ConfigError(name.upper(), str(port), "not a TCP port")
