@@ -17,11 +17,13 @@ from starlette.responses import Response
 from ingest import metrics
 from ingest.bearer import authenticate, unauthorized
 from ingest.http import JSONResponse, read_json
-from ingest.state import request_client, state_of
+from ingest.state import IngestState, request_client, state_of
 from ingest.validation import parse_batch, parse_increment
 from scoreboard import action_tokens
 from scoreboard.errors import ActionTokenError, RequestError
+from scoreboard.jwt_tokens import Claims
 from scoreboard.limits import retry_after_seconds
+from scoreboard.metrics import count_fraud_event
 
 BACKEND_SCOPE = "scores:write"
 
@@ -32,6 +34,10 @@ def _refusal(reason: str, retry_after_ms: int) -> RequestError:
         return unauthorized("token_revoked", "access token has been revoked")
     if reason == "banned":
         return RequestError(403, "user_banned", "this user is banned")
+    if reason == "address_limited":
+        return RequestError(429, "address_limited",
+                            "this address is limited after repeated invalid tokens",
+                            retry_after_s=retry_after_seconds(retry_after_ms))
     if reason in ("token_used", "duplicate"):
         return RequestError(403, "action_token_used",
                             "action token was already used, or was never issued")
@@ -49,17 +55,50 @@ def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+TOKEN_FAILURES = {"token_used": "action_token_used", "duplicate": "action_token_used",
+                  "token_foreign": "action_token_foreign"}
+
+
+async def record_token_failure(state: IngestState, *, user_id: str, address: str,
+                               failure: str) -> None:
+    """Count a token-manipulation failure (lua/token_failure.lua decides bans and
+    address limits). ``user_id`` is empty when the subject is not authenticated."""
+    settings, keys = state.settings, state.keys
+    user_key = keys.token_failures_user(user_id) if user_id else keys.token_failures_ip(address)
+    _, _, banned, limited = await state.scripts.token_failure(
+        keys=[user_key, keys.token_failures_ip(address), keys.banned(user_id or "-"),
+              keys.address_limited(address), keys.fraud_stream],
+        args=[user_id, address, failure, settings.token_failure_window_s * 1000,
+              settings.token_failures_to_ban, settings.token_failures_to_limit_address,
+              settings.address_limit_s * 1000])
+    if banned:
+        count_fraud_event("token_manipulation", "critical")
+    if limited:
+        count_fraud_event("token_manipulation", "high")
+
+
+async def authenticate_counted(request: Request, state: IngestState) -> Claims:
+    """:func:`authenticate`, counting forged access tokens against the address."""
+    try:
+        return authenticate(request, state)
+    except RequestError as exc:
+        if exc.code == "invalid_token":
+            await record_token_failure(state, user_id="", address=request_client(request, state),
+                                       failure=exc.code)
+        raise
+
+
 async def issue_action_token(request: Request) -> Response:
     state = state_of(request)
-    claims = authenticate(request, state)
+    claims = await authenticate_counted(request, state)
     settings, keys = state.settings, state.keys
     nonce = secrets.token_hex(16)
     user_rate, ip_rate = settings.action_token_rate, settings.ip_rate
+    address = request_client(request, state)
     reason, retry_ms = await state.scripts.action_token(
         keys=[keys.revoked_jti(claims.jti), keys.banned(claims.sub),
-              keys.user_rate("action_token", claims.sub),
-              keys.ip_rate("action_token", request_client(request, state)),
-              keys.action_token(nonce)],
+              keys.user_rate("action_token", claims.sub), keys.ip_rate("action_token", address),
+              keys.action_token(nonce), keys.address_limited(address)],
         args=[claims.sub, *user_rate.as_args(), *ip_rate.as_args(),
               settings.action_token_ttl_s * 1000])
     reason = _decode(reason)
@@ -77,39 +116,48 @@ async def issue_action_token(request: Request) -> Response:
 
 async def increment(request: Request) -> Response:
     state = state_of(request)
-    claims = authenticate(request, state)
+    claims = await authenticate_counted(request, state)
     settings, keys = state.settings, state.keys
     body = parse_increment(await read_json(request, max_bytes=settings.max_body_bytes),
                            max_points=settings.max_points_per_increment)
+    address = request_client(request, state)
     try:
         token = action_tokens.verify(body.action_token, keys=state.action_keys,
                                      user_id=claims.sub, now_ms=int(time.time() * 1000),
                                      ttl_ms=settings.action_token_ttl_s * 1000)
     except ActionTokenError as exc:
         metrics.script_outcome("increment", exc.code)
+        await record_token_failure(state, user_id=claims.sub, address=address, failure=exc.code)
         raise RequestError(403, exc.code, exc.detail) from None
     event_id = "at-" + token.nonce
-    address = request_client(request, state)
-    reason, detail, *_ = await state.scripts.increment(
+    reason, detail, *rest = await state.scripts.increment(
         keys=[keys.action_token(token.nonce), keys.revoked_jti(claims.jti),
               keys.banned(claims.sub), keys.flagged(claims.sub),
               keys.user_rate("increment", claims.sub),
               keys.user_rate("increment_flagged", claims.sub),
-              keys.ip_rate("increment", address), keys.event(event_id), keys.stream],
+              keys.ip_rate("increment", address), keys.event(event_id), keys.stream,
+              keys.address_limited(address), keys.recent_actions(claims.sub), keys.fraud_stream],
         args=[claims.sub, *settings.increment_rate.as_args(),
               *settings.flagged_increment_rate.as_args(), *settings.ip_rate.as_args(),
               settings.dedup_ttl_s * 1000, event_id, body.board, body.points, claims.name,
-              "player", address, request.scope["state"]["request_id"]])
+              "player", address, request.scope["state"]["request_id"],
+              settings.rapid_max_actions, settings.rapid_window_ms,
+              settings.flag_duration_s * 1000])
     reason = _decode(reason)
     metrics.script_outcome("increment", reason)
+    if reason in TOKEN_FAILURES:
+        await record_token_failure(state, user_id=claims.sub, address=address,
+                                   failure=TOKEN_FAILURES[reason])
     if reason != "ok":
         raise _refusal(reason, int(detail))
+    if int(rest[1]):  # this increment flagged the user (rapid actions)
+        count_fraud_event("rapid_actions", "high")
     return JSONResponse({"event_id": event_id, "status": "accepted"}, status_code=202)
 
 
 async def batch(request: Request) -> Response:
     state = state_of(request)
-    claims = authenticate(request, state)
+    claims = await authenticate_counted(request, state)
     if BACKEND_SCOPE not in claims.scopes:
         raise RequestError(403, "insufficient_scope", f"this endpoint needs scope {BACKEND_SCOPE}")
     settings, keys = state.settings, state.keys

@@ -1,27 +1,34 @@
 -- increment.lua: accept one player increment, atomically, or refuse it unchanged.
 --
 -- Checks, in order, before any write: the access token is not revoked, the
--- user is not banned, the action token was issued to this user and is unused,
--- the per-user limit (the reduced one if the user is flagged) and the per-IP
--- limit, the event id is new. Then: consumes the action token, commits both
--- limits, marks the event id, XADDs the entry to the stream.
+-- user is not banned, the address is not limited for token manipulation, the
+-- action token was issued to this user and is unused, the per-user limit (the
+-- reduced one if the user is flagged) and the per-IP limit, the event id is
+-- new. Then: consumes the action token, commits both limits, marks the event
+-- id, XADDs the entry to the stream. Last, the rapid-actions rule: more than
+-- `rapid_max` accepted within `rapid_window_ms` flags the user (the reduced
+-- limit applies from the next request) and records the decision on the fraud
+-- stream.
 --
 -- KEYS[1] action token key      (holds the user id it was issued to)
 -- KEYS[2] revoked jti key       KEYS[3] banned key       KEYS[4] flagged key
 -- KEYS[5] user rate key         KEYS[6] flagged-user rate key
 -- KEYS[7] ip rate key           KEYS[8] event id key     KEYS[9] stream
+-- KEYS[10] address-limited key  KEYS[11] recent actions ZSET   KEYS[12] fraud stream
 -- ARGV[1] user id
 -- ARGV[2..3] user rate (count, period ms)  ARGV[4..5] flagged rate  ARGV[6..7] ip rate
 -- ARGV[8] dedup ttl ms
 -- ARGV[9..15] entry: event_id, board, points, username, source, client address, request id
+-- ARGV[16..18] rapid rule: max accepted in window, window ms, flag duration ms
 --
--- Returns {'ok', stream id, accepted ms} or {reason, retry after ms}, reason one of
--- 'revoked', 'banned', 'token_used', 'token_foreign', 'limited_user',
--- 'limited_ip', 'duplicate'.
+-- Returns {'ok', stream id, accepted ms, flagged now (0/1)} or {reason, retry after ms},
+-- reason one of 'revoked', 'banned', 'address_limited', 'token_used', 'token_foreign',
+-- 'limited_user', 'limited_ip', 'duplicate'.
 
 local token_key, revoked_key, banned_key, flagged_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local user_rate_key, flagged_rate_key, ip_rate_key = KEYS[5], KEYS[6], KEYS[7]
 local event_key, stream_key = KEYS[8], KEYS[9]
+local address_limited_key, recent_key, fraud_key = KEYS[10], KEYS[11], KEYS[12]
 
 local user_id = ARGV[1]
 local user_count, user_period = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -30,9 +37,12 @@ local ip_count, ip_period = tonumber(ARGV[6]), tonumber(ARGV[7])
 local dedup_ttl = tonumber(ARGV[8])
 local event_id, board, points, username = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local source, client_addr, request_id = ARGV[13], ARGV[14], ARGV[15]
+local rapid_max, rapid_window, flag_ttl = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 
 if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
 if redis.call('EXISTS', banned_key) == 1 then return {'banned', 0} end
+local limited_ttl = redis.call('PTTL', address_limited_key)
+if limited_ttl > 0 then return {'address_limited', limited_ttl} end
 
 local owner = redis.call('GET', token_key)
 if not owner then return {'token_used', 0} end
@@ -57,4 +67,18 @@ local stream_id = redis.call('XADD', stream_key, '*',
   'event_id', event_id, 'user_id', user_id, 'username', username, 'board', board,
   'points', points, 'source', source, 'ts', tostring(now),
   'ip', client_addr, 'request_id', request_id)
-return {'ok', stream_id, now}
+
+redis.call('ZADD', recent_key, now, event_id)
+redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', now - rapid_window)
+redis.call('PEXPIRE', recent_key, rapid_window)
+local recent = redis.call('ZCARD', recent_key)
+local flagged_now = 0
+if recent > rapid_max and redis.call('EXISTS', flagged_key) == 0 then
+  redis.call('SET', flagged_key, 'rapid_actions', 'PX', flag_ttl)
+  redis.call('XADD', fraud_key, '*', 'rule', 'rapid_actions', 'severity', 'high',
+    'action', 'flagged', 'user_id', user_id, 'client_addr', client_addr,
+    'evidence', '{"accepted":' .. recent .. ',"window_ms":' .. rapid_window .. '}',
+    'expires_ms', tostring(now + flag_ttl))
+  flagged_now = 1
+end
+return {'ok', stream_id, now, flagged_now}

@@ -45,6 +45,34 @@ class Keys:
     def ip_rate(self, limit_name: str, address: str) -> str:
         return f"{self.tag}:rate:{limit_name}:ip:{address}"
 
+    # Fraud (see docs/fraud.md).
+    def shadow_banned(self, user_id: str) -> str:
+        """Exists while the user is hidden from boards but not told so."""
+        return f"{self.tag}:shadow-banned:{user_id}"
+
+    def recent_actions(self, user_id: str) -> str:
+        """ZSET of the user's accepted increments in the rapid-actions window."""
+        return f"{self.tag}:recent:{user_id}"
+
+    def token_failures_user(self, user_id: str) -> str:
+        return f"{self.tag}:token-failures:user:{user_id}"
+
+    def token_failures_ip(self, address: str) -> str:
+        return f"{self.tag}:token-failures:ip:{address}"
+
+    def address_limited(self, address: str) -> str:
+        """Exists while an address is refused for token manipulation."""
+        return f"{self.tag}:address-limited:{address}"
+
+    def night_logged(self, user_id: str, day: str) -> str:
+        """Exists once the unusual-time rule logged ``user_id`` on ``day``."""
+        return f"{self.tag}:night-logged:{user_id}:{day}"
+
+    @property
+    def fraud_stream(self) -> str:
+        """Decisions taken in Lua, waiting for a worker to record them in Postgres."""
+        return f"{self.tag}:stream:fraud-events"
+
     # Leaderboards (a projection of Postgres ``scores``; see workers/leaderboard.py).
     def board(self, board: str) -> str:
         """ZSET of ``board`` in rank order (see scoreboard/ranking.py)."""

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from scoreboard.errors import ConfigError
 from scoreboard.limits import Rate
@@ -78,6 +79,20 @@ class Settings:
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0
     ws_send_timeout_s: float = 5.0
+
+    # Fraud rules (docs/fraud.md).
+    rapid_max_actions: int = 8  # more than this many accepted ...
+    rapid_window_ms: int = 10_000  # ... within this window flags the user
+    flag_duration_s: int = 24 * 3600
+    token_failure_window_s: int = 3600
+    token_failures_to_ban: int = 10  # per user, within the window
+    token_failures_to_limit_address: int = 30  # per address, within the window
+    address_limit_s: int = 900
+    night_start_hour: int = 2
+    night_end_hour: int = 5
+    fraud_timezone: str = "UTC"
+    velocity_z_threshold: float = 3.0
+    velocity_min_history_hours: int = 6
 
     # Workers.
     consumer_group: str = "persisters"
@@ -186,9 +201,18 @@ def _check(settings: Settings) -> None:
                  "action_token_ttl_s", "access_token_ttl_s", "refresh_token_ttl_s", "dedup_ttl_s",
                  "worker_batch_max", "worker_block_ms", "claim_idle_ms", "max_deliveries",
                  "snapshot_size", "snapshot_interval_ms", "revision_poll_ms", "ws_max_per_ip",
-                 "ws_max_message_bytes"):
+                 "ws_max_message_bytes", "rapid_max_actions", "rapid_window_ms",
+                 "flag_duration_s", "token_failure_window_s", "token_failures_to_ban",
+                 "token_failures_to_limit_address", "address_limit_s"):
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
+    try:
+        ZoneInfo(settings.fraud_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("FRAUD_TIMEZONE", settings.fraud_timezone, "unknown time zone") from None
+    if not 0 <= settings.night_start_hour < settings.night_end_hour <= 24:
+        raise ConfigError("NIGHT_START_HOUR", str(settings.night_start_hour),
+                          "night hours must satisfy 0 <= start < end <= 24")
     if settings.rank_ties not in ("competition", "ordinal"):
         raise ConfigError("RANK_TIES", settings.rank_ties, "must be competition or ordinal")
     if not settings.key_prefix or any(c in settings.key_prefix for c in "{} "):

@@ -367,7 +367,8 @@ def test_a_lost_notice_is_caught_by_the_revision_poll(broadcaster_url: str, back
                 await next_snapshot(ws)
                 # change the board as a worker would, but without publishing the notice
                 await writer.scripts.set_totals(
-                    keys=[keys.board(board), keys.board_entries(board)],
+                    keys=[keys.board(board), keys.board_entries(board), keys.banned("ann"),
+                          keys.shadow_banned("ann")],
                     args=["ann", 7, int(time.time() * 1000), 99])
                 await writer.client.incr(keys.board_revision(board))
                 started = time.monotonic()

@@ -24,7 +24,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -70,7 +70,9 @@ class StreamConsumer:
     def __init__(self, *, redis: Any, pool: Any, keys: Keys, group: str, name: str,
                  batch_max: int, block_ms: int, claim_idle_ms: int, max_deliveries: int,
                  reclaim_every_s: float | None = None,
-                 chaos_exit_after_commit: float = 0.0) -> None:
+                 chaos_exit_after_commit: float = 0.0,
+                 after_batch: Callable[[Sequence[StreamEntry]], Awaitable[None]] | None = None,
+                 every_second: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.redis = redis
         self.pool = pool
         self.keys = keys
@@ -85,6 +87,8 @@ class StreamConsumer:
         self.partitions = PartitionCache()
         self.scripts = register_scripts(redis)
         self.chaos_exit_after_commit = chaos_exit_after_commit
+        self.after_batch = after_batch
+        self.every_second = every_second
         self._stopping = asyncio.Event()
         self._last_heartbeat = 0.0
         self._last_reclaim = time.monotonic()
@@ -136,6 +140,8 @@ class StreamConsumer:
             await self.redis.set(self.keys.consumer_heartbeat(self.name), str(time.time()),
                                  px=int(max(10_000, self.block_ms * 5)))
             self._last_heartbeat = now
+            if self.every_second is not None:
+                await self._side_task(self.every_second())
         if now - self._last_reclaim >= self.reclaim_every_s:
             self._last_reclaim = now
             await self.reclaim()
@@ -178,6 +184,16 @@ class StreamConsumer:
         PERSISTED.inc(result.inserted)
         BATCH_SIZE.observe(len(entries))
         BATCH_SECONDS.observe(time.perf_counter() - started)
+        if self.after_batch is not None:
+            await self._side_task(self.after_batch(entries))
+
+    async def _side_task(self, work: Awaitable[Any]) -> None:
+        """Run checks that ride along with persistence; their failure is logged,
+        never allowed to stop persistence (the batch is already committed)."""
+        try:
+            await work
+        except Exception:
+            logger.exception("side task failed; persistence continues")
 
     async def _retry_transient(self, operation: Any) -> Any:
         """Run ``operation()`` until it succeeds, retrying transient failures with

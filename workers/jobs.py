@@ -14,7 +14,9 @@ from typing import Any
 
 from scoreboard.keys import Keys
 from workers.batching import safe_trim_id
+from workers.fraud import score_velocity
 from workers.leaderboard import rebuild_board, reconcile_board
+from workers.moderation import restore_restrictions
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,16 @@ async def reconcile_boards(ctx: dict[str, Any]) -> int:
     for board in boards:
         await reconcile_board(redis, pool, ctx["scripts"], keys, board)
     return len(boards)
+
+
+async def score_velocity_job(ctx: dict[str, Any]) -> int:
+    """Hourly: the score-velocity rule over the last complete hour."""
+    return len(await score_velocity(ctx["moderation"], ctx["settings"]))
+
+
+async def restore_restrictions_job(ctx: dict[str, Any]) -> int:
+    """Flags, bans and revoked tokens from Postgres back into Redis (idempotent)."""
+    return await restore_restrictions(ctx["redis"], ctx["pool"], ctx["keys"])
 
 
 async def rebuild_board_job(ctx: dict[str, Any], board: str) -> int:

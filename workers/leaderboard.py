@@ -31,11 +31,12 @@ async def _set_totals(pipe: Any, scripts: Scripts, keys: Keys, board: str,
                 totals: Sequence[BoardTotal], *, board_key: str | None = None,
                 entries_key: str | None = None) -> None:
     """Queue ``set_totals`` on ``pipe`` (awaiting only queues it; ``execute`` runs it)."""
+    script_keys = [board_key or keys.board(board), entries_key or keys.board_entries(board)]
     args: list[object] = []
     for total in totals:
+        script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
         args += total.script_args()
-    await scripts.set_totals(keys=[board_key or keys.board(board),
-                             entries_key or keys.board_entries(board)], args=args, client=pipe)
+    await scripts.set_totals(keys=script_keys, args=args, client=pipe)
 
 
 async def apply_and_ack(redis: Any, scripts: Scripts, keys: Keys, *, group: str,
@@ -59,6 +60,16 @@ async def apply_and_ack(redis: Any, scripts: Scripts, keys: Keys, *, group: str,
             pipe.xack(keys.stream, group, *ack_ids)
         for board in boards:
             pipe.publish(keys.board_changes, board)
+        await pipe.execute()
+
+
+async def set_totals_in(redis: Any, scripts: Scripts, keys: Keys,
+                        totals: Sequence[BoardTotal]) -> None:
+    """Set ``totals`` on their boards (no acknowledgement, no announcement)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        for board in sorted({t.board for t in totals}):
+            await _set_totals(pipe, scripts, keys, board, [t for t in totals if t.board == board])
+        pipe.hset(keys.usernames, mapping={t.user_id: t.username for t in totals})
         await pipe.execute()
 
 

@@ -27,6 +27,8 @@ from scoreboard.lua import register_scripts
 from scoreboard.settings import load_settings
 from workers import jobs
 from workers.consumer import StreamConsumer
+from workers.fraud import FraudChecks
+from workers.moderation import Moderation
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +57,20 @@ async def startup(ctx: dict[str, Any]) -> None:
                                                 health_check_interval=30)
     ctx["pool"] = await create_pool(SETTINGS.database_url, min_size=1, max_size=5)
     ctx["keys"] = KEYS
+    ctx["settings"] = SETTINGS
     ctx["scripts"] = register_scripts(ctx["redis"])
+    ctx["moderation"] = Moderation(redis=ctx["redis"], pool=ctx["pool"], scripts=ctx["scripts"],
+                                   keys=KEYS)
+    fraud = FraudChecks(ctx["moderation"], SETTINGS, consumer=SETTINGS.consumer)
     await jobs.ensure_partitions(ctx)
+    await jobs.restore_restrictions_job(ctx)
     consumer = StreamConsumer(
         redis=ctx["redis"], pool=ctx["pool"], keys=KEYS, group=SETTINGS.consumer_group,
         name=SETTINGS.consumer, batch_max=SETTINGS.worker_batch_max,
         block_ms=SETTINGS.worker_block_ms, claim_idle_ms=SETTINGS.claim_idle_ms,
         max_deliveries=SETTINGS.max_deliveries,
-        chaos_exit_after_commit=SETTINGS.chaos_exit_after_commit)
+        chaos_exit_after_commit=SETTINGS.chaos_exit_after_commit,
+        after_batch=fraud.check_batch, every_second=fraud.record_decisions)
     task = asyncio.create_task(consumer.run(), name="stream-consumer")
     task.add_done_callback(lambda t: _supervise(t, consumer))
     ctx["consumer"], ctx["consumer_task"] = consumer, task
@@ -96,6 +104,8 @@ class WorkerSettings:
         cron(jobs.ensure_partitions, hour={0, 12}, minute={5}, run_at_startup=False),
         cron(jobs.trim_stream, second={15}),
         cron(jobs.reconcile_boards, minute={0, 15, 30, 45}),
+        cron(jobs.score_velocity_job, minute={2}),
+        cron(jobs.restore_restrictions_job, minute={20}),
     ]
     on_startup = startup
     on_shutdown = shutdown

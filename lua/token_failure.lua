@@ -1,0 +1,50 @@
+-- token_failure.lua: count a token-manipulation failure; ban or limit past a threshold.
+--
+-- Called when ingest refuses a forged, expired, foreign or replayed action
+-- token (counted for the authenticated user and the address) or an invalid
+-- access token (the address only: an unverified subject must never get
+-- someone else banned). Counters are GCRA-free fixed-lifetime counters: they
+-- expire `window_ms` after the first failure.
+--
+-- KEYS[1] user failures counter (may be the same as KEYS[2] when no user)
+-- KEYS[2] address failures counter   KEYS[3] banned key of the user
+-- KEYS[4] address-limited key        KEYS[5] fraud stream
+-- ARGV[1] user id ('' for none)   ARGV[2] address   ARGV[3] what failed (a code)
+-- ARGV[4] window ms   ARGV[5] user threshold   ARGV[6] address threshold
+-- ARGV[7] address limit duration ms
+--
+-- Returns {user failures, address failures, banned now (0/1), limited now (0/1)}.
+
+local user_key, address_key, banned_key, limited_key, fraud_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local user_id, address, failure = ARGV[1], ARGV[2], ARGV[3]
+local window, user_max, address_max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local limit_ms = tonumber(ARGV[7])
+
+local function count(key)
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('PEXPIRE', key, window) end
+  return n
+end
+
+local user_failures, banned_now = 0, 0
+if user_id ~= '' then
+  user_failures = count(user_key)
+  if user_failures >= user_max and redis.call('EXISTS', banned_key) == 0 then
+    redis.call('SET', banned_key, 'token_manipulation')
+    redis.call('XADD', fraud_key, '*', 'rule', 'token_manipulation', 'severity', 'critical',
+      'action', 'banned', 'user_id', user_id, 'client_addr', address,
+      'evidence', '{"failures":' .. user_failures .. ',"last":"' .. failure .. '"}')
+    banned_now = 1
+  end
+end
+local address_failures = count(address_key)
+local limited_now = 0
+if address_failures >= address_max and redis.call('EXISTS', limited_key) == 0 then
+  redis.call('SET', limited_key, failure, 'PX', limit_ms)
+  redis.call('XADD', fraud_key, '*', 'rule', 'token_manipulation', 'severity', 'high',
+    'action', 'address_limited', 'user_id', user_id, 'client_addr', address,
+    'evidence', '{"failures":' .. address_failures .. ',"last":"' .. failure .. '"}')
+  limited_now = 1
+end
+return {user_failures, address_failures, banned_now, limited_now}

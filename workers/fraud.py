@@ -1,0 +1,173 @@
+"""The worker's share of fraud detection.
+
+- :meth:`FraudChecks.record_decisions`: decisions the Lua scripts took inline
+  (rapid actions flag, token-manipulation ban or address limit) arrive on the
+  fraud stream; each becomes a ``fraud_events`` row (idempotent on its stream
+  id) and, for flags and bans, a ``user_restrictions`` row; a ban also takes
+  the user off every board.
+- :meth:`FraudChecks.check_batch`: per persisted batch, the unusual-time rule
+  (logged, never blocking; once per user per local day) and points per action
+  beyond a board's plausible maximum (flagged for review).
+- :func:`score_velocity`: the hourly job comparing each user's points in the
+  last hour with their own hourly history (z-score).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import redis.exceptions
+
+from scoreboard.fraud_rules import is_night, over_board_max, velocity_zscore
+from scoreboard.keys import Keys
+from scoreboard.settings import Settings
+from scoreboard.stream_entry import StreamEntry
+from workers.moderation import Moderation
+
+logger = logging.getLogger(__name__)
+
+RECORDER_GROUP = "fraud-recorders"
+BOARD_LIMITS_TTL_S = 60.0
+VELOCITY_HISTORY_HOURS = 24
+
+
+class FraudChecks:
+    def __init__(self, moderation: Moderation, settings: Settings, *, consumer: str) -> None:
+        self.moderation = moderation
+        self.settings = settings
+        self.consumer = consumer
+        self._board_limits: dict[str, int | None] = {}
+        self._board_limits_at = 0.0
+
+    @property
+    def keys(self) -> Keys:
+        return self.moderation.keys
+
+    async def record_decisions(self) -> int:
+        """Record what the scripts decided since last time; returns how many."""
+        client, keys = self.moderation.redis, self.keys
+        try:
+            await client.xgroup_create(keys.fraud_stream, RECORDER_GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        recorded = 0
+        for start in ("0", ">"):  # our pending ones first (a crash mid-way), then new ones
+            reply = await client.xreadgroup(RECORDER_GROUP, self.consumer,
+                                            {keys.fraud_stream: start}, count=100)
+            for stream_id, fields in (reply[0][1] if reply else []):
+                if fields:
+                    await self._record(stream_id, fields)
+                await client.xack(keys.fraud_stream, RECORDER_GROUP, stream_id)
+                recorded += 1
+        return recorded
+
+    async def _record(self, stream_id: str, fields: dict[str, str]) -> None:
+        user_id = fields.get("user_id") or None
+        action = fields["action"]
+        evidence = orjson.loads(fields.get("evidence") or "{}")
+        async with self.moderation.pool.acquire() as connection, connection.transaction():
+            new = await self.moderation.record_event(
+                connection, user_id=user_id, rule=fields["rule"], severity=fields["severity"],
+                action=action, evidence=evidence, client_addr=fields.get("client_addr") or None,
+                event_key=stream_id)
+            if new and user_id and action in ("flagged", "banned"):
+                expires = None
+                if fields.get("expires_ms"):
+                    expires = datetime.fromtimestamp(int(fields["expires_ms"]) / 1000, UTC)
+                await connection.execute(
+                    "INSERT INTO user_restrictions (user_id, kind, reason, expires_at)"
+                    " VALUES ($1, $2, $3, $4)"
+                    " ON CONFLICT (user_id, kind) WHERE lifted_at IS NULL DO NOTHING",
+                    user_id, action, fields["rule"], expires)
+        if user_id and action == "banned":
+            await self.moderation.hide_everywhere(user_id)
+
+    async def _board_maximums(self) -> dict[str, int | None]:
+        if time.monotonic() - self._board_limits_at > BOARD_LIMITS_TTL_S:
+            rows = await self.moderation.pool.fetch(
+                "SELECT board, max_points_per_action FROM boards")
+            self._board_limits = {r["board"]: r["max_points_per_action"] for r in rows}
+            self._board_limits_at = time.monotonic()
+        return self._board_limits
+
+    async def check_batch(self, entries: Sequence[StreamEntry]) -> None:
+        settings, client = self.settings, self.moderation.redis
+        maximums = await self._board_maximums()
+        for entry in entries:
+            if is_night(entry.ts_ms, timezone=settings.fraud_timezone,
+                        start_hour=settings.night_start_hour, end_hour=settings.night_end_hour):
+                day = datetime.fromtimestamp(entry.ts_ms / 1000, UTC).date().isoformat()
+                first = await client.set(self.keys.night_logged(entry.user_id, day), "1",
+                                         nx=True, ex=2 * 86400)
+                if first:
+                    await self._event(entry, "unusual_time", "medium", "logged",
+                                      {"ts_ms": entry.ts_ms, "timezone": settings.fraud_timezone})
+            board_max = maximums.get(entry.board)
+            if over_board_max(entry.points, board_max):
+                await self._event(entry, "points_per_action", "high", "review",
+                                  {"points": entry.points, "board_max": board_max,
+                                   "event_id": entry.event_id})
+
+    async def _event(self, entry: StreamEntry, rule: str, severity: str, action: str,
+                     evidence: dict[str, Any]) -> None:
+        async with self.moderation.pool.acquire() as connection:
+            await self.moderation.record_event(
+                connection, user_id=entry.user_id, rule=rule, severity=severity, action=action,
+                evidence=evidence, client_addr=entry.ip or None,
+                event_key=f"{rule}:{entry.event_id}")
+
+
+VELOCITY_QUERY = """
+WITH hourly AS (
+    SELECT user_id, date_trunc('hour', created_at) AS hour, sum(points) AS points
+    FROM actions
+    WHERE created_at >= $1 - make_interval(hours => $2) AND created_at < $1 + interval '1 hour'
+    GROUP BY user_id, date_trunc('hour', created_at)
+)
+SELECT user_id,
+       coalesce(sum(points) FILTER (WHERE hour = $1), 0) AS current,
+       array_agg(points ORDER BY hour) FILTER (WHERE hour < $1) AS history
+FROM hourly GROUP BY user_id
+HAVING bool_or(hour = $1)
+"""
+
+
+async def score_velocity(moderation: Moderation, settings: Settings, *,
+                         hour: datetime | None = None) -> list[str]:
+    """Flag for review every user whose points in ``hour`` (default: the last
+    complete hour) are beyond the z-score threshold of their own history.
+    Hours without actions count as zero. Returns the users flagged."""
+    if hour is None:
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    rows = await moderation.pool.fetch(VELOCITY_QUERY, hour, VELOCITY_HISTORY_HOURS)
+    flagged = []
+    for row in rows:
+        active_hours = row["history"] or []
+        # hours with no actions are zeros, from the user's first active hour on
+        zeros = 0
+        if active_hours:
+            first = await moderation.pool.fetchval(
+                "SELECT date_trunc('hour', min(created_at)) FROM actions"
+                " WHERE user_id = $1 AND created_at >= $2 - make_interval(hours => $3)",
+                row["user_id"], hour, VELOCITY_HISTORY_HOURS)
+            span = int((hour - first).total_seconds() // 3600)
+            zeros = max(0, span - len(active_hours))
+        history = [int(p) for p in active_hours] + [0] * zeros
+        z = velocity_zscore(history, int(row["current"]),
+                            min_history=settings.velocity_min_history_hours)
+        if z is not None and z > settings.velocity_z_threshold:
+            async with moderation.pool.acquire() as connection:
+                await moderation.record_event(
+                    connection, user_id=row["user_id"], rule="score_velocity", severity="high",
+                    action="review",
+                    evidence={"hour": hour.isoformat(), "points": int(row["current"]),
+                              "z": round(z, 2), "history_hours": len(history)},
+                    event_key=f"score_velocity:{row['user_id']}:{hour.isoformat()}")
+            flagged.append(row["user_id"])
+    return flagged

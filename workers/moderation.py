@@ -1,0 +1,179 @@
+"""Flags, bans, shadow-bans and removing an action: Postgres first, then Redis.
+
+Postgres (``user_restrictions``, ``fraud_events``) is the durable record;
+Redis keys are what the hot path reads, restored from Postgres by
+:func:`restore_restrictions`. A ban or shadow-ban takes the user off every
+board at once (spectators get the new board through the usual change
+notice); lifting it puts the user back with their committed totals.
+Shared by the admin command, the worker's fraud recorder and the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from scoreboard.keys import Keys
+from scoreboard.lua import Scripts
+from scoreboard.metrics import count_fraud_event
+from workers.leaderboard import set_totals_in
+from workers.persist import BoardTotal
+
+KINDS = ("flagged", "banned", "shadow_banned")
+
+
+@dataclass(frozen=True)
+class Moderation:
+    redis: Any
+    pool: Any
+    scripts: Scripts
+    keys: Keys
+
+    def _key(self, kind: str, user_id: str) -> str:
+        return {"flagged": self.keys.flagged, "banned": self.keys.banned,
+                "shadow_banned": self.keys.shadow_banned}[kind](user_id)
+
+    async def record_event(self, connection: Any, *, user_id: str | None, rule: str,
+                           severity: str, action: str, evidence: dict[str, Any],
+                           client_addr: str | None = None, event_key: str | None = None) -> bool:
+        """One ``fraud_events`` row; False when ``event_key`` was recorded already."""
+        status = await connection.execute(
+            "INSERT INTO fraud_events (user_id, client_addr, rule, severity, action, evidence,"
+            " event_key) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            " ON CONFLICT (event_key) WHERE event_key IS NOT NULL DO NOTHING",
+            user_id, client_addr, rule, severity, action, evidence, event_key)
+        inserted: bool = status.endswith(" 1")
+        if inserted:
+            count_fraud_event(rule, severity)
+        return inserted
+
+    async def restrict(self, user_id: str, kind: str, *, reason: str, rule: str = "manual",
+                       severity: str = "high", ttl_s: int | None = None,
+                       evidence: dict[str, Any] | None = None) -> None:
+        expires = datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s else None
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "INSERT INTO user_restrictions (user_id, kind, reason, expires_at)"
+                " VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (user_id, kind) WHERE lifted_at IS NULL DO NOTHING",
+                user_id, kind, reason, expires)
+            await self.record_event(connection, user_id=user_id, rule=rule, severity=severity,
+                                    action=kind, evidence=evidence or {"reason": reason})
+        await self.redis.set(self._key(kind, user_id), reason,
+                             px=ttl_s * 1000 if ttl_s else None)
+        if kind in ("banned", "shadow_banned"):
+            await self.hide_everywhere(user_id)
+
+    async def lift(self, user_id: str, kind: str, *, reason: str) -> None:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "UPDATE user_restrictions SET lifted_at = now()"
+                " WHERE user_id = $1 AND kind = $2 AND lifted_at IS NULL", user_id, kind)
+            await self.record_event(connection, user_id=user_id, rule="manual", severity="low",
+                                    action=f"lifted_{kind}", evidence={"reason": reason})
+        await self.redis.delete(self._key(kind, user_id))
+        if kind in ("banned", "shadow_banned"):
+            await self.show_everywhere(user_id)
+
+    async def _announce(self, boards: list[str]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for board in boards:
+                pipe.incr(self.keys.board_revision(board))
+                pipe.publish(self.keys.board_changes, board)
+            await pipe.execute()
+
+    async def hide_everywhere(self, user_id: str) -> list[str]:
+        """Take the user off every board (the banned/shadow key must already be set,
+        so that no concurrent worker puts them back)."""
+        changed = []
+        for raw_board in await self.redis.smembers(self.keys.boards):
+            board = raw_board.decode() if isinstance(raw_board, bytes) else raw_board
+            entry = await self.redis.hget(self.keys.board_entries(board), user_id)
+            if entry is None:
+                continue
+            member = (entry.decode() if isinstance(entry, bytes) else entry).partition("|")[2]
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.board(board), member)
+                pipe.hdel(self.keys.board_entries(board), user_id)
+                await pipe.execute()
+            changed.append(board)
+        await self._announce(changed)
+        return changed
+
+    async def show_everywhere(self, user_id: str) -> list[str]:
+        """Put the user back on every board with their committed totals."""
+        rows = await self.pool.fetch(
+            "SELECT s.board, s.score, s.reached_at, s.version, u.username"
+            " FROM scores s JOIN users u USING (user_id) WHERE s.user_id = $1", user_id)
+        for row in rows:
+            total = BoardTotal(board=row["board"], user_id=user_id, score=row["score"],
+                               reached_at=row["reached_at"], version=row["version"],
+                               username=row["username"])
+            await set_totals_in(self.redis, self.scripts, self.keys, [total])
+        boards = [row["board"] for row in rows]
+        await self._announce(boards)
+        return boards
+
+    async def remove_action(self, event_id: str, *, reason: str) -> list[BoardTotal]:
+        """Delete one action and correct its user's total in Postgres and on the board."""
+        totals = []
+        async with self.pool.acquire() as connection, connection.transaction():
+            removed = await connection.fetch(
+                "DELETE FROM actions WHERE event_id = $1"
+                " RETURNING user_id, board, points, created_at", event_id)
+            for action in removed:
+                row = await connection.fetchrow(
+                    "UPDATE scores SET score = score - $3, version = version + 1,"
+                    " reached_at = COALESCE((SELECT max(created_at) FROM actions"
+                    "   WHERE user_id = $2 AND board = $1), reached_at)"
+                    " WHERE board = $1 AND user_id = $2"
+                    " RETURNING score, reached_at, version",
+                    action["board"], action["user_id"], action["points"])
+                username = await connection.fetchval(
+                    "SELECT username FROM users WHERE user_id = $1", action["user_id"])
+                totals.append(BoardTotal(board=action["board"], user_id=action["user_id"],
+                                         score=row["score"], reached_at=row["reached_at"],
+                                         version=row["version"], username=username))
+                if row["score"] <= 0:
+                    await connection.execute("DELETE FROM scores WHERE board = $1 AND user_id = $2",
+                                             action["board"], action["user_id"])
+                await self.record_event(
+                    connection, user_id=action["user_id"], rule="manual", severity="high",
+                    action="action_removed",
+                    evidence={"event_id": event_id, "board": action["board"],
+                              "points": action["points"], "reason": reason})
+        if totals:
+            await set_totals_in(self.redis, self.scripts, self.keys, totals)
+            await self._announce(sorted({t.board for t in totals}))
+        return totals
+
+    async def events(self, *, user_id: str | None = None, limit: int = 50) -> list[Any]:
+        rows: list[Any] = await self.pool.fetch(
+            "SELECT id, created_at, user_id, client_addr, rule, severity, action, evidence"
+            " FROM fraud_events WHERE ($1::text IS NULL OR user_id = $1)"
+            " ORDER BY id DESC LIMIT $2", user_id, limit)
+        return rows
+
+
+async def restore_restrictions(redis: Any, pool: Any, keys: Keys) -> int:
+    """Put every active flag and ban (and revoked access token) back into Redis,
+    e.g. after Redis lost its data. Returns how many keys were written."""
+    restrictions = await pool.fetch(
+        "SELECT user_id, kind, reason, expires_at FROM user_restrictions"
+        " WHERE lifted_at IS NULL AND (expires_at IS NULL OR expires_at > now())")
+    revoked = await pool.fetch(
+        "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > now()")
+    now = datetime.now(UTC)
+    key_of = {"flagged": keys.flagged, "banned": keys.banned, "shadow_banned": keys.shadow_banned}
+    def ttl_ms(expires: datetime) -> int:
+        return max(1, int((expires - now).total_seconds() * 1000))
+
+    async with redis.pipeline(transaction=False) as pipe:
+        for row in restrictions:
+            pipe.set(key_of[row["kind"]](row["user_id"]), row["reason"],
+                     px=ttl_ms(row["expires_at"]) if row["expires_at"] else None)
+        for row in revoked:
+            pipe.set(keys.revoked_jti(row["jti"]), "1", px=ttl_ms(row["expires_at"]))
+        await pipe.execute()
+    return len(restrictions) + len(revoked)
