@@ -29,6 +29,7 @@ from workers import jobs
 from workers.consumer import StreamConsumer
 from workers.fraud import FraudChecks
 from workers.moderation import Moderation
+from workers.stream_metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["keys"] = KEYS
     ctx["settings"] = SETTINGS
     ctx["scripts"] = register_scripts(ctx["redis"])
+    ctx["metrics"] = WorkerMetrics.start(redis=ctx["redis"], pool=ctx["pool"], keys=KEYS,
+                                         host=SETTINGS.worker_metrics_host,
+                                         port=SETTINGS.worker_metrics_port)
     ctx["moderation"] = Moderation(redis=ctx["redis"], pool=ctx["pool"], scripts=ctx["scripts"],
                                    keys=KEYS)
     fraud = FraudChecks(ctx["moderation"], SETTINGS, consumer=SETTINGS.consumer)
@@ -78,6 +82,8 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if "metrics" in ctx:
+        await ctx["metrics"].stop()
     consumer: StreamConsumer | None = ctx.get("consumer")
     if consumer is not None:
         consumer.stop()
