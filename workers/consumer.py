@@ -171,7 +171,10 @@ class StreamConsumer:
                     await self._persist([entry])
             else:
                 logger.error("entry %s refused by Postgres: %r; left pending for retry",
-                             entries[0].stream_id, exc)
+                             entries[0].stream_id, exc, extra={
+                                 "stream_id": entries[0].stream_id,
+                                 "event_id": entries[0].event_id,
+                                 "request_id": entries[0].request_id})
             return
         if result is None:  # stopping while the database was down: all stays pending
             return
@@ -261,4 +264,5 @@ class StreamConsumer:
             await pipe.execute()
         DEAD_LETTERED.labels(reason.split(":")[0].split(" ")[0]).inc()
         logger.error("dead-lettered %s after %d deliveries: %s", stream_id, deliveries, reason,
-                     extra={"stream_id": stream_id, "fields": fields})
+                     extra={"stream_id": stream_id, "event_id": fields.get("event_id"),
+                            "request_id": fields.get("request_id"), "fields": fields})
