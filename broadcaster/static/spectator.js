@@ -48,8 +48,14 @@ function render(snapshot) {
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  socket = new WebSocket(`${scheme}://${location.host}/ws?board=${encodeURIComponent(board)}`);
-  socket.onopen = () => { attempt = 0; setStatus("live", "live"); };
+  const requested = board;
+  socket = new WebSocket(`${scheme}://${location.host}/ws?board=${encodeURIComponent(requested)}`);
+  socket.onopen = (event) => {
+    attempt = 0;
+    setStatus("live", "live");
+    // The board was switched while this socket was connecting (nothing could be sent then).
+    if (board !== requested) event.target.send(JSON.stringify({ type: "subscribe", board }));
+  };
   socket.onmessage = (event) => {
     const message = JSON.parse(event.data);
     if (message.type === "snapshot") render(message);
