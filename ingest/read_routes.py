@@ -22,6 +22,7 @@ from ingest.validation import parse_board_query, parse_user_id
 from scoreboard.board_reads import BoardReader, Page
 from scoreboard.boards_postgres import PostgresBoards
 from scoreboard.errors import RequestError
+from scoreboard.ranking import Entry
 
 T = TypeVar("T")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -74,11 +75,30 @@ async def page(request: Request) -> Response:
     return _respond(result.as_json(), source)
 
 
+async def _shadow_view(state: IngestState, board: str, user_id: str) -> Page | None:
+    """A shadow-banned user's own rank, as if they were still on the board: they
+    are hidden from everyone else, and must not notice it here."""
+    if not await state.redis.exists(state.keys.shadow_banned(user_id)):
+        return None
+    row = await state.pool.fetchrow(
+        "SELECT s.score, u.username FROM scores s JOIN users u USING (user_id)"
+        " WHERE s.board = $1 AND s.user_id = $2", board, user_id)
+    if row is None:
+        return None
+    higher = await state.redis.zcount(state.keys.board(board), "-inf", f"({-row['score']}")
+    version = await state.redis.get(state.keys.board_revision(board))
+    return Page(board=board, version=int(version or 0), size=0, next_cursor=None, entries=[
+        Entry(rank=int(higher) + 1, user_id=user_id, username=row["username"],
+              score=row["score"])])
+
+
 async def user(request: Request) -> Response:
     state = state_of(request)
     user_id = parse_user_id(request.path_params["user_id"])
     query = parse_board_query(request.query_params)
     result, source = await _read(state, lambda reader: reader.user(query.board, user_id))
+    if (result is None or not result.entries) and source == "redis":
+        result = await _shadow_view(state, query.board, user_id)
     if result is None or not result.entries:
         raise _not_ranked(user_id, query.board)
     entry = result.entries[0]

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
+
 from scoreboard.accounts import create_backend_account
+from scoreboard.admin import add_admin_parser, main_admin
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
 from scoreboard.logs import configure_logging
 from scoreboard.migrate import ensure_database, migrate
@@ -38,9 +42,34 @@ def with_database(url: str, name: str) -> str:
     return f"{head}/{name}" + (f"?{query}" if query else "")
 
 
+def _running_file(settings: Settings) -> Path:
+    return settings.data_dir / "running.json"
+
+
+def _running_urls(settings: Settings) -> tuple[str, str] | None:
+    """The embedded servers' URLs of a ``scoreboard run`` that is still running."""
+    path = _running_file(settings)
+    if not path.exists():
+        return None
+    urls = orjson.loads(path.read_bytes())
+    port = int(urls["redis_url"].rsplit(":", 1)[1].split("/")[0])
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return None  # a run that did not stop cleanly
+    return urls["redis_url"], urls["database_url"]
+
+
 @contextmanager
 def servers(settings: Settings) -> Iterator[Settings]:
-    """The settings with both URLs set, starting embedded servers for the unset ones."""
+    """The settings with both URLs set: the configured servers, or those of a running
+    ``scoreboard run`` on the same data folder, or newly started embedded ones."""
+    running = None
+    if settings.redis_url is None and settings.database_url is None:
+        running = _running_urls(settings)
+    if running is not None:
+        yield replace(settings, redis_url=running[0], database_url=running[1])
+        return
     with ExitStack() as stack:
         redis_url, database_url = settings.redis_url, settings.database_url
         if redis_url is None:
@@ -76,6 +105,10 @@ def run(settings: Settings) -> int:
                "PATH": os.pathsep.join([str(Path(sys.executable).parent),
                                         os.environ.get("PATH", "")])}
         print(f"ingest on http://{ready.ingest_host}:{ready.ingest_port}", flush=True)
+        # Other commands (admin, rebuild-board) find the running servers here.
+        running_file = _running_file(ready)
+        running_file.write_bytes(orjson.dumps({"redis_url": ready.redis_url,
+                                               "database_url": ready.database_url}))
         # honcho gets the terminal's Ctrl-C itself and stops the processes; we
         # wait for it and only then stop the servers they were using. A stop
         # asked for (Ctrl-C, SIGTERM) is a clean exit; a process dying is not.
@@ -95,6 +128,7 @@ def run(settings: Settings) -> int:
             status = child.wait()
             return 0 if stop_requested else status
         finally:
+            running_file.unlink(missing_ok=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -131,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     rebuild = commands.add_parser("rebuild-board",
                                   help="recompute a board from Postgres and swap it in")
     rebuild.add_argument("board")
+    add_admin_parser(commands)
     args = parser.parse_args(argv)
     configure_logging()
     settings = load_settings()
@@ -156,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "rebuild-board":
             members = asyncio.run(_rebuild(ready, args.board))
             print(f"board {args.board!r} rebuilt from Postgres: {members} members")
+        elif args.command == "admin":
+            return main_admin(args, ready)
     return 0
 
 

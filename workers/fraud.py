@@ -127,14 +127,15 @@ VELOCITY_QUERY = """
 WITH hourly AS (
     SELECT user_id, date_trunc('hour', created_at) AS hour, sum(points) AS points
     FROM actions
-    WHERE created_at >= $1 - make_interval(hours => $2) AND created_at < $1 + interval '1 hour'
+    WHERE created_at >= $1::timestamptz - make_interval(hours => $2)
+      AND created_at < $1::timestamptz + interval '1 hour'
     GROUP BY user_id, date_trunc('hour', created_at)
 )
 SELECT user_id,
-       coalesce(sum(points) FILTER (WHERE hour = $1), 0) AS current,
-       array_agg(points ORDER BY hour) FILTER (WHERE hour < $1) AS history
+       coalesce(sum(points) FILTER (WHERE hour = $1::timestamptz), 0) AS current,
+       array_agg(points ORDER BY hour) FILTER (WHERE hour < $1::timestamptz) AS history
 FROM hourly GROUP BY user_id
-HAVING bool_or(hour = $1)
+HAVING bool_or(hour = $1::timestamptz)
 """
 
 
@@ -153,8 +154,8 @@ async def score_velocity(moderation: Moderation, settings: Settings, *,
         zeros = 0
         if active_hours:
             first = await moderation.pool.fetchval(
-                "SELECT date_trunc('hour', min(created_at)) FROM actions"
-                " WHERE user_id = $1 AND created_at >= $2 - make_interval(hours => $3)",
+                "SELECT date_trunc('hour', min(created_at)) FROM actions WHERE user_id = $1"
+                " AND created_at >= $2::timestamptz - make_interval(hours => $3)",
                 row["user_id"], hour, VELOCITY_HISTORY_HOURS)
             span = int((hour - first).total_seconds() // 3600)
             zeros = max(0, span - len(active_hours))

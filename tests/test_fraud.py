@@ -1,0 +1,388 @@
+"""Fraud rules, bans and moderation against real Redis, Postgres and processes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+import redis.asyncio as redis_asyncio
+from websockets.asyncio.client import connect
+
+from scoreboard.db import create_pool
+from scoreboard.keys import Keys
+from scoreboard.lua import register_scripts
+from scoreboard.settings import load_settings
+from tests.board_support import entry, seed
+from tests.conftest import Api, Player, new_address
+from tests.servers import (
+    PROJECT_DIR,
+    Backing,
+    SyncRedis,
+    board_totals,
+    broadcaster_server,
+    fresh_name,
+    ingest_server,
+)
+from workers.fraud import FraudChecks, score_velocity
+from workers.moderation import Moderation, restore_restrictions
+
+
+@asynccontextmanager
+async def fraud_tools(backing: Backing, keys: Keys,
+                      **env: str) -> AsyncIterator[tuple[Moderation, FraudChecks]]:
+    client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+    pool = await create_pool(backing.database_url, max_size=3)
+    moderation = Moderation(redis=client, pool=pool, scripts=register_scripts(client), keys=keys)
+    settings = load_settings({"KEY_PREFIX": keys.prefix, **env})
+    try:
+        yield moderation, FraudChecks(moderation, settings, consumer="fraud-test")
+    finally:
+        await pool.close()
+        await client.aclose()
+
+
+def record_decisions(backing: Backing, keys: Keys) -> None:
+    async def run() -> None:
+        async with fraud_tools(backing, keys) as (_, checks):
+            await checks.record_decisions()
+
+    asyncio.run(run())
+
+
+def events_of(backing: Backing, user_id: str) -> list[dict[str, Any]]:
+    async def run() -> list[dict[str, Any]]:
+        connection = await asyncpg.connect(backing.database_url)
+        try:
+            rows = await connection.fetch(
+                "SELECT rule, severity, action, evidence::text AS evidence FROM fraud_events"
+                " WHERE user_id = $1 ORDER BY id", user_id)
+        finally:
+            await connection.close()
+        return [{**dict(r), "evidence": orjson.loads(r["evidence"])} for r in rows]
+
+    return asyncio.run(run())
+
+
+def increment(api: Api, player: Player, **body: Any) -> httpx.Response:
+    return api.post("/api/scores/increment", headers=player.headers,
+                    json={"action_token": api.action_token(player), **body})
+
+
+@pytest.fixture(scope="module")
+def relaxed_url(backing: Backing) -> Iterator[str]:
+    """An ingest whose per-user limits do not get in the way of the fraud patterns."""
+    with ingest_server(backing.env(TRUSTED_PROXIES="127.0.0.1/32", INCREMENT_RATE="1000/60",
+                                   ACTION_TOKEN_RATE="1000/60", TOKEN_FAILURES_TO_BAN="3",
+                                   TOKEN_FAILURES_TO_LIMIT_ADDRESS="5")) as url:
+        yield url
+
+
+@pytest.fixture
+def relaxed(relaxed_url: str) -> Iterator[Api]:
+    api = Api(relaxed_url)
+    yield api
+    api.close()
+
+
+def test_rapid_actions_flag_the_user_and_the_script_holds_them_to_the_reduced_limit(
+        relaxed: Api, redis_client: SyncRedis, keys: Keys, backing: Backing) -> None:
+    player = relaxed.register_and_login()
+    for _ in range(8):
+        assert increment(relaxed, player).status_code == 202
+    assert not redis_client.exists(keys.flagged(player.user_id))  # 8 in 10 s: allowed
+    assert increment(relaxed, player).status_code == 202  # the 9th flags
+    assert redis_client.get(keys.flagged(player.user_id)) == "rapid_actions"
+    assert increment(relaxed, player).status_code == 202  # flagged limit: 1 a minute
+    refused = increment(relaxed, player)
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) > 30
+    record_decisions(backing, keys)
+    events = events_of(backing, player.user_id)
+    assert [(e["rule"], e["severity"], e["action"]) for e in events] == [
+        ("rapid_actions", "high", "flagged")]
+    assert events[0]["evidence"] == {"accepted": 9, "window_ms": 10000}
+
+
+def test_actions_spread_over_more_than_the_window_are_not_flagged(
+        backing: Backing, redis_client: SyncRedis, keys: Keys) -> None:
+    with ingest_server(backing.env(TRUSTED_PROXIES="127.0.0.1/32", INCREMENT_RATE="1000/60",
+                                   ACTION_TOKEN_RATE="1000/60", RAPID_WINDOW_MS="1000",
+                                   RAPID_MAX_ACTIONS="3")) as url:
+        api = Api(url)
+        try:
+            player = api.register_and_login()
+            for _ in range(8):  # 8 actions, never more than 3 within a second
+                assert increment(api, player).status_code == 202
+                time.sleep(0.4)
+            assert not redis_client.exists(keys.flagged(player.user_id))
+        finally:
+            api.close()
+
+
+def forged(token: str) -> str:
+    payload, _, signature = token.rpartition(".")
+    return payload + "." + ("0" if signature[0] != "0" else "1") + signature[1:]
+
+
+def test_repeated_token_manipulation_bans_the_user(relaxed: Api, redis_client: SyncRedis,
+                                                    keys: Keys, backing: Backing) -> None:
+    player = relaxed.register_and_login()
+    assert increment(relaxed, player, points=4).status_code == 202
+    seed(backing, keys, [entry(player.user_id, 4, int(time.time() * 1000), board="global")])
+    assert player.user_id in board_totals(redis_client, keys, "global")
+    for _ in range(3):  # three forged tokens (the threshold here)
+        response = relaxed.post("/api/scores/increment", headers=player.headers,
+                                json={"action_token": forged(relaxed.action_token(player))})
+        assert response.status_code == 403
+    assert redis_client.get(keys.banned(player.user_id)) == "token_manipulation"
+    refused = relaxed.post("/api/actions/token", headers=player.headers)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "user_banned")
+    record_decisions(backing, keys)  # the worker records it and takes the user off the boards
+    assert player.user_id not in board_totals(redis_client, keys, "global")
+    rules = [(e["rule"], e["severity"], e["action"]) for e in events_of(backing, player.user_id)]
+    assert rules == [("token_manipulation", "critical", "banned")]
+
+
+def test_two_honest_mistakes_do_not_ban(relaxed: Api, redis_client: SyncRedis,
+                                        keys: Keys) -> None:
+    player = relaxed.register_and_login()
+    token = relaxed.action_token(player)
+    assert relaxed.post("/api/scores/increment", headers=player.headers,
+                        json={"action_token": token}).status_code == 202
+    for _ in range(2):  # a retried request: the token was already used
+        assert relaxed.post("/api/scores/increment", headers=player.headers,
+                            json={"action_token": token}).status_code == 403
+    assert not redis_client.exists(keys.banned(player.user_id))
+    assert increment(relaxed, player).status_code == 202
+
+
+def test_forged_access_tokens_limit_the_address_not_a_user(relaxed: Api, redis_client: SyncRedis,
+                                                           keys: Keys) -> None:
+    victim = relaxed.register_and_login()
+    address = new_address()
+    header, payload, _ = victim.access_token.split(".")
+    for _ in range(5):
+        response = relaxed.post("/api/actions/token", headers={
+            "Authorization": f"Bearer {header}.{payload}.AAAA", "X-Forwarded-For": address})
+        assert response.status_code == 401
+    assert redis_client.exists(keys.address_limited(address))
+    assert not redis_client.exists(keys.banned(victim.user_id))  # an unverified sub is not blamed
+    victim.address = address
+    limited = relaxed.post("/api/actions/token", headers=victim.headers)
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "address_limited"
+    victim.address = new_address()
+    assert increment(relaxed, victim).status_code == 202
+
+
+def test_unusual_time_is_logged_once_and_never_blocks(backing: Backing, keys: Keys) -> None:
+    night = int(datetime(2026, 11, 20, 3, 30, tzinfo=UTC).timestamp() * 1000)
+    day = int(datetime(2026, 11, 20, 14, 0, tzinfo=UTC).timestamp() * 1000)
+    owl, lark = fresh_name("owl"), fresh_name("lark")
+    batch = [entry(owl, 2, night, board="global"), entry(owl, 3, night + 60_000, board="global"),
+             entry(lark, 2, day, board="global")]
+
+    async def run() -> None:
+        async with fraud_tools(backing, keys) as (_, checks):
+            await checks.check_batch(batch)
+            await checks.check_batch(batch)  # a redelivery: still once
+
+    asyncio.run(run())
+    assert [(e["rule"], e["severity"], e["action"]) for e in events_of(backing, owl)] == [
+        ("unusual_time", "medium", "logged")]
+    assert events_of(backing, lark) == []
+
+
+def test_points_beyond_the_boards_plausible_maximum_are_flagged_for_review(
+        backing: Backing, keys: Keys) -> None:
+    board, cheat, honest = fresh_name("capped"), fresh_name("cheat"), fresh_name("honest")
+
+    async def run() -> None:
+        connection = await asyncpg.connect(backing.database_url)
+        await connection.execute("INSERT INTO boards (board, max_points_per_action)"
+                                 " VALUES ($1, 50)", board)
+        await connection.close()
+        noon = int(datetime(2026, 11, 20, 12, tzinfo=UTC).timestamp() * 1000)
+        async with fraud_tools(backing, keys) as (_, checks):
+            await checks.check_batch([entry(cheat, 60, noon, board=board),
+                                      entry(honest, 50, noon, board=board)])
+
+    asyncio.run(run())
+    events = events_of(backing, cheat)
+    assert [(e["rule"], e["action"]) for e in events] == [("points_per_action", "review")]
+    assert events[0]["evidence"]["points"] == 60
+    assert events_of(backing, honest) == []
+
+
+def test_score_velocity_flags_a_spike_against_the_users_own_history(
+        backing: Backing, keys: Keys) -> None:
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    spiky, steady, newcomer = fresh_name("spiky"), fresh_name("steady"), fresh_name("new")
+    entries = []
+    for back in range(1, 13):  # twelve hours of ordinary play
+        at = int((hour - timedelta(hours=back)).timestamp() * 1000) + 60_000
+        entries += [entry(spiky, 10 + back % 3, at, board="global"),
+                    entry(steady, 10 + back % 3, at, board="global")]
+    at = int(hour.timestamp() * 1000) + 60_000
+    entries += [entry(spiky, 400, at, board="global"), entry(steady, 12, at, board="global"),
+                entry(newcomer, 400, at, board="global")]
+    seed(backing, keys, entries)
+
+    async def run() -> list[str]:
+        async with fraud_tools(backing, keys) as (moderation, checks):
+            return await score_velocity(moderation, checks.settings, hour=hour)
+
+    flagged = asyncio.run(run())
+    assert spiky in flagged
+    assert steady not in flagged and newcomer not in flagged  # no history: not judged
+    (event,) = events_of(backing, spiky)
+    assert (event["rule"], event["action"]) == ("score_velocity", "review")
+    assert event["evidence"]["z"] > 3
+
+
+def snapshot_users(message: str | bytes) -> dict[str, int]:
+    return {e["user_id"]: e["score"] for e in orjson.loads(message)["entries"]}
+
+
+def test_ban_drops_the_user_from_boards_and_spectators_unban_restores(
+        api: Api, backing: Backing, keys: Keys, redis_client: SyncRedis) -> None:
+    board = fresh_name("banboard")
+    cheater = api.register_and_login()
+    now = int(time.time() * 1000)
+    seed(backing, keys, [entry(cheater.user_id, 50, now, board=board),
+                         entry("bystander", 10, now, board=board)])
+    with broadcaster_server(backing.env()) as url:
+
+        async def run() -> None:
+            async with connect(url.replace("http", "ws") + f"/ws?board={board}") as ws, \
+                    fraud_tools(backing, keys) as (moderation, _):
+                assert snapshot_users(await ws.recv()) == {cheater.user_id: 50, "bystander": 10}
+                await moderation.restrict(cheater.user_id, "banned", reason="test")
+                assert snapshot_users(await asyncio.wait_for(ws.recv(), 5)) == {"bystander": 10}
+                await moderation.lift(cheater.user_id, "banned", reason="appeal")
+                assert snapshot_users(await asyncio.wait_for(ws.recv(), 5)) == {
+                    cheater.user_id: 50, "bystander": 10}
+
+        asyncio.run(run())
+
+    async def restrict(lift: bool) -> None:
+        async with fraud_tools(backing, keys) as (moderation, _):
+            if lift:
+                await moderation.lift(cheater.user_id, "banned", reason="appeal")
+            else:
+                await moderation.restrict(cheater.user_id, "banned", reason="test")
+
+    token = api.action_token(cheater)  # issued before the ban
+    asyncio.run(restrict(lift=False))
+    refused = api.post("/api/scores/increment", headers=cheater.headers,
+                       json={"action_token": token})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "user_banned")
+    asyncio.run(restrict(lift=True))
+    assert api.post("/api/scores/increment", headers=cheater.headers,
+                    json={"action_token": token}).status_code == 202
+    actions = [e["action"] for e in events_of(backing, cheater.user_id)]
+    assert actions == ["banned", "lifted_banned", "banned", "lifted_banned"]
+
+
+def test_shadow_ban_hides_the_user_from_others_but_not_from_themself(
+        api: Api, backing: Backing, keys: Keys, redis_client: SyncRedis) -> None:
+    board = fresh_name("shadow")
+    sneaky = api.register_and_login()
+    now = int(time.time() * 1000)
+    seed(backing, keys, [entry(sneaky.user_id, 30, now, board=board),
+                         entry("other", 20, now, board=board)])
+
+    async def ban() -> None:
+        async with fraud_tools(backing, keys) as (moderation, _):
+            await moderation.restrict(sneaky.user_id, "shadow_banned", reason="test")
+
+    asyncio.run(ban())
+    top = api.get("/api/scores/top", params={"board": board}).json()
+    assert [e["user_id"] for e in top["entries"]] == ["other"]
+    own = api.get(f"/api/scores/users/{sneaky.user_id}", params={"board": board})
+    assert own.status_code == 200
+    assert (own.json()["rank"], own.json()["score"]) == (1, 30)
+    assert increment(api, sneaky, board=board).status_code == 202  # not told
+
+
+def test_removing_an_action_corrects_postgres_the_board_and_the_next_snapshot(
+        backing: Backing, keys: Keys, redis_client: SyncRedis) -> None:
+    board = fresh_name("removal")
+    user = fresh_name("wrong")
+    now = int(time.time() * 1000)
+    bad = entry(user, 900, now, board=board)
+    seed(backing, keys, [entry(user, 5, now - 1000, board=board), bad,
+                         entry("rival", 100, now, board=board)])
+    with broadcaster_server(backing.env()) as url:
+
+        async def run() -> None:
+            async with connect(url.replace("http", "ws") + f"/ws?board={board}") as ws, \
+                    fraud_tools(backing, keys) as (moderation, _):
+                assert snapshot_users(await ws.recv())[user] == 905
+                totals = await moderation.remove_action(bad.event_id, reason="exploit")
+                assert [(t.user_id, t.score) for t in totals] == [(user, 5)]
+                after = snapshot_users(await asyncio.wait_for(ws.recv(), 5))
+                assert after == {"rival": 100, user: 5}
+
+        asyncio.run(run())
+
+    async def check() -> None:
+        connection = await asyncpg.connect(backing.database_url)
+        try:
+            assert await connection.fetchval(
+                "SELECT count(*) FROM actions WHERE event_id = $1", bad.event_id) == 0
+            assert await connection.fetchval(
+                "SELECT score FROM scores WHERE board = $1 AND user_id = $2", board, user) == 5
+        finally:
+            await connection.close()
+
+    asyncio.run(check())
+    assert board_totals(redis_client, keys, board)[user] == 5
+
+
+def test_restrictions_are_restored_into_redis_from_postgres(
+        backing: Backing, keys: Keys, redis_client: SyncRedis) -> None:
+    user = fresh_name("restored")
+
+    async def run() -> None:
+        async with fraud_tools(backing, keys) as (moderation, _):
+            await moderation.restrict(user, "flagged", reason="test", ttl_s=3600)
+            await moderation.restrict(user, "banned", reason="test")
+            redis_client.delete(keys.flagged(user), keys.banned(user))  # Redis lost them
+            await restore_restrictions(moderation.redis, moderation.pool, keys)
+
+    asyncio.run(run())
+    assert redis_client.get(keys.banned(user)) == "test"
+    assert 3500_000 < redis_client.pttl(keys.flagged(user)) <= 3600_000
+
+
+def test_admin_command_bans_lists_and_unbans(backing: Backing, keys: Keys,
+                                             redis_client: SyncRedis) -> None:
+    user = fresh_name("admin")
+    env = backing.env()
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "scoreboard.cli", "admin", *args],
+                              cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    assert admin("ban", user, "--reason", "chargeback fraud").returncode == 0
+    assert redis_client.exists(keys.banned(user))
+    listed = admin("events", "--user", user)
+    assert listed.returncode == 0
+    (line,) = listed.stdout.strip().splitlines()
+    assert orjson.loads(line)["action"] == "banned"
+    assert admin("unban", user).returncode == 0
+    assert not redis_client.exists(keys.banned(user))
+    missing = admin("remove-action", "no-such-event")
+    assert missing.returncode == 1
