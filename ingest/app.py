@@ -6,6 +6,8 @@ Run with ``uvicorn --factory ingest.app:create_app``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +31,7 @@ from scoreboard.jwt_tokens import JWTAuthority
 from scoreboard.keys import Keys
 from scoreboard.logs import configure_logging
 from scoreboard.lua import register_scripts
+from scoreboard.metrics import forget_this_process, sample_pool_forever
 from scoreboard.settings import Settings, load_settings
 from scoreboard.signing_keys import load_action_keys, load_jwt_keys
 
@@ -68,11 +71,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
             jwt=JWTAuthority(load_jwt_keys(settings.jwt_keys_path), issuer=settings.jwt_issuer,
                              audience=settings.jwt_audience, ttl_s=settings.access_token_ttl_s),
             action_keys=load_action_keys(settings.action_keys_path))
+        pool_sampler = asyncio.create_task(sample_pool_forever(pool), name="pool-sampler")
         try:
             yield
         finally:
+            pool_sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pool_sampler
             await pool.close()
             await client.aclose()
+            forget_this_process(settings.prometheus_multiproc_dir)
 
     routes = [
         Route("/api/auth/register", auth_routes.register, methods=["POST"]),
@@ -97,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                    asyncpg.InterfaceError, ConnectionError, TimeoutError)
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         RequestError: _request_error, **{kind: _dependency_down for kind in unavailable}})
-    app.add_middleware(metrics.ObservabilityMiddleware, router=app.router)
+    app.add_middleware(metrics.ObservabilityMiddleware, router=app.router,
+                       access_log=settings.access_log)
     configure_logging(settings.log_level)
     return app

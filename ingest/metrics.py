@@ -3,19 +3,34 @@
 The middleware is pure ASGI: it times each request, labels it by route
 template (not raw path, so ids do not explode the series), gives it a request
 id (``X-Request-ID`` in and out) and keeps all per-request state in the call.
+The id goes into the stream entry of an accepted increment, into every log
+line written while the request is handled, and into the access log line
+(``ingest.access``, one JSON object per request at INFO, unless
+``ACCESS_LOG=false``).
+
+Several server processes (``uvicorn --workers N``): with
+``PROMETHEUS_MULTIPROC_DIR`` set, ``/metrics`` merges every process's values
+(``scoreboard.metrics.exposition``).
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ingest.state import state_of
+from scoreboard.logs import REQUEST_ID
+from scoreboard.metrics import exposition, sample_pool
+
+access_logger = logging.getLogger("ingest.access")
 
 REQUEST_SECONDS = Histogram(
     "scoreboard_http_request_duration_seconds", "HTTP request latency",
@@ -48,9 +63,10 @@ def _request_id(scope: Scope) -> str:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, *, router: Any) -> None:
+    def __init__(self, app: ASGIApp, *, router: Any, access_log: bool = True) -> None:
         self.app = app
         self.router = router
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,6 +75,10 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         request_id = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
+        # Not reset on the way out: each request runs in a task of its own (with
+        # a copy of the context), and the server's own line about an unhandled
+        # error, written after this returns, should carry the id too.
+        REQUEST_ID.set(request_id)
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -72,9 +92,19 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            REQUEST_SECONDS.labels(_route_template(self.router, scope), scope["method"],
-                                   str(status)).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            route = _route_template(self.router, scope)
+            REQUEST_SECONDS.labels(route, scope["method"], str(status)).observe(elapsed)
+            if self.access_log and access_logger.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                access_logger.info("%s %s %d", scope["method"], scope["path"], status, extra={
+                    "method": scope["method"], "path": scope["path"], "route": route,
+                    "status": status, "duration_ms": round(elapsed * 1000, 3),
+                    "peer": client[0] if client else None})
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    state = state_of(request)
+    sample_pool(state.pool)
+    body, content_type = exposition(state.settings.prometheus_multiproc_dir)
+    return Response(body, media_type=content_type)
