@@ -248,6 +248,16 @@ def test_foreign_origin_bad_board_and_address_cap_are_refused(
         asyncio.run(capped())
 
 
+def test_compression_is_refused_even_when_the_client_offers_it(broadcaster_url: str) -> None:
+    async def scenario() -> None:
+        async with connect(ws_url(broadcaster_url, "global"), compression="deflate") as ws:
+            assert ws.response is not None
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            await next_snapshot(ws)
+
+    asyncio.run(scenario())
+
+
 def test_an_oversized_client_message_closes_the_connection(broadcaster_url: str) -> None:
     async def scenario() -> None:
         async with connect(ws_url(broadcaster_url, "global")) as ws:
