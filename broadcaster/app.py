@@ -56,7 +56,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.redis_url is None:
         raise RuntimeError("REDIS_URL must be set (the run command sets it)")
     redis_url = settings.redis_url
-    hub = Hub(max_per_address=settings.ws_max_per_ip)
+    hub = Hub(max_per_address=settings.ws_max_per_ip,
+              on_board_empty=lambda board: app.state.snapshots.forget(board))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -170,7 +171,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics),
     ]
     configure_logging(settings.log_level)
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    return app
 
 
 async def _receive(websocket: WebSocket, subscriber: Subscriber, hub: Hub,

@@ -61,8 +61,10 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, *, max_per_address: int) -> None:
+    def __init__(self, *, max_per_address: int,
+                 on_board_empty: Callable[[str], None] | None = None) -> None:
         self.max_per_address = max_per_address
+        self.on_board_empty = on_board_empty
         self.boards: dict[str, set[Subscriber]] = defaultdict(set)
         self.per_address: dict[str, int] = defaultdict(int)
 
@@ -92,6 +94,8 @@ class Hub:
             members.discard(subscriber)
             if not members:
                 del self.boards[subscriber.board]
+                if self.on_board_empty is not None:
+                    self.on_board_empty(subscriber.board)
 
     def close(self, subscriber: Subscriber) -> None:
         if subscriber.board:

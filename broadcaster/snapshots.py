@@ -81,6 +81,12 @@ class SnapshotService:
             await self.refresh(board)
         return self.latest[board].payload
 
+    def forget(self, board: str) -> None:
+        """Nobody watches ``board`` any more: drop what is kept for it (any name
+        can be asked for, so per-board state lives only while it is watched)."""
+        self.latest.pop(board, None)
+        self.throttles.pop(board, None)
+
     def notice(self, board: str) -> None:
         """The board changed (a notice, or the poll saw a newer revision)."""
         if board not in self.hub.boards:
@@ -99,7 +105,9 @@ class SnapshotService:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, board: str) -> None:
-        throttle = self.throttles[board]
+        throttle = self.throttles.get(board)
+        if throttle is None:  # forgotten while the send was scheduled
+            return
         try:
             snapshot = await self.refresh(board)
             if snapshot is not None:

@@ -26,6 +26,7 @@ from scoreboard.ranking import Entry
 
 T = TypeVar("T")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+TOP_CACHE_ENTRIES = 1024
 
 
 async def _read(state: IngestState, operation: Callable[[BoardReader], Awaitable[T]]
@@ -56,6 +57,8 @@ async def top(request: Request) -> Response:
     page, source = await _read(state, lambda reader: reader.top(query.board, query.limit))
     body = page.as_json()
     if source == "redis":
+        if len(state.top_cache) >= TOP_CACHE_ENTRIES:  # any board name can be asked for
+            state.top_cache.clear()
         state.top_cache[key] = (time.monotonic() + state.settings.top_cache_ms / 1000, body)
     return _respond(body, source)
 

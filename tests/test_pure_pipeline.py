@@ -180,3 +180,21 @@ def test_safe_trim_id_keeps_pending_and_undelivered() -> None:
 def test_backoff_is_exponential_and_capped() -> None:
     assert [backoff_s(n) for n in (1, 2, 3)] == [0.1, 0.2, 0.4]
     assert backoff_s(50) == 5.0
+
+
+def test_hub_reports_a_board_nobody_watches_any_more() -> None:
+    emptied: list[str] = []
+    hub = Hub(max_per_address=10, on_board_empty=emptied.append)
+
+    async def send(payload: str) -> None:
+        pass
+
+    first = Subscriber(address="a", transport="websocket", send=send)
+    second = Subscriber(address="a", transport="websocket", send=send)
+    hub.join(first, "x")
+    hub.join(second, "x")
+    hub.join(first, "y")  # a switch leaves x with one watcher
+    assert emptied == []
+    hub.close(second)
+    hub.close(first)
+    assert emptied == ["x", "y"]
