@@ -77,6 +77,20 @@ async def record_token_failure(state: IngestState, *, user_id: str, address: str
         count_fraud_event("token_manipulation", "high")
 
 
+async def record_rate_refusal(state: IngestState, *, user_id: str, address: str,
+                              endpoint: str) -> None:
+    """Count a per-user 429 (lua/rate_refusal.lua flags a user who keeps hammering
+    through them); one extra Redis call, on the refusal path only."""
+    settings, keys = state.settings, state.keys
+    if settings.rate_refusals_to_flag <= 0:
+        return
+    await state.scripts.rate_refusal(
+        keys=[keys.rate_refusals(user_id), keys.flagged(user_id), keys.banned(user_id),
+              keys.fraud_stream],
+        args=[user_id, address, endpoint, settings.rate_refusal_window_s * 1000,
+              settings.rate_refusals_to_flag, settings.flag_duration_s * 1000])
+
+
 async def authenticate_counted(request: Request, state: IngestState) -> Claims:
     """:func:`authenticate`, counting forged access tokens against the address."""
     try:
@@ -103,6 +117,9 @@ async def issue_action_token(request: Request) -> Response:
               settings.action_token_ttl_s * 1000])
     reason = _decode(reason)
     metrics.script_outcome("action_token", reason)
+    if reason == "limited_user":
+        await record_rate_refusal(state, user_id=claims.sub, address=address,
+                                  endpoint="action_token")
     if reason != "ok":
         raise _refusal(reason, int(retry_ms))
     key_id, key = list(state.action_keys.items())[-1]
@@ -148,6 +165,9 @@ async def increment(request: Request) -> Response:
     if reason in TOKEN_FAILURES:
         await record_token_failure(state, user_id=claims.sub, address=address,
                                    failure=TOKEN_FAILURES[reason])
+    elif reason == "limited_user":
+        await record_rate_refusal(state, user_id=claims.sub, address=address,
+                                  endpoint="increment")
     if reason != "ok":
         raise _refusal(reason, int(detail))
     if int(rest[1]):  # this increment flagged the user (rapid actions)

@@ -1,16 +1,18 @@
 """The fraud rules' arithmetic, as pure functions (docs/fraud.md has the rules).
 
 Where each rule runs: rapid actions and token manipulation inline in the Lua
-scripts (counters in Redis, decided atomically with the request); unusual
-time and points per action per batch in the worker; score velocity as an
-hourly arq job over Postgres. This module holds the parts that are plain
-arithmetic, so each is unit-tested without a server.
+scripts (counters in Redis, decided atomically with the request); rate-limit
+hammering in one extra script call on ingest's 429 path; unusual time, points
+per action, cadence regularity and farms per batch in the worker; score
+velocity as an hourly arq job over Postgres. This module holds the parts that
+are plain arithmetic, so each is unit-tested without a server.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -40,3 +42,45 @@ def velocity_zscore(history: Sequence[int], current: int, *, min_history: int) -
 
 def over_board_max(points: int, board_max: int | None) -> bool:
     return board_max is not None and points > board_max
+
+
+def interval_cv(times_ms: Sequence[int]) -> float | None:
+    """Coefficient of variation (population standard deviation over the mean) of
+    the gaps between consecutive ``times_ms`` (ascending); None when there are
+    fewer than two gaps or they average zero."""
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times_ms)]
+    if len(gaps) < 2:
+        return None
+    mean = sum(gaps) / len(gaps)
+    if mean <= 0:
+        return None
+    variance = sum((g - mean) ** 2 for g in gaps) / len(gaps)
+    return math.sqrt(variance) / mean
+
+
+def regular_cadence(times_ms: Sequence[int], *, actions: int, window_ms: int,
+                    max_cv: float) -> float | None:
+    """The cadence-regularity rule: the CV of the gaps between the user's last
+    ``actions`` accepted actions (``times_ms`` ascending, possibly more), when it
+    is below ``max_cv``; None when the rule does not fire.
+
+    It only judges ``actions`` actions that all fall within ``window_ms`` of the
+    newest, so a player who comes back at the same time every day is not "regular".
+    """
+    if actions < 3 or len(times_ms) < actions:
+        return None
+    last = list(times_ms[-actions:])
+    if last[-1] - last[0] > window_ms:
+        return None
+    cv = interval_cv(last)
+    return cv if cv is not None and cv < max_cv else None
+
+
+def farm_accounts(last_seen_ms: Mapping[str, int], *, now_ms: int, window_ms: int,
+                  min_accounts: int) -> list[str]:
+    """The farm rule: the accounts seen accepted from one address within
+    ``window_ms`` before ``now_ms`` (``last_seen_ms``: account -> its latest
+    accepted action from that address), when there are at least ``min_accounts``
+    of them; otherwise an empty list. Sorted, so the decision is deterministic."""
+    recent = sorted(user for user, seen in last_seen_ms.items() if seen > now_ms - window_ms)
+    return recent if min_accounts > 0 and len(recent) >= min_accounts else []

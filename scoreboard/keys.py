@@ -64,6 +64,19 @@ class Keys:
         """Exists while an address is refused for token manipulation."""
         return f"{self.tag}:address-limited:{address}"
 
+    def rate_refusals(self, user_id: str) -> str:
+        """Counter of the user's per-user 429s in the rate-hammering window."""
+        return f"{self.tag}:rate-refusals:user:{user_id}"
+
+    def cadence(self, user_id: str) -> str:
+        """ZSET event id -> accepted ms of the user's latest actions (cadence rule)."""
+        return f"{self.tag}:cadence:{user_id}"
+
+    def address_accounts(self, address: str) -> str:
+        """ZSET user id -> latest accepted ms of the accounts acting from ``address``
+        (farm rule)."""
+        return f"{self.tag}:address-accounts:{address}"
+
     def night_logged(self, user_id: str, day: str) -> str:
         """Exists once the unusual-time rule logged ``user_id`` on ``day``."""
         return f"{self.tag}:night-logged:{user_id}:{day}"

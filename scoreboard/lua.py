@@ -30,10 +30,13 @@ class Scripts:
     set_totals: Any
     board_page: Any
     token_failure: Any
+    rate_refusal: Any
+    flag_users: Any
 
 
 def register_scripts(redis: Any) -> Scripts:
     """Register every script on ``redis`` (an async or sync redis-py client)."""
     return Scripts(**{name: redis.register_script(script_source(name))
                       for name in ("increment", "action_token", "batch", "rate_limit",
-                                   "set_totals", "board_page", "token_failure")})
+                                   "set_totals", "board_page", "token_failure",
+                                   "rate_refusal", "flag_users")})

@@ -93,6 +93,14 @@ class Settings:
     fraud_timezone: str = "UTC"
     velocity_z_threshold: float = 3.0
     velocity_min_history_hours: int = 6
+    # Added with the fraud simulator (0 turns each of these rules off).
+    rate_refusals_to_flag: int = 20  # per-user 429s within the window flag the user
+    rate_refusal_window_s: int = 60
+    cadence_actions: int = 8  # the last this many accepted actions, when their gaps ...
+    cadence_max_cv: float = 0.005  # ... vary less than this (std/mean), flag the user
+    cadence_window_s: int = 900  # ... and they all fall within this window
+    farm_min_accounts: int = 5  # this many accounts accepted from one address ...
+    farm_window_s: int = 600  # ... within this window flag each of them
 
     # Workers.
     consumer_group: str = "persisters"
@@ -203,9 +211,18 @@ def _check(settings: Settings) -> None:
                  "snapshot_size", "snapshot_interval_ms", "revision_poll_ms", "ws_max_per_ip",
                  "ws_max_message_bytes", "rapid_max_actions", "rapid_window_ms",
                  "flag_duration_s", "token_failure_window_s", "token_failures_to_ban",
-                 "token_failures_to_limit_address", "address_limit_s"):
+                 "token_failures_to_limit_address", "address_limit_s",
+                 "rate_refusal_window_s", "cadence_window_s", "farm_window_s"):
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
+    for name in ("rate_refusals_to_flag", "cadence_actions", "cadence_max_cv",
+                 "farm_min_accounts"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(name.upper(), str(getattr(settings, name)),
+                              "must be zero (rule off) or positive")
+    if 0 < settings.cadence_actions < 3:
+        raise ConfigError("CADENCE_ACTIONS", str(settings.cadence_actions),
+                          "needs at least 3 actions (two gaps), or 0 for off")
     try:
         ZoneInfo(settings.fraud_timezone)
     except (ZoneInfoNotFoundError, ValueError):

@@ -6,8 +6,12 @@
   id) and, for flags and bans, a ``user_restrictions`` row; a ban also takes
   the user off every board.
 - :meth:`FraudChecks.check_batch`: per persisted batch, the unusual-time rule
-  (logged, never blocking; once per user per local day) and points per action
-  beyond a board's plausible maximum (flagged for review).
+  (logged, never blocking; once per user per local day), points per action
+  beyond a board's plausible maximum (flagged for review), and, over players'
+  own increments only, cadence regularity (the gaps between a user's last
+  actions vary too little: a script) and farms (too many accounts accepted
+  from one address): both flag, through ``lua/flag_users.lua``, which records
+  the decision on the fraud stream like the inline rules.
 - :func:`score_velocity`: the hourly job comparing each user's points in the
   last hour with their own hourly history (z-score).
 """
@@ -23,7 +27,13 @@ from typing import Any
 import orjson
 import redis.exceptions
 
-from scoreboard.fraud_rules import is_night, over_board_max, velocity_zscore
+from scoreboard.fraud_rules import (
+    farm_accounts,
+    is_night,
+    over_board_max,
+    regular_cadence,
+    velocity_zscore,
+)
 from scoreboard.keys import Keys
 from scoreboard.settings import Settings
 from scoreboard.stream_entry import StreamEntry
@@ -113,6 +123,84 @@ class FraudChecks:
                 await self._event(entry, "points_per_action", "high", "review",
                                   {"points": entry.points, "board_max": board_max,
                                    "event_id": entry.event_id})
+        # A game backend's batch is its own server's doing: its timing and its
+        # address say nothing about one player.
+        players = [entry for entry in entries if entry.source == "player"]
+        if players and settings.cadence_actions > 0:
+            await self._check_cadence(players)
+        if players and settings.farm_min_accounts > 0:
+            await self._check_farms(players)
+
+    async def _check_cadence(self, entries: Sequence[StreamEntry]) -> None:
+        """Keep each user's last ``cadence_actions`` accept times (a ZSET keyed by
+        event id, so a redelivered batch adds nothing) and flag the regular ones."""
+        settings, keys = self.settings, self.keys
+        by_user: dict[str, list[StreamEntry]] = {}
+        for entry in entries:
+            by_user.setdefault(entry.user_id, []).append(entry)
+        window_ms = settings.cadence_window_s * 1000
+        async with self.moderation.redis.pipeline(transaction=False) as pipe:
+            for user_id, own in by_user.items():
+                key = keys.cadence(user_id)
+                pipe.zadd(key, {e.event_id: e.ts_ms for e in own})
+                pipe.zremrangebyrank(key, 0, -(settings.cadence_actions + 1))
+                pipe.pexpire(key, window_ms)
+                pipe.zrange(key, 0, -1, withscores=True)
+            replies = await pipe.execute()
+        regular = []
+        for index, (user_id, own) in enumerate(by_user.items()):
+            times = [int(score) for _, score in replies[4 * index + 3]]
+            cv = regular_cadence(times, actions=settings.cadence_actions, window_ms=window_ms,
+                                 max_cv=settings.cadence_max_cv)
+            if cv is not None:
+                regular.append((user_id, own[-1].ip, {
+                    "cv": round(cv, 5), "actions": len(times),
+                    "mean_gap_ms": round((times[-1] - times[0]) / (len(times) - 1)),
+                    "max_cv": settings.cadence_max_cv}))
+        await self._flag("cadence_regularity", regular)
+
+    async def _check_farms(self, entries: Sequence[StreamEntry]) -> None:
+        """Per address, the accounts accepted from it within ``farm_window_s``; at
+        ``farm_min_accounts`` or more, flag them all."""
+        settings, keys = self.settings, self.keys
+        by_address: dict[str, dict[str, int]] = {}
+        for entry in entries:
+            if entry.ip:
+                seen = by_address.setdefault(entry.ip, {})
+                seen[entry.user_id] = max(seen.get(entry.user_id, 0), entry.ts_ms)
+        window_ms = settings.farm_window_s * 1000
+        async with self.moderation.redis.pipeline(transaction=False) as pipe:
+            for address, seen in by_address.items():
+                key = keys.address_accounts(address)
+                pipe.zadd(key, seen, gt=True)
+                pipe.zremrangebyscore(key, "-inf", max(seen.values()) - window_ms)
+                pipe.pexpire(key, window_ms)
+                pipe.zrange(key, 0, -1, withscores=True)
+            replies = await pipe.execute()
+        farmed = []
+        for index, (address, seen) in enumerate(by_address.items()):
+            last_seen = {user: int(score) for user, score in replies[4 * index + 3]}
+            accounts = farm_accounts(last_seen, now_ms=max(seen.values()), window_ms=window_ms,
+                                     min_accounts=settings.farm_min_accounts)
+            evidence = {"address": address, "accounts": len(accounts),
+                        "window_s": settings.farm_window_s, "sample": accounts[:10]}
+            farmed += [(user_id, address, evidence) for user_id in accounts]
+        await self._flag("farm", farmed)
+
+    async def _flag(self, rule: str, decisions: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """Flag ``(user id, address, evidence)`` through ``lua/flag_users.lua`` (skips
+        users already flagged or banned); the recorder writes the rows."""
+        if not decisions:
+            return
+        keys = self.keys
+        script_keys = [keys.fraud_stream]
+        script_args: list[Any] = [rule, "high", self.settings.flag_duration_s * 1000]
+        for user_id, address, evidence in decisions:
+            script_keys += [keys.flagged(user_id), keys.banned(user_id)]
+            script_args += [user_id, address, orjson.dumps(evidence).decode()]
+        flagged = await self.moderation.scripts.flag_users(keys=script_keys, args=script_args)
+        if flagged:
+            logger.info("%s flagged %d user(s)", rule, len(flagged))
 
     async def _event(self, entry: StreamEntry, rule: str, severity: str, action: str,
                      evidence: dict[str, Any]) -> None:

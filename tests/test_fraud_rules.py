@@ -1,0 +1,143 @@
+"""Unit tests of the fraud rules' arithmetic (scoreboard/fraud_rules.py): no servers."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from scoreboard.errors import ConfigError
+from scoreboard.fraud_rules import (
+    farm_accounts,
+    interval_cv,
+    is_night,
+    over_board_max,
+    regular_cadence,
+    velocity_zscore,
+)
+from scoreboard.settings import load_settings
+
+
+def ms(year: int, month: int, day: int, hour: int, minute: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp() * 1000)
+
+
+# ------------------------------------------------------------------------- existing rules
+
+
+def test_is_night_is_the_half_open_local_interval() -> None:
+    def night(ts_ms: int, timezone: str = "UTC") -> bool:
+        return is_night(ts_ms, timezone=timezone, start_hour=2, end_hour=5)
+
+    assert not night(ms(2026, 11, 20, 1, 59))
+    assert night(ms(2026, 11, 20, 2, 0))
+    assert night(ms(2026, 11, 20, 4, 59))
+    assert not night(ms(2026, 11, 20, 5, 0))
+    assert night(ms(2026, 11, 19, 18), "Asia/Tokyo")  # 03:00 in Tokyo
+
+
+def test_velocity_zscore_needs_history_and_floors_the_spread() -> None:
+    assert velocity_zscore([10] * 5, 100, min_history=6) is None
+    assert velocity_zscore([10] * 6, 14, min_history=6) == 4.0  # flat history: spread 1
+    assert velocity_zscore([8, 12] * 3, 12, min_history=6) == pytest.approx(1.0)
+
+
+def test_over_board_max() -> None:
+    assert over_board_max(51, 50) and not over_board_max(50, 50)
+    assert not over_board_max(10**6, None)
+
+
+# ------------------------------------------------------------------------- cadence regularity
+
+
+def test_interval_cv() -> None:
+    assert interval_cv([0, 1000]) is None  # one gap: nothing to compare
+    assert interval_cv([5, 5, 5]) is None  # gaps average zero
+    assert interval_cv([0, 1000, 2000, 3000]) == 0.0
+    # gaps 1000 and 3000: mean 2000, population std 1000
+    assert interval_cv([0, 1000, 4000]) == pytest.approx(0.5)
+
+
+def test_a_script_on_a_fixed_cadence_is_regular() -> None:
+    times = [i * 12_000 + random.Random(i).randint(0, 15) for i in range(8)]  # ms of latency
+    cv = regular_cadence(times, actions=8, window_ms=900_000, max_cv=0.005)
+    assert cv is not None and cv < 0.002
+
+
+def test_a_steady_human_grinder_is_not_regular() -> None:
+    """Gaps of 13 to 15 s: the honest pattern closest to a script (see docs/fraud.md
+    for the false-positive estimate behind the default threshold)."""
+    rng = random.Random(7)
+    flagged = 0
+    for _ in range(2000):
+        times = [0]
+        for _ in range(7):
+            times.append(times[-1] + rng.randint(13_000, 15_000))
+        flagged += regular_cadence(times, actions=8, window_ms=900_000, max_cv=0.005) is not None
+    assert flagged == 0
+
+
+def test_cadence_needs_enough_actions_within_the_window() -> None:
+    regular = [i * 10_000 for i in range(8)]
+    assert regular_cadence(regular[:7], actions=8, window_ms=900_000, max_cv=0.005) is None
+    assert regular_cadence(regular, actions=8, window_ms=69_999, max_cv=0.005) is None
+    assert regular_cadence(regular, actions=8, window_ms=70_000, max_cv=0.005) == 0.0
+
+
+def test_cadence_judges_only_the_last_actions() -> None:
+    irregular_then_regular = [0, 1_000, 30_000] + [40_000 + i * 10_000 for i in range(8)]
+    assert regular_cadence(irregular_then_regular, actions=8, window_ms=900_000,
+                           max_cv=0.005) == 0.0
+    assert regular_cadence(irregular_then_regular, actions=10, window_ms=900_000,
+                           max_cv=0.005) is None
+
+
+def test_a_daily_habit_is_not_a_cadence() -> None:
+    """The same minute every day is regular, but spans far more than the window."""
+    day = 86_400_000
+    times = [i * day + 8 * 3_600_000 for i in range(8)]
+    assert regular_cadence(times, actions=8, window_ms=900_000, max_cv=0.005) is None
+
+
+# ------------------------------------------------------------------------- farms
+
+
+def test_farm_accounts_counts_recent_accounts_of_one_address() -> None:
+    now, window = 1_000_000, 600_000
+    seen = {f"u{i}": now - i * 1000 for i in range(5)}
+    assert farm_accounts(seen, now_ms=now, window_ms=window, min_accounts=5) == [
+        "u0", "u1", "u2", "u3", "u4"]
+    assert farm_accounts(seen, now_ms=now, window_ms=window, min_accounts=6) == []
+
+
+def test_farm_accounts_forgets_accounts_outside_the_window() -> None:
+    now, window = 1_000_000, 600_000
+    seen = {"a": now, "b": now - 100, "c": now - 599_999, "d": now - window, "e": 0}
+    assert farm_accounts(seen, now_ms=now, window_ms=window, min_accounts=3) == ["a", "b", "c"]
+    assert farm_accounts(seen, now_ms=now, window_ms=window, min_accounts=4) == []
+
+
+def test_farm_rule_off_at_zero() -> None:
+    assert farm_accounts({"a": 1}, now_ms=1, window_ms=10, min_accounts=0) == []
+
+
+# ------------------------------------------------------------------------- settings
+
+
+def test_new_rule_settings_parse_and_can_be_turned_off() -> None:
+    settings = load_settings({"RATE_REFUSALS_TO_FLAG": "0", "CADENCE_ACTIONS": "0",
+                              "FARM_MIN_ACCOUNTS": "0", "CADENCE_MAX_CV": "0.01"})
+    assert (settings.rate_refusals_to_flag, settings.cadence_actions,
+            settings.farm_min_accounts, settings.cadence_max_cv) == (0, 0, 0, 0.01)
+    defaults = load_settings({})
+    assert (defaults.rate_refusals_to_flag, defaults.rate_refusal_window_s,
+            defaults.cadence_actions, defaults.cadence_max_cv, defaults.cadence_window_s,
+            defaults.farm_min_accounts, defaults.farm_window_s) == (20, 60, 8, 0.005, 900, 5, 600)
+
+
+@pytest.mark.parametrize("env", [{"CADENCE_ACTIONS": "2"}, {"FARM_MIN_ACCOUNTS": "-1"},
+                                 {"CADENCE_WINDOW_S": "0"}, {"RATE_REFUSAL_WINDOW_S": "0"}])
+def test_new_rule_settings_refuse_nonsense(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(env)
