@@ -105,6 +105,9 @@ def _prepare(environment: Environment, **_: Any) -> None:
             scrypt_r=SETTINGS.scrypt_r, scrypt_p=SETTINGS.scrypt_p))
         _backend.update(username=name, password=password)
         logger.info("game-server account %s created", name)
+    else:
+        logger.warning("no game-server account (set DATABASE_URL, or BACKEND_USERNAME and "
+                       "BACKEND_PASSWORD): game-server users stop at once")
 
 
 events.init.add_listener(_check_targets)  # type: ignore[no-untyped-call]
@@ -243,7 +246,9 @@ class SpectatorUser(User):
     def _connect(self) -> None:
         started = time.perf_counter()
         try:
-            connection = websocket.create_connection(self.url, timeout=self.CONNECT_TIMEOUT_S)
+            # No Origin header: a bot is not a browser page (WS_ALLOWED_ORIGINS).
+            connection = websocket.create_connection(self.url, timeout=self.CONNECT_TIMEOUT_S,
+                                                     suppress_origin=True)
             first = connection.recv()
             message = orjson.loads(first)
             if message.get("type") != "snapshot":
