@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Origin
 
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
@@ -226,10 +227,10 @@ def test_foreign_origin_bad_board_and_address_cap_are_refused(
         broadcaster_url: str, backing: Backing) -> None:
     async def scenario() -> None:
         with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
-            await connect(ws_url(broadcaster_url, "global"), origin="http://evil.example")
+            await connect(ws_url(broadcaster_url, "global"), origin=Origin("http://evil.example"))
         assert refused.value.response.status_code == 403
         async with connect(ws_url(broadcaster_url, "global"),
-                           origin="http://spectators.example") as ws:
+                           origin=Origin("http://spectators.example")) as ws:
             assert (await next_snapshot(ws))["board"] == "global"
         with pytest.raises(websockets.exceptions.InvalidStatus):
             await connect(ws_url(broadcaster_url, "bad board!"))
