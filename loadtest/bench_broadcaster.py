@@ -806,6 +806,7 @@ class LatencyResult:
     unseen: int
     snapshots_per_s: float
     board_samples: int
+    cpu: dict[str, float]  # cores used during the drive, by party
 
 
 def first_reflecting(by_lane: dict[int, list[Accepted]], lanes: list[Lane],
@@ -824,7 +825,8 @@ def first_reflecting(by_lane: dict[int, list[Accepted]], lanes: list[Lane],
 
 
 def match(drive_result: DriveResult, kept: list[tuple[int, float, str]], lanes: list[Lane],
-          spectators: int, board: list[tuple[float, Scores]]) -> LatencyResult:
+          spectators: int, board: list[tuple[float, Scores]],
+          cpu: dict[str, float]) -> LatencyResult:
     """For each spectator and each increment of the window, the first snapshot that
     reflects it; and the first board poll that does, to split the time."""
     by_lane: dict[int, list[Accepted]] = {}
@@ -857,7 +859,8 @@ def match(drive_result: DriveResult, kept: list[tuple[int, float, str]], lanes: 
                  if drive_result.started_ms <= received_ms <= drive_result.ended_ms)
     driven_s = (drive_result.ended_ms - drive_result.started_ms) / 1000
     return LatencyResult(drive_result, spectators, sorted(receipt), board_ms, sorted(build),
-                         sorted(delivery), unseen, driven / spectators / driven_s, len(board))
+                         sorted(delivery), unseen, driven / spectators / driven_s, len(board),
+                         cpu)
 
 
 async def watch_board(redis_url: str, keys: Keys, stop: asyncio.Event,
@@ -876,8 +879,16 @@ async def watch_board(redis_url: str, keys: Keys, stop: asyncio.Event,
         await client.aclose()
 
 
+def cpu_seconds(pids: dict[str, int], redis_client: Any) -> dict[str, float]:
+    """CPU seconds so far of each named process, Redis, this process and the machine."""
+    return {**{name: process_cpu_s(pid) for name, pid in pids.items()},
+            "redis": redis_info(redis_client)["cpu_s"], "driver": time.process_time(),
+            "machine": machine_busy_s(), "at": time.perf_counter()}
+
+
 async def measure_latency(args: argparse.Namespace, ingest_url: str, ws_url: str,
-                          lanes: list[Lane], redis_url: str, keys: Keys) -> LatencyResult:
+                          lanes: list[Lane], *, redis_url: str, redis_client: Any, keys: Keys,
+                          pids: dict[str, int]) -> LatencyResult:
     spectators = await ClientProcess.start(ws_url, "raw", keep=True)
     stop, board = asyncio.Event(), list[tuple[float, Scores]]()
     watcher = asyncio.create_task(watch_board(redis_url, keys, stop, board))
@@ -888,15 +899,20 @@ async def measure_latency(args: argparse.Namespace, ingest_url: str, ws_url: str
         if connected["connected"] != args.spectators:
             raise BenchError(f"spectators failed to connect: {connected['failures']}")
         await spectators.call({"op": "start"})
+        pids = {**pids, "spectators": spectators.pid}
+        before = cpu_seconds(pids, redis_client)
         drive_result = await drive(ingest_url, lanes, args.rate, args.latency_warmup,
                                    args.latency_duration)
+        after = cpu_seconds(pids, redis_client)
         await asyncio.sleep(TAIL_S)
         window = await spectators.call({"op": "stop"})
     finally:
         stop.set()
         await asyncio.gather(watcher, spectators.stop(), return_exceptions=True)
     kept = [(int(index), float(at), str(payload)) for index, at, payload in window["kept"]]
-    return match(drive_result, kept, lanes, args.spectators, board)
+    span = after["at"] - before["at"]
+    cpu = {name: (after[name] - before[name]) / span for name in before if name != "at"}
+    return match(drive_result, kept, lanes, args.spectators, board, cpu)
 
 
 def run_latency(args: argparse.Namespace, backing: Backing, root: Path,
@@ -908,9 +924,10 @@ def run_latency(args: argparse.Namespace, backing: Backing, root: Path,
            "FLAGGED_INCREMENT_RATE": HIGH_RATE}
     keys = Keys(backing.key_prefix)
     with contextlib.ExitStack() as stack:
-        url, _ = stack.enter_context(ingest_process(env, root / "ingest.log"))
-        stack.enter_context(worker_process(env, root / "worker.log", redis_client, keys))
-        broadcaster_url, _ = stack.enter_context(broadcaster_process(
+        url, ingest_pid = stack.enter_context(ingest_process(env, root / "ingest.log"))
+        worker_pid = stack.enter_context(worker_process(env, root / "worker.log",
+                                                        redis_client, keys))
+        broadcaster_url, broadcaster_pid = stack.enter_context(broadcaster_process(
             {**env, "SNAPSHOT_SIZE": str(max(args.lanes, DEFAULT_SNAPSHOT_SIZE))},
             root / "broadcaster-latency.log", max_per_ip=100))
         print(f"end to end: ingest, worker and broadcaster up; registering {args.lanes} "
@@ -930,7 +947,10 @@ def run_latency(args: argparse.Namespace, backing: Backing, root: Path,
         print(f"end to end: {args.rate:g} increments/s for {args.latency_warmup:g} + "
               f"{args.latency_duration:g} s…", flush=True)
         ws_url = broadcaster_url.replace("http://", "ws://") + f"/ws?board={LATENCY_BOARD}"
-        return uvloop.run(measure_latency(args, url, ws_url, lanes, backing.redis_url, keys))
+        return uvloop.run(measure_latency(
+            args, url, ws_url, lanes, redis_url=backing.redis_url, redis_client=redis_client,
+            keys=keys,
+            pids={"ingest": ingest_pid, "worker": worker_pid, "broadcaster": broadcaster_pid}))
 
 
 # --- Report ---------------------------------------------------------------------------------
@@ -994,6 +1014,24 @@ def report_fanout(args: argparse.Namespace, results: list[FanoutResult]) -> None
             print(f"    limit             {note}")
 
 
+def latency_notes(args: argparse.Namespace, result: LatencyResult) -> list[str]:
+    cpu, cores, d = result.cpu, os.cpu_count() or 1, result.drive
+    parts = {"the worker": percentile(result.board_ms, 0.5),
+             "notice + throttle + build": percentile(result.build_ms, 0.5),
+             "the fan-out": percentile(result.delivery_ms, 0.5)}
+    largest = max(parts, key=lambda name: parts[name])
+    notes = ["p50s: " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in parts.items())
+             + f"; {largest} takes the most (the throttle alone adds 0-100 ms, 50 on average)"]
+    for name in ("ingest", "worker", "broadcaster"):
+        if cpu[name] >= 0.9:
+            notes.append(f"the {name} process was CPU-bound")
+    if cpu["machine"] >= 0.9 * cores:
+        notes.append(f"the machine was saturated ({cpu['machine']:.2f} of {cores} cores)")
+    if d.window_s and d.window_sent / d.window_s < 0.97 * args.rate:
+        notes.append("POSTs left late (busy machine): the offered rate fell below --rate")
+    return notes
+
+
 def report_latency(args: argparse.Namespace, result: LatencyResult) -> None:
     d = result.drive
     size = max(args.lanes, DEFAULT_SNAPSHOT_SIZE)
@@ -1017,6 +1055,14 @@ def report_latency(args: argparse.Namespace, result: LatencyResult) -> None:
                          ("  built -> recv", result.delivery_ms)):
         print(f"  {name:<17} p50 {percentile(values, 0.5):.1f} ms, p99 "
               f"{percentile(values, 0.99):.1f} ms, max {percentile(values, 1.0):.1f} ms")
+    cpu, cores = result.cpu, os.cpu_count() or 1
+    others = cpu["machine"] - sum(v for k, v in cpu.items() if k != "machine")
+    print(f"  CPU while driving ingest {cpu['ingest']:.2f}, worker {cpu['worker']:.2f}, "
+          f"broadcaster {cpu['broadcaster']:.2f}, redis {cpu['redis']:.2f}, driver "
+          f"{cpu['driver']:.2f}, spectators {cpu['spectators']:.2f}, everything else "
+          f"(Postgres, other work) {others:.2f}; {cpu['machine']:.2f} of {cores} cores busy")
+    for note in latency_notes(args, result):
+        print(f"  limit             {note}")
     print(f"  matched           {len(result.receipt_ms):,} (increment, spectator) pairs; "
           f"{result.unseen} never seen; {result.snapshots_per_s:.2f} snapshots/s per "
           f"spectator while driving; board polled every {1000 * BOARD_POLL_S:g} ms "
