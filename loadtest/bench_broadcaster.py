@@ -521,7 +521,9 @@ def worker_process(env: dict[str, str], log_path: Path, client: Any,
     with log_path.open("ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "arq", "workers.main.WorkerSettings"],
                                    cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**env, "CONSUMER_NAME": "bench-worker"})
+                                   # No metrics port: another worker on this host may hold it.
+                                   env={**env, "CONSUMER_NAME": "bench-worker",
+                                        "WORKER_METRICS_PORT": "0"})
     try:
         deadline = time.monotonic() + 30
         while True:
