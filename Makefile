@@ -35,5 +35,9 @@ bench-ingest: install
 bench-broadcaster: install
 	$(PY) -m loadtest.bench_broadcaster $(BENCH_ARGS)
 
+.PHONY: fraud-sim
+fraud-sim: install
+	$(PY) -m loadtest.fraud_sim $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -32,31 +32,33 @@ class Subscriber:
         self.board = ""
         self._send = send
         self._latest: str | None = None
-        self._ready = asyncio.Event()
-        self.closed = asyncio.Event()
+        self._wake = asyncio.Event()  # set by a new snapshot, or by closing
+        self.closed = False
 
     def offer(self, payload: str) -> None:
         self._latest = payload
-        self._ready.set()
+        self._wake.set()
+
+    def shut(self) -> None:
+        self.closed = True
+        self._wake.set()
 
     async def next_payload(self) -> str | None:
-        """The latest snapshot to send, or None once closed."""
+        """The latest snapshot to send, or None once closed. One event, no task:
+        this runs once per message per spectator."""
         while self._latest is None:
-            if self.closed.is_set():
+            if self.closed:
                 return None
-            waiter = asyncio.create_task(self._ready.wait())
-            closer = asyncio.create_task(self.closed.wait())
-            await asyncio.wait({waiter, closer}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            closer.cancel()
+            self._wake.clear()
+            await self._wake.wait()
         payload, self._latest = self._latest, None
-        self._ready.clear()
         return payload
 
     async def deliver(self, timeout_s: float) -> None:
         """Send from the mailbox until closed; raises TimeoutError on a stuck client."""
         while (payload := await self.next_payload()) is not None:
-            await asyncio.wait_for(self._send(payload), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._send(payload)
             SNAPSHOTS_SENT.inc()
 
 
@@ -102,7 +104,7 @@ class Hub:
             self.leave(subscriber)
             CONNECTIONS.labels(subscriber.transport).dec()
             subscriber.board = ""
-        subscriber.closed.set()
+        subscriber.shut()
 
     def publish(self, board: str, payload: str) -> int:
         """Hand ``payload`` to every subscriber of ``board``; never waits on a client."""

@@ -108,6 +108,7 @@ class SnapshotService:
         throttle = self.throttles.get(board)
         if throttle is None:  # forgotten while the send was scheduled
             return
+        throttle.on_read_start()
         try:
             snapshot = await self.refresh(board)
             if snapshot is not None:
@@ -115,7 +116,9 @@ class SnapshotService:
         except redis.exceptions.RedisError as exc:
             logger.warning("snapshot of %s failed: %r", board, exc)
         finally:
-            throttle.on_sent(time.monotonic())
+            again = throttle.on_sent(time.monotonic())
+            if again is not None:
+                asyncio.get_running_loop().call_later(again, self._spawn, board)
 
     async def listen(self) -> None:
         """Follow the workers' change notices, reconnecting after any failure."""

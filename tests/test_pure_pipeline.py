@@ -48,6 +48,17 @@ def test_throttle_coalesces_a_burst_into_one_trailing_send() -> None:
     assert throttle.on_change(10.12) == pytest.approx(0.08)
 
 
+def test_throttle_sends_once_more_for_a_change_noticed_while_reading() -> None:
+    throttle = Throttle(0.1)
+    assert throttle.on_change(10.0) == 0.0
+    throttle.on_read_start()
+    assert throttle.on_change(10.001) is None  # may have been missed by the read
+    assert throttle.on_sent(10.002) == pytest.approx(0.1)  # so: one more send
+    assert throttle.on_change(10.05) is None  # rides on that one
+    throttle.on_read_start()
+    assert throttle.on_sent(10.102) is None  # nothing arrived during this read
+
+
 def test_throttle_bounds_a_burst_to_duration_over_interval_plus_two() -> None:
     throttle, sends, now, pending = Throttle(0.1), 0, 0.0, None
     for _ in range(1000):  # 1,000 changes over one second
