@@ -69,7 +69,7 @@ class Keys:
         return f"{self.tag}:rate-refusals:user:{user_id}"
 
     def cadence(self, user_id: str) -> str:
-        """ZSET event id -> accepted ms of the user's latest actions (cadence rule)."""
+        """The user's latest accepted ms, "ms,ms,...", oldest first (cadence rule)."""
         return f"{self.tag}:cadence:{user_id}"
 
     def address_accounts(self, address: str) -> str:

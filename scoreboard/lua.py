@@ -32,6 +32,7 @@ class Scripts:
     token_failure: Any
     rate_refusal: Any
     flag_users: Any
+    fraud_batch: Any
 
 
 def register_scripts(redis: Any) -> Scripts:
@@ -39,4 +40,4 @@ def register_scripts(redis: Any) -> Scripts:
     return Scripts(**{name: redis.register_script(script_source(name))
                       for name in ("increment", "action_token", "batch", "rate_limit",
                                    "set_totals", "board_page", "token_failure",
-                                   "rate_refusal", "flag_users")})
+                                   "rate_refusal", "flag_users", "fraud_batch")})

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 RECORDER_GROUP = "fraud-recorders"
 BOARD_LIMITS_TTL_S = 60.0
 VELOCITY_HISTORY_HOURS = 24
+ACTIVITY_CHUNK = 250  # entries per fraud_batch.lua call: bounds how long Redis is held
 
 
 class FraudChecks:
@@ -126,62 +127,56 @@ class FraudChecks:
         # A game backend's batch is its own server's doing: its timing and its
         # address say nothing about one player.
         players = [entry for entry in entries if entry.source == "player"]
-        if players and settings.cadence_actions > 0:
-            await self._check_cadence(players)
-        if players and settings.farm_min_accounts > 0:
-            await self._check_farms(players)
+        for chunk in range(0, len(players), ACTIVITY_CHUNK):
+            await self._check_activity(players[chunk:chunk + ACTIVITY_CHUNK])
 
-    async def _check_cadence(self, entries: Sequence[StreamEntry]) -> None:
-        """Keep each user's last ``cadence_actions`` accept times (a ZSET keyed by
-        event id, so a redelivered batch adds nothing) and flag the regular ones."""
+    async def _check_activity(self, entries: Sequence[StreamEntry]) -> None:
+        """The cadence and farm rules over ``entries``: one ``lua/fraud_batch.lua``
+        call keeps their state in Redis and returns it, the judgement is
+        :func:`regular_cadence` and :func:`farm_accounts`, and the flags go
+        through ``lua/flag_users.lua``."""
         settings, keys = self.settings, self.keys
+        keep, min_accounts = settings.cadence_actions, settings.farm_min_accounts
         by_user: dict[str, list[StreamEntry]] = {}
+        by_address: dict[str, dict[str, int]] = {}
         for entry in entries:
-            by_user.setdefault(entry.user_id, []).append(entry)
-        window_ms = settings.cadence_window_s * 1000
-        async with self.moderation.redis.pipeline(transaction=False) as pipe:
-            for user_id, own in by_user.items():
-                key = keys.cadence(user_id)
-                pipe.zadd(key, {e.event_id: e.ts_ms for e in own})
-                pipe.zremrangebyrank(key, 0, -(settings.cadence_actions + 1))
-                pipe.pexpire(key, window_ms)
-                pipe.zrange(key, 0, -1, withscores=True)
-            replies = await pipe.execute()
+            if keep:
+                by_user.setdefault(entry.user_id, []).append(entry)
+            if min_accounts and entry.ip:
+                seen = by_address.setdefault(entry.ip, {})
+                seen[entry.user_id] = max(seen.get(entry.user_id, 0), entry.ts_ms)
+        if not by_user and not by_address:
+            return
+        cadence_ms, farm_ms = settings.cadence_window_s * 1000, settings.farm_window_s * 1000
+        script_keys = [keys.cadence(u) for u in by_user] + [
+            keys.address_accounts(a) for a in by_address]
+        data = {"keep": keep, "cadence_ttl": cadence_ms, "window": farm_ms,
+                "min_accounts": min_accounts,
+                "users": [sorted(e.ts_ms for e in own) for own in by_user.values()],
+                "addresses": [[max(seen.values()), [[ts, user] for user, ts in seen.items()]]
+                              for seen in by_address.values()]}
+        cadence, farms = await self.moderation.scripts.fraud_batch(
+            keys=script_keys, args=[orjson.dumps(data)])
+        users, addresses = list(by_user), list(by_address)
         regular = []
-        for index, (user_id, own) in enumerate(by_user.items()):
-            times = [int(score) for _, score in replies[4 * index + 3]]
-            cv = regular_cadence(times, actions=settings.cadence_actions, window_ms=window_ms,
+        for index, raw_times in cadence:
+            times = [int(t) for t in raw_times]
+            cv = regular_cadence(times, actions=keep, window_ms=cadence_ms,
                                  max_cv=settings.cadence_max_cv)
             if cv is not None:
-                regular.append((user_id, own[-1].ip, {
+                user_id = users[int(index) - 1]
+                regular.append((user_id, by_user[user_id][-1].ip, {
                     "cv": round(cv, 5), "actions": len(times),
                     "mean_gap_ms": round((times[-1] - times[0]) / (len(times) - 1)),
                     "max_cv": settings.cadence_max_cv}))
         await self._flag("cadence_regularity", regular)
-
-    async def _check_farms(self, entries: Sequence[StreamEntry]) -> None:
-        """Per address, the accounts accepted from it within ``farm_window_s``; at
-        ``farm_min_accounts`` or more, flag them all."""
-        settings, keys = self.settings, self.keys
-        by_address: dict[str, dict[str, int]] = {}
-        for entry in entries:
-            if entry.ip:
-                seen = by_address.setdefault(entry.ip, {})
-                seen[entry.user_id] = max(seen.get(entry.user_id, 0), entry.ts_ms)
-        window_ms = settings.farm_window_s * 1000
-        async with self.moderation.redis.pipeline(transaction=False) as pipe:
-            for address, seen in by_address.items():
-                key = keys.address_accounts(address)
-                pipe.zadd(key, seen, gt=True)
-                pipe.zremrangebyscore(key, "-inf", max(seen.values()) - window_ms)
-                pipe.pexpire(key, window_ms)
-                pipe.zrange(key, 0, -1, withscores=True)
-            replies = await pipe.execute()
         farmed = []
-        for index, (address, seen) in enumerate(by_address.items()):
-            last_seen = {user: int(score) for user, score in replies[4 * index + 3]}
-            accounts = farm_accounts(last_seen, now_ms=max(seen.values()), window_ms=window_ms,
-                                     min_accounts=settings.farm_min_accounts)
+        for index, flat in farms:
+            address = addresses[int(index) - 1]
+            last_seen = {(m.decode() if isinstance(m, bytes) else str(m)): int(float(score))
+                         for m, score in zip(flat[::2], flat[1::2], strict=True)}
+            accounts = farm_accounts(last_seen, now_ms=max(by_address[address].values()),
+                                     window_ms=farm_ms, min_accounts=min_accounts)
             evidence = {"address": address, "accounts": len(accounts),
                         "window_s": settings.farm_window_s, "sample": accounts[:10]}
             farmed += [(user_id, address, evidence) for user_id in accounts]

@@ -1,0 +1,71 @@
+-- fraud_batch.lua: the Redis bookkeeping of the worker's per-batch cadence and
+-- farm rules, for a chunk of a batch in one call. The judgement itself stays in
+-- Python (scoreboard/fraud_rules.py): this only keeps the state and returns it.
+--
+-- Cadence: each user's latest accept times as one string ("ms,ms,..."), the
+-- newest `keep` of them, living `cadence_ttl` ms. A time not after the newest
+-- one kept is ignored, so a redelivered batch adds nothing. The kept times are
+-- returned once there are `keep` of them.
+-- Farms: per address, each account's latest accept (a ZSET, ZADD GT), accounts
+-- older than `window` before the chunk's newest accept from that address
+-- dropped, living `window` ms; the accounts are returned once there are
+-- `min_accounts`.
+--
+-- KEYS[1..U] cadence ZSET of each user, KEYS[U+1..U+A] accounts ZSET of each address
+-- ARGV[1] JSON (one argument: packing thousands of small ones costs the caller more
+-- than the whole script costs Redis): {"keep": n, "cadence_ttl": ms, "window": ms,
+--   "min_accounts": n, "users": [[ms, ...], ...] (ascending; U of them, in KEYS order),
+--   "addresses": [[newest ms, [[ms, user id], ...]], ...] (A of them)}
+--
+-- Returns {cadence, farms}: cadence a list of {user index (from 1), {ms, ...}},
+-- farms a list of {address index (from 1), {user id, latest ms, ...}}.
+
+local data = cjson.decode(ARGV[1])
+local keep, cadence_ttl = data.keep, data.cadence_ttl
+local window, min_accounts = data.window, data.min_accounts
+local users = #data.users
+
+local function zadd_args(pairs_list)
+  local args = {}
+  for _, pair in ipairs(pairs_list) do
+    args[#args + 1] = string.format('%d', pair[1])
+    args[#args + 1] = pair[2]
+  end
+  return args
+end
+
+local cadence = {}
+for i = 1, users do
+  local key = KEYS[i]
+  local times = {}
+  local stored = redis.call('GET', key)
+  if stored then
+    for t in string.gmatch(stored, '%d+') do times[#times + 1] = tonumber(t) end
+  end
+  local newest = times[#times] or -1
+  for _, t in ipairs(data.users[i]) do
+    if t > newest then
+      times[#times + 1] = t
+      newest = t
+    end
+  end
+  local kept, text = {}, {}
+  for j = math.max(1, #times - keep + 1), #times do
+    kept[#kept + 1] = times[j]
+    text[#text + 1] = string.format('%d', times[j])
+  end
+  redis.call('SET', key, table.concat(text, ','), 'PX', cadence_ttl)
+  if #kept >= keep then cadence[#cadence + 1] = {i, kept} end
+end
+
+local farms = {}
+for j, address in ipairs(data.addresses) do
+  local key = KEYS[users + j]
+  redis.call('ZADD', key, 'GT', unpack(zadd_args(address[2])))
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', address[1] - window))
+  redis.call('PEXPIRE', key, window)
+  if redis.call('ZCARD', key) >= min_accounts then
+    farms[#farms + 1] = {j, redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')}
+  end
+end
+return {cadence, farms}
