@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench-ingest bench-broadcaster clean
+.PHONY: install run test lint bench-ingest bench-worker bench-broadcaster clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed (set PYTHON=...)")'
@@ -31,6 +31,9 @@ lint: install
 
 bench-ingest: install
 	$(PY) -m loadtest.bench_ingest $(BENCH_ARGS)
+
+bench-worker: install
+	$(PY) -m loadtest.bench_worker $(BENCH_ARGS)
 
 bench-broadcaster: install
 	$(PY) -m loadtest.bench_broadcaster $(BENCH_ARGS)
