@@ -77,10 +77,6 @@ class Keys:
         (farm rule)."""
         return f"{self.tag}:address-accounts:{address}"
 
-    def night_logged(self, user_id: str, day: str) -> str:
-        """Exists once the unusual-time rule logged ``user_id`` on ``day``."""
-        return f"{self.tag}:night-logged:{user_id}:{day}"
-
     @property
     def fraud_stream(self) -> str:
         """Decisions taken in Lua, waiting for a worker to record them in Postgres."""

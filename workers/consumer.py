@@ -181,14 +181,14 @@ class StreamConsumer:
         if self.chaos_exit_after_commit and random.random() < self.chaos_exit_after_commit:
             # Fault injection for the chaos tests: die in the worst place.
             os._exit(CHAOS_EXIT_STATUS)
+        if self.after_batch is not None:  # before the XACK: a crash repeats it
+            await self._side_task(self.after_batch(entries))
         await self._retry_transient(lambda: apply_and_ack(
             self.redis, self.scripts, self.keys, group=self.group, totals=result.totals,
             ack_ids=[e.stream_id for e in entries]))
         PERSISTED.inc(result.inserted)
         BATCH_SIZE.observe(len(entries))
         BATCH_SECONDS.observe(time.perf_counter() - started)
-        if self.after_batch is not None:
-            await self._side_task(self.after_batch(entries))
 
     async def _side_task(self, work: Awaitable[Any]) -> None:
         """Run checks that ride along with persistence; their failure is logged,

@@ -35,6 +35,7 @@ from scoreboard.fraud_rules import (
     velocity_zscore,
 )
 from scoreboard.keys import Keys
+from scoreboard.metrics import count_fraud_event
 from scoreboard.settings import Settings
 from scoreboard.stream_entry import StreamEntry
 from workers.moderation import Moderation
@@ -108,22 +109,26 @@ class FraudChecks:
         return self._board_limits
 
     async def check_batch(self, entries: Sequence[StreamEntry]) -> None:
-        settings, client = self.settings, self.moderation.redis
+        """The per-batch rules. Runs after the batch is committed and before it is
+        acknowledged, so a crash repeats it; every row has a key, so a repeat
+        records nothing twice."""
+        settings = self.settings
         maximums = await self._board_maximums()
+        events: dict[str, tuple[StreamEntry, str, str, str, dict[str, Any]]] = {}
         for entry in entries:
             if is_night(entry.ts_ms, timezone=settings.fraud_timezone,
                         start_hour=settings.night_start_hour, end_hour=settings.night_end_hour):
                 day = datetime.fromtimestamp(entry.ts_ms / 1000, UTC).date().isoformat()
-                first = await client.set(self.keys.night_logged(entry.user_id, day), "1",
-                                         nx=True, ex=2 * 86400)
-                if first:
-                    await self._event(entry, "unusual_time", "medium", "logged",
-                                      {"ts_ms": entry.ts_ms, "timezone": settings.fraud_timezone})
+                events.setdefault(f"unusual_time:{entry.user_id}:{day}", (
+                    entry, "unusual_time", "medium", "logged",
+                    {"ts_ms": entry.ts_ms, "timezone": settings.fraud_timezone}))
             board_max = maximums.get(entry.board)
             if over_board_max(entry.points, board_max):
-                await self._event(entry, "points_per_action", "high", "review",
-                                  {"points": entry.points, "board_max": board_max,
-                                   "event_id": entry.event_id})
+                events[f"points_per_action:{entry.event_id}"] = (
+                    entry, "points_per_action", "high", "review",
+                    {"points": entry.points, "board_max": board_max,
+                     "event_id": entry.event_id})
+        await self._record_events(events)
         # A game backend's batch is its own server's doing: its timing and its
         # address say nothing about one player.
         players = [entry for entry in entries if entry.source == "player"]
@@ -197,13 +202,23 @@ class FraudChecks:
         if flagged:
             logger.info("%s flagged %d user(s)", rule, len(flagged))
 
-    async def _event(self, entry: StreamEntry, rule: str, severity: str, action: str,
-                     evidence: dict[str, Any]) -> None:
-        async with self.moderation.pool.acquire() as connection:
-            await self.moderation.record_event(
-                connection, user_id=entry.user_id, rule=rule, severity=severity, action=action,
-                evidence=evidence, client_addr=entry.ip or None,
-                event_key=f"{rule}:{entry.event_id}")
+    async def _record_events(
+            self, events: dict[str, tuple[StreamEntry, str, str, str, dict[str, Any]]]) -> None:
+        """All of a batch's rows in one statement (one commit, whatever the batch)."""
+        if not events:
+            return
+        values = list(events.values())
+        inserted = await self.moderation.pool.fetch(
+            "INSERT INTO fraud_events (event_key, user_id, client_addr, rule, severity, action,"
+            " evidence) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+            " $5::text[], $6::text[], $7::jsonb[])"
+            " ON CONFLICT (event_key) WHERE event_key IS NOT NULL DO NOTHING"
+            " RETURNING rule, severity",
+            list(events), [e.user_id for e, *_ in values], [e.ip or None for e, *_ in values],
+            [v[1] for v in values], [v[2] for v in values], [v[3] for v in values],
+            [v[4] for v in values])
+        for row in inserted:
+            count_fraud_event(row["rule"], row["severity"])
 
 
 VELOCITY_QUERY = """
