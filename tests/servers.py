@@ -66,6 +66,18 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: floa
     raise TimeoutError(f"{url} was not ready within {timeout_s} s")
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
+    """SIGTERM (a clean stop, as a process manager does), then SIGKILL after ``timeout_s``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def ingest_server(env: Mapping[str, str], *, ready_path: str = "/readyz") -> Iterator[str]:
     """An ingest process (uvicorn, as the Procfile runs it) on a free port; yields its URL."""
@@ -79,12 +91,7 @@ def ingest_server(env: Mapping[str, str], *, ready_path: str = "/readyz") -> Ite
         wait_until_ready(url + ready_path, process)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @contextmanager
@@ -101,12 +108,7 @@ def broadcaster_server(env: Mapping[str, str], *, port: int | None = None) -> It
         wait_until_ready(url + "/healthz", process)
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def fresh_name(prefix: str) -> str:

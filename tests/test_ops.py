@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from tests.servers import (
     broadcaster_server,
     fresh_name,
     ingest_server,
+    stop_process,
     wait_until_ready,
 )
 from tests.worker_support import worker_process
@@ -359,16 +359,7 @@ def _logged_ingest(env: Mapping[str, str], log: Any) -> Iterator[str]:
         wait_until_ready(url + "/readyz", process)
         yield url
     finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        stop_process(process)
 
 
 def _request_ids_in_postgres(database_url: str, event_ids: list[str]) -> list[str] | None:
@@ -411,7 +402,7 @@ def test_ingest_with_two_processes_merges_their_metrics(backing: Backing,
         merged = scrape(url + "/metrics")
         writers = {path.name.rsplit("_", 1)[-1] for path in metrics_dir.glob("*.db")}
     finally:
-        _stop(process)
+        stop_process(process)
     assert value(merged, "scoreboard_http_request_duration_seconds_count",
                  route="/api/scores/top", status="200") == 40
     assert len(writers) >= 2, writers

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import redis.asyncio as redis_asyncio
 
 from scoreboard.db import create_pool
 from scoreboard.keys import Keys
-from tests.servers import PROJECT_DIR, Backing
+from tests.servers import PROJECT_DIR, Backing, stop_process
 from workers.consumer import StreamConsumer
 
 
@@ -67,10 +66,4 @@ def worker_process(env: Mapping[str, str]) -> Iterator[subprocess.Popen[bytes]]:
         try:
             yield process
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process, timeout_s=30)
