@@ -6,12 +6,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench-ingest bench-worker bench-broadcaster clean
+.PHONY: install browser run test lint bench-ingest bench-worker bench-e2e bench-broadcaster clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed (set PYTHON=...)")'
-	@# The spectator page's browser test drives Debian's chromium (Playwright downloads none).
-	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -22,7 +20,12 @@ install: $(STAMP)
 run: install
 	$(PY) -m scoreboard.cli run
 
-test: install
+# The spectator page's browser test drives Debian's chromium (Playwright downloads
+# no browser); only the tests need it, so `make run` does not fetch it.
+browser:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -34,6 +37,9 @@ bench-ingest: install
 
 bench-worker: install
 	$(PY) -m loadtest.bench_worker $(BENCH_ARGS)
+
+bench-e2e: install
+	$(PY) -m loadtest.bench_e2e $(BENCH_ARGS)
 
 bench-broadcaster: install
 	$(PY) -m loadtest.bench_broadcaster $(BENCH_ARGS)
