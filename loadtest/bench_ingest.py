@@ -65,10 +65,10 @@ from loadtest.load_generator import (
 from loadtest.raw_script import (
     RawResult,
     report_raw,
+    rewrite_aof,
     run_raw,
     share,
     stream_length,
-    wait_for_no_fork,
 )
 from loadtest.system import Backing, delete_keys, start_backing
 from scoreboard.embedded import free_port
@@ -426,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(requests):,} tokens ready; driving increments for {args.warmup:g} + "
               f"{args.duration:g} s…", flush=True)
         client = stack.enter_context(contextlib.closing(redis.Redis.from_url(backing.redis_url)))
-        wait_for_no_fork(client)
+        rewrite_aof(client)
         http = run_load(args, root, url, ingest_pid, backing.redis_url, requests)
         xlen = stream_length(client, Keys(backing.key_prefix))
         raw = None
