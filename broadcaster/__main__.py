@@ -19,7 +19,9 @@ def main() -> None:
                 ws=SpectatorWebSocketProtocol, ws_max_size=settings.ws_max_message_bytes,
                 ws_ping_interval=settings.ws_ping_interval_s,
                 ws_ping_timeout=settings.ws_ping_timeout_s, ws_per_message_deflate=False,
-                access_log=False, log_level=settings.log_level.lower())
+                access_log=False, log_level=settings.log_level.lower(),
+                # client addresses: our own TRUSTED_PROXIES rule, not uvicorn's default
+                proxy_headers=False)
 
 
 if __name__ == "__main__":

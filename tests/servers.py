@@ -84,7 +84,8 @@ def ingest_server(env: Mapping[str, str], *, ready_path: str = "/readyz") -> Ite
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "ingest.app:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--no-access-log"],
+         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--no-access-log",
+         "--no-proxy-headers"],
         cwd=PROJECT_DIR, env=dict(env))
     url = f"http://127.0.0.1:{port}"
     try:

@@ -146,3 +146,22 @@ def test_per_address_limit_spans_users(backing: Any, stream_length: Any) -> None
             assert stream_length() == before
         finally:
             api.close()
+
+
+def test_forwarded_for_is_ignored_without_a_trusted_proxy(backing: Any) -> None:
+    """With TRUSTED_PROXIES empty, X-Forwarded-For cannot pick the limited address
+    (neither our rule nor the server's own proxy-header handling may believe it)."""
+    from tests.servers import ingest_server
+
+    with ingest_server(backing.env(TRUSTED_PROXIES="", IP_RATE="2/60")) as url:
+        api = Api(url)
+        try:
+            players = [api.register_and_login() for _ in range(3)]
+            statuses = []
+            for number, player in enumerate(players):
+                player.address = f"2001:db8::{number + 1}"  # spoofed, all different
+                statuses.append(api.post("/api/actions/token",
+                                         headers=player.headers).status_code)
+            assert statuses == [200, 200, 429]  # all three counted on 127.0.0.1
+        finally:
+            api.close()

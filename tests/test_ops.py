@@ -352,7 +352,8 @@ def _logged_ingest(env: Mapping[str, str], log: Any) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "ingest.app:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--no-access-log"],
+         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--no-access-log",
+         "--no-proxy-headers"],
         cwd=PROJECT_DIR, env=dict(env), stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
