@@ -10,7 +10,7 @@ interval ``T = period / count``; a request of cost ``c`` is allowed when
 ``max(tat, now) + c*T - period <= now``, which lets a burst of up to
 ``count`` through at once and then one every ``T``. Unlike fixed windows there
 is no boundary at which twice the rate gets through; unlike a sliding log the
-state is one integer, whatever the rate.
+state is one number (milliseconds, kept to the microsecond), whatever the rate.
 """
 
 from __future__ import annotations
@@ -53,23 +53,29 @@ class Rate:
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
-    new_tat_ms: int  # the state to store when allowed (unchanged when refused)
+    new_tat_ms: float  # the state to store when allowed (unchanged when refused)
     retry_after_ms: int  # 0 when allowed
 
 
-def gcra(tat_ms: int | None, now_ms: int, rate: Rate, cost: int = 1) -> Decision:
+def ceil_to_microsecond(ms: float) -> float:
+    return math.ceil(ms * 1000) / 1000
+
+
+def gcra(tat_ms: float | None, now_ms: int, rate: Rate, cost: int = 1) -> Decision:
     """Decide one request of ``cost`` against ``rate``, given the stored ``tat``.
 
-    Times are whole milliseconds; the new ``tat`` is rounded up, so rounding
-    can only make a limit stricter. ``cost`` larger than ``rate.count`` can
-    never pass; callers refuse such a request as invalid rather than limited.
+    ``now`` is whole milliseconds; the ``tat`` keeps microseconds, rounded up,
+    so rounding can only make a limit stricter, by at most a microsecond a
+    request (whole milliseconds would cap every key at 1,000 a second).
+    ``cost`` larger than ``rate.count`` can never pass; callers refuse such a
+    request as invalid rather than limited.
     """
     interval = rate.period_ms / rate.count
     start = now_ms if tat_ms is None or tat_ms < now_ms else tat_ms
-    new_tat = math.ceil(start + interval * cost)
+    new_tat = ceil_to_microsecond(start + interval * cost)
     allow_at = new_tat - rate.period_ms
     if allow_at > now_ms:
-        return Decision(False, start, allow_at - now_ms)
+        return Decision(False, start, math.ceil(allow_at - now_ms))
     return Decision(True, new_tat, 0)
 
 

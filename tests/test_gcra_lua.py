@@ -9,7 +9,7 @@ between the two clock reads.
 
 from __future__ import annotations
 
-import math
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from scoreboard.keys import Keys
-from scoreboard.limits import Rate, gcra
+from scoreboard.limits import Rate, ceil_to_microsecond, gcra
 from scoreboard.lua import register_scripts
 
 CLOCK_SLACK_MS = 15  # between our TIME read and the script's, on a loaded machine
@@ -39,11 +39,11 @@ class LuaLimit:
         self.key = key
         self.rate = rate
         self.script: Any = register_scripts(client).rate_limit
-        self.model_tat: int | None = None
+        self.model_tat: float | None = None
 
-    def stored_tat(self) -> int | None:
+    def stored_tat(self) -> float | None:
         value = self.client.get(self.key)
-        return None if value is None else int(str(value))
+        return None if value is None else float(str(value))
 
     def request(self, cost: int = 1) -> tuple[bool, int, bool, int]:
         """Run one request through both; returns (lua allowed, lua retry ms,
@@ -98,14 +98,14 @@ def test_sequence_of_costs_matches_python(redis_client: redis.Redis, limit_key: 
     assert abs(retry_ms - 4 * 6_000) <= CLOCK_SLACK_MS
 
 
-def test_stored_state_is_whole_milliseconds_with_a_matching_expiry(
+def test_stored_state_is_microseconds_with_a_matching_expiry(
         redis_client: redis.Redis, limit_key: str) -> None:
     limit = LuaLimit(redis_client, limit_key, Rate(3, 1))  # 333.33... ms: rounds up
     assert limit.assert_agrees() is True
     raw = redis_client.get(limit_key)
-    assert isinstance(raw, str) and raw.isdigit()  # no float, no exponent
+    assert isinstance(raw, str) and re.fullmatch(r"\d+\.\d{3}", raw)  # no exponent
     now = redis_now_ms(redis_client)
-    assert abs(int(raw) - (now + 334)) <= CLOCK_SLACK_MS
+    assert abs(float(raw) - (now + 333.334)) <= CLOCK_SLACK_MS
     ttl_ms: Any = redis_client.pttl(limit_key)
     assert 0 < ttl_ms <= 334  # gone once idle: a fresh burst afterwards
 
@@ -161,11 +161,12 @@ def test_paced_requests_match_python_over_time(redis_client: redis.Redis,
     assert compared >= len(plan) - 3
 
 
-def near_the_boundary(tat: int | None, now: int, rate: Rate, cost: int) -> bool:
+def near_the_boundary(tat: float | None, now: int, rate: Rate, cost: int) -> bool:
     """Whether a request at ``now`` is within the clock slack of its allow time,
     measured from a stored ``tat`` (a request on an idle key starts from its own
     clock in both implementations, so it is never ambiguous)."""
     if tat is None or tat < now - CLOCK_SLACK_MS:
         return False
-    allow_at = math.ceil(max(tat, now) + rate.period_ms / rate.count * cost) - rate.period_ms
+    allow_at = ceil_to_microsecond(max(tat, now) + rate.period_ms / rate.count * cost) \
+        - rate.period_ms
     return abs(allow_at - now) <= CLOCK_SLACK_MS

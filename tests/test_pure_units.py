@@ -225,7 +225,7 @@ def test_rate_must_be_positive() -> None:
 
 def test_gcra_allows_a_burst_of_count_then_refuses_with_the_interval_as_retry() -> None:
     rate, now = Rate(5, 60), 1_000_000
-    tat: int | None = None
+    tat: float | None = None
     for n in range(5):
         decision = gcra(tat, now, rate)
         assert decision.allowed, n
@@ -242,7 +242,7 @@ def test_gcra_allows_a_burst_of_count_then_refuses_with_the_interval_as_retry() 
 
 def test_gcra_allows_again_after_one_emission_interval() -> None:
     rate, now = Rate(5, 60), 0
-    tat: int | None = None
+    tat: float | None = None
     for _ in range(5):
         tat = gcra(tat, now, rate).new_tat_ms
     retry = gcra(tat, now, rate).retry_after_ms
@@ -278,11 +278,25 @@ def test_gcra_cost_above_count_never_passes() -> None:
     assert not gcra(None, 10**9, rate, cost=6).allowed
 
 
-def test_gcra_rounds_the_new_tat_up() -> None:
+def test_gcra_rounds_the_new_tat_up_to_the_microsecond() -> None:
     rate = Rate(3, 1)  # interval 333.33... ms
     decision = gcra(None, 0, rate)
-    assert decision.new_tat_ms == 334
-    assert isinstance(decision.new_tat_ms, int)
+    assert decision.new_tat_ms == 333.334
+
+
+def test_gcra_holds_rates_above_a_thousand_a_second() -> None:
+    """Whole-millisecond state would cap every key at 1,000 a second."""
+    rate = Rate(600_000, 60)  # 10,000 a second
+    tat: float | None = None
+    accepted = 0
+    for now in range(0, 10_000):  # ten requests each millisecond for 10 s
+        for _ in range(10):
+            decision = gcra(tat, now, rate)
+            if decision.allowed:
+                tat, accepted = decision.new_tat_ms, accepted + 1
+    # all 100,000 fit in the burst of 600,000; milliseconds rounded up would let
+    # through 60,000 at once and then one a millisecond: about 70,000
+    assert accepted == 100_000
 
 
 def max_in_any_window(accepted_ms: list[int], window_ms: int) -> int:
@@ -292,7 +306,7 @@ def max_in_any_window(accepted_ms: list[int], window_ms: int) -> int:
 
 
 def simulate(rate: Rate, arrivals_ms: list[int]) -> list[int]:
-    tat: int | None = None
+    tat: float | None = None
     accepted = []
     for now in arrivals_ms:
         decision = gcra(tat, now, rate)

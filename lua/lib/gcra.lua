@@ -13,18 +13,20 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Returns allowed, new_tat (to commit), retry_after_ms.
+-- Returns allowed, new_tat (to commit), retry_after_ms. The tat keeps microseconds
+-- (rounded up), so rates above 1,000 a second per key are not rounded away.
 local function gcra_check(key, now, count, period_ms, cost)
   local tat = tonumber(redis.call('GET', key))
   if tat == nil or tat < now then tat = now end
-  local new_tat = math.ceil(tat + (period_ms / count) * cost)
+  local new_tat = math.ceil((tat + (period_ms / count) * cost) * 1000) / 1000
   local allow_at = new_tat - period_ms
   if allow_at > now then
-    return false, tat, allow_at - now
+    return false, tat, math.ceil(allow_at - now)
   end
   return true, new_tat, 0
 end
 
 local function gcra_commit(key, now, new_tat)
-  redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.max(1, new_tat - now))
+  redis.call('SET', key, string.format('%.3f', new_tat), 'PX',
+    math.max(1, math.ceil(new_tat - now)))
 end
