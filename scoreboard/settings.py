@@ -97,7 +97,7 @@ class Settings:
     rate_refusals_to_flag: int = 20  # per-user 429s within the window flag the user
     rate_refusal_window_s: int = 60
     cadence_actions: int = 8  # the last this many accepted actions, when their gaps ...
-    cadence_max_cv: float = 0.005  # ... vary less than this (std/mean), flag the user
+    cadence_max_cv: float = 0.003  # ... vary less than this (std/mean), flag the user
     cadence_window_s: int = 900  # ... and they all fall within this window
     farm_min_accounts: int = 5  # this many accounts accepted from one address ...
     farm_window_s: int = 600  # ... within this window flag each of them

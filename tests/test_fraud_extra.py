@@ -147,7 +147,7 @@ def test_refusals_of_a_shared_address_do_not_count_against_its_users(
 
 # ----------------------------------------------------------------------- cadence regularity
 # Defaults: the last CADENCE_ACTIONS=8 accepted actions, within CADENCE_WINDOW_S=900,
-# with gaps whose std/mean is under CADENCE_MAX_CV=0.005.
+# with gaps whose std/mean is under CADENCE_MAX_CV=0.003.
 
 
 def test_a_fixed_cadence_is_flagged_once_and_a_steady_human_is_not(
@@ -165,7 +165,7 @@ def test_a_fixed_cadence_is_flagged_once_and_a_steady_human_is_not(
     (event,) = events_of(backing, bot)
     assert (event["rule"], event["severity"], event["action"]) == (
         "cadence_regularity", "high", "flagged")
-    assert event["evidence"]["actions"] == 8 and event["evidence"]["cv"] < 0.005
+    assert event["evidence"]["actions"] == 8 and event["evidence"]["cv"] < 0.003
     assert 11_990 < event["evidence"]["mean_gap_ms"] < 12_010
     assert restrictions_of(backing, bot) == [("flagged", "cadence_regularity")]
     assert not redis_client.exists(keys.flagged(grinder))

@@ -61,7 +61,7 @@ def test_interval_cv() -> None:
 
 def test_a_script_on_a_fixed_cadence_is_regular() -> None:
     times = [i * 12_000 + random.Random(i).randint(0, 15) for i in range(8)]  # ms of latency
-    cv = regular_cadence(times, actions=8, window_ms=900_000, max_cv=0.005)
+    cv = regular_cadence(times, actions=8, window_ms=900_000, max_cv=0.003)
     assert cv is not None and cv < 0.002
 
 
@@ -74,30 +74,30 @@ def test_a_steady_human_grinder_is_not_regular() -> None:
         times = [0]
         for _ in range(7):
             times.append(times[-1] + rng.randint(13_000, 15_000))
-        flagged += regular_cadence(times, actions=8, window_ms=900_000, max_cv=0.005) is not None
+        flagged += regular_cadence(times, actions=8, window_ms=900_000, max_cv=0.003) is not None
     assert flagged == 0
 
 
 def test_cadence_needs_enough_actions_within_the_window() -> None:
     regular = [i * 10_000 for i in range(8)]
-    assert regular_cadence(regular[:7], actions=8, window_ms=900_000, max_cv=0.005) is None
-    assert regular_cadence(regular, actions=8, window_ms=69_999, max_cv=0.005) is None
-    assert regular_cadence(regular, actions=8, window_ms=70_000, max_cv=0.005) == 0.0
+    assert regular_cadence(regular[:7], actions=8, window_ms=900_000, max_cv=0.003) is None
+    assert regular_cadence(regular, actions=8, window_ms=69_999, max_cv=0.003) is None
+    assert regular_cadence(regular, actions=8, window_ms=70_000, max_cv=0.003) == 0.0
 
 
 def test_cadence_judges_only_the_last_actions() -> None:
     irregular_then_regular = [0, 1_000, 30_000] + [40_000 + i * 10_000 for i in range(8)]
     assert regular_cadence(irregular_then_regular, actions=8, window_ms=900_000,
-                           max_cv=0.005) == 0.0
+                           max_cv=0.003) == 0.0
     assert regular_cadence(irregular_then_regular, actions=10, window_ms=900_000,
-                           max_cv=0.005) is None
+                           max_cv=0.003) is None
 
 
 def test_a_daily_habit_is_not_a_cadence() -> None:
     """The same minute every day is regular, but spans far more than the window."""
     day = 86_400_000
     times = [i * day + 8 * 3_600_000 for i in range(8)]
-    assert regular_cadence(times, actions=8, window_ms=900_000, max_cv=0.005) is None
+    assert regular_cadence(times, actions=8, window_ms=900_000, max_cv=0.003) is None
 
 
 # ------------------------------------------------------------------------- farms
@@ -133,7 +133,7 @@ def test_new_rule_settings_parse_and_can_be_turned_off() -> None:
     defaults = load_settings({})
     assert (defaults.rate_refusals_to_flag, defaults.rate_refusal_window_s,
             defaults.cadence_actions, defaults.cadence_max_cv, defaults.cadence_window_s,
-            defaults.farm_min_accounts, defaults.farm_window_s) == (20, 60, 8, 0.005, 900, 5, 600)
+            defaults.farm_min_accounts, defaults.farm_window_s) == (20, 60, 8, 0.003, 900, 5, 600)
 
 
 @pytest.mark.parametrize("env", [{"CADENCE_ACTIONS": "2"}, {"FARM_MIN_ACCOUNTS": "-1"},
