@@ -54,11 +54,12 @@ Per class and overall it prints recall (cheating) or the share wrongly caught
 the sum of its totals in Postgres ``scores`` and on the Redis board (banned
 users are taken off the board).
 
-What a run cannot show: the hourly score-velocity job (it compares whole hours
-with the user's own history) does not run within minutes; token-failure
-counters last an hour, so slow honest accumulation (a heavy player's retries
-over an hour) is not exercised; timing is compressed only in the sense that
-accounts start together.
+What a run cannot show: every behaviour runs at its real pace (only the
+start is compressed: every account begins within the first minute), so a run
+of minutes is minutes of play. The hourly score-velocity job (whole hours
+against six or more hours of the user's own history) never fires within it,
+and the token-failure counters, which last an hour, see only the run's share
+of an honest player's mistakes (``--duration 3600`` shows a full window).
 """
 
 from __future__ import annotations
@@ -774,9 +775,9 @@ def report(args: argparse.Namespace, results: Sequence[ClassResult], env: dict[s
         or "no account had enough accepts"))
     if mismatches:
         print(f"WARNING: {mismatches} accounts flagged/banned in Redis and Postgres differently")
-    print("not covered: the hourly score-velocity job (needs hours of history) never runs "
-          "within the run; token-failure counters last an hour, so an honest player's "
-          "mistakes accumulating over an hour are not exercised.")
+    print("not covered: the hourly score-velocity job (needs hours of history) never fires "
+          "within the run; token-failure counters last an hour, so a run shorter than that "
+          "sees only part of an honest player's mistakes accumulating.")
     print()
     print("requests by class (status and error code):")
     for r in results:
