@@ -1,8 +1,10 @@
 """Starting the system under test for the benchmarks: Redis and Postgres (embedded
 or given, loopback only), a fresh migrated database, development keys and a fresh
-key prefix; and removing what a run left on servers that outlive it.
+key prefix; and removing what a run left on servers that outlive it. Also a
+worker process of the system under test, with or without its metrics port.
 
-Shared by ``loadtest.bench_ingest`` and ``loadtest.bench_broadcaster``.
+Shared by ``loadtest.bench_ingest``, ``loadtest.bench_broadcaster`` and
+``loadtest.bench_e2e``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,14 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -21,10 +29,13 @@ import redis
 from loadtest import BenchError
 from scoreboard.cli import with_database
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
+from scoreboard.keys import Keys
 from scoreboard.migrate import ensure_database, migrate
+from scoreboard.settings import load_settings
 from scoreboard.signing_keys import load_action_keys, load_jwt_keys
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -106,3 +117,48 @@ def delete_keys(redis_url: str, prefixes: list[str]) -> None:
         if batch:
             client.unlink(*batch)
     client.close()
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
+    """SIGTERM (the process drains and closes its pools), then SIGKILL after ``timeout_s``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def worker_process(env: dict[str, str], log_path: Path, client: Any, keys: Keys, *,
+                   name: str = "bench-worker", metrics_port: int = 0) -> Iterator[int]:
+    """ONE worker (``arq workers.main.WorkerSettings``, as the Procfile runs it), ready
+    once its consumer is registered in the group; yields its pid.
+
+    ``client`` is a sync Redis client of the run's server. ``metrics_port`` 0 (the
+    default) serves no metrics: another worker on this host may hold the usual port.
+    On exit: SIGTERM, which lets the consumer finish its batch (arq's on_shutdown
+    allows 30 s), then SIGKILL after 40 s."""
+    group = load_settings(env).consumer_group
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "arq", "workers.main.WorkerSettings"],
+                                   cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**env, "CONSUMER_NAME": name,
+                                        "WORKER_METRICS_HOST": "127.0.0.1",
+                                        "WORKER_METRICS_PORT": str(metrics_port)})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the worker did not start; its log:\n"
+                                 f"{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(redis.ResponseError):
+                consumers = client.xinfo_consumers(keys.stream, group)
+                if name in {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                            for c in consumers}:
+                    break
+            time.sleep(0.1)
+        yield process.pid
+    finally:
+        stop_process(process, timeout_s=40)

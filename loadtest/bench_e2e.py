@@ -1,0 +1,587 @@
+"""End-to-end benchmark: the whole system under sustained increments with
+spectators watching, next to the spec's straightforward design on the same
+machine, load generator and duration.
+
+    python -m loadtest.bench_e2e [--duration 30 --spectators 200 --rate 0 ...]
+
+1. OURS. Redis and Postgres (embedded, fsync on, unless ``REDIS_URL`` /
+   ``DATABASE_URL`` name loopback servers: then a fresh database and key
+   prefix, removed afterwards), then the Procfile's processes: ONE ingest
+   (uvicorn), ONE worker (arq), ONE broadcaster, and ``--spectators``
+   WebSocket spectators of the board in a process of their own
+   (``loadtest.e2e_spectators``). The load is the PLAYER endpoint, POST
+   /api/scores/increment, one increment per request (JWT, action token
+   fetched beforehand and consumed by the request's Lua script), sent by
+   ``loadtest.e2e_driver`` in a process of its own: closed loop over
+   ``--concurrency`` connections (``--rate 0``, the default: as many as the
+   system takes) or open loop at ``--rate`` per second. Rate limits and the
+   rapid-actions fraud rule are raised through the environment, so the
+   figures measure cost, not policy, and the unusual-time rule's hour is
+   moved away from the run (``e2e_env`` says why).
+
+   POST-to-spectator: ``--probe-rate`` times a second, on connections of its
+   own, the driver sends a probe: an increment that lifts a fresh player
+   to the top of the board with a score no one else has. Each spectator
+   notes when it first receives a snapshot showing that player at that
+   score; the latency is that moment minus the probe's send time (both
+   ``time.time()`` on this machine), over every (probe, spectator) pair.
+
+   Sampled every 0.25 s: consumer lag, i.e. the entries the group has not
+   acknowledged (pending + not yet delivered) and the age of the oldest,
+   in one Lua read (``LAG_LUA``); every 1 s: rows in ``actions``
+   (persisted/s) and every party's CPU (/proc, Redis INFO); at the window's
+   edges the worker's own batch histograms from its metrics port.
+
+   After the window, once the worker has acknowledged everything: every
+   increment answered 202 must be in ``actions`` exactly once (rows per
+   event id), and each user's total in ``scores`` and on the Redis board
+   (``scoreboard.ranking.totals_by_user`` of ZRANGE WITHSCORES) must be
+   the sum of that user's accepted increments; every spectator's last
+   snapshot must be the board's final top 10.
+
+2. BASELINE (``loadtest.baseline_server``): per request a Postgres
+   transaction (audit row, score upsert), then the top-10 query, then a
+   Redis PUBLISH of it; a Starlette app in one uvicorn process, with a
+   database of its own on the same Postgres, driven by the same driver with
+   the same requests, concurrency, rate and window. Its POST-to-visible
+   latency is measured by one Redis subscriber of the channel (it has no
+   WebSocket fan-out). Its docstring lists what it leaves out.
+
+The report gives ours ÷ baseline for accepted/s, the latencies side by side,
+and the CPU each party used, so a reader can see what limited each figure.
+Only 127.0.0.1 is used, the run is bounded (warm-up + window + drain, each
+capped), and every process started is stopped, on Ctrl-C and SIGTERM too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import httpx
+import orjson
+import redis
+import redis.asyncio as redis_asyncio
+import uvloop
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadtest import BenchError
+from loadtest.baseline_server import channel_name
+from loadtest.bench_broadcaster import (
+    ClientProcess,
+    broadcaster_process,
+    raise_fd_limit,
+    wait_ready,
+)
+from loadtest.bench_ingest import (
+    HIGH_RATE,
+    PROJECT_DIR,
+    background_cores,
+    create_players,
+    fetch_tokens,
+    ingest_env,
+    ingest_process,
+    prepare_requests,
+)
+from loadtest.bench_worker import (
+    postgres_cpu_s,
+    postmaster_pid,
+    process_table,
+    server_line,
+    settle_redis,
+)
+from loadtest.e2e_report import (
+    BOARD,
+    Check,
+    Figures,
+    Increment,
+    PhaseRun,
+    PhaseSpec,
+    Sample,
+    Workload,
+    check_baseline,
+    check_ours,
+    figures,
+    report,
+)
+from loadtest.system import (
+    Backing,
+    delete_keys,
+    drop_database,
+    start_backing,
+    stop_process,
+    worker_process,
+)
+from scoreboard.cli import with_database
+from scoreboard.embedded import free_port
+from scoreboard.keys import Keys
+from scoreboard.migrate import ensure_database, migrate
+from scoreboard.settings import load_settings
+
+PROBE_BASE = 100_000_000  # probe k scores PROBE_BASE + k: above every player, unique
+MAX_POINTS = 1_000_000_000  # MAX_POINTS_PER_INCREMENT, so that probes are valid increments
+LAG_EVERY_S = 0.25
+FULL_EVERY_S = 1.0
+DRIVER_START_S = 2.5  # the driver's imports and connections, before the first request
+TAIL_S = 2.0  # after the drain: time for the final snapshot to reach everyone
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+# The consumer lag of group ARGV[1] on stream KEYS[1], in one atomic read (Redis 6.2
+# has no XINFO "lag"): {pending + undelivered entries, id of the oldest of them or ""}.
+# Counting the undelivered ones walks them, but they are few: the worker reads as
+# soon as entries arrive, and a large backlog is exactly what this must show.
+LAG_LUA = """
+local info = redis.call('XINFO', 'GROUPS', KEYS[1])
+for _, group in ipairs(info) do
+  local fields = {}
+  for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
+  if fields['name'] == ARGV[1] then
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+    local undelivered = redis.call('XRANGE', KEYS[1], '(' .. fields['last-delivered-id'], '+')
+    local oldest = ''
+    if pending[1] > 0 then oldest = pending[2]
+    elseif #undelivered > 0 then oldest = undelivered[1][1] end
+    return {pending[1] + #undelivered, oldest}
+  end
+end
+return {0, ''}
+"""
+
+
+# --- Action tokens: who each request is for --------------------------------------------------
+
+
+def token_fields(body: str) -> tuple[str, str]:
+    """(user id, nonce) of the action token in an increment body: the event id of
+    the increment is ``at-<nonce>`` (docs/decisions.md, Event ids)."""
+    token = orjson.loads(body)["action_token"]
+    payload_text = token.rpartition(".")[0]
+    payload = orjson.loads(base64.urlsafe_b64decode(payload_text + "=" * (-len(payload_text) % 4)))
+    return str(payload["u"]), str(payload["n"])
+
+
+def build_workload(players: list[dict[str, str]], requests: list[tuple[dict[str, str], str]],
+                   probe_players: list[dict[str, str]],
+                   probe_requests: list[tuple[dict[str, str], str]]) -> Workload:
+    everyone = players + probe_players
+    index_of = {id(headers): i for i, headers in enumerate(everyone)}
+    load, increments = [], []
+    for headers, body in requests:
+        user_id, nonce = token_fields(body)
+        load.append((index_of[id(headers)], body))
+        increments.append(Increment(f"at-{nonce}", user_id, 1))
+    probes, probe_increments = [], []
+    for k, (headers, body) in enumerate(probe_requests):
+        user_id, nonce = token_fields(body)
+        points = PROBE_BASE + k
+        probes.append((index_of[id(headers)], orjson.dumps(
+            {**orjson.loads(body), "points": points}).decode()))
+        probe_increments.append(Increment(f"at-{nonce}", user_id, points))
+    return Workload(everyone, load, probes, increments, probe_increments)
+
+
+# --- Sampling while a phase runs ---------------------------------------------------------------
+
+
+class Sampler:
+    """Consumer lag every 0.25 s; rows and CPU every 1 s and at the window's edges."""
+
+    def __init__(self, *, redis_client: Any, database_url: str, keys: Keys | None, group: str,
+                 pids: dict[str, int], postmaster: int | None, metrics_url: str | None) -> None:
+        self.metrics_url = metrics_url
+        self.redis = redis_client
+        self.database_url = database_url
+        self.keys = keys
+        self.group = group
+        self.pids = pids
+        self.postmaster = postmaster
+        self.samples: list[Sample] = []
+        self.stopping = asyncio.Event()
+
+    async def lag(self) -> tuple[int, float]:
+        """(entries not acknowledged by the group: pending + not yet delivered, age in
+        ms of the oldest of them), read atomically by LAG_LUA."""
+        assert self.keys is not None
+        try:
+            waiting, oldest = await self.redis.eval(LAG_LUA, 1, self.keys.stream, self.group)
+        except redis.ResponseError:  # no stream or group yet
+            return 0, 0.0
+        if not oldest:
+            return int(waiting), 0.0
+        return int(waiting), max(0.0, time.time() * 1000 - int(str(oldest).split("-")[0]))
+
+    async def cpu(self) -> dict[str, float]:
+        table = process_table()
+        cpu = {name: table[pid].own_s for name, pid in self.pids.items() if pid in table}
+        postgres = postgres_cpu_s(table, self.postmaster)
+        if postgres is not None:
+            cpu["postgres"] = postgres
+        info = await self.redis.info("cpu")
+        cpu["redis"] = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        cpu.update(machine_times())
+        cpu["orchestrator"] = time.process_time()
+        return cpu
+
+    async def take(self, connection: Any, *, full: bool, edge: str = "") -> None:
+        sample = Sample(t=time.monotonic(), edge=edge)
+        if self.keys is not None:
+            sample.waiting, sample.oldest_ms = await self.lag()
+        if edge and self.metrics_url:
+            sample.worker = await worker_series(self.metrics_url)
+        if full:
+            sample.cpu = await self.cpu()
+            sample.rows = int(await connection.fetchval("SELECT count(*) FROM actions"))
+        self.samples.append(sample)
+
+    async def run(self, window_start: float, window_end: float) -> None:
+        connection = await asyncpg.connect(self.database_url, timeout=30)
+        try:
+            edges = [(window_start, "start"), (window_end, "end")]
+            next_full = time.monotonic()
+            while not self.stopping.is_set():
+                now = time.monotonic()
+                if edges and now >= edges[0][0]:
+                    await self.take(connection, full=True, edge=edges.pop(0)[1])
+                    next_full = time.monotonic() + FULL_EVERY_S
+                elif now >= next_full:
+                    await self.take(connection, full=True)
+                    next_full += FULL_EVERY_S
+                else:
+                    await self.take(connection, full=False)
+                wake = min(time.monotonic() + LAG_EVERY_S, next_full,
+                           edges[0][0] if edges else math.inf)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(),
+                                           max(0.0, wake - time.monotonic()))
+            await self.take(connection, full=True)
+        finally:
+            await connection.close()
+
+
+def machine_times() -> dict[str, float]:
+    """CPU seconds of the whole machine since boot (/proc/stat): ``machine`` busy
+    (user, nice, system, irq, softirq, steal), ``iowait``, and ``kernel``, the part
+    of busy no process is charged with (irq, softirq: loopback traffic, mostly;
+    steal: the hypervisor)."""
+    user, nice, system, _idle, iowait, irq, softirq, steal = (
+        int(v) / CLOCK_TICKS for v in Path("/proc/stat").read_text().split("\n", 1)[0]
+        .split()[1:9])
+    return {"machine": user + nice + system + irq + softirq + steal, "iowait": iowait,
+            "kernel": irq + softirq + steal}
+
+
+async def worker_series(url: str) -> dict[str, float] | None:
+    """The worker's batch histograms (scoreboard_worker_batch_seconds / _size) from its
+    metrics port: ``seconds:<le>`` cumulative counts, ``size_sum``, ``size_count``."""
+    try:
+        async with httpx.AsyncClient(timeout=2) as http:
+            text = (await http.get(url)).text
+    except httpx.HTTPError:
+        return None
+    series: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "scoreboard_worker_batch_seconds_bucket":
+                series[f"seconds:{sample.labels['le']}"] = sample.value
+            elif sample.name in ("scoreboard_worker_batch_size_sum",
+                                 "scoreboard_worker_batch_size_count"):
+                series["size_" + sample.name.rsplit("_", 1)[1]] = sample.value
+    return series
+
+
+# --- One phase: spectators, driver, sampler, drain ------------------------------------------
+
+
+async def wait_drained(client: Any, keys: Keys, group: str, timeout_s: float) -> bool:
+    """True once the group has been delivered the whole stream and acknowledged it all."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        last = (await client.xinfo_stream(keys.stream))["last-generated-id"]
+        found = [g for g in await client.xinfo_groups(keys.stream) if g["name"] == group]
+        if found and found[0]["last-delivered-id"] == last and not int(found[0]["pending"]):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def start_spectators() -> ClientProcess:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.e2e_spectators", cwd=PROJECT_DIR,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**27)
+    return ClientProcess(process)
+
+
+async def run_phase(spec: PhaseSpec, args: argparse.Namespace, workload: Workload,
+                    redis_url: str, postmaster: int | None, root: Path) -> PhaseRun:
+    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+    spectators = await start_spectators()
+    try:
+        connected = await spectators.call(spec.spectators, timeout_s=180)
+        if connected["connected"] != spec.spectators.get("count", 1):
+            raise BenchError(f"{spec.name}: spectators failed to connect: {connected}")
+        await spectators.call({"op": "start", "probes": workload.probe_scores})
+        start_at = time.monotonic() + DRIVER_START_S
+        window_start = start_at + args.warmup
+        window_end = window_start + args.duration
+        job_path, result_path = root / f"{spec.name}-job.json", root / f"{spec.name}-result.json"
+        job_path.write_bytes(orjson.dumps({
+            "url": spec.url, "players": workload.players, "requests": workload.requests,
+            "probes": workload.probes, "concurrency": args.concurrency, "rate": args.rate,
+            "probe_rate": args.probe_rate, "start_at": start_at, "window_end": window_end,
+            "cycle": spec.cycle}))
+        driver = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loadtest.e2e_driver", str(job_path), str(result_path),
+            cwd=PROJECT_DIR)
+        sampler = Sampler(redis_client=client, database_url=spec.database_url, keys=spec.keys,
+                          group="persisters", pids={**spec.pids, "driver": driver.pid,
+                                                    "spectators": spectators.pid},
+                          postmaster=postmaster, metrics_url=spec.metrics_url)
+        sampling = asyncio.create_task(sampler.run(window_start, window_end))
+        try:
+            await asyncio.wait_for(driver.wait(), window_end - time.monotonic() + 90)
+        except TimeoutError:
+            driver.kill()
+            await driver.wait()
+            raise BenchError(f"{spec.name}: the driver did not finish in time") from None
+        finally:
+            if driver.returncode is None:
+                driver.kill()
+                await driver.wait()
+        if driver.returncode != 0:
+            raise BenchError(f"{spec.name}: the driver failed with status {driver.returncode}")
+        result: dict[str, Any] = orjson.loads(result_path.read_bytes())
+        drained_s: float | None = 0.0
+        if spec.keys is not None:
+            print(f"{spec.name}: window over; waiting for the worker to persist everything…",
+                  flush=True)
+            drained = await wait_drained(client, spec.keys, "persisters", args.drain_timeout)
+            drained_s = time.monotonic() - window_end if drained else None
+        await asyncio.sleep(TAIL_S)
+        seen = await spectators.call({"op": "stop"}, timeout_s=120)
+        sampler.stopping.set()
+        await sampling
+    finally:
+        await spectators.stop()
+        await client.aclose()
+    return PhaseRun(spec=spec, window_start=window_start, window_end=window_end, driver=result,
+                    spectators=seen, connected=connected, samples=sampler.samples,
+                    drained_s=drained_s,
+                    probe_users=[p.user_id for p in workload.probe_increments])
+
+
+# --- The run ------------------------------------------------------------------------------------
+
+
+def e2e_env(backing: Backing, args: argparse.Namespace) -> dict[str, str]:
+    """ingest_env (limits out of the way) plus: probes' points allowed; the rapid-actions
+    fraud rule and the flagged users' limit raised (every player here is "rapid"); and
+    the unusual-time rule's hour moved 12 hours away from now.
+
+    That rule costs the worker a Redis round trip per entry during its hours
+    (and a fraud_events row per user and day): a figure must not depend on the
+    time of day it was measured at, and each probe is a new user."""
+    env = {**ingest_env(backing), "MAX_POINTS_PER_INCREMENT": str(MAX_POINTS),
+           "RAPID_MAX_ACTIONS": str(10**9), "FLAGGED_INCREMENT_RATE": HIGH_RATE,
+           "WS_MAX_PER_IP": str(args.spectators + 10)}
+    zone = ZoneInfo(load_settings(env).fraud_timezone)
+    away = (datetime.now(zone).hour + 12) % 24
+    return {**env, "NIGHT_START_HOUR": str(away), "NIGHT_END_HOUR": str(away + 1)}
+
+
+@contextlib.contextmanager
+def baseline_process(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
+    """The baseline app in ONE uvicorn process, started as ingest is; yields (url, pid)."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "loadtest.baseline_server:create_app",
+             "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http",
+             "httptools", "--no-access-log"], cwd=PROJECT_DIR, env=env, stdout=log,
+            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url + "/healthz", process, log_path, "the baseline server")
+        yield url, process.pid
+    finally:
+        stop_process(process)
+
+
+async def checkpoint(admin_url: str) -> None:
+    """Flush Postgres's dirty pages before a window, so no phase inherits the other's."""
+    connection = await asyncpg.connect(admin_url, timeout=30)
+    try:
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await connection.execute("CHECKPOINT")
+    finally:
+        await connection.close()
+
+
+def prepare_workload(url: str, args: argparse.Namespace) -> tuple[Workload, str]:
+    players = asyncio.run(create_players(url, args.players))
+    probe_count = math.ceil(args.probe_rate * (args.warmup + args.duration)) + 5
+    probe_players = asyncio.run(create_players(url, probe_count)) if probe_count else []
+    print(f"{args.players} players and {probe_count} probe players registered; fetching "
+          "action tokens…", flush=True)
+    if args.rate:
+        args.tokens = math.ceil(args.rate * (args.warmup + args.duration) * 1.05) + \
+            args.concurrency
+    requests, token_rate = prepare_requests(url, players, args)
+    probe_requests, _ = asyncio.run(fetch_tokens(url, probe_players, probe_count, 8))
+    workload = build_workload(players, requests, probe_players, probe_requests)
+    return workload, (f"{args.players} players (one address each), {len(requests):,} action "
+                      f"tokens fetched at {token_rate:,.0f}/s, {probe_count} probe players "
+                      f"(one probe each, points {PROBE_BASE:,} + k); limits {HIGH_RATE}, "
+                      "RAPID_MAX_ACTIONS 10^9, "
+                      "unusual-time rule 12 h away")
+
+
+def run(args: argparse.Namespace) -> int:
+    raise_fd_limit()
+    background = background_cores()
+    with contextlib.ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-e2e-")))
+        print("starting Redis and Postgres (fsync on), migrating a fresh database…", flush=True)
+        backing = start_backing(stack, root, durable_postgres=True)
+        if not backing.redis_embedded:
+            stack.callback(delete_keys, backing.redis_url, [backing.key_prefix])
+        client = stack.enter_context(contextlib.closing(
+            redis.Redis.from_url(backing.redis_url, decode_responses=True)))
+        servers = server_line(client, backing.admin_database_url)
+        postmaster = asyncio.run(postmaster_pid(backing.admin_database_url))
+        env, keys = e2e_env(backing, args), Keys(backing.key_prefix)
+        with contextlib.ExitStack() as ours_stack:
+            url, ingest_pid = ours_stack.enter_context(ingest_process(env, root / "ingest.log"))
+            metrics_port = free_port()
+            worker_pid = ours_stack.enter_context(worker_process(
+                env, root / "worker.log", client, keys, metrics_port=metrics_port))
+            bcast_url, bcast_pid = ours_stack.enter_context(broadcaster_process(
+                env, root / "broadcaster.log", max_per_ip=args.spectators + 10))
+            print(f"ingest {url}, worker pid {worker_pid}, broadcaster {bcast_url}; "
+                  "registering players…", flush=True)
+            workload, setup = prepare_workload(url, args)
+            settle_redis(client, ours=backing.redis_embedded)
+            asyncio.run(checkpoint(backing.admin_database_url))
+            print(f"OURS: {args.spectators} spectators, then {args.warmup:g} + "
+                  f"{args.duration:g} s of increments…", flush=True)
+            ws_url = bcast_url.replace("http://", "ws://") + f"/ws?board={BOARD}"
+            spec = PhaseSpec(
+                name="ours", url=url, database_url=backing.database_url, keys=keys,
+                pids={"ingest": ingest_pid, "worker": worker_pid, "broadcaster": bcast_pid},
+                spectators={"op": "connect", "mode": "websocket", "url": ws_url,
+                            "count": args.spectators, "parallel": 50},
+                metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+                cycle=False)
+            ours_run = uvloop.run(run_phase(spec, args, workload, backing.redis_url,
+                                            postmaster, root))
+            ours_check = asyncio.run(check_ours(ours_run, workload, backing.redis_url,
+                                                backing.database_url, keys))
+            print("OURS done; stopping ingest, worker and broadcaster…", flush=True)
+        base = None
+        if not args.skip_baseline:
+            base = run_baseline(args, stack, backing, env, workload, postmaster, root, client)
+        ok = report(args, background=background, servers=servers, setup=setup,
+                    ours=(ours_run, figures(ours_run), ours_check), base=base)
+        print("stopping the servers started…", flush=True)
+    return 0 if ok else 1
+
+
+def run_baseline(args: argparse.Namespace, stack: contextlib.ExitStack, backing: Backing,
+                 env: dict[str, str], workload: Workload, postmaster: int | None, root: Path,
+                 client: Any) -> tuple[PhaseRun, Figures, Check]:
+    name = f"{backing.database_name}_baseline"
+    asyncio.run(ensure_database(backing.admin_database_url, name))
+    if not backing.database_embedded:
+        stack.callback(lambda: asyncio.run(drop_database(backing.admin_database_url, name)))
+    database_url = with_database(backing.admin_database_url, name)
+    asyncio.run(migrate(database_url))
+    base_env = {**env, "DATABASE_URL": database_url,
+                "BASELINE_POOL_SIZE": str(args.baseline_pool)}
+    load_settings(base_env)  # fail early on a bad setting
+    with baseline_process(base_env, root / "baseline.log") as (url, pid):
+        settle_redis(client, ours=backing.redis_embedded)
+        asyncio.run(checkpoint(backing.admin_database_url))
+        print(f"BASELINE on {url}: {args.warmup:g} + {args.duration:g} s of the same "
+              "increments…", flush=True)
+        spec = PhaseSpec(
+            name="baseline", url=url, database_url=database_url, keys=None,
+            pids={"baseline": pid},
+            spectators={"op": "connect", "mode": "redis", "redis_url": backing.redis_url,
+                        "channel": channel_name(backing.key_prefix)}, metrics_url=None,
+            cycle=True)
+        base_run = uvloop.run(run_phase(spec, args, workload, backing.redis_url, postmaster,
+                                        root))
+        base_check = asyncio.run(check_baseline(base_run, workload, database_url))
+    return base_run, figures(base_run), base_check
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_e2e",
+                                     description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--duration", type=float, default=30, help="measured seconds (30)")
+    parser.add_argument("--warmup", type=float, default=5, help="unmeasured seconds first (5)")
+    parser.add_argument("--spectators", type=int, default=200,
+                        help="WebSocket spectators of the board (200)")
+    parser.add_argument("--rate", type=float, default=0,
+                        help="offered increments/s, open loop; 0: closed loop (0)")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="connections of the load generator (64)")
+    parser.add_argument("--probe-rate", type=float, default=10,
+                        help="probes/s for POST-to-spectator latency (10)")
+    parser.add_argument("--players", type=int, default=200, help="players sending the load (200)")
+    parser.add_argument("--token-margin", type=float, default=1.15,
+                        help="closed loop: tokens fetched per increment predicted from the "
+                             "token rate (1.15)")
+    parser.add_argument("--max-tokens", type=int, default=400_000, help="cap (400000)")
+    parser.add_argument("--drain-timeout", type=float, default=120,
+                        help="seconds the worker may take to catch up after the window (120)")
+    parser.add_argument("--baseline-pool", type=int, default=10,
+                        help="the baseline's Postgres pool size (10, as ingest's)")
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args(argv)
+    args.tokens = 0  # for bench_ingest.prepare_requests: estimate from a first batch
+    if not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
+        parser.error("--duration must be 1..600 s and --warmup 0..60 s")
+    if not 1 <= args.spectators <= 5000 or not 1 <= args.concurrency <= 1024:
+        parser.error("--spectators must be 1..5000 and --concurrency 1..1024")
+    if not 0 <= args.rate <= 100_000 or not 0 <= args.probe_rate <= 50:
+        parser.error("--rate must be 0..100000 and --probe-rate 0..50 (above 50 probes/s, "
+                     "more than 10 can share one 100 ms snapshot and push each other out)")
+    if not 1 <= args.players <= 100_000 or not 1 <= args.baseline_pool <= 100:
+        parser.error("--players must be 1..100000 and --baseline-pool 1..100")
+    return args
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    # SIGTERM unwinds like Ctrl-C, so every process started here is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return run(parse_args(argv))
+    except BenchError as exc:
+        print(f"bench_e2e: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench_e2e: interrupted; every process it started is stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

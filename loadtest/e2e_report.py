@@ -1,0 +1,562 @@
+"""What one phase of ``loadtest.bench_e2e`` produced, how it is checked, and the report.
+
+A phase (OURS or BASELINE) yields a :class:`PhaseRun`: the driver's record of
+every request, the spectators' first sightings of each probe, and the
+sampler's readings. :func:`check_ours` / :func:`check_baseline` read Postgres
+and Redis after the drain; :func:`figures` turns a run into the numbers the
+report prints, each with what limited it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.asyncio as redis_asyncio
+
+from loadtest.bench_ingest import PROJECT_DIR, machine_line, percentile
+from loadtest.bench_worker import bucket_of
+from scoreboard.keys import Keys
+from scoreboard.ranking import decode_member, total_of, totals_by_user
+
+BOARD = "global"  # the board of bench_ingest.fetch_tokens' bodies
+BUCKET_S = 5.0  # the timeline's step
+
+
+# --- What a phase is and what it produced ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Increment:
+    event_id: str
+    user_id: str
+    points: int
+
+
+@dataclass
+class Workload:
+    """What the driver sends: the players' headers, the load and the probes."""
+
+    players: list[dict[str, str]]
+    requests: list[tuple[int, str]]  # (player index, body)
+    probes: list[tuple[int, str]]
+    increments: list[Increment]  # of requests, same order
+    probe_increments: list[Increment]
+
+    @property
+    def probe_scores(self) -> dict[str, int]:
+        return {p.user_id: p.points for p in self.probe_increments}
+
+
+@dataclass
+class Sample:
+    t: float  # time.monotonic()
+    edge: str = ""  # "start" / "end": taken at the window's edges
+    rows: int | None = None  # rows in actions
+    cpu: dict[str, float] | None = None  # CPU seconds so far, per party
+    waiting: int | None = None  # entries the group has not acknowledged (pending + new)
+    oldest_ms: float | None = None  # age of the oldest unacknowledged entry
+    worker: dict[str, float] | None = None  # the worker's batch series (edges only)
+
+
+@dataclass
+class PhaseSpec:
+    name: str
+    url: str  # the increment endpoint's server
+    database_url: str  # where its actions go
+    keys: Keys | None  # the stream to watch (ours), or None (the baseline persists inline)
+    pids: dict[str, int]
+    spectators: dict[str, Any]  # the connect command of loadtest.e2e_spectators
+    metrics_url: str | None  # the worker's metrics endpoint
+    cycle: bool  # requests may be reused (the baseline does not consume tokens)
+
+
+@dataclass
+class PhaseRun:
+    spec: PhaseSpec
+    window_start: float
+    window_end: float
+    driver: dict[str, Any]
+    spectators: dict[str, Any]
+    connected: dict[str, Any]
+    samples: list[Sample]
+    drained_s: float | None  # after the window's end, when everything was acknowledged
+    probe_users: list[str]  # probe index -> its player's user id
+
+
+# --- Checks -------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    problems: list[str] = field(default_factory=list)
+    facts: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def outcomes(run: PhaseRun, workload: Workload) -> tuple[list[Increment], list[Increment],
+                                                         list[Increment]]:
+    """(answered 202, answered something else, no answer) over every request sent."""
+    accepted, refused, unknown = [], [], []
+    for rows, increments in ((run.driver["requests"], workload.increments),
+                             (run.driver["probes"], workload.probe_increments)):
+        for row in rows:
+            index, status = int(row[0]), str(row[4])
+            increment = increments[index % len(increments)]
+            if status == "202":
+                accepted.append(increment)
+            elif status.isdigit():
+                refused.append(increment)
+            else:
+                unknown.append(increment)
+    return accepted, refused, unknown
+
+
+def sums(increments: Sequence[Increment]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for increment in increments:
+        totals[increment.user_id] = totals.get(increment.user_id, 0) + increment.points
+    return totals
+
+
+def differences(found: dict[str, int], expected: dict[str, int]) -> str:
+    wrong = sorted(k for k in found.keys() | expected.keys() if found.get(k) != expected.get(k))
+    sample = ", ".join(f"{u}: {found.get(u)} != {expected.get(u)}" for u in wrong[:3])
+    return f"{len(wrong):,} of {len(expected):,} users differ ({sample})"
+
+
+async def check_ours(run: PhaseRun, workload: Workload, redis_url: str, database_url: str,
+                     keys: Keys) -> Check:
+    """Every 202 in Postgres and on the board exactly once; spectators end on the final top."""
+    check = Check()
+    accepted, refused, unknown = outcomes(run, workload)
+    expected_ids = Counter(i.event_id for i in accepted)
+    if any(n > 1 for n in expected_ids.values()):
+        check.problems.append("an event id was answered 202 twice (one token accepted twice)")
+    connection = await asyncpg.connect(database_url, timeout=30)
+    try:
+        rows = await connection.fetch("SELECT event_id, user_id, board, points FROM actions")
+        scores = {r["user_id"]: int(r["score"]) for r in await connection.fetch(
+            "SELECT user_id, score FROM scores WHERE board = $1", BOARD)}
+    finally:
+        await connection.close()
+    per_event = Counter(r["event_id"] for r in rows)
+    duplicated = sum(1 for n in per_event.values() if n > 1)
+    unknown_ids = {i.event_id for i in unknown}
+    missing = [e for e in expected_ids if e not in per_event]
+    unexpected = [e for e in per_event if e not in expected_ids and e not in unknown_ids]
+    applied_unknown = [i for i in unknown if i.event_id in per_event]
+    by_id = {i.event_id: i for i in (*accepted, *applied_unknown)}
+    mismatched = sum(1 for r in rows if r["event_id"] in by_id and (
+        r["user_id"], r["points"], r["board"]) != (by_id[r["event_id"]].user_id,
+                                                  by_id[r["event_id"]].points, BOARD))
+    expected = sums([*accepted, *applied_unknown])
+    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        board = totals_by_user(await client.zrange(keys.board(BOARD), 0, -1, withscores=True))
+        top = [(decode_member(m)[1], total_of(s)) for m, s in
+               await client.zrange(keys.board(BOARD), 0, 9, withscores=True)]
+        dead = int(await client.xlen(keys.dead_letters))
+    finally:
+        await client.aclose()
+    check.facts.append(f"{len(accepted):,} answered 202 (warm-up, window and tail), "
+                       f"{len(refused):,} refused, {len(unknown):,} without an answer"
+                       + (f" ({len(applied_unknown)} of them applied)" if unknown else ""))
+    check.facts.append(f"actions: {len(rows):,} rows, {len(per_event):,} event ids")
+    if duplicated:
+        check.problems.append(f"{duplicated:,} event ids have more than one row in actions")
+    if missing:
+        check.problems.append(f"{len(missing):,} increments answered 202 are not in actions "
+                              f"(first: {missing[0]})")
+    if unexpected:
+        check.problems.append(f"{len(unexpected):,} rows in actions were never answered 202 "
+                              f"(first: {unexpected[0]})")
+    if mismatched:
+        check.problems.append(f"{mismatched:,} rows have another user, board or points")
+    if scores != expected:
+        check.problems.append(f"scores: {differences(scores, expected)}")
+    if board != expected:
+        check.problems.append(f"Redis board: {differences(board, expected)}")
+    if dead:
+        check.problems.append(f"{dead} entries were dead-lettered")
+    lasts = {tuple(tuple(e) for e in orjson.loads(k) or ()): n
+             for k, n in run.spectators["last_entries"].items()}
+    on_final = lasts.get(tuple(top), 0)
+    total = sum(lasts.values())
+    check.facts.append(f"last snapshot = the board's final top 10 for {on_final} of {total} "
+                       "spectators")
+    if on_final != total or total != run.connected["connected"]:
+        check.problems.append(f"only {on_final} of {run.connected['connected']} spectators "
+                              "ended on the board's final top 10")
+    return check
+
+
+async def check_baseline(run: PhaseRun, workload: Workload, database_url: str) -> Check:
+    """Rows = 202s, and every user's score = the sum of its rows (no ids to match:
+    the baseline does not consume tokens, so a cycled request repeats one)."""
+    check = Check()
+    accepted, refused, unknown = outcomes(run, workload)
+    connection = await asyncpg.connect(database_url, timeout=30)
+    try:
+        rows = int(await connection.fetchval("SELECT count(*) FROM actions"))
+        action_sums = {r["user_id"]: int(r["s"]) for r in await connection.fetch(
+            "SELECT user_id, sum(points) AS s FROM actions GROUP BY user_id")}
+        scores = {r["user_id"]: int(r["score"]) for r in await connection.fetch(
+            "SELECT user_id, score FROM scores WHERE board = $1", BOARD)}
+    finally:
+        await connection.close()
+    check.facts.append(f"{len(accepted):,} answered 202, {len(refused):,} refused, "
+                       f"{len(unknown):,} without an answer; actions: {rows:,} rows")
+    if not len(accepted) <= rows <= len(accepted) + len(unknown):
+        check.problems.append(f"actions holds {rows:,} rows for {len(accepted):,} 202s")
+    if action_sums != sums(accepted) and not unknown:
+        check.problems.append(f"actions per user: {differences(action_sums, sums(accepted))}")
+    if scores != action_sums:
+        check.problems.append(f"scores vs actions: {differences(scores, action_sums)}")
+    return check
+
+
+# --- Figures from a phase ----------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    window_s: float
+    accepted: int
+    statuses: dict[str, int]
+    post_ms: list[float]  # 202s completed in the window (load and probes), from when due
+    probe_post_ms: list[float]
+    visible_ms: list[float]  # (probe, spectator) pairs: probe sent -> spectator received
+    first_visible_ms: list[float]  # per probe, the first spectator
+    built_ms: list[float]  # per probe: sent -> the first message showing it was built (ts)
+    probes_sent: int
+    probes_unseen: int  # answered 202, seen by no spectator
+    pairs_missing: int  # (probe, spectator) pairs never seen
+    ages_ms: list[float]
+    persisted_per_s: float | None
+    rows_start: int | None
+    rows_end: int | None
+    lag_entries: list[int]  # sampled entries not acknowledged by the group
+    oldest_ms: list[float]
+    cpu: dict[str, float]  # cores, window average
+    late_ms: list[float]  # open loop: how late requests went out
+    batches: tuple[float, float, str, str] | None  # worker: count, mean size, p50, p99
+    exhausted: bool
+    timeline: list[tuple[float, float, float | None, int | None, float | None]]
+
+
+def edge_sample(samples: Sequence[Sample], edge: str) -> Sample | None:
+    return next((s for s in samples if s.edge == edge), None)
+
+
+@dataclass
+class ProbeLatencies:
+    visible_ms: list[float]  # (probe, spectator): sent -> received
+    first_ms: list[float]  # per probe: sent -> received by the first spectator
+    built_ms: list[float]  # per probe: sent -> the first message showing it was built
+    sent: int  # probes due in the window and answered 202
+    unseen: int  # of those, seen by no spectator
+    pairs_missing: int
+
+
+def probe_latencies(run: PhaseRun) -> ProbeLatencies:
+    """The probes due in the window and answered 202, matched with the spectators'
+    first sightings (both clocks are ``time.time()`` of this machine)."""
+    sent_ms = {index: wall * 1000 for index, due, _, _, status, wall in run.driver["probes"]
+               if status == "202" and run.window_start <= due <= run.window_end}
+    first_seen: dict[str, list[float]] = run.spectators["first_seen_ms"]
+    built_at: dict[str, float] = run.spectators["built_ms"]
+    spectators = int(run.spectators["spectators"])
+    result = ProbeLatencies([], [], [], len(sent_ms), 0, 0)
+    for index, sent in sent_ms.items():
+        user = run.probe_users[index]
+        times = first_seen.get(user, [])
+        if user in built_at:
+            result.built_ms.append(built_at[user] - sent)
+        result.visible_ms.extend(t - sent for t in times)
+        if times:
+            result.first_ms.append(min(times) - sent)
+        else:
+            result.unseen += 1
+        result.pairs_missing += spectators - len(times)
+    for values in (result.visible_ms, result.first_ms, result.built_ms):
+        values.sort()
+    return result
+
+
+def worker_batches(start: Sample, end: Sample) -> tuple[float, float, str, str] | None:
+    """(batches, mean entries, p50 bucket, p99 bucket) of the worker's histograms
+    between two readings of its metrics endpoint."""
+    if not start.worker or not end.worker:
+        return None
+    before, after = start.worker, end.worker
+    buckets = sorted((float(k.split(":", 1)[1]), after[k] - before.get(k, 0.0))
+                     for k in after if k.startswith("seconds:"))
+    count = after.get("size_count", 0.0) - before.get("size_count", 0.0)
+    size = after.get("size_sum", 0.0) - before.get("size_sum", 0.0)
+    return (count, size / count if count else math.nan, bucket_of(buckets, 0.5),
+            bucket_of(buckets, 0.99))
+
+
+def figures(run: PhaseRun) -> Figures:
+    """The numbers of the report, for the window [window_start, window_end]: requests
+    count when they completed in it, probes when they were due in it."""
+    ws, we = run.window_start, run.window_end
+    statuses: Counter[str] = Counter()
+    post_ms: list[float] = []
+    probe_post_ms: list[float] = []
+    late_ms: list[float] = []
+    done_202: list[float] = []
+    for rows, into in ((run.driver["requests"], post_ms), (run.driver["probes"], probe_post_ms)):
+        for _, due, sent, done, status, *_ in rows:
+            if status == "202":
+                done_202.append(done)
+            if ws <= done <= we:
+                statuses[status] += 1
+                if status == "202":
+                    into.append(1000 * (done - due))
+            if ws <= sent <= we:
+                late_ms.append(1000 * (sent - due))
+    done_202.sort()
+    probes = probe_latencies(run)
+    start, end = edge_sample(run.samples, "start"), edge_sample(run.samples, "end")
+    cpu: dict[str, float] = {}
+    batches = persisted = None
+    if start and end:
+        span = end.t - start.t
+        if start.cpu and end.cpu:
+            cpu = {k: (end.cpu[k] - start.cpu[k]) / span for k in end.cpu if k in start.cpu}
+        if start.rows is not None and end.rows is not None:
+            persisted = (end.rows - start.rows) / span
+        batches = worker_batches(start, end)
+    in_window = [s for s in run.samples if ws <= s.t <= we]
+    return Figures(
+        window_s=we - ws, accepted=statuses.get("202", 0), statuses=dict(statuses),
+        post_ms=sorted(post_ms + probe_post_ms), probe_post_ms=sorted(probe_post_ms),
+        visible_ms=probes.visible_ms, first_visible_ms=probes.first_ms,
+        built_ms=probes.built_ms, probes_sent=probes.sent, probes_unseen=probes.unseen,
+        pairs_missing=probes.pairs_missing, ages_ms=sorted(run.spectators["ages_ms"]),
+        persisted_per_s=persisted, rows_start=start.rows if start else None,
+        rows_end=end.rows if end else None,
+        lag_entries=[s.waiting for s in in_window if s.waiting is not None],
+        oldest_ms=sorted(s.oldest_ms for s in in_window if s.oldest_ms is not None),
+        cpu=cpu, late_ms=sorted(late_ms), batches=batches,
+        exhausted=bool(run.driver["exhausted"]), timeline=timeline(run, done_202))
+
+
+def timeline(run: PhaseRun, done_202: list[float]) -> list[tuple[float, float, float | None,
+                                                                 int | None, float | None]]:
+    """Per BUCKET_S of the window: (offset s, 202/s, persisted/s, most entries
+    waiting for the group, oldest unacknowledged entry in ms: the most in the bucket)."""
+    rows = [(s.t, s.rows) for s in run.samples if s.rows is not None]
+    out = []
+    ws = run.window_start
+    buckets = max(1, round((run.window_end - ws) / BUCKET_S))
+    size = (run.window_end - ws) / buckets
+    for b in range(buckets):
+        lo, hi = ws + b * size, ws + (b + 1) * size
+        accepted = (bisect.bisect_right(done_202, hi) - bisect.bisect_right(done_202, lo)) / size
+        before = [r for r in rows if r[0] <= lo + 0.01]
+        after = [r for r in rows if r[0] <= hi + 0.01]
+        persisted = None
+        if before and after and after[-1][0] > before[-1][0]:
+            persisted = (after[-1][1] - before[-1][1]) / (after[-1][0] - before[-1][0])
+        inside = [s for s in run.samples if lo <= s.t <= hi]
+        waiting = [s.waiting for s in inside if s.waiting is not None]
+        ages = [s.oldest_ms for s in inside if s.oldest_ms is not None]
+        out.append((lo - ws, accepted, persisted, max(waiting) if waiting else None,
+                    max(ages) if ages else None))
+    return out
+
+
+# --- Report -------------------------------------------------------------------------------------
+
+
+def ms(values: Sequence[float], fraction: float) -> str:
+    return "n/a" if not values else f"{percentile(list(values), fraction):,.1f} ms"
+
+
+def code_line() -> str:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=PROJECT_DIR, capture_output=True,
+                                text=True, check=False, timeout=10)
+        return result.stdout.strip() if result.returncode == 0 else "?"
+
+    dirty = git("status", "--porcelain", "--", "ingest", "workers", "broadcaster", "scoreboard",
+                "sql", "lua")
+    return f"commit {git('rev-parse', '--short', 'HEAD')}" + (
+        " + uncommitted changes in the product's code" if dirty else "")
+
+
+def cpu_line(cpu: dict[str, float], parties: Sequence[str]) -> str:
+    named = ", ".join(f"{p} {cpu[p]:.2f}" for p in (*parties, "orchestrator") if p in cpu)
+    others = cpu.get("machine", 0) - sum(cpu.get(p, 0) for p in (*parties, "orchestrator",
+                                                                  "kernel"))
+    return (f"{named}, interrupts {cpu.get('kernel', math.nan):.2f}, other processes "
+            f"{max(0.0, others):.2f}; machine {cpu.get('machine', math.nan):.2f} of "
+            f"{os.cpu_count()} cores busy, iowait {cpu.get('iowait', math.nan):.2f}")
+
+
+def limit_notes(f: Figures, server: str, parties: Sequence[str], offered: float) -> list[str]:
+    """Plain-language reading of the window's CPU split: what limited the figures.
+    ``offered``: the open loop's rate (0: closed loop)."""
+    cores, cpu, notes = os.cpu_count() or 1, f.cpu, []
+    if offered and f.accepted / f.window_s >= 0.97 * offered:
+        notes.append(f"the offered {offered:g}/s was met: accepted/s is the load generator's "
+                     "rate, not a capacity; the latencies are those of a system keeping up")
+    if not cpu:
+        return ["no CPU figures (the window's edge samples are missing)"]
+    if cpu.get("machine", 0) >= 0.9 * cores:
+        heavy = sorted(((cpu[p], p) for p in parties if p in cpu), reverse=True)[:3]
+        notes.append(f"the machine was saturated ({cpu['machine']:.2f} of {cores} cores): every "
+                     "party took turns on the same cores (the busiest: "
+                     + ", ".join(f"{p} {c:.2f}" for c, p in heavy) + ")")
+    if cpu.get(server, 0) >= 0.85:
+        notes.append(f"{server} was CPU-bound (one Python process = one core at most)")
+    if cpu.get("postgres", 0) >= 0.85:
+        notes.append(f"postgres used {cpu['postgres']:.2f} cores")
+    if cpu.get("iowait", 0) >= 0.2:
+        notes.append(f"iowait {cpu['iowait']:.2f}: commits waited on fsync")
+    if cpu.get("driver", 0) >= 0.85:
+        notes.append("the load generator was CPU-bound: the rate is a lower bound")
+    others = cpu.get("machine", 0) - sum(cpu.get(p, 0) for p in (*parties, "orchestrator",
+                                                                  "kernel"))
+    if others > 0.15:
+        notes.append(f"{others:.2f} cores went to processes outside the run: the figures are "
+                     "disturbed")
+    if not notes:
+        notes.append("no party was saturated: round trips, lock and commit waits bound the "
+                     "figure (for the baseline: at most --baseline-pool transactions at once)")
+    return notes
+
+
+OURS_PARTIES = ("ingest", "worker", "broadcaster", "postgres", "redis", "spectators", "driver")
+BASE_PARTIES = ("baseline", "postgres", "redis", "spectators", "driver")
+
+
+def report_phase(title: str, run: PhaseRun, f: Figures, check: Check, *, ours: bool,
+                 spectators: int, offered: float) -> None:
+    print(f"\n{title}")
+    other = {k: v for k, v in f.statuses.items() if k != "202"}
+    print(f"  accepted/s        {f.accepted / f.window_s:,.0f} ({f.accepted:,} answered 202 in "
+          f"{f.window_s:.1f} s; other outcomes {other or 'none'})")
+    print(f"  POST latency      p50 {ms(f.post_ms, 0.5)}, p99 {ms(f.post_ms, 0.99)} (202s in "
+          "the window, load and probes, from when each was due)")
+    if f.late_ms and percentile(f.late_ms, 0.99) > 5:
+        print(f"  sent late         p50 {ms(f.late_ms, 0.5)}, p99 {ms(f.late_ms, 0.99)} behind "
+              "schedule (every connection was busy: the offered rate was not sustained)")
+    where = (f"{spectators} WebSocket spectators" if ours
+             else "1 Redis subscriber of the published top 10, no WebSocket fan-out")
+    print(f"  POST->spectator   p50 {ms(f.visible_ms, 0.5)}, p99 {ms(f.visible_ms, 0.99)} over "
+          f"{len(f.visible_ms):,} (probe, spectator) pairs [{where}]")
+    print(f"    first to see    p50 {ms(f.first_visible_ms, 0.5)}, p99 "
+          f"{ms(f.first_visible_ms, 0.99)}; {f.probes_sent} probes in the window, "
+          f"{f.probes_unseen} seen by no one, {f.pairs_missing:,} pairs missing")
+    print(f"    made of         POST -> 202 p50 {ms(f.probe_post_ms, 0.5)}, p99 "
+          f"{ms(f.probe_post_ms, 0.99)}; sent -> first message showing it built (its ts) p50 "
+          f"{ms(f.built_ms, 0.5)}, p99 {ms(f.built_ms, 0.99)}; built -> received: the age "
+          "below")
+    if ours:
+        counts = run.spectators["messages"]
+        per_s = [c / run.spectators["seconds"] for c in counts]
+        print(f"    snapshots       {sum(per_s) / max(1, len(per_s)):.1f}/s per spectator; "
+              f"age at receipt (receipt - ts) p50 {ms(f.ages_ms, 0.5)}, p99 "
+              f"{ms(f.ages_ms, 0.99)}; version regressions {run.spectators['regressions']}; "
+              f"closed {run.spectators['closed'] or 'none'}")
+    if f.persisted_per_s is not None:
+        print(f"  persisted/s       {f.persisted_per_s:,.0f} (rows in actions: {f.rows_start:,} "
+              f"at the window's start, {f.rows_end:,} at its end)")
+    if f.batches is not None:
+        count, size, p50, p99 = f.batches
+        print(f"  worker batches    {count:,.0f} in the window, mean {size:,.1f} entries; "
+              f"persist + acknowledge p50 in {p50}, p99 in {p99} (the worker's histogram)")
+    if ours:
+        lag = sorted(float(n) for n in f.lag_entries)
+        if lag:
+            print(f"  consumer lag      entries not acknowledged: median "
+                  f"{percentile(lag, 0.5):,.0f}, p99 {percentile(lag, 0.99):,.0f}, max "
+                  f"{lag[-1]:,.0f} ({len(lag)} samples, 4/s)")
+        print(f"                    oldest unacknowledged entry: median "
+              f"{ms(f.oldest_ms, 0.5)}, p99 {ms(f.oldest_ms, 0.99)}, max "
+              f"{ms(f.oldest_ms, 1.0)} ({len(f.oldest_ms)} samples, 4/s)")
+        drained = ("NOT within the drain timeout" if run.drained_s is None
+                   else f"{run.drained_s:.2f} s after the window's end")
+        print(f"  drained           every entry persisted and acknowledged {drained}")
+    print("  timeline          t(s)   202/s  persisted/s  max lag  max oldest unacked")
+    for offset, accepted, persisted, lag_now, oldest in f.timeline:
+        print(f"                    {offset:4.0f} {accepted:8,.0f} "
+              f"{'n/a' if persisted is None else f'{persisted:,.0f}':>12} "
+              f"{'n/a' if lag_now is None else f'{lag_now:,}':>8} "
+              f"{'n/a' if oldest is None else f'{oldest:,.0f} ms':>18}")
+    parties = OURS_PARTIES if ours else BASE_PARTIES
+    print(f"  CPU (cores)       {cpu_line(f.cpu, parties)}")
+    if f.accepted and f.cpu:
+        print(f"  CPU / increment   {1e6 * f.cpu['machine'] * f.window_s / f.accepted:,.0f} µs "
+              "of machine CPU per accepted increment (every process, the load generator and "
+              "spectators included)")
+    if f.exhausted:
+        print("  WARNING           the action tokens ran out before the window's end "
+              "(pass a larger --token-margin)")
+    if run.driver["late_start_s"] > 0.05:
+        print(f"  WARNING           the driver started {run.driver['late_start_s']:.2f} s late")
+    print(f"  check             {'OK' if check.ok else 'FAILED'}: " + "; ".join(check.facts))
+    for problem in check.problems:
+        print(f"    PROBLEM         {problem}")
+    for note in limit_notes(f, "ingest" if ours else "baseline", parties, offered):
+        print(f"  limit             {note}")
+
+
+def report(args: argparse.Namespace, *, background: float, servers: str, setup: str,
+           ours: tuple[PhaseRun, Figures, Check],
+           base: tuple[PhaseRun, Figures, Check] | None) -> bool:
+    print("\n=== End-to-end benchmark ===")
+    print(f"machine     {machine_line()}")
+    print(f"code        {code_line()}")
+    print(f"command     python -m loadtest.bench_e2e {' '.join(sys.argv[1:])}".rstrip())
+    print(f"background  {background:.2f} cores busy before the run started"
+          + ("  WARNING: the machine was not idle; the figures are disturbed"
+             if background > 0.15 else ""))
+    print(f"servers     {servers}")
+    mode = (f"open loop at {args.rate:g}/s (latency from when each request was due)"
+            if args.rate else f"closed loop, {args.concurrency} connections")
+    print(f"load        POST /api/scores/increment (the player endpoint, one increment per "
+          f"request), {mode}, plus {args.probe_rate:g} probes/s; {args.warmup:g} s warm-up, "
+          f"{args.duration:g} s window")
+    print(f"set-up      {setup}")
+    offered = args.rate + args.probe_rate if args.rate else 0.0
+    report_phase(f"OURS  ingest + 1 worker + 1 broadcaster, {args.spectators} spectators", *ours,
+                 ours=True, spectators=args.spectators, offered=offered)
+    if base is not None:
+        report_phase("BASELINE  per request: Postgres transaction (audit row + score upsert), "
+                     f"top-10 query, Redis PUBLISH; one uvicorn process, pool of "
+                     f"{args.baseline_pool}", *base, ours=False, spectators=1, offered=offered)
+        fo, fb = ours[1], base[1]
+        ours_rate, base_rate = fo.accepted / fo.window_s, fb.accepted / fb.window_s
+        print("\nOURS vs BASELINE")
+        print(f"  accepted/s        {ours_rate:,.0f} / {base_rate:,.0f} = "
+              f"{ours_rate / base_rate if base_rate else math.inf:.2f}x")
+        for name, a, b in (("POST p50", fo.post_ms, fb.post_ms), ("POST p99", fo.post_ms,
+                                                                   fb.post_ms)):
+            q = 0.5 if "p50" in name else 0.99
+            print(f"  {name:<17} {ms(a, q)} vs {ms(b, q)}")
+        print(f"  visible p50       {ms(fo.visible_ms, 0.5)} (spectators) vs "
+              f"{ms(fb.visible_ms, 0.5)} (subscriber)")
+        print(f"  visible p99       {ms(fo.visible_ms, 0.99)} vs {ms(fb.visible_ms, 0.99)}")
+        if fo.accepted and fb.accepted and fo.cpu and fb.cpu:
+            print(f"  CPU / increment   {1e6 * fo.cpu['machine'] * fo.window_s / fo.accepted:,.0f}"
+                  f" µs vs {1e6 * fb.cpu['machine'] * fb.window_s / fb.accepted:,.0f} µs")
+    print()
+    return ours[2].ok and (base is None or base[2].ok)
