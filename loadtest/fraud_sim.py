@@ -92,9 +92,8 @@ import orjson
 import redis
 
 from loadtest import BenchError
-from loadtest.bench_broadcaster import worker_process
 from loadtest.bench_ingest import ingest_process
-from loadtest.system import Backing, delete_keys, start_backing
+from loadtest.system import Backing, delete_keys, start_backing, worker_process
 from scoreboard.fraud_rules import interval_cv
 from scoreboard.keys import Keys
 from scoreboard.limits import Rate
@@ -859,7 +858,8 @@ def run(args: argparse.Namespace) -> int:
         keys = Keys(backing.key_prefix)
         client = stack.enter_context(contextlib.closing(redis.Redis.from_url(backing.redis_url)))
         url, _ = stack.enter_context(ingest_process(env, root / "ingest.log"))
-        stack.enter_context(worker_process(env, root / "worker.log", client, keys))
+        stack.enter_context(worker_process(env, root / "worker.log", client, keys,
+                                           name="fraud-sim-worker"))
         print(f"ingest on {url} and a worker; registering {len(accounts)} accounts, then "
               f"{args.duration:g} s of behaviour…", flush=True)
         started = asyncio.run(simulate(url, accounts, args))
