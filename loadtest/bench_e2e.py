@@ -365,12 +365,11 @@ async def run_phase(spec: PhaseSpec, args: argparse.Namespace, workload: Workloa
         if driver.returncode != 0:
             raise BenchError(f"{spec.name}: the driver failed with status {driver.returncode}")
         result: dict[str, Any] = orjson.loads(result_path.read_bytes())
-        drained_s: float | None = 0.0
+        drained = True
         if spec.keys is not None:
             print(f"{spec.name}: window over; waiting for the worker to persist everything…",
                   flush=True)
             drained = await wait_drained(client, spec.keys, "persisters", args.drain_timeout)
-            drained_s = time.monotonic() - window_end if drained else None
         await asyncio.sleep(TAIL_S)
         seen = await spectators.call({"op": "stop"}, timeout_s=120)
         sampler.stopping.set()
@@ -380,7 +379,7 @@ async def run_phase(spec: PhaseSpec, args: argparse.Namespace, workload: Workloa
         await client.aclose()
     return PhaseRun(spec=spec, window_start=window_start, window_end=window_end, driver=result,
                     spectators=seen, connected=connected, samples=sampler.samples,
-                    drained_s=drained_s,
+                    drained=drained,
                     probe_users=[p.user_id for p in workload.probe_increments])
 
 
