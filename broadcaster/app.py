@@ -24,7 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from broadcaster.hub import DROPPED, Hub, Subscriber
@@ -165,6 +166,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/", page),
         Route("/spectator.js", lambda r: FileResponse(STATIC / "spectator.js",
                                                        media_type="text/javascript")),
+        # Every file of static/ (the page's scripts and styles) at /static/<name>.
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
         WebSocketRoute("/ws", websocket_endpoint),
         Route("/sse", sse_endpoint),
         Route("/healthz", healthz),
