@@ -1,9 +1,10 @@
 """One batch of stream entries into Postgres, in one transaction.
 
-Binary COPY into a per-connection staging table, then
-``INSERT INTO actions ... ON CONFLICT DO NOTHING RETURNING`` so that only rows
-really inserted are summed into ``scores``. A redelivered entry has the same
-event id and time, so its row conflicts and adds nothing. The committed totals
+Binary COPY into a per-connection staging table, then the events new to
+``counted_events`` (the durable dedup record, keyed by source and event id)
+become ``actions`` rows, and only rows really inserted are summed into
+``scores``. A redelivered entry, or an event accepted again once its Redis
+marker is gone, is already counted and adds nothing. The committed totals
 of every (board, user) the batch touched are returned, inserted or not: after a
 crash between commit and acknowledgement, the redelivery must still bring the
 leaderboard up to the committed totals.
@@ -27,11 +28,25 @@ CREATE TEMP TABLE IF NOT EXISTS actions_staging (
 ) ON COMMIT DELETE ROWS
 """
 
+# An event counts once forever: its (source, event_id) goes into
+# ``counted_events`` (migration 005) and only the copies new there become
+# ``actions`` rows (and points). A redelivered entry, or the same event
+# accepted again after its Redis marker expired, inserts nothing. Within one
+# batch the earliest copy of an event wins; keys go in sorted, so two workers
+# holding the same events lock them in one order.
 INSERT_ACTIONS = """
+WITH counted AS (
+    INSERT INTO counted_events (source, event_id, created_at)
+    SELECT DISTINCT ON (source, event_id) source, event_id, created_at
+    FROM actions_staging ORDER BY source, event_id, created_at
+    ON CONFLICT DO NOTHING
+    RETURNING source, event_id, created_at
+)
 INSERT INTO actions (event_id, created_at, user_id, board, points, source, client_addr,
                      request_id, stream_id)
-SELECT event_id, created_at, user_id, board, points, source, client_addr, request_id, stream_id
-FROM actions_staging
+SELECT s.event_id, s.created_at, s.user_id, s.board, s.points, s.source, s.client_addr,
+       s.request_id, s.stream_id
+FROM actions_staging s JOIN counted c USING (source, event_id, created_at)
 ON CONFLICT DO NOTHING
 RETURNING user_id, board, points, created_at
 """
