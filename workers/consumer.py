@@ -25,6 +25,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -34,7 +35,7 @@ from prometheus_client import Counter, Histogram
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.stream_entry import StreamEntry
-from workers.batching import backoff_s, parse_batch
+from workers.batching import ParsedBatch, backoff_s, parse_batch
 from workers.leaderboard import apply_and_ack
 from workers.persist import PartitionCache, persist_batch
 
@@ -52,6 +53,14 @@ BATCH_SECONDS = Histogram("scoreboard_worker_batch_seconds",
 HEARTBEAT_EVERY_S = 1.0
 CLAIM_PAGE = 100
 CHAOS_EXIT_STATUS = 86
+
+
+@dataclass(frozen=True)
+class ReadBatch:
+    """What one XREADGROUP returned, and the same parsed."""
+
+    raw: list[tuple[str, dict[str, str] | None]]
+    parsed: ParsedBatch
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -109,21 +118,36 @@ class StreamConsumer:
                 raise
 
     async def run(self) -> None:
-        """Until stopped: drain this consumer's own pending entries, then new ones."""
+        """Until stopped: drain this consumer's own pending entries, then new ones.
+
+        The next batch is read and parsed while the current one is persisted
+        (one read ahead, no more): XREADGROUP and parsing overlap the Postgres
+        transaction. A read that was sent is always awaited and what it
+        returned persisted, stopping or not: those entries are already
+        delivered to this consumer, and leaving them pending would hold them
+        back until this consumer restarts or they are reclaimed.
+        """
         await self._retry_transient(self.ensure_group)
         start = "0"  # first our own pending entries (a restart resumes them) ...
-        while not self.stopping:
-            raw = await self._retry_transient(lambda s=start: self._read(s))
-            if raw is None:
+        ahead: asyncio.Task[ReadBatch | None] | None = self._read_ahead(start)
+        while ahead is not None:
+            batch = await ahead
+            if batch is None:  # stopping while Redis was unreachable
                 return
-            if start != ">" and not raw:
-                start = ">"  # ... then new ones
-                continue
-            if raw:
-                await self.handle(raw)
-                if start != ">":
-                    start = raw[-1][0]  # page through the pending list
+            if start != ">":
+                # ... page through the pending list, then new entries
+                start = batch.raw[-1][0] if batch.raw else ">"
+            ahead = None if self.stopping else self._read_ahead(start)
+            if batch.raw:
+                await self._handle_parsed(batch.parsed)
             await self._housekeeping()
+
+    def _read_ahead(self, start: str) -> asyncio.Task[ReadBatch | None]:
+        async def read_and_parse() -> ReadBatch | None:
+            raw = await self._retry_transient(lambda: self._read(start))
+            return None if raw is None else ReadBatch(raw=raw, parsed=parse_batch(raw))
+
+        return asyncio.create_task(read_and_parse(), name=f"read-{self.name}")
 
     async def _read(self, start: str) -> list[tuple[str, dict[str, str] | None]]:
         block = None if start != ">" else self.block_ms
@@ -137,17 +161,20 @@ class StreamConsumer:
     async def _housekeeping(self) -> None:
         now = time.monotonic()
         if now - self._last_heartbeat >= HEARTBEAT_EVERY_S:
-            await self.redis.set(self.keys.consumer_heartbeat(self.name), str(time.time()),
-                                 px=int(max(10_000, self.block_ms * 5)))
+            await self._side_task(self.redis.set(self.keys.consumer_heartbeat(self.name),
+                                                 str(time.time()),
+                                                 px=int(max(10_000, self.block_ms * 5))))
             self._last_heartbeat = now
             if self.every_second is not None:
                 await self._side_task(self.every_second())
         if now - self._last_reclaim >= self.reclaim_every_s:
             self._last_reclaim = now
-            await self.reclaim()
+            await self._retry_transient(self.reclaim)
 
     async def handle(self, raw: Sequence[tuple[str, dict[str, str] | None]]) -> None:
-        parsed = parse_batch(raw)
+        await self._handle_parsed(parse_batch(raw))
+
+    async def _handle_parsed(self, parsed: ParsedBatch) -> None:
         for stream_id, fields, why in parsed.malformed:
             await self._retry_transient(lambda s=stream_id, f=fields, w=why:
                                         self.dead_letter(s, f, w, deliveries=1))
