@@ -30,6 +30,7 @@ from scoreboard.logs import configure_logging
 from scoreboard.migrate import ensure_database, migrate
 from scoreboard.settings import Settings, load_settings
 from scoreboard.signing_keys import add_action_key, add_jwt_key, load_action_keys, load_jwt_keys
+from scoreboard.supervise import ServerWatch, supervised_procfile
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 EMBEDDED_DATABASE = "scoreboard"
@@ -72,22 +73,34 @@ def servers(settings: Settings) -> Iterator[Settings]:
         return
     with ExitStack() as stack:
         redis_url, database_url = settings.redis_url, settings.database_url
+        watch = ServerWatch()
         if redis_url is None:
             embedded_redis = EmbeddedRedis(settings.data_dir / "redis")
             redis_url = embedded_redis.start()
             stack.callback(embedded_redis.stop)
+            watch.watch("redis", embedded_redis)
         if database_url is None:
             embedded_pg = EmbeddedPostgres(settings.data_dir / "postgres")
             admin_url = embedded_pg.start()
             stack.callback(embedded_pg.stop)
             asyncio.run(ensure_database(admin_url, EMBEDDED_DATABASE))
             database_url = with_database(admin_url, EMBEDDED_DATABASE)
+            watch.watch("postgres", embedded_pg)
+        stack.callback(watch.stop)  # runs first: a stop on purpose is not restarted
         yield replace(settings, redis_url=redis_url, database_url=database_url)
 
 
 def ensure_keys(settings: Settings) -> None:
     load_jwt_keys(settings.jwt_keys_path, create=True)
     load_action_keys(settings.action_keys_path, create=True)
+
+
+def _supervised_procfile(settings: Settings) -> Path:
+    """The Procfile with each process restarted when it dies (scoreboard/supervise.py)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "Procfile.supervised"
+    path.write_text(supervised_procfile((PROJECT_DIR / "Procfile").read_text()))
+    return path
 
 
 def run(settings: Settings) -> int:
@@ -123,7 +136,7 @@ def run(settings: Settings) -> int:
         previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             child = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f",
-                                      str(PROJECT_DIR / "Procfile"), "-d", str(PROJECT_DIR)],
+                                      str(_supervised_procfile(ready)), "-d", str(PROJECT_DIR)],
                                      env=env)
             status = child.wait()
             return 0 if stop_requested else status

@@ -110,6 +110,14 @@ class EmbeddedRedis:
         logger.info("embedded redis on %s (data in %s)", self.url, self.data_dir)
         return self.url
 
+    def alive(self) -> bool:
+        """False once the server process has exited (``ServerWatch`` restarts it)."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
     def stop(self) -> None:
         if self._process is None or self._process.poll() is not None:
             return
@@ -186,6 +194,15 @@ class EmbeddedPostgres:
         _wait_for_port(self.port, 30, None, "embedded postgres")
         logger.info("embedded postgres on port %s (data in %s)", self.port, self.data_dir)
         return self.url
+
+    def alive(self) -> bool:
+        """False when the server no longer accepts connections (``ServerWatch``
+        restarts it; a start over a crashed cluster replays its WAL)."""
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
+        except OSError:
+            return False
+        return True
 
     def stop(self) -> None:
         if not self._started:
