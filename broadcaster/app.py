@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -117,8 +118,9 @@ async def script(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    """Liveness, with this process's spectator count."""
-    return JSONResponse({"status": "ok", "spectators": _state(request).hub.spectators()})
+    """Liveness, with this process's id and spectator count (processes share the port)."""
+    return JSONResponse({"status": "ok", "pid": os.getpid(),
+                         "spectators": _state(request).hub.spectators()})
 
 
 async def readyz(request: Request) -> Response:
