@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from broadcaster.admission import CAPPED, Refusal, board_of, check_board
-from broadcaster.hub import DROPPED, SNAPSHOTS_SKIPPED
+from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
 from broadcaster.snapshots import Snapshot
 from broadcaster.state import BroadcasterState
 from scoreboard.client_address import client_address
@@ -108,6 +108,7 @@ class SseEndpoint:
                 return
             state.hub.join(spectator, board)
             spectator.offer(first)
+            SNAPSHOTS_SENT.inc()
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]})

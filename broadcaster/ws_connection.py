@@ -33,7 +33,7 @@ from websockets.server import ServerProtocol
 
 from broadcaster.admission import CAPPED, NOT_FOUND, Refusal, board_of, check_board, check_origin
 from broadcaster.frames import close_frame, text_frame
-from broadcaster.hub import DROPPED, SNAPSHOTS_SKIPPED
+from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
 from broadcaster.snapshots import Snapshot
 from broadcaster.state import BroadcasterState
 from scoreboard.client_address import client_address
@@ -220,7 +220,7 @@ class SpectatorConnection(asyncio.Protocol):
         self.state.hub.join(self, board)
         self.version_sent = -1
         if snapshot is not None:
-            self.offer(snapshot)
+            self._offer_first(snapshot)
             return
         task = asyncio.get_running_loop().create_task(self._send_current(board))
         _loading.add(task)
@@ -233,6 +233,10 @@ class SpectatorConnection(asyncio.Protocol):
             logger.warning("first snapshot of %s failed: %r", board, exc)
             self.shut(TRY_AGAIN_LATER, "board unavailable, try again")
             return
+        self._offer_first(snapshot)
+
+    def _offer_first(self, snapshot: Snapshot) -> None:
+        SNAPSHOTS_SENT.inc()  # the hub counts the rest, one increment per publish
         self.offer(snapshot)
 
     def _frame(self, frame: Frame) -> None:
