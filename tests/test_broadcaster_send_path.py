@@ -4,6 +4,7 @@ slow and stuck clients, SSE slots, proxies, and several processes on one port.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import orjson
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
@@ -275,5 +277,50 @@ def test_two_processes_share_one_port_and_send_the_same_versions(
             finally:
                 await asyncio.gather(*[ws.close() for ws in clients], return_exceptions=True)
                 await writer.close()
+
+        asyncio.run(scenario())
+
+
+def test_a_client_that_never_answers_pings_is_closed_and_one_that_answers_stays(
+        backing: Backing) -> None:
+    env = backing.env(WS_PING_INTERVAL_S="0.5", WS_PING_TIMEOUT_S="0.5")
+    with broadcaster_server(env) as url:
+
+        async def scenario() -> None:
+            deaf = raw_upgrade(url, "/ws?board=global")  # reads, but never sends a pong
+            async with connect(ws_url(url, "global"), ping_interval=None) as answering:
+                await next_snapshot(answering)  # the library answers pings by itself
+                deadline = time.monotonic() + 20
+                timed_out = 'scoreboard_spectators_dropped_total{reason="ping_timeout"}'
+                while counter(url, timed_out) < 1:
+                    assert time.monotonic() < deadline, "the deaf client was never closed"
+                    await asyncio.sleep(0.1)
+                assert spectator_count(url) == 1
+                await asyncio.sleep(2)  # several more ping rounds
+                assert spectator_count(url) == 1
+                await answering.send('{"type": "subscribe", "board": "global"}')
+                assert (await next_snapshot(answering))["board"] == "global"
+            deaf.settimeout(5)
+            received = b""
+            while chunk := deaf.recv(65536):
+                received += chunk
+            assert b"\x88" in received  # its close frame (1011) came before the end
+            deaf.close()
+
+        asyncio.run(scenario())
+
+
+def test_stopping_the_broadcaster_closes_spectators_with_going_away(backing: Backing) -> None:
+    with contextlib.ExitStack() as running:
+        url = running.enter_context(broadcaster_server(backing.env()))
+
+        async def scenario() -> None:
+            async with connect(ws_url(url, "global")) as ws:
+                await next_snapshot(ws)
+                await asyncio.to_thread(running.close)  # SIGTERM, as a process manager stops it
+                with contextlib.suppress(ConnectionClosed):
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 10)
+                assert ws.close_code == 1001
 
         asyncio.run(scenario())
