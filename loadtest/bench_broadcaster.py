@@ -61,23 +61,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import math
 import os
 import random
-import resource
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -85,60 +80,47 @@ import orjson
 import redis
 import redis.asyncio as redis_asyncio
 import uvloop
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
 
 from loadtest import BenchError
-from loadtest.bench_ingest import (
+from loadtest.harness.backing import Backing, start_backing
+from loadtest.harness.command import benchmark_parser, command
+from loadtest.harness.cpu import background_cores, cores, cpu_seconds
+from loadtest.harness.figures import (
+    background_line,
+    command_line,
+    histogram_percentile,
+    machine_line,
+    percentile,
+)
+from loadtest.harness.http import INCREMENT_PATH, encode_post, open_connection
+from loadtest.harness.players import (
     HIGH_RATE,
-    PROJECT_DIR,
-    background_cores,
     create_players,
     fetch_tokens,
     ingest_env,
-    ingest_process,
-    machine_line,
-    percentile,
-    stop_process,
+    jwt_subject,
 )
-from loadtest.load_generator import (
-    INCREMENT_PATH,
-    encode_post,
-    machine_busy_s,
-    open_connection,
-    process_cpu_s,
-    redis_info,
-)
-from loadtest.system import Backing, delete_keys, start_backing
+from loadtest.harness.processes import broadcaster_process, ingest_process, worker_process
+from loadtest.harness.spectators import CONNECT_TIMEOUT_S, ClientProcess, raise_fd_limit
 from scoreboard.db import create_pool
-from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.ranking import totals_by_user
-from scoreboard.settings import Settings, load_settings
+from scoreboard.settings import Settings
 from scoreboard.stream_entry import StreamEntry
 from workers.leaderboard import apply_and_ack
 from workers.persist import PartitionCache, persist_batch
 
 FANOUT_BOARD = "spectated"
-LATENCY_BOARD = "global"  # the board of loadtest.bench_ingest.fetch_tokens' bodies
+LATENCY_BOARD = "global"  # the board of loadtest.harness.players.fetch_tokens' bodies
 DEFAULT_SNAPSHOT_SIZE = Settings().snapshot_size
 BOARD_PLAYERS = DEFAULT_SNAPSHOT_SIZE  # part 1: every player is always on the snapshot
 BOARD_POLL_S = 0.005  # part 2: how often the Redis board is read to time the worker
-CONNECT_TIMEOUT_S = 60
 TAIL_S = 2.0  # after the last increment, time for its snapshot to arrive
-BIN_PER_MS = 10  # latency histogram resolution: 0.1 ms
 
 
 # --- Small helpers ----------------------------------------------------------------------
-
-
-def raise_fd_limit() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit (children inherit it); returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def vm_rss_kb(pid: int) -> int:
@@ -155,27 +137,6 @@ def shares(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def histogram_percentile(bins: dict[int, int], fraction: float) -> float:
-    """Nearest-rank percentile, in ms, of a histogram of 1/BIN_PER_MS ms bins."""
-    total = sum(bins.values())
-    if not total:
-        return math.nan
-    wanted, seen = max(1, math.ceil(fraction * total)), 0
-    for key in sorted(bins):
-        seen += bins[key]
-        if seen >= wanted:
-            return key / BIN_PER_MS
-    raise AssertionError("unreachable")
-
-
-def jwt_subject(authorization: str) -> str:
-    """The ``sub`` claim of a ``Bearer`` token, unverified (our own server issued it)."""
-    payload = authorization.split()[1].split(".")[1]
-    claims: dict[str, Any] = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload)
-                                                                                     % 4)))
-    return str(claims["sub"])
-
-
 def scrape_counters(url: str) -> dict[str, float]:
     """The broadcaster's Prometheus samples, by name with labels (counters and gauges)."""
     text = httpx.get(url + "/metrics", timeout=30).text
@@ -186,357 +147,6 @@ def scrape_counters(url: str) -> dict[str, float]:
             samples[name] = float(value)
     return samples
 
-
-# --- The spectators' side: a client process -----------------------------------------------
-
-
-class Spectator:
-    """One WebSocket client; ``first`` resolves on its first snapshot."""
-
-    def __init__(self, crowd: Crowd, index: int) -> None:
-        self.crowd = crowd
-        self.index = index
-        self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.in_window = 0
-        self.close_code: int | None = None
-
-    def closed(self, code: int) -> None:
-        if self.close_code is None:
-            self.close_code = code
-            self.crowd.on_closed(code)
-        if not self.first.done():
-            self.first.set_exception(ConnectionError(f"closed with {code} before a snapshot"))
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-
-class RawSpectator(Spectator, asyncio.Protocol):
-    """A minimal RFC 6455 client: enough for a server that sends unfragmented text
-    frames, pings and a close; costs a few µs per message."""
-
-    def __init__(self, crowd: Crowd, index: int, host: str, path: str) -> None:
-        super().__init__(crowd, index)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                        "Sec-WebSocket-Version: 13\r\n\r\n").encode()
-        self.buffer = bytearray()
-        self.upgraded = False
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        now_ms = time.time() * 1000
-        buffer = self.buffer
-        buffer += data
-        if not self.upgraded:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            status_line = bytes(buffer[:buffer.find(b"\r\n")])
-            if b" 101 " not in status_line:
-                self.closed(int(status_line.split()[1]) if len(status_line.split()) > 1 else 0)
-                self._abort()
-                return
-            del buffer[:end + 4]
-            self.upgraded = True
-        position, size = 0, len(buffer)
-        while size - position >= 2:
-            length, header = buffer[position + 1] & 0x7F, 2
-            if length == 126:
-                if size - position < 4:
-                    break
-                length, header = int.from_bytes(buffer[position + 2:position + 4]), 4
-            elif length == 127:
-                if size - position < 10:
-                    break
-                length, header = int.from_bytes(buffer[position + 2:position + 10]), 10
-            if size - position < header + length:
-                break
-            opcode = buffer[position] & 0x0F
-            payload = bytes(buffer[position + header:position + header + length])
-            position += header + length
-            if opcode == 0x1:
-                self.crowd.on_snapshot(self, payload, now_ms)
-            elif opcode == 0x9:  # ping: answer at once, as a browser does
-                self._send(0xA, payload)
-            elif opcode == 0x8:
-                self._send(0x8, payload[:2])
-                self.closed(int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005)
-                self._abort()
-                return
-        del buffer[:position]
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        """A masked (client) frame; only ever a short control frame here."""
-        if self.transport is None or self.transport.is_closing():
-            return
-        mask = os.urandom(4)
-        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed(1006)
-
-    async def close(self) -> None:
-        self._send(0x8, (1000).to_bytes(2))
-        self._abort()
-
-
-class LibrarySpectator(Spectator):
-    """The same client on the ``websockets`` library (``--client websockets``)."""
-
-    connection: ClientConnection
-    reader: asyncio.Task[None]
-
-    async def open(self, url: str) -> None:
-        self.connection = await connect(url, compression=None, ping_interval=None,
-                                        max_size=2**20, open_timeout=CONNECT_TIMEOUT_S)
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for message in self.connection:
-                now_ms = time.time() * 1000
-                self.crowd.on_snapshot(self, message.encode() if isinstance(message, str)
-                                       else message, now_ms)
-        except ConnectionClosed:
-            pass
-        self.closed(self.connection.close_code or 1006)
-
-    async def close(self) -> None:
-        await self.connection.close()
-        await self.reader
-
-
-class Crowd:
-    """One client process's spectators, and what they saw in the current window."""
-
-    def __init__(self, url: str, kind: str, keep: bool) -> None:
-        self.url = url
-        self.kind = kind
-        self.keep = keep
-        self.spectators: list[Spectator] = []
-        self.counting = False
-        self.window_started = 0.0
-        self.bins: dict[int, int] = {}
-        self.kept: list[tuple[int, float, str]] = []
-        self.closed_in_window: Counter[int] = Counter()
-
-    def on_snapshot(self, spectator: Spectator, payload: bytes, now_ms: float) -> None:
-        if not spectator.first.done():
-            spectator.first.set_result(None)
-        if not self.counting:
-            return
-        spectator.in_window += 1
-        start = payload.find(b'"ts":') + 5
-        latency_bin = int((now_ms - int(payload[start:payload.find(b",", start)])) * BIN_PER_MS)
-        self.bins[latency_bin] = self.bins.get(latency_bin, 0) + 1
-        if self.keep:
-            self.kept.append((spectator.index, now_ms, payload.decode()))
-
-    def on_closed(self, code: int) -> None:
-        if self.counting:
-            self.closed_in_window[code] += 1
-
-    async def _open(self, index: int) -> Spectator:
-        if self.kind == "websockets":
-            library = LibrarySpectator(self, index)
-            await library.open(self.url)
-            await library.first
-            return library
-        parts = urlsplit(self.url)
-        path = parts.path + ("?" + parts.query if parts.query else "")
-        raw = RawSpectator(self, index, parts.netloc, path)
-        await asyncio.get_running_loop().create_connection(
-            lambda: raw, parts.hostname or "127.0.0.1", parts.port or 80)
-        try:
-            await raw.first
-        except BaseException:
-            raw._abort()
-            raise
-        return raw
-
-    async def connect(self, count: int, parallel: int,
-                      deadline_s: float = CONNECT_TIMEOUT_S) -> dict[str, Any]:
-        """Open ``count`` spectators, ``parallel`` handshakes at a time; those not
-        connected within ``deadline_s`` are given up and counted as failures."""
-        semaphore, failures = asyncio.Semaphore(parallel), Counter[str]()
-        started, first_index = time.perf_counter(), len(self.spectators)
-
-        async def one(index: int) -> None:
-            async with semaphore:
-                try:
-                    spectator = await asyncio.wait_for(self._open(index), CONNECT_TIMEOUT_S)
-                except Exception as exc:  # any failure is counted and reported, not fatal
-                    failures[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
-                    return
-                self.spectators.append(spectator)
-
-        attempts = [asyncio.create_task(one(first_index + i)) for i in range(count)]
-        _, late = await asyncio.wait(attempts, timeout=deadline_s)
-        for attempt in late:
-            attempt.cancel()
-        if late:
-            failures[f"not connected within {deadline_s:g} s"] += len(late)
-            await asyncio.wait(late)
-        return {"connected": len(self.spectators), "failures": dict(failures),
-                "seconds": time.perf_counter() - started}
-
-    def start(self) -> dict[str, Any]:
-        for spectator in self.spectators:
-            spectator.in_window = 0
-        self.bins, self.kept, self.closed_in_window = {}, [], Counter()
-        self.counting, self.window_started = True, time.perf_counter()
-        return {"ok": True}
-
-    def stop(self) -> dict[str, Any]:
-        self.counting = False
-        return {"seconds": time.perf_counter() - self.window_started,
-                "per_client": [s.in_window for s in self.spectators],
-                "bins": {str(k): v for k, v in self.bins.items()},
-                "closed": {str(k): v for k, v in self.closed_in_window.items()},
-                "open": sum(1 for s in self.spectators if s.close_code is None),
-                "kept": self.kept}
-
-    async def close(self) -> dict[str, Any]:
-        await asyncio.gather(*(s.close() for s in self.spectators if s.close_code is None),
-                             return_exceptions=True)
-        await asyncio.sleep(0.2)  # let the close frames go out
-        return {"ok": True}
-
-
-async def serve_commands(url: str, kind: str, keep: bool) -> int:
-    """The client process: one JSON command per stdin line, one JSON reply per stdout line."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    crowd = Crowd(url, kind, keep)
-    while line := await reader.readline():
-        command: dict[str, Any] = orjson.loads(line)
-        if command["op"] == "connect":
-            reply = await crowd.connect(command["count"], command["parallel"],
-                                        command["deadline_s"])
-        elif command["op"] == "start":
-            reply = crowd.start()
-        elif command["op"] == "stop":
-            reply = crowd.stop()
-        else:
-            reply = await crowd.close()
-        sys.stdout.buffer.write(orjson.dumps(reply) + b"\n")
-        sys.stdout.buffer.flush()
-        if command["op"] == "close":
-            break
-    return 0
-
-
-class ClientProcess:
-    """The orchestrator's handle on one client process."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, ws_url: str, kind: str, *, keep: bool = False) -> ClientProcess:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "loadtest.bench_broadcaster", "--spectators-of", ws_url,
-            "--client", kind, *(["--keep"] if keep else []), cwd=PROJECT_DIR,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**27)
-        return cls(process)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def call(self, command: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(orjson.dumps(command) + b"\n")
-        await self.process.stdin.drain()
-        line = await asyncio.wait_for(self.process.stdout.readline(), timeout_s)
-        if not line:
-            raise BenchError(f"client process {self.pid} exited (status "
-                             f"{await self.process.wait()})")
-        reply: dict[str, Any] = orjson.loads(line)
-        return reply
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(Exception):
-                await self.call({"op": "close"}, 30)
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-
-
-# --- Processes of the system under test -----------------------------------------------------
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise BenchError(f"{what} did not become ready; its log:\n"
-                             f"{log_path.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def broadcaster_process(env: dict[str, str], log_path: Path, *,
-                        max_per_ip: int) -> Iterator[tuple[str, int]]:
-    """ONE broadcaster (``python -m broadcaster``) at 10 snapshots/s; yields (url, pid)."""
-    port = free_port()
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "broadcaster"], cwd=PROJECT_DIR, stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**env, "BROADCASTER_HOST": "127.0.0.1", "BROADCASTER_PORT": str(port),
-                 "SNAPSHOT_INTERVAL_MS": "100", "WS_MAX_PER_IP": str(max_per_ip)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url + "/healthz", process, log_path, "the broadcaster")
-        yield url, process.pid
-    finally:
-        stop_process(process)
-
-
-@contextlib.contextmanager
-def worker_process(env: dict[str, str], log_path: Path, client: Any,
-                   keys: Keys) -> Iterator[int]:
-    """ONE worker (``arq workers.main.WorkerSettings``), ready once its consumer has
-    read from the stream; yields its pid."""
-    group = load_settings(env).consumer_group
-    with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "arq", "workers.main.WorkerSettings"],
-                                   cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
-                                   # No metrics port: another worker on this host may hold it.
-                                   env={**env, "CONSUMER_NAME": "bench-worker",
-                                        "WORKER_METRICS_PORT": "0"})
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"the worker did not start; its log:\n"
-                                 f"{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(redis.ResponseError):
-                if client.xinfo_consumers(keys.stream, group):
-                    break
-            time.sleep(0.1)
-        yield process.pid
-    finally:
-        stop_process(process)
 
 
 # --- Part 1: fan-out to N spectators ---------------------------------------------------------
@@ -580,23 +190,6 @@ async def write_board(backing: Backing, board: str, rate: float, stop: asyncio.E
         stats.seconds = loop.time() - started
         await pool.close()
         await client.aclose()
-
-
-@dataclass
-class CpuMark:
-    at: float
-    broadcaster: float
-    clients: float
-    redis: float
-    orchestrator: float
-    machine: float
-
-
-def cpu_mark(broadcaster_pid: int, client_pids: Sequence[int], redis_client: Any) -> CpuMark:
-    return CpuMark(at=time.perf_counter(), broadcaster=process_cpu_s(broadcaster_pid),
-                   clients=sum(process_cpu_s(pid) for pid in client_pids),
-                   redis=redis_info(redis_client)["cpu_s"], orchestrator=time.process_time(),
-                   machine=machine_busy_s())
 
 
 @dataclass
@@ -648,7 +241,9 @@ async def measure_fanout(args: argparse.Namespace, backing: Backing, size: int, 
                                                  stop, writer_stats))
         await asyncio.sleep(args.settle)
         metrics_before = await asyncio.to_thread(scrape_counters, url)
-        before = cpu_mark(pid, [c.pid for c in clients], redis_client)
+        parties: dict[str, int | list[int]] = {"broadcaster": pid,
+                                               "clients": [c.pid for c in clients]}
+        before = cpu_seconds(parties, redis_client, own="orchestrator")
         await asyncio.gather(*(c.call({"op": "start"}) for c in clients))
         rss_start = vm_rss_kb(pid)
         rss_peak, window_end = rss_start, time.perf_counter() + args.window
@@ -656,7 +251,7 @@ async def measure_fanout(args: argparse.Namespace, backing: Backing, size: int, 
             rss_peak = max(rss_peak, vm_rss_kb(pid))
             await asyncio.sleep(min(0.5, left))
         windows = await asyncio.gather(*(c.call({"op": "stop"}) for c in clients))
-        after = cpu_mark(pid, [c.pid for c in clients], redis_client)
+        after = cpu_seconds(parties, redis_client, own="orchestrator")
         rss_with = vm_rss_kb(pid)
         metrics_after = await asyncio.to_thread(scrape_counters, url)
         if writer.done():
@@ -677,7 +272,7 @@ async def measure_fanout(args: argparse.Namespace, backing: Backing, size: int, 
     def delta(name: str) -> float:
         return metrics_after.get(name, 0.0) - metrics_before.get(name, 0.0)
 
-    span = after.at - before.at
+    span = after["at"] - before["at"]
     return FanoutResult(
         size=size, processes=len(clients), connected=sum(r["connected"] for r in connected),
         connect_failures=dict(failures), connect_s=max(r["seconds"] for r in connected),
@@ -690,8 +285,7 @@ async def measure_fanout(args: argparse.Namespace, backing: Backing, size: int, 
         sent=delta("scoreboard_snapshots_sent_total") / span,
         dropped={k.split('"')[1]: v for k, v in metrics_after.items()
                  if k.startswith("scoreboard_spectators_dropped_total{") and v},
-        cpu={name: (getattr(after, name) - getattr(before, name)) / span
-             for name in ("broadcaster", "clients", "redis", "orchestrator", "machine")},
+        cpu=cores(before, after),
         writes_per_s=writer_stats.writes / writer_stats.seconds if writer_stats.seconds else 0)
 
 
@@ -881,13 +475,6 @@ async def watch_board(redis_url: str, keys: Keys, stop: asyncio.Event,
         await client.aclose()
 
 
-def cpu_seconds(pids: dict[str, int], redis_client: Any) -> dict[str, float]:
-    """CPU seconds so far of each named process, Redis, this process and the machine."""
-    return {**{name: process_cpu_s(pid) for name, pid in pids.items()},
-            "redis": redis_info(redis_client)["cpu_s"], "driver": time.process_time(),
-            "machine": machine_busy_s(), "at": time.perf_counter()}
-
-
 async def measure_latency(args: argparse.Namespace, ingest_url: str, ws_url: str,
                           lanes: list[Lane], *, redis_url: str, redis_client: Any, keys: Keys,
                           pids: dict[str, int]) -> LatencyResult:
@@ -902,19 +489,17 @@ async def measure_latency(args: argparse.Namespace, ingest_url: str, ws_url: str
             raise BenchError(f"spectators failed to connect: {connected['failures']}")
         await spectators.call({"op": "start"})
         pids = {**pids, "spectators": spectators.pid}
-        before = cpu_seconds(pids, redis_client)
+        before = cpu_seconds(pids, redis_client, own="driver")
         drive_result = await drive(ingest_url, lanes, args.rate, args.latency_warmup,
                                    args.latency_duration)
-        after = cpu_seconds(pids, redis_client)
+        after = cpu_seconds(pids, redis_client, own="driver")
         await asyncio.sleep(TAIL_S)
         window = await spectators.call({"op": "stop"})
     finally:
         stop.set()
         await asyncio.gather(watcher, spectators.stop(), return_exceptions=True)
     kept = [(int(index), float(at), str(payload)) for index, at, payload in window["kept"]]
-    span = after["at"] - before["at"]
-    cpu = {name: (after[name] - before[name]) / span for name in before if name != "at"}
-    return match(drive_result, kept, lanes, args.spectators, board, cpu)
+    return match(drive_result, kept, lanes, args.spectators, board, cores(before, after))
 
 
 def run_latency(args: argparse.Namespace, backing: Backing, root: Path,
@@ -1075,8 +660,7 @@ def report_latency(args: argparse.Namespace, result: LatencyResult) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_broadcaster",
-                                     description=(__doc__ or "").splitlines()[0])
+    parser = benchmark_parser("loadtest.bench_broadcaster", __doc__)
     parser.add_argument("--quick", action="store_true",
                         help="short windows (3 s fan-out, 1 + 5 s end to end)")
     parser.add_argument("--sizes", default="1000,5000,10000",
@@ -1100,8 +684,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-warmup", type=float, default=3, help="part 2 warm-up (3)")
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--spectators-of", help=argparse.SUPPRESS)  # a client process
-    parser.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.window, args.latency_warmup, args.latency_duration = 3, 1, 5
@@ -1131,19 +713,14 @@ def run(args: argparse.Namespace) -> int:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-bcast-")))
         print("starting Redis and Postgres (fsync on), migrating a fresh database…", flush=True)
         backing = start_backing(stack, root, durable_postgres=True)
-        if not backing.redis_embedded:
-            stack.callback(delete_keys, backing.redis_url, [backing.key_prefix])
         redis_client = stack.enter_context(
             contextlib.closing(redis.Redis.from_url(backing.redis_url)))
         fanout = [] if args.skip_fanout else run_fanout(args, backing, root, redis_client)
         latency = None if args.skip_latency else run_latency(args, backing, root, redis_client)
         print("\n=== Broadcaster benchmark ===")
         print(f"machine     {machine_line()}")
-        print(f"background  {background:.2f} cores busy before the run started"
-              + ("  WARNING: the machine was not idle; the figures are disturbed"
-                 if background > 0.15 else ""))
-        print(f"command     python -m loadtest.bench_broadcaster "
-              f"{' '.join(sys.argv[1:])}".rstrip())
+        print(background_line(background))
+        print(command_line("loadtest.bench_broadcaster"))
         if fanout:
             report_fanout(args, fanout)
         if latency is not None:
@@ -1153,28 +730,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.spectators_of:
-        raise_fd_limit()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator stops us
-        return uvloop.run(serve_commands(args.spectators_of, args.client, args.keep))
-    # SIGTERM unwinds like Ctrl-C, so every process started here is stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return run(args)
-    except BenchError as exc:
-        print(f"bench_broadcaster: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench_broadcaster: interrupted; every process it started is stopped",
-              file=sys.stderr)
-        return 130
-
+main = command("bench_broadcaster", parse_args, run)
 
 if __name__ == "__main__":
     sys.exit(main())
