@@ -2,11 +2,17 @@
 
 Order per batch, which is what makes every accepted increment count once:
 1. persist the batch in one Postgres transaction (``workers.persist``);
-2. in one MULTI: set the boards to the committed totals (``ZADD GT``), XACK,
-   announce the change (``workers.leaderboard``).
+2. the fraud checks that ride along, then ONE script call that sets the
+   boards to the committed totals (compare-and-set on versions), XACKs and
+   announces the change (``workers.leaderboard``).
 A crash anywhere leaves the entries pending; they come back (to this consumer
 on restart, or to any consumer through XAUTOCLAIM once idle), step 1 then
 inserts nothing new and step 2 writes the same totals.
+
+Pipelined, three batches at a time at most: while batch N is in Postgres,
+batch N+1 is being read and parsed, and batch N-1's step 2 runs. Each batch
+still goes 1 then 2 in that order, and nothing is acknowledged before its
+own commit; a stop finishes all three.
 
 Failures: Postgres or Redis unreachable (or a deadlock) is transient: the
 same batch is retried with capped backoff, nothing acknowledged, nothing new
@@ -49,6 +55,13 @@ BATCH_SIZE = Histogram("scoreboard_worker_batch_size", "Entries per persisted ba
 BATCH_SECONDS = Histogram("scoreboard_worker_batch_seconds",
                           "Persist + acknowledge time of one batch",
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
+# The worker's share of "POST -> visible": from the entry's acceptance time
+# (Redis TIME in the ingest script, just before the 202) to its batch being on
+# the boards and acknowledged. Across hosts it includes their clock offset.
+FRESHNESS = Histogram("scoreboard_worker_freshness_seconds",
+                      "Acceptance of an entry to its total on the board",
+                      buckets=(0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1,
+                               0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 HEARTBEAT_EVERY_S = 1.0
 CLAIM_PAGE = 100
@@ -99,6 +112,7 @@ class StreamConsumer:
         self.after_batch = after_batch
         self.every_second = every_second
         self._stopping = asyncio.Event()
+        self._applying: asyncio.Task[None] | None = None
         self._last_heartbeat = 0.0
         self._last_reclaim = time.monotonic()
 
@@ -141,6 +155,7 @@ class StreamConsumer:
             if batch.raw:
                 await self._handle_parsed(batch.parsed)
             await self._housekeeping()
+        await self.finish_applying()
 
     def _read_ahead(self, start: str) -> asyncio.Task[ReadBatch | None]:
         async def read_and_parse() -> ReadBatch | None:
@@ -208,14 +223,37 @@ class StreamConsumer:
         if self.chaos_exit_after_commit and random.random() < self.chaos_exit_after_commit:
             # Fault injection for the chaos tests: die in the worst place.
             os._exit(CHAOS_EXIT_STATUS)
-        if self.after_batch is not None:  # before the XACK: a crash repeats it
+        # The Redis side of this batch runs while the next batch is persisted;
+        # the previous batch's is finished first (at most one in flight).
+        await self.finish_applying()
+        self._applying = asyncio.create_task(self._apply(entries, result, started),
+                                             name=f"apply-{self.name}")
+
+    async def finish_applying(self) -> None:
+        """Wait until the last committed batch is on the boards and acknowledged."""
+        if self._applying is not None:
+            applying, self._applying = self._applying, None
+            await applying
+
+    async def _apply(self, entries: Sequence[StreamEntry], result: Any, started: float) -> None:
+        """Fraud checks, then the boards, XACK and notices: after the commit, in that
+        order (a crash before the XACK repeats both)."""
+        if self.after_batch is not None:
             await self._side_task(self.after_batch(entries))
-        await self._retry_transient(lambda: apply_and_ack(
-            self.redis, self.scripts, self.keys, group=self.group, totals=result.totals,
-            ack_ids=[e.stream_id for e in entries]))
+
+        async def apply() -> bool:
+            await apply_and_ack(self.redis, self.scripts, self.keys, group=self.group,
+                                totals=result.totals, ack_ids=[e.stream_id for e in entries])
+            return True
+
+        if not await self._retry_transient(apply):  # Redis down while stopping: stays pending
+            return
         PERSISTED.inc(result.inserted)
         BATCH_SIZE.observe(len(entries))
         BATCH_SECONDS.observe(time.perf_counter() - started)
+        visible_ms = time.time() * 1000
+        for entry in entries:
+            FRESHNESS.observe(max(0.0, visible_ms - entry.ts_ms) / 1000)
 
     async def _side_task(self, work: Awaitable[Any]) -> None:
         """Run checks that ride along with persistence; their failure is logged,
