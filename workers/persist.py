@@ -29,16 +29,24 @@ CREATE TEMP TABLE IF NOT EXISTS actions_staging (
 """
 
 # A backend's player gets a row on first score; its display name follows the
-# backend's latest one. Registered accounts keep their own name. (Its own
-# statement, before PERSIST: a statement does not see its own CTEs' rows, and
-# PERSIST reads the names.)
+# backend's latest one. Registered accounts keep their own name. New players
+# are inserted with DO NOTHING and only names that changed are updated: an
+# ON CONFLICT DO UPDATE would lock (and WAL-log) every existing player's row
+# of every batch even when its WHERE updates nothing. (Its own statement,
+# before PERSIST, which reads the names: a statement does not see its own
+# CTEs' rows.)
 UPSERT_USERS = """
-INSERT INTO users (user_id, username)
-SELECT DISTINCT ON (user_id) user_id, COALESCE(NULLIF(username, ''), user_id)
-FROM actions_staging ORDER BY user_id, created_at DESC
-ON CONFLICT (user_id) DO UPDATE SET username = EXCLUDED.username
-WHERE users.password_hash IS NULL AND users.username <> EXCLUDED.username
-  AND EXCLUDED.username <> EXCLUDED.user_id
+WITH latest AS (
+    SELECT DISTINCT ON (user_id) user_id, COALESCE(NULLIF(username, ''), user_id) AS username
+    FROM actions_staging ORDER BY user_id, created_at DESC
+), created AS (
+    INSERT INTO users (user_id, username) SELECT user_id, username FROM latest
+    ON CONFLICT (user_id) DO NOTHING
+)
+UPDATE users SET username = latest.username
+FROM latest
+WHERE users.user_id = latest.user_id AND users.password_hash IS NULL
+  AND users.username <> latest.username AND latest.username <> latest.user_id
 """
 
 # The batch in one statement (one round trip, nothing summed in Python):
