@@ -30,7 +30,10 @@ machine, load generator and duration.
    acknowledged (pending + not yet delivered) and the age of the oldest,
    in one Lua read (``LAG_LUA``); every 1 s: rows in ``actions``
    (persisted/s) and every party's CPU (/proc, Redis INFO); at the window's
-   edges the worker's own batch histograms from its metrics port.
+   edges the worker's own batch and freshness histograms from its metrics
+   port (the worker's part of POST-to-visible: an entry's acceptance time to
+   its total on the board) and Redis ``used_memory`` (bytes per accepted
+   increment); after the run, the dedup markers alive and their size.
 
    After the window, once the worker has acknowledged everything: every
    increment answered 202 must be in ``actions`` exactly once (rows per
@@ -219,6 +222,8 @@ class Sampler:
             sample.waiting, sample.oldest_ms = await self.lag()
         if edge and self.metrics_url:
             sample.worker = await worker_series(self.metrics_url)
+        if edge:
+            sample.redis_memory = int((await self.redis.info("memory"))["used_memory"])
         if full:
             sample.cpu = await self.cpu()
             sample.rows = int(await connection.fetchval("SELECT count(*) FROM actions"))
@@ -259,9 +264,21 @@ async def worker_series(url: str) -> dict[str, float] | None:
     for name, labels, value in samples:
         if name == "scoreboard_worker_batch_seconds_bucket":
             series[f"seconds:{labels['le']}"] = value
+        elif name == "scoreboard_worker_freshness_seconds_bucket":
+            series[f"fresh:{labels['le']}"] = value
         elif name in ("scoreboard_worker_batch_size_sum", "scoreboard_worker_batch_size_count"):
             series["size_" + name.rsplit("_", 1)[1]] = value
     return series
+
+
+async def dedup_markers(client: Any, keys: Keys, sample: int = 200) -> tuple[int, float]:
+    """(event-id markers alive, their mean MEMORY USAGE over a sample of ``sample``)."""
+    alive, sizes = 0, list[int]()
+    async for key in client.scan_iter(match=keys.event("*"), count=1000):
+        alive += 1
+        if len(sizes) < sample:
+            sizes.append(int(await client.memory_usage(key) or 0))
+    return alive, (sum(sizes) / len(sizes) if sizes else 0.0)
 
 
 # --- One phase: spectators, driver, sampler, drain ------------------------------------------
@@ -324,6 +341,7 @@ async def run_phase(spec: PhaseSpec, args: argparse.Namespace, workload: Workloa
                   flush=True)
             drained = await wait_drained(client, spec.keys, "persisters", args.drain_timeout)
         await asyncio.sleep(TAIL_S)
+        markers = await dedup_markers(client, spec.keys) if spec.keys is not None else None
         seen = await spectators.call({"op": "stop"}, timeout_s=120)
         sampler.stopping.set()
         await sampling
@@ -333,7 +351,8 @@ async def run_phase(spec: PhaseSpec, args: argparse.Namespace, workload: Workloa
     return PhaseRun(spec=spec, window_start=window_start, window_end=window_end, driver=result,
                     spectators=seen, connected=connected, samples=sampler.samples,
                     drained=drained,
-                    probe_users=[p.user_id for p in workload.probe_increments])
+                    probe_users=[p.user_id for p in workload.probe_increments],
+                    markers=markers)
 
 
 # --- The run ------------------------------------------------------------------------------------
