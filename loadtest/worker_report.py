@@ -113,11 +113,11 @@ def limit_notes(cpu: CpuUse, process_name: str, *, serial_batches: bool) -> list
     saturated = cpu.process >= 0.85 or (cpu.postgres or 0.0) >= 0.85
     if serial_batches and not saturated and 0.7 <= parties <= 1.3:
         notes.append(f"neither {process_name} nor postgres saturated a core; with "
-                     f"redis-server they used {parties:.2f} cores together, about one, because "
-                     "each batch's steps run "
-                     "one after another (read, transaction and commit, MULTI) and the parties "
-                     "take turns; the rate is batch size / batch latency, and more worker "
-                     "processes would overlap their batches")
+                     f"redis-server they used {parties:.2f} cores together, about one: the "
+                     "read of the next batch and the Redis call of the last overlap each "
+                     "batch's Postgres transaction, but the transactions of one consumer run "
+                     "one after another, so the rate is batch size / transaction time, and "
+                     "more worker processes overlap their transactions")
     elif not notes:
         notes.append("no party was saturated: round trips and fsync waits bound the figure")
     return notes
