@@ -366,8 +366,10 @@ def report_phase(title: str, run: PhaseRun, f: Figures, check: Check, *, ours: b
               "(the worker's scoreboard_worker_freshness_seconds)")
     if f.redis_bytes is not None:
         print(f"  Redis memory      used_memory grew {f.redis_bytes:,.0f} bytes per accepted "
-              "increment over the window (dedup markers, stream entries not yet trimmed, "
-              "per-player limit and fraud state)")
+              "increment over the window: dedup markers and stream entries not yet trimmed, "
+              "net of what the run frees meanwhile (each player increment deletes its action "
+              "token, fetched before the window; the trim job drops acknowledged entries): "
+              "the markers' line below is the per-increment cost")
     if run.markers is not None:
         alive, size = run.markers
         print(f"    dedup markers   {alive:,} alive after the run, {size:,.0f} bytes each "
