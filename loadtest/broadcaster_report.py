@@ -230,7 +230,8 @@ def report_latency(args: argparse.Namespace, result: LatencyResult) -> None:
     print(f"\nPart 2  POST {INCREMENT_PATH} 202 -> spectator receipt: ingest + 1 worker + "
           f"1 broadcaster (SNAPSHOT_INTERVAL_MS=100, SNAPSHOT_SIZE={size}), {args.rate:g} "
           f"increments/s paced over {args.lanes} players (one POST in flight each), "
-          f"{result.spectators} spectators, {args.latency_warmup:g} s warm-up, Postgres fsync on")
+          f"{result.spectators} spectators matched and {args.crowd:,} more on the board, "
+          f"{args.latency_warmup:g} s warm-up, Postgres fsync on")
     print(f"  sent              {d.window_sent:,} in the {d.window_s:.1f} s window = "
           f"{d.window_sent / d.window_s:,.0f}/s; statuses {dict(d.statuses)}")
     if d.tokens_short:
@@ -251,7 +252,8 @@ def report_latency(args: argparse.Namespace, result: LatencyResult) -> None:
     others = cpu["machine"] - sum(v for k, v in cpu.items() if k != "machine")
     print(f"  CPU while driving ingest {cpu['ingest']:.2f}, worker {cpu['worker']:.2f}, "
           f"broadcaster {cpu['broadcaster']:.2f}, redis {cpu['redis']:.2f}, driver "
-          f"{cpu['driver']:.2f}, spectators {cpu['spectators']:.2f}, everything else "
+          f"{cpu['driver']:.2f}, spectators {cpu['spectators'] + cpu['crowd']:.2f}, "
+          "everything else "
           f"(Postgres, other work) {others:.2f}; {cpu['machine']:.2f} of {cores} cores busy")
     for note in latency_notes(args, result):
         print(f"  limit             {note}")
