@@ -506,7 +506,8 @@ def run_latency(args: argparse.Namespace, backing: Backing, root: Path,
                                                         redis_client, keys))
         broadcaster_url, broadcaster_pid = stack.enter_context(broadcaster_process(
             {**env, "SNAPSHOT_SIZE": str(max(args.lanes, DEFAULT_SNAPSHOT_SIZE))},
-            root / "broadcaster-latency.log", max_per_ip=args.spectators + args.crowd + 100))
+            root / "broadcaster-latency.log", max_per_ip=args.spectators + args.crowd + 100,
+            interval_ms=args.latency_interval_ms))
         print(f"end to end: ingest, worker and broadcaster up; registering {args.lanes} "
               "players and fetching action tokens…", flush=True)
         players = asyncio.run(create_players(url, args.lanes))
@@ -560,6 +561,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "of their own and not matched: the fan-out on the path (1000)")
     parser.add_argument("--latency-duration", type=float, default=15, help="part 2 window (15)")
     parser.add_argument("--latency-warmup", type=float, default=3, help="part 2 warm-up (3)")
+    parser.add_argument("--latency-interval-ms", type=int, default=100,
+                        help="part 2's SNAPSHOT_INTERVAL_MS: a board that changes all the "
+                             "time waits half of it on average for its next snapshot (100)")
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args(argv)

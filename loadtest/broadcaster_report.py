@@ -213,7 +213,8 @@ def latency_notes(args: argparse.Namespace, result: LatencyResult) -> list[str]:
              "the fan-out": percentile(result.delivery_ms, 0.5)}
     largest = max(parts, key=lambda name: parts[name])
     notes = ["p50s: " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in parts.items())
-             + f"; {largest} takes the most (the throttle alone adds 0-100 ms, 50 on average)"]
+             + f"; {largest} takes the most (the throttle alone adds 0 to "
+             f"{args.latency_interval_ms} ms, {args.latency_interval_ms / 2:g} on average)"]
     for name in ("ingest", "worker", "broadcaster"):
         if cpu[name] >= 0.9:
             notes.append(f"the {name} process was CPU-bound")
@@ -228,7 +229,8 @@ def report_latency(args: argparse.Namespace, result: LatencyResult) -> None:
     d = result.drive
     size = max(args.lanes, DEFAULT_SNAPSHOT_SIZE)
     print(f"\nPart 2  POST {INCREMENT_PATH} 202 -> spectator receipt: ingest + 1 worker + "
-          f"1 broadcaster (SNAPSHOT_INTERVAL_MS=100, SNAPSHOT_SIZE={size}), {args.rate:g} "
+          f"1 broadcaster (SNAPSHOT_INTERVAL_MS={args.latency_interval_ms}, "
+          f"SNAPSHOT_SIZE={size}), {args.rate:g} "
           f"increments/s paced over {args.lanes} players (one POST in flight each), "
           f"{result.spectators} spectators matched and {args.crowd:,} more on the board, "
           f"{args.latency_warmup:g} s warm-up, Postgres fsync on")

@@ -103,13 +103,15 @@ def ingest_process(env: Mapping[str, str], log_path: Path
 
 
 @contextlib.contextmanager
-def broadcaster_process(env: Mapping[str, str], log_path: Path, *,
-                        max_per_ip: int) -> Iterator[tuple[str, int]]:
-    """ONE broadcaster (``python -m broadcaster``) at 10 snapshots/s; yields (url, pid)."""
+def broadcaster_process(env: Mapping[str, str], log_path: Path, *, max_per_ip: int,
+                        interval_ms: int = 100) -> Iterator[tuple[str, int]]:
+    """ONE broadcaster (``python -m broadcaster``), by default at 10 snapshots/s;
+    yields (url, pid)."""
     port = free_port()
     with http_process(list(BROADCASTER_COMMAND),
                       {**env, "BROADCASTER_HOST": "127.0.0.1", "BROADCASTER_PORT": str(port),
-                       "SNAPSHOT_INTERVAL_MS": "100", "WS_MAX_PER_IP": str(max_per_ip)},
+                       "SNAPSHOT_INTERVAL_MS": str(interval_ms),
+                       "WS_MAX_PER_IP": str(max_per_ip)},
                       log_path, port=port, ready_path="/healthz",
                       what="the broadcaster") as found:
         yield found
