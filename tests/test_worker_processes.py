@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from scoreboard.accounts import create_backend_account
 from scoreboard.cli import with_database
@@ -112,17 +113,20 @@ def system(backing: Backing, database_url: str | None = None) -> Iterator[System
                      load=Load(url=url, token=login.json()["access_token"], users=users))
 
 
-def _username(database_url: str, user_id: str) -> str:
-    async def query() -> str:
+def fetchval(database_url: str, query: str, *args: Any) -> Any:
+    """One value from Postgres, on a connection of its own."""
+    async def run() -> Any:
         connection = await asyncpg.connect(database_url)
         try:
-            name: str = await connection.fetchval(
-                "SELECT username FROM users WHERE user_id = $1", user_id)
-            return name
+            return await connection.fetchval(query, *args)
         finally:
             await connection.close()
 
-    return asyncio.run(query())
+    return asyncio.run(run())
+
+
+def _username(database_url: str, user_id: str) -> str:
+    return str(fetchval(database_url, "SELECT username FROM users WHERE user_id = $1", user_id))
 
 
 def wait_settled(client: SyncRedis, keys: Keys, timeout_s: float = 90) -> None:
@@ -170,24 +174,66 @@ def assert_exactly_once(sys_: System, client: SyncRedis) -> None:
     assert board_totals(client, sys_.keys, BOARD) == expected
 
 
+def wait_for_mark(marker: Path, step: str, worker: subprocess.Popen[bytes],
+                  timeout_s: float = 60) -> list[list[str]]:
+    """The worker's marks (workers/chaos.py) once one of them is ``step``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        marks = [line.split() for line in marker.read_text().splitlines()] \
+            if marker.exists() else []
+        if any(mark[0] == step for mark in marks):
+            return marks
+        assert worker.poll() is None, f"the worker exited with {worker.returncode}"
+        time.sleep(0.02)
+    raise AssertionError(f"no {step!r} mark within {timeout_s} s")
+
+
+def persisted_but_pending(sys_: System, client: SyncRedis, stream_id: str) -> bool:
+    """Entry ``stream_id`` is in ``actions`` (committed) and still pending (no XACK)."""
+    pending = client.xpending_range(sys_.keys.stream, GROUP, min=stream_id, max=stream_id,
+                                    count=1)
+    event_id = client.xrange(sys_.keys.stream, stream_id, stream_id)[0][1]["event_id"]
+    rows = fetchval(sys_.database_url, "SELECT count(*) FROM actions WHERE event_id = $1",
+                    event_id)
+    return len(pending) == 1 and rows == 1
+
+
+@pytest.mark.timeout(300)
 def test_kill_9_twenty_times_under_load_loses_and_doubles_nothing(
-        backing: Backing, redis_client: SyncRedis) -> None:
-    kills = 0
+        backing: Backing, redis_client: SyncRedis, tmp_path: Path) -> None:
+    """Twenty real SIGKILLs of a worker under load, each after it committed a batch.
+
+    Every other worker holds after the commit of its k-th batch (k of 1-3) and
+    is killed there, between the commit and the XACK, which its marks and the
+    entry's state (a row in actions, still pending) prove; the others are
+    killed at a random moment after their first commit. A kill counts only
+    when the process died of SIGKILL."""
+    between_commit_and_ack = at_random = 0
     with system(backing) as sys_, sys_.load.running():
         rng = random.Random()
-        deadline = time.monotonic() + 60
-        while kills < 22 and time.monotonic() < deadline:
-            # Every third run also dies by itself between commit and XACK.
-            chaos = "0.3" if kills % 3 == 0 else "0"
-            with worker_process(sys_.worker_env("chaos-worker",
-                                                CHAOS_EXIT_AFTER_COMMIT=chaos)) as worker:
-                time.sleep(rng.uniform(0.2, 1.2))
-                if worker.poll() is None:
-                    worker.send_signal(signal.SIGKILL)
-                worker.wait()
-                kills += 1
+        deadline = time.monotonic() + 240
+        run = 0
+        while between_commit_and_ack + at_random < 20 and time.monotonic() < deadline:
+            run += 1
+            hold = run % 2 == 0
+            marker = tmp_path / f"worker-{run}.marks"
+            env = sys_.worker_env("chaos-worker", CHAOS_MARKER_FILE=str(marker),
+                                  CHAOS_HOLD_AFTER_COMMITS=str(rng.randint(1, 3) if hold else 0))
+            with worker_process(env) as worker:
+                marks = wait_for_mark(marker, "holding" if hold else "committed", worker)
+                if not hold:
+                    time.sleep(rng.uniform(0, 0.5))
+                worker.send_signal(signal.SIGKILL)
+                assert worker.wait() == -signal.SIGKILL, "the worker exited on its own"
+            if hold:
+                step, held_id, _ = marks[-1]
+                assert step == "holding"
+                assert persisted_but_pending(sys_, redis_client, held_id)
+                between_commit_and_ack += 1
+            else:
+                at_random += 1
         time.sleep(0.5)
-    assert kills >= 20
+    assert (between_commit_and_ack, at_random) == (10, 10)
     assert not sys_.load.refused
     with worker_process(sys_.worker_env("chaos-worker")):
         wait_settled(redis_client, sys_.keys)

@@ -12,11 +12,12 @@ from typing import Any
 
 import redis.asyncio as redis_asyncio
 
-from loadtest.harness.processes import WORKER_COMMAND
+from loadtest.harness.processes import WORKER_COMMAND, group_caught_up
 from scoreboard.db import create_pool
 from scoreboard.keys import Keys
 from tests.servers import PROJECT_DIR, Backing, stop_process
 from workers.consumer import StreamConsumer
+from workers.fraud import RECORDER_GROUP
 
 
 @asynccontextmanager
@@ -67,3 +68,16 @@ def worker_process(env: Mapping[str, str]) -> Iterator[subprocess.Popen[bytes]]:
             yield process
         finally:
             stop_process(process, timeout_s=30)
+
+
+def wait_caught_up(client: Any, keys: Keys, *, group: str = "persisters",
+                   timeout_s: float = 60) -> None:
+    """Until the worker has acknowledged every entry of the stream (so the fraud
+    checks of every batch ran: they come before the XACK) and recorded every
+    decision of the fraud stream in Postgres. ``client``: a sync Redis client."""
+    deadline = time.monotonic() + timeout_s
+    while not (group_caught_up(client, keys.stream, group)
+               and group_caught_up(client, keys.fraud_stream, RECORDER_GROUP)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the worker did not catch up within {timeout_s} s")
+        time.sleep(0.05)
