@@ -27,7 +27,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 
 from scoreboard.accounts import create_backend_account
 from scoreboard.cli import with_database
@@ -35,7 +34,7 @@ from scoreboard.embedded import EmbeddedPostgres
 from scoreboard.keys import Keys
 from scoreboard.migrate import ensure_database, migrate
 from tests.servers import Backing, SyncRedis, board_totals, fresh_name, ingest_server
-from tests.worker_support import worker_process
+from tests.worker_support import CHAOS_TIMEOUT, persisted_but_pending, wait_for_mark, worker_process
 
 BOARD = "global"
 GROUP = "persisters"
@@ -113,20 +112,17 @@ def system(backing: Backing, database_url: str | None = None) -> Iterator[System
                      load=Load(url=url, token=login.json()["access_token"], users=users))
 
 
-def fetchval(database_url: str, query: str, *args: Any) -> Any:
-    """One value from Postgres, on a connection of its own."""
-    async def run() -> Any:
+def _username(database_url: str, user_id: str) -> str:
+    async def query() -> str:
         connection = await asyncpg.connect(database_url)
         try:
-            return await connection.fetchval(query, *args)
+            name: str = await connection.fetchval(
+                "SELECT username FROM users WHERE user_id = $1", user_id)
+            return name
         finally:
             await connection.close()
 
-    return asyncio.run(run())
-
-
-def _username(database_url: str, user_id: str) -> str:
-    return str(fetchval(database_url, "SELECT username FROM users WHERE user_id = $1", user_id))
+    return asyncio.run(query())
 
 
 def wait_settled(client: SyncRedis, keys: Keys, timeout_s: float = 90) -> None:
@@ -174,31 +170,7 @@ def assert_exactly_once(sys_: System, client: SyncRedis) -> None:
     assert board_totals(client, sys_.keys, BOARD) == expected
 
 
-def wait_for_mark(marker: Path, step: str, worker: subprocess.Popen[bytes],
-                  timeout_s: float = 60) -> list[list[str]]:
-    """The worker's marks (workers/chaos.py) once one of them is ``step``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        marks = [line.split() for line in marker.read_text().splitlines()] \
-            if marker.exists() else []
-        if any(mark[0] == step for mark in marks):
-            return marks
-        assert worker.poll() is None, f"the worker exited with {worker.returncode}"
-        time.sleep(0.02)
-    raise AssertionError(f"no {step!r} mark within {timeout_s} s")
-
-
-def persisted_but_pending(sys_: System, client: SyncRedis, stream_id: str) -> bool:
-    """Entry ``stream_id`` is in ``actions`` (committed) and still pending (no XACK)."""
-    pending = client.xpending_range(sys_.keys.stream, GROUP, min=stream_id, max=stream_id,
-                                    count=1)
-    event_id = client.xrange(sys_.keys.stream, stream_id, stream_id)[0][1]["event_id"]
-    rows = fetchval(sys_.database_url, "SELECT count(*) FROM actions WHERE event_id = $1",
-                    event_id)
-    return len(pending) == 1 and rows == 1
-
-
-@pytest.mark.timeout(300)
+@CHAOS_TIMEOUT
 def test_kill_9_twenty_times_under_load_loses_and_doubles_nothing(
         backing: Backing, redis_client: SyncRedis, tmp_path: Path) -> None:
     """Twenty real SIGKILLs of a worker under load, each after it committed a batch.
@@ -228,7 +200,7 @@ def test_kill_9_twenty_times_under_load_loses_and_doubles_nothing(
             if hold:
                 step, held_id, _ = marks[-1]
                 assert step == "holding"
-                assert persisted_but_pending(sys_, redis_client, held_id)
+                assert persisted_but_pending(redis_client, sys_.database_url, sys_.keys, held_id)
                 between_commit_and_ack += 1
             else:
                 at_random += 1
