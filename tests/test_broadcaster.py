@@ -17,11 +17,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Origin
 
+from scoreboard.board_writes import BoardTotal, apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from tests.servers import Backing, broadcaster_server, fresh_name
-from workers.leaderboard import apply_and_ack
-from workers.persist import BoardTotal
 
 INTERVAL_MS = 100
 

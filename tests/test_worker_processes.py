@@ -29,7 +29,7 @@ import asyncpg
 import httpx
 
 from scoreboard.accounts import create_backend_account
-from scoreboard.cli import with_database
+from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres
 from scoreboard.keys import Keys
 from scoreboard.migrate import ensure_database, migrate

@@ -3,7 +3,7 @@
 Order per batch, which is what makes every accepted increment count once:
 1. persist the batch in one Postgres transaction (``workers.persist``);
 2. in one MULTI: set the boards to the committed totals (``ZADD GT``), XACK,
-   announce the change (``workers.leaderboard``).
+   announce the change (``scoreboard.board_writes``).
 A crash anywhere leaves the entries pending; they come back (to this consumer
 on restart, or to any consumer through XAUTOCLAIM once idle), step 1 then
 inserts nothing new and step 2 writes the same totals.
@@ -31,12 +31,12 @@ import asyncpg
 import redis.exceptions
 from prometheus_client import Counter, Histogram
 
+from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.stream_entry import StreamEntry
 from workers.batching import backoff_s, parse_batch
 from workers.chaos import ChaosMarks
-from workers.leaderboard import apply_and_ack
 from workers.persist import PartitionCache, persist_batch
 
 logger = logging.getLogger(__name__)

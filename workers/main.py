@@ -24,12 +24,12 @@ from scoreboard.db import create_pool
 from scoreboard.keys import Keys
 from scoreboard.logs import configure_logging
 from scoreboard.lua import register_scripts
+from scoreboard.moderation import Moderation
 from scoreboard.settings import load_settings
 from workers import jobs
 from workers.chaos import ChaosMarks
 from workers.consumer import StreamConsumer
 from workers.fraud import FraudChecks
-from workers.moderation import Moderation
 from workers.stream_metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
