@@ -43,7 +43,7 @@ KIND_OF = {"flag": "flagged", "ban": "banned", "shadow-ban": "shadow_banned"}
 
 
 async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.moderation import Moderation, restore_restrictions
+    from scoreboard.moderation import Moderation, restore_restrictions
 
     assert settings.redis_url is not None and settings.database_url is not None
     client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)

@@ -25,6 +25,7 @@ import orjson
 
 from scoreboard.accounts import create_backend_account
 from scoreboard.admin import add_admin_parser, main_admin
+from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
 from scoreboard.logs import configure_logging
 from scoreboard.migrate import ensure_database, migrate
@@ -33,13 +34,6 @@ from scoreboard.signing_keys import add_action_key, add_jwt_key, load_action_key
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 EMBEDDED_DATABASE = "scoreboard"
-
-
-def with_database(url: str, name: str) -> str:
-    """``url`` pointing at database ``name`` instead of its own."""
-    base, _, query = url.partition("?")
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{name}" + (f"?{query}" if query else "")
 
 
 def _running_file(settings: Settings) -> Path:
@@ -136,10 +130,10 @@ def run(settings: Settings) -> int:
 async def _rebuild(settings: Settings, board: str) -> int:
     import redis.asyncio as redis_asyncio
 
+    from scoreboard.board_writes import rebuild_board
     from scoreboard.db import create_pool
     from scoreboard.keys import Keys
     from scoreboard.lua import register_scripts
-    from workers.leaderboard import rebuild_board
 
     assert settings.redis_url is not None and settings.database_url is not None
     client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
