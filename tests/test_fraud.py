@@ -309,7 +309,10 @@ def test_shadow_ban_hides_the_user_from_others_but_not_from_themself(
     asyncio.run(ban())
     top = api.get("/api/scores/top", params={"board": board}).json()
     assert [e["user_id"] for e in top["entries"]] == ["other"]
-    own = api.get(f"/api/scores/users/{sneaky.user_id}", params={"board": board})
+    assert api.get(f"/api/scores/users/{sneaky.user_id}",
+                   params={"board": board}).status_code == 404  # to anyone else
+    own = api.get(f"/api/scores/users/{sneaky.user_id}", params={"board": board},
+                  headers=sneaky.headers)
     assert own.status_code == 200
     assert (own.json()["rank"], own.json()["score"]) == (1, 30)
     assert increment(api, sneaky, board=board).status_code == 202  # not told
