@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import auth_routes, health, me_routes, metrics, read_routes, score_routes
+from ingest import auth_routes, health, me_routes, metrics, openapi, read_routes, score_routes
 from ingest.http import error_response
 from ingest.state import IngestState
 from scoreboard.board_reads import BoardReader
@@ -127,6 +127,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+        Route("/docs", openapi.docs_page, methods=["GET"]),
+        Route("/docs/{asset}", openapi.docs_asset, methods=["GET"]),
     ]
     unavailable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                    asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
