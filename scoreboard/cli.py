@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,10 +23,12 @@ from pathlib import Path
 import orjson
 
 from scoreboard.accounts import create_backend_account
-from scoreboard.admin import add_admin_parser, main_admin
+from scoreboard.admin import UnknownName, add_admin_parser, main_admin, require_board
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
 from scoreboard.logs import configure_logging
 from scoreboard.migrate import ensure_database, migrate
+from scoreboard.running import running_file as _running_file
+from scoreboard.running import running_urls as _running_urls
 from scoreboard.settings import Settings, load_settings
 from scoreboard.signing_keys import add_action_key, add_jwt_key, load_action_keys, load_jwt_keys
 
@@ -40,24 +41,6 @@ def with_database(url: str, name: str) -> str:
     base, _, query = url.partition("?")
     head, _, _ = base.rpartition("/")
     return f"{head}/{name}" + (f"?{query}" if query else "")
-
-
-def _running_file(settings: Settings) -> Path:
-    return settings.data_dir / "running.json"
-
-
-def _running_urls(settings: Settings) -> tuple[str, str] | None:
-    """The embedded servers' URLs of a ``scoreboard run`` that is still running."""
-    path = _running_file(settings)
-    if not path.exists():
-        return None
-    urls = orjson.loads(path.read_bytes())
-    port = int(urls["redis_url"].rsplit(":", 1)[1].split("/")[0])
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return None  # a run that did not stop cleanly
-    return urls["redis_url"], urls["database_url"]
 
 
 @contextmanager
@@ -145,6 +128,7 @@ async def _rebuild(settings: Settings, board: str) -> int:
     client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
     pool = await create_pool(settings.database_url)
     try:
+        await require_board(pool, board)
         return await rebuild_board(client, pool, register_scripts(client),
                                    Keys(settings.key_prefix), board)
     finally:
@@ -189,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                 scrypt_r=settings.scrypt_r, scrypt_p=settings.scrypt_p))
             print(f"backend {args.name!r} created; log in with this password: {password}")
         elif args.command == "rebuild-board":
-            members = asyncio.run(_rebuild(ready, args.board))
+            try:
+                members = asyncio.run(_rebuild(ready, args.board))
+            except UnknownName as exc:
+                print(exc, file=sys.stderr)
+                return 1
             print(f"board {args.board!r} rebuilt from Postgres: {members} members")
         elif args.command == "admin":
             return main_admin(args, ready)
