@@ -24,6 +24,7 @@ import orjson
 
 from scoreboard.accounts import create_backend_account
 from scoreboard.admin import UnknownName, add_admin_parser, main_admin, require_board
+from scoreboard.console import start_banner
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
 from scoreboard.logs import configure_logging
 from scoreboard.migrate import ensure_database, migrate
@@ -87,7 +88,7 @@ def run(settings: Settings) -> int:
                # The Procfile's commands come from this interpreter's environment.
                "PATH": os.pathsep.join([str(Path(sys.executable).parent),
                                         os.environ.get("PATH", "")])}
-        print(f"ingest on http://{ready.ingest_host}:{ready.ingest_port}", flush=True)
+        print(start_banner(ready), flush=True)
         # Other commands (admin, rebuild-board) find the running servers here.
         running_file = _running_file(ready)
         running_file.write_bytes(orjson.dumps({"redis_url": ready.redis_url,

@@ -165,3 +165,35 @@ def test_health_and_admin_find_the_running_servers(run: Run, tour: list[Any],
     assert (unknown.returncode, unknown.stderr.strip()) == (1, "unknown user 'no-such-user'")
     # They used the running servers: no second embedded server was started.
     assert not re.search(r"embedded (redis|postgres) on", listed.stderr + unknown.stderr)
+
+
+HONCHO_LINE = re.compile(r"^\d\d:\d\d:\d\d (?P<process>[a-z]+(?:\.\d+)?)\s*\| (?P<text>.*)$")
+
+
+def test_console_is_one_json_line_per_event_and_starts_with_every_url(
+        run: Run, tour: list[Any]) -> None:
+    console = run.console.read_text()
+    assert "\x1b[" not in console and "\\u001b" not in console  # no colour codes
+    banner_urls = [run.ingest, f"{run.ingest}/docs", f"{run.ingest}/openapi.json",
+                   f"{run.broadcaster}/", run.broadcaster.replace("http", "ws") + "/ws?board=",
+                   f"{run.ingest}/metrics", f"{run.broadcaster}/metrics",
+                   f"{run.worker_metrics}/metrics"]
+    head = console.split(" system ", 1)[0]  # before honcho starts the processes
+    for url in banner_urls:
+        assert url in head, url
+    seen: set[tuple[str, str]] = set()
+    messages: dict[str, list[str]] = {}
+    for line in console.splitlines():
+        match = HONCHO_LINE.match(line)
+        if match is None or match["process"] == "system":
+            continue  # the banner and honcho's own lines about starting processes
+        entry = json.loads(match["text"])  # every line a process prints is JSON
+        assert {"ts", "level", "logger", "message"} <= set(entry)
+        assert "color_message" not in entry
+        key = (match["process"], match["text"])
+        assert key not in seen, f"printed twice: {line}"
+        seen.add(key)
+        messages.setdefault(match["process"].split(".")[0], []).append(entry["message"])
+    starting = [m for m in messages["worker"] if m.startswith("Starting worker")]
+    assert len(starting) == 1  # arq's first line: JSON, once
+    assert any("POST /api/scores/increment 202" in m for m in messages["ingest"])
