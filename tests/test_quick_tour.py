@@ -197,3 +197,27 @@ def test_console_is_one_json_line_per_event_and_starts_with_every_url(
     starting = [m for m in messages["worker"] if m.startswith("Starting worker")]
     assert len(starting) == 1  # arq's first line: JSON, once
     assert any("POST /api/scores/increment 202" in m for m in messages["ingest"])
+
+
+def test_examples_run_against_the_running_servers(run: Run, tour: list[Any]) -> None:
+    live = run.broadcaster.replace("http", "ws")
+
+    def example(name: str, *args: str) -> str:
+        done = subprocess.run([sys.executable, f"examples/{name}", *args], cwd=PROJECT_DIR,
+                              env=run.env, capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    played = example("play.py", "--api", run.ingest, "--live", live, "--username", "bob",
+                     "--password", "long enough", "--turns", "2")
+    assert played.count("accepted: at-") == 2 and "live global v" in played
+    created = subprocess.run([sys.executable, "-m", "scoreboard.cli", "create-backend", "game"],
+                             cwd=PROJECT_DIR, env=run.env, capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    password = created.rsplit(": ", 1)[1].strip()
+    posted = example("backend_batch.py", "--api", run.ingest, "--username", "game",
+                     "--password", password, "--board", "global")
+    assert "accepted 5, duplicates 0; sent again: accepted 0, duplicates 5" in posted
+    watched = example("watch.py", "--live", live, "--board", "global", "--count", "1")
+    assert watched.startswith("v") and "alice" in watched

@@ -1,0 +1,167 @@
+"""The blocking client: ``with ScoreboardClient(url) as client: ...``; the same calls,
+retries and refreshes as :class:`~scoreboard_client.aio.AsyncScoreboardClient`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import httpx
+
+from scoreboard_client import calls
+from scoreboard_client.calls import DEFAULT_BOARD, Call
+from scoreboard_client.flow import Answer, Lost, Refresh, Send, Sleep, conversation
+from scoreboard_client.live import SyncLiveFeed
+from scoreboard_client.models import (
+    Accepted,
+    ActionToken,
+    BatchResult,
+    BoardPage,
+    Entry,
+    Increment,
+    Me,
+    Session,
+    UserRank,
+)
+from scoreboard_client.retry import RetryPolicy
+from scoreboard_client.session import REFRESH_MARGIN_S, auth_headers, live_url_for
+
+T = TypeVar("T")
+
+
+class ScoreboardClient:
+    """A player's or a game backend's session with the service.
+
+    ``base_url`` is ingest (the HTTP API); ``live_url`` the broadcaster
+    (default: ingest's host, port + 1, as ``make run`` runs them). The access
+    token is refreshed by itself before it expires, or once when refused as
+    expired. Calls that the service counts once are retried after a lost
+    answer, and every call after 429/503 (see :mod:`scoreboard_client.retry`).
+    """
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", *, live_url: str | None = None,
+                 timeout_s: float = 10.0, retry: RetryPolicy | None = None,
+                 headers: dict[str, str] | None = None,
+                 session: Session | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.live_url = live_url or live_url_for(self.base_url)
+        self.retry = retry or RetryPolicy()
+        self.session = session
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s,
+                                       headers=headers)
+
+    def __enter__(self) -> ScoreboardClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: Call[T]) -> T:
+        if call.authenticated and self.session is not None \
+                and self.session.expires_at - time.time() < REFRESH_MARGIN_S:
+            self.refresh()
+        flow = conversation(call, self.retry, can_refresh=self.session is not None)
+        result: Answer | Lost | None = None
+        try:
+            while True:
+                step = flow.send(result)
+                result = None
+                if isinstance(step, Send):
+                    result = self._transmit(step.call)
+                elif isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                elif isinstance(step, Refresh):
+                    self.refresh()
+        except StopIteration as done:
+            value: T = done.value
+            return value
+
+    def _transmit(self, call: Call[Any]) -> Answer | Lost:
+        try:
+            response = self._http.request(
+                call.method, call.path, params=call.params, json=call.body,
+                headers=auth_headers(self.session) if call.authenticated else None)
+        except httpx.TransportError as exc:
+            return Lost(self.base_url + call.path, exc, unsent=isinstance(exc, httpx.ConnectError))
+        body = response.json() if response.content else None
+        return Answer(response.status_code, body, response.headers.get("retry-after"))
+
+    # Accounts and sessions.
+    def register(self, username: str, password: str) -> str:
+        """A new player account; returns its ``user_id``."""
+        registered = self._send(calls.register(username, password))
+        return str(registered["user_id"])
+
+    def login(self, username: str, password: str) -> Session:
+        self.session = self._send(calls.login(username, password))
+        return self.session
+
+    def refresh(self) -> Session:
+        if self.session is None:
+            raise RuntimeError("log in first")
+        self.session = self._send(calls.refresh(self.session.refresh_token))
+        return self.session
+
+    def logout(self) -> None:
+        self._send(calls.logout())
+        self.session = None
+
+    def me(self) -> Me:
+        return self._send(calls.me())
+
+    # Scores.
+    def action_token(self, *, board: str | None = None,
+                           action: str | None = None) -> ActionToken:
+        return self._send(calls.action_token(board, action))
+
+    def increment(self, action_token: str) -> Accepted:
+        return self._send(calls.increment(action_token))
+
+    def score(self, *, board: str | None = None, action: str | None = None) -> Accepted:
+        """An action token, then the increment that spends it."""
+        token = self.action_token(board=board, action=action)
+        return self.increment(token.action_token)
+
+    def batch(self, increments: list[Increment]) -> BatchResult:
+        return self._send(calls.batch(increments))
+
+    # Reads.
+    def top(self, board: str = DEFAULT_BOARD, limit: int = 10) -> BoardPage:
+        return self._send(calls.top(board, limit))
+
+    def entries(self, board: str = DEFAULT_BOARD, *, page_size: int = 100
+                      ) -> Iterator[Entry]:
+        """Every entry of a board, page by page (stable while scores change)."""
+        cursor: str | None = None
+        while True:
+            page = self._send(calls.page(board, page_size, cursor))
+            yield from page.entries
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def user(self, user_id: str, board: str = DEFAULT_BOARD) -> UserRank:
+        return self._send(calls.user(user_id, board))
+
+    def around(self, user_id: str, board: str = DEFAULT_BOARD,
+                     radius: int = 5) -> BoardPage:
+        return self._send(calls.around(user_id, board, radius))
+
+    def ranks(self, user_ids: list[str], board: str = DEFAULT_BOARD) -> BoardPage:
+        return self._send(calls.ranks(user_ids, board))
+
+    def my_rank(self, board: str = DEFAULT_BOARD) -> UserRank:
+        return self._send(calls.my_rank(board))
+
+    def my_around(self, board: str = DEFAULT_BOARD, radius: int = 5) -> BoardPage:
+        return self._send(calls.my_around(board, radius))
+
+    # The live feed.
+    def live(self, board: str = DEFAULT_BOARD, *, reconnect: bool = True) -> SyncLiveFeed:
+        """Snapshots of ``board`` as they come (``for snapshot in ...``), reconnecting
+        by itself; ``feed.switch(board)`` changes boards, ``feed.close()`` stops."""
+        return SyncLiveFeed(self.live_url, board, reconnect=reconnect, retry=self.retry)
