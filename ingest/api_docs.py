@@ -152,6 +152,12 @@ OPERATIONS: dict[str, Operation] = {
         "responses": {"202": answer("accepted", "BatchResult"), **BAD_BODY, **NEEDS_TOKEN,
                       "403": refusal("`insufficient_scope`"), **LIMITED,
                       "503": UNAVAILABLE}},
+    "GET /api/boards": {
+        "tags": ["boards"], "summary": "The boards and their number of players",
+        "description": "Every board that exists or has scores, with how many players are on"
+                       " it (banned and shadow-banned players not counted).",
+        "responses": {"200": answer("the boards", "Boards", headers=FROM_POSTGRES),
+                      "503": UNAVAILABLE}},
     "GET /api/scores/top": {
         "tags": ["boards"], "summary": "The top of a board",
         "description": "Higher score first; ties by who reached the score first. Cached"

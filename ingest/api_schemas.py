@@ -105,6 +105,9 @@ SCHEMAS: dict[str, Schema] = {
                                                    "reason": {"type": "string"}},
                                                   closed=False)}}, closed=False),
     "Entry": ENTRY,
+    "Boards": obj({"boards": {"type": "array", "items": obj({
+        "board": {"type": "string"}, "size": {"type": "integer", "minimum": 0}},
+        closed=False)}}, closed=False),
     "BoardPage": obj({"board": {"type": "string"}, "version": VERSION,
                       "size": {"type": "integer", "description": "entries on the board"},
                       "entries": ENTRIES,

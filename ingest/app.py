@@ -78,6 +78,18 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error_response(RequestError(500, "internal_error", "the server failed unexpectedly"))
 
 
+def cors_origins(settings: Settings) -> frozenset[str] | None:
+    """``CORS_ALLOWED_ORIGINS``, plus the spectator page's own origin (the
+    broadcaster's address), which reads the board list and a followed player's
+    neighbours from here."""
+    allowed = parse_origins(settings.cors_allowed_origins)
+    if allowed is None:
+        return None
+    port = settings.broadcaster_port
+    return allowed | {f"http://{host}:{port}"
+                      for host in {settings.broadcaster_host, "127.0.0.1", "localhost"}}
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or load_settings()
     if settings.redis_url is None or settings.database_url is None:
@@ -121,6 +133,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/scores/ranks", read_routes.ranks, methods=["GET"]),
         Route("/api/scores/users/{user_id}", read_routes.user, methods=["GET"]),
         Route("/api/scores/around/{user_id}", read_routes.around, methods=["GET"]),
+        Route("/api/boards", read_routes.boards, methods=["GET"]),
         Route("/api/me", me_routes.me, methods=["GET"]),
         Route("/api/me/rank", me_routes.my_rank, methods=["GET"]),
         Route("/api/me/around", me_routes.my_around, methods=["GET"]),
@@ -137,8 +150,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         RequestError: _request_error, HTTPException: _http_error, Exception: _internal_error,
         **{kind: _dependency_down for kind in unavailable}})
-    app.add_middleware(CORSMiddleware,
-                       allowed_origins=parse_origins(settings.cors_allowed_origins))
+    app.add_middleware(CORSMiddleware, allowed_origins=cors_origins(settings))
     app.add_middleware(metrics.ObservabilityMiddleware, router=app.router,
                        access_log=settings.access_log)
     configure_logging(settings.log_level)

@@ -21,7 +21,7 @@ from ingest.http import JSONResponse
 from ingest.state import IngestState, state_of
 from ingest.validation import parse_board_query, parse_user_id
 from scoreboard.board_reads import BoardReader, Page, Row
-from scoreboard.boards_postgres import PostgresBoards
+from scoreboard.boards_postgres import VISIBLE, PostgresBoards
 from scoreboard.errors import RequestError
 from scoreboard.ranking import encode_member, epoch_ms
 
@@ -187,3 +187,35 @@ async def ranks(request: Request) -> Response:
     body = result.as_json()
     del body["next_cursor"]
     return respond(body, source)
+
+
+BOARD_NAMES = f"""
+SELECT board, count(*) AS size FROM scores WHERE {VISIBLE} GROUP BY board
+UNION ALL
+SELECT board, 0 FROM boards b WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.board = b.board)
+ORDER BY board
+"""
+
+
+async def boards(request: Request) -> Response:
+    """The boards and how many players each has (a spectator page's board picker)."""
+    state = state_of(request)
+    try:
+        names = sorted(_text(name) for name in await state.redis.smembers(state.keys.boards))
+        async with state.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcard(state.keys.board(name))
+            sizes = await pipe.execute()
+        listed, source = [{"board": n, "size": int(s)} for n, s in zip(names, sizes,
+                                                                        strict=True)], "redis"
+        known = {entry["board"] for entry in listed}
+        listed += [{"board": row["board"], "size": 0} for row in await state.pool.fetch(
+            "SELECT board FROM boards ORDER BY board") if row["board"] not in known]
+    except REDIS_DOWN:
+        rows = await state.pool.fetch(BOARD_NAMES)
+        listed, source = [{"board": r["board"], "size": r["size"]} for r in rows], "postgres"
+    return respond({"boards": sorted(listed, key=lambda entry: entry["board"])}, source)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -3,14 +3,17 @@ and 405 too), and CORS for an allow-list of origins."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from scoreboard.cors import parse_origins
+from scoreboard.keys import Keys
+from tests.board_support import entry, seed
 from tests.conftest import Api, Player
-from tests.servers import Backing, ingest_server
+from tests.servers import Backing, fresh_name, ingest_server
 
 GAME = "https://game.example"
 
@@ -99,3 +102,18 @@ def test_origin_list_parsing() -> None:
     assert parse_origins(" https://a.example/ ,https://b.example") == frozenset(
         {"https://a.example", "https://b.example"})
     assert parse_origins("https://a.example,*") is None
+
+
+def test_board_list_for_the_spectator_page_origin(backing: Backing, keys: Keys,
+                                                  api: Api) -> None:
+    board = fresh_name("listed")
+    now = int(time.time() * 1000)
+    seed(backing, keys, [entry("one", 1, now, board=board), entry("two", 2, now, board=board)])
+    spectator_origin = "http://127.0.0.1:8001"  # the broadcaster's default address
+    listed = api.get("/api/boards", headers={"Origin": spectator_origin})
+    assert listed.status_code == 200
+    assert listed.headers["access-control-allow-origin"] == spectator_origin
+    sizes = {b["board"]: b["size"] for b in listed.json()["boards"]}
+    assert sizes[board] == 2 and "global" in sizes
+    names = [b["board"] for b in listed.json()["boards"]]
+    assert names == sorted(names)
