@@ -7,8 +7,8 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ingest.client_address import client_address
 from scoreboard.board_reads import BoardReader
+from scoreboard.client_address import client_address
 from scoreboard.jwt_tokens import JWTAuthority
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
