@@ -38,11 +38,13 @@ from scoreboard_client.models import (
     UserRank,
 )
 from scoreboard_client.retry import RetryPolicy
+from scoreboard_client.session import RequestObserver
 from scoreboard_client.sync import ScoreboardClient
 
 __all__ = [
     "Accepted", "ActionToken", "ApiError", "AsyncLiveFeed", "AsyncScoreboardClient",
     "BatchResult", "BoardPage", "Entry", "Forbidden", "Increment", "Me", "NotFound",
-    "RateLimited", "RetryPolicy", "ScoreboardClient", "ScoreboardClientError", "Session",
-    "Snapshot", "SyncLiveFeed", "TransportError", "Unauthorized", "Unavailable", "UserRank",
+    "RateLimited", "RequestObserver", "RetryPolicy", "ScoreboardClient",
+    "ScoreboardClientError", "Session", "Snapshot", "SyncLiveFeed", "TransportError",
+    "Unauthorized", "Unavailable", "UserRank",
 ]

@@ -25,7 +25,13 @@ from scoreboard_client.models import (
     UserRank,
 )
 from scoreboard_client.retry import RetryPolicy
-from scoreboard_client.session import REFRESH_MARGIN_S, auth_headers, live_url_for
+from scoreboard_client.session import (
+    REFRESH_MARGIN_S,
+    RequestObserver,
+    auth_headers,
+    live_url_for,
+    observe,
+)
 
 T = TypeVar("T")
 
@@ -43,11 +49,13 @@ class AsyncScoreboardClient:
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, live_url: str | None = None,
                  timeout_s: float = 10.0, retry: RetryPolicy | None = None,
                  headers: dict[str, str] | None = None,
-                 session: Session | None = None) -> None:
+                 session: Session | None = None,
+                 on_request: RequestObserver | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.live_url = live_url or live_url_for(self.base_url)
         self.retry = retry or RetryPolicy()
         self.session = session
+        self.on_request = on_request
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s,
                                        headers=headers)
 
@@ -81,12 +89,15 @@ class AsyncScoreboardClient:
             return value
 
     async def _transmit(self, call: Call[Any]) -> Answer | Lost:
+        started = time.perf_counter()
         try:
             response = await self._http.request(
                 call.method, call.path, params=call.params, json=call.body,
                 headers=auth_headers(self.session) if call.authenticated else None)
         except httpx.TransportError as exc:
+            observe(self.on_request, call, None, started, 0, exc)
             return Lost(self.base_url + call.path, exc, unsent=isinstance(exc, httpx.ConnectError))
+        observe(self.on_request, call, response.status_code, started, len(response.content))
         body = response.json() if response.content else None
         return Answer(response.status_code, body, response.headers.get("retry-after"))
 

@@ -41,6 +41,7 @@ class Call(Generic[T]):
     # The answer to a repeat of an attempt that may have been accepted: a
     # refusal saying "already done" means the lost attempt went through.
     after_lost_answer: Callable[[ApiError], T | None] | None = None
+    name: str | None = None  # the path's template, for statistics (default: the path)
 
 
 def _query(**values: object) -> dict[str, str]:
@@ -118,12 +119,12 @@ def page(board: str, limit: int, cursor: str | None) -> Call[BoardPage]:
 
 def user(user_id: str, board: str) -> Call[UserRank]:
     return Call("GET", f"/api/scores/users/{user_id}", UserRank.from_json,
-                params=_query(board=board))
+                params=_query(board=board), name="/api/scores/users/{user_id}")
 
 
 def around(user_id: str, board: str, radius: int) -> Call[BoardPage]:
     return Call("GET", f"/api/scores/around/{user_id}", BoardPage.from_json,
-                params=_query(board=board, radius=radius))
+                params=_query(board=board, radius=radius), name="/api/scores/around/{user_id}")
 
 
 def ranks(user_ids: list[str], board: str) -> Call[BoardPage]:
