@@ -61,7 +61,9 @@ LIMIT_Q = query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "defa
                 "how many entries")
 RADIUS_Q = query("radius", {"type": "integer", "minimum": 0, "maximum": 50, "default": 5},
                  "entries on each side")
-BOARD_READ = {"422": refusal("`invalid_field`: a query parameter is invalid or unknown"),
+BOARD_READ = {"404": refusal("`board_not_found` (where boards are registered) or"
+                             " `not_ranked`"),
+              "422": refusal("`invalid_field`: a query parameter is invalid or unknown"),
               "503": UNAVAILABLE}
 FROM_POSTGRES = {"X-Board-Source": {"description": "`redis`, or `postgres` when Redis was"
                                                    " unreachable (then `version` is null)",
@@ -114,13 +116,13 @@ OPERATIONS: dict[str, Operation] = {
         "description": "As `/api/scores/users/{user_id}` for the caller.",
         "parameters": [BOARD_Q],
         "responses": {"200": answer("the caller's entry", "UserRank", headers=FROM_POSTGRES),
-                      **NEEDS_TOKEN, "404": refusal("`not_ranked`"), **BOARD_READ}},
+                      **NEEDS_TOKEN, **BOARD_READ}},
     "GET /api/me/around": {
         "tags": ["me"], "summary": "The entries around the caller", "security": BEARER,
         "description": "As `/api/scores/around/{user_id}` for the caller.",
         "parameters": [BOARD_Q, RADIUS_Q],
         "responses": {"200": answer("the neighbourhood", "Around", headers=FROM_POSTGRES),
-                      **NEEDS_TOKEN, "404": refusal("`not_ranked`"), **BOARD_READ}},
+                      **NEEDS_TOKEN, **BOARD_READ}},
     "POST /api/actions/token": {
         "tags": ["scores"], "summary": "Get a one-time action token", "security": BEARER,
         "description": "A token for one increment of one action on one board: valid 60 s,"
@@ -142,7 +144,9 @@ OPERATIONS: dict[str, Operation] = {
                       "403": refusal("`action_token_invalid`, `action_token_expired`,"
                                      " `action_token_used`, `action_token_foreign` or"
                                      " `user_banned`"),
-                      **LIMITED, "503": UNAVAILABLE}},
+                      "404": refusal("`board_not_found`"), **LIMITED,
+                      "503": refusal("`unavailable`, or `overloaded` (the backlog is full)",
+                                     retry=True)}},
     "POST /api/scores/batch": {
         "tags": ["scores"], "summary": "A game backend's increments (up to 1,000)",
         "security": BEARER,
@@ -150,8 +154,10 @@ OPERATIONS: dict[str, Operation] = {
                        " player's increments are listed in `refused`, the rest accepted.",
         "requestBody": body("BatchRequest"),
         "responses": {"202": answer("accepted", "BatchResult"), **BAD_BODY, **NEEDS_TOKEN,
-                      "403": refusal("`insufficient_scope`"), **LIMITED,
-                      "503": UNAVAILABLE}},
+                      "403": refusal("`insufficient_scope`"),
+                      "404": refusal("`board_not_found`"), **LIMITED,
+                      "503": refusal("`unavailable`, or `overloaded` (the backlog is full)",
+                                     retry=True)}},
     "GET /api/boards": {
         "tags": ["boards"], "summary": "The boards and their number of players",
         "description": "Every board that exists or has scores, with how many players are on"
@@ -189,15 +195,13 @@ OPERATIONS: dict[str, Operation] = {
                        " entry as before; everyone else gets `404 not_ranked`.",
         "parameters": [path_user(), BOARD_Q],
         "responses": {"200": answer("the entry", "UserRank", headers=FROM_POSTGRES),
-                      "401": NEEDS_TOKEN["401"], "404": refusal("`not_ranked`"),
-                      **BOARD_READ}},
+                      "401": NEEDS_TOKEN["401"], **BOARD_READ}},
     "GET /api/scores/around/{user_id}": {
         "tags": ["boards"], "summary": "The entries around a user",
         "description": "Clamped at both ends of the board.",
         "parameters": [path_user(), BOARD_Q, RADIUS_Q],
         "responses": {"200": answer("the neighbourhood", "Around", headers=FROM_POSTGRES),
-                      "401": NEEDS_TOKEN["401"], "404": refusal("`not_ranked`"),
-                      **BOARD_READ}},
+                      "401": NEEDS_TOKEN["401"], **BOARD_READ}},
     "GET /healthz": {
         "tags": ["operations"], "summary": "Liveness",
         "description": "200 while the process serves requests.",

@@ -13,8 +13,9 @@ Three kinds of simulated user:
   service, defaults 5 and 10 a minute): one turn every period/count seconds
   (plus 5%), so a refusal is a real failure, never the test's own doing.
 - ``GameServerUser``: a game backend (scope ``scores:write``) posting batches
-  of increments with unique event ids, through ``scoreboard-client`` too. Its account is created at test start
-  with ``scoreboard.accounts.create_backend_account`` in ``DATABASE_URL``, or
+  of increments with unique event ids, through ``scoreboard-client`` too. Its
+  account is created at test start with
+  ``scoreboard.accounts.create_backend_account`` in ``DATABASE_URL``, or
   given as ``BACKEND_USERNAME`` / ``BACKEND_PASSWORD`` (``scoreboard
   create-backend``).
 - ``SpectatorUser``: a WebSocket client of the broadcaster (websocket-client,

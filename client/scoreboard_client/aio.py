@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import httpx
 
 from scoreboard_client import calls
+from scoreboard_client.base import ClientBase
 from scoreboard_client.calls import DEFAULT_BOARD, Call
 from scoreboard_client.flow import Answer, Lost, Refresh, Send, Sleep, conversation
 from scoreboard_client.live import AsyncLiveFeed
@@ -25,39 +26,21 @@ from scoreboard_client.models import (
     UserRank,
 )
 from scoreboard_client.retry import RetryPolicy
-from scoreboard_client.session import (
-    REFRESH_MARGIN_S,
-    RequestObserver,
-    auth_headers,
-    live_url_for,
-    observe,
-)
+from scoreboard_client.session import RequestObserver
 
 T = TypeVar("T")
 
 
-class AsyncScoreboardClient:
-    """A player's or a game backend's session with the service.
-
-    ``base_url`` is ingest (the HTTP API); ``live_url`` the broadcaster
-    (default: ingest's host, port + 1, as ``make run`` runs them). The access
-    token is refreshed by itself before it expires, or once when refused as
-    expired. Calls that the service counts once are retried after a lost
-    answer, and every call after 429/503 (see :mod:`scoreboard_client.retry`).
-    """
+class AsyncScoreboardClient(ClientBase):
+    """The asyncio front end (see :class:`~scoreboard_client.base.ClientBase`)."""
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, live_url: str | None = None,
                  timeout_s: float = 10.0, retry: RetryPolicy | None = None,
-                 headers: dict[str, str] | None = None,
-                 session: Session | None = None,
+                 headers: dict[str, str] | None = None, session: Session | None = None,
                  on_request: RequestObserver | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.live_url = live_url or live_url_for(self.base_url)
-        self.retry = retry or RetryPolicy()
-        self.session = session
-        self.on_request = on_request
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s,
-                                       headers=headers)
+        super().__init__(base_url, live_url=live_url, retry=retry, session=session,
+                         on_request=on_request)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, headers=headers)
 
     async def __aenter__(self) -> AsyncScoreboardClient:
         return self
@@ -69,8 +52,7 @@ class AsyncScoreboardClient:
         await self._http.aclose()
 
     async def _send(self, call: Call[T]) -> T:
-        if call.authenticated and self.session is not None \
-                and self.session.expires_at - time.time() < REFRESH_MARGIN_S:
+        if self._refresh_first(call):
             await self.refresh()
         flow = conversation(call, self.retry, can_refresh=self.session is not None)
         result: Answer | Lost | None = None
@@ -91,15 +73,11 @@ class AsyncScoreboardClient:
     async def _transmit(self, call: Call[Any]) -> Answer | Lost:
         started = time.perf_counter()
         try:
-            response = await self._http.request(
-                call.method, call.path, params=call.params, json=call.body,
-                headers=auth_headers(self.session) if call.authenticated else None)
+            response = await self._http.request(call.method, call.path,
+                                                   **self._request_options(call))
         except httpx.TransportError as exc:
-            observe(self.on_request, call, None, started, 0, exc)
-            return Lost(self.base_url + call.path, exc, unsent=isinstance(exc, httpx.ConnectError))
-        observe(self.on_request, call, response.status_code, started, len(response.content))
-        body = response.json() if response.content else None
-        return Answer(response.status_code, body, response.headers.get("retry-after"))
+            return self._lost(call, exc, started)
+        return self._answer(call, response, started)
 
     # Accounts and sessions.
     async def register(self, username: str, password: str) -> str:
