@@ -137,11 +137,20 @@ async def _rebuild(settings: Settings, board: str) -> int:
         await client.aclose()
 
 
+def _describe_subcommands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Each command's own ``--help`` opens with what the command list says of it."""
+    for listed in commands._choices_actions:
+        subcommand = commands.choices[listed.dest]
+        if subcommand.description is None:
+            subcommand.description = listed.help
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scoreboard", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run every Procfile process (embedded servers by default)")
-    commands.add_parser("migrate", help="apply the SQL migrations to DATABASE_URL")
+    commands.add_parser("migrate", help="apply the SQL migrations (to DATABASE_URL, else to"
+                                        " make run's or the embedded Postgres)")
     commands.add_parser("init", help="generate signing keys if missing, then migrate")
     commands.add_parser("rotate-keys", help="add a new JWT key and action-token key")
     backend = commands.add_parser("create-backend",
@@ -151,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                                   help="recompute a board from Postgres and swap it in")
     rebuild.add_argument("board")
     add_admin_parser(commands)
+    _describe_subcommands(commands)
     args = parser.parse_args(argv)
     configure_logging()
     settings = load_settings()

@@ -420,3 +420,4 @@ def test_commands_refuse_unknown_boards_and_say_what_they_do(backing: Backing) -
     assert command("rebuild-board", "global").returncode == 0
     assert "newest last" in command("admin", "events", "--help").stdout
     assert "event ids" in command("admin", "--help").stdout
+    assert "recompute a board" in command("rebuild-board", "--help").stdout
