@@ -3,8 +3,10 @@ and 405 too), and CORS for an allow-list of origins."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -117,3 +119,16 @@ def test_board_list_for_the_spectator_page_origin(backing: Backing, keys: Keys,
     assert sizes[board] == 2 and "global" in sizes
     names = [b["board"] for b in listed.json()["boards"]]
     assert names == sorted(names)
+
+
+def test_an_unexpected_failure_is_a_500_in_the_envelope(backing: Backing,
+                                                       tmp_path: Path) -> None:
+    """The metrics folder of a multi-process ingest vanishes under it: /metrics
+    cannot be built, and the answer is still the envelope (and says nothing more)."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    with ingest_server(backing.env(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))) as url:
+        shutil.rmtree(metrics_dir)
+        response = httpx.get(url + "/metrics", timeout=10)
+    assert_envelope(response, 500, "internal_error")
+    assert response.json()["error"]["message"] == "the server failed unexpectedly"
