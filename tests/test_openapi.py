@@ -31,7 +31,7 @@ from tests.board_support import entry, seed
 from tests.conftest import Api, Player, new_address
 from tests.servers import Backing, fresh_name
 
-EXAMPLES_PER_OPERATION = 20
+EXAMPLES_PER_OPERATION = 50
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 
