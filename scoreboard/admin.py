@@ -92,6 +92,22 @@ async def require_board(pool: Any, board: str) -> None:
         raise UnknownName("board", board)
 
 
+# The commands that act on an existing user (their ``user_id`` argument).
+ON_A_USER = ("actions", *KIND_OF, *(f"un{name}" for name in KIND_OF))
+
+
+async def require_named(pool: Any, args: argparse.Namespace) -> None:
+    """Refuse (:class:`UnknownName`) a user or board named on the command line
+    that does not exist, for the commands that read or change one."""
+    command = args.admin_command
+    if command in ON_A_USER:
+        await require_user(pool, args.user_id)
+    if command == "events" and args.user is not None:
+        await require_user(pool, args.user)
+    if command == "actions" and args.board is not None:
+        await require_board(pool, args.board)
+
+
 def _print_rows(rows: list[Any]) -> None:
     for row in reversed(rows):
         print(orjson.dumps({k: (str(v) if k == "created_at" else v)
@@ -108,12 +124,7 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     moderation = Moderation(redis=client, pool=pool, scripts=register_scripts(client), keys=keys)
     command = args.admin_command
     try:
-        if getattr(args, "user_id", None) is not None:
-            await require_user(pool, args.user_id)
-        if getattr(args, "user", None) is not None:
-            await require_user(pool, args.user)
-        if getattr(args, "board", None) is not None:
-            await require_board(pool, args.board)
+        await require_named(pool, args)
         if command == "events":
             _print_rows(await moderation.events(user_id=args.user, limit=args.limit))
         elif command == "actions":
