@@ -31,7 +31,7 @@ test: install browser
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy .
+	$(VENV)/bin/mypy . .ci/wheel_smoke.py
 
 bench-ingest: install
 	$(PY) -m loadtest.bench_ingest $(BENCH_ARGS)

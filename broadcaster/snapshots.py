@@ -135,7 +135,7 @@ class SnapshotService:
         throttle = self.throttles.get(board)
         if throttle is None:  # forgotten while the send was scheduled
             return
-        throttle.on_read_start(time.monotonic())
+        throttle.on_read_start()
         try:
             snapshot = await self.refresh(board)
             if snapshot is not None:

@@ -10,9 +10,10 @@ A change noticed while a snapshot is being read may or may not be in it, so
 it earns one more send an interval later: no change is ever left waiting for
 the next one, or for the revision poll.
 
-The interval counts from the start of each read, so the read's own time (a
-Redis round trip) does not stretch the period: a board that keeps changing
-goes out 1 / interval times a second, not a little less.
+Sends keep to their schedule: the next one is due an interval after the time
+the last one was due, not after it ran. So neither the read's round trip nor
+a busy event loop that runs a send late stretches the period, and a board
+that keeps changing goes out 1 / interval times a second, not a little less.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from __future__ import annotations
 class Throttle:
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self.last_sent_at: float | None = None  # when the last send started reading
-        self.read_started_at: float | None = None
+        self.last_sent_at: float | None = None  # when the last send was due
         self.scheduled_at: float | None = None
         self.reading = False
         self.changed_while_reading = False
@@ -41,16 +41,14 @@ class Throttle:
         self.scheduled_at = self.last_sent_at + self.interval_s
         return self.scheduled_at - now
 
-    def on_read_start(self, now: float) -> None:
-        """The scheduled snapshot starts reading the board at ``now``."""
+    def on_read_start(self) -> None:
+        """The scheduled snapshot starts reading the board now."""
         self.reading = True
-        self.read_started_at = now
 
     def on_sent(self, now: float) -> float | None:
         """The snapshot was built (and sent if it differed) at ``now``. Returns the
         delay of one more send when a change arrived during the read, else None."""
-        self.last_sent_at = self.read_started_at if self.read_started_at is not None else now
-        self.read_started_at = None
+        self.last_sent_at = self.scheduled_at if self.scheduled_at is not None else now
         self.reading = False
         self.scheduled_at = None
         if not self.changed_while_reading:

@@ -40,7 +40,9 @@ received, this one about 24 µs. ``--client websockets`` runs the library's
 client instead, for comparison.
 
 Part 2, end to end. ingest + ONE worker (``arq workers.main.WorkerSettings``)
-+ a broadcaster, all as the Procfile runs them. Increments go through POST
++ a broadcaster, all as the Procfile runs them, with ``--crowd`` (1,000)
+spectators on the board besides the ``--spectators`` whose snapshots are
+matched, so the fan-out on the measured path is a real one. Increments go through POST
 /api/scores/increment (the player endpoint: JWT, action token consumed,
 limits and the rapid-actions fraud rule raised out of the way, XADD), paced
 at ``--rate`` per second on a fixed schedule. Each increment goes to one of
@@ -124,13 +126,13 @@ from loadtest.harness.processes import (
     worker_process,
 )
 from loadtest.harness.spectators import CONNECT_TIMEOUT_S, ClientProcess, raise_fd_limit
+from scoreboard.board_writes import apply_and_ack
 from scoreboard.db import create_pool
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.ranking import totals_by_user
 from scoreboard.stream_entry import StreamEntry
-from workers.leaderboard import apply_and_ack
 from workers.persist import PartitionCache, persist_batch
 
 FANOUT_BOARD = "spectated"
@@ -463,16 +465,20 @@ async def measure_latency(args: argparse.Namespace, ingest_url: str, ws_url: str
                           lanes: list[Lane], *, redis_url: str, redis_client: Any, keys: Keys,
                           pids: dict[str, int]) -> LatencyResult:
     spectators = await ClientProcess.start(ws_url, "raw", keep=True)
+    crowd = await ClientProcess.start(ws_url, "raw")  # on the same board, not matched
     stop, board = asyncio.Event(), list[tuple[float, Scores]]()
     watcher = asyncio.create_task(watch_board(redis_url, keys, stop, board))
     try:
-        connected = await spectators.call({"op": "connect", "count": args.spectators,
-                                           "parallel": 8, "deadline_s": CONNECT_TIMEOUT_S},
-                                          CONNECT_TIMEOUT_S + 30)
-        if connected["connected"] != args.spectators:
-            raise BenchError(f"spectators failed to connect: {connected['failures']}")
+        for clients, count in ((spectators, args.spectators), (crowd, args.crowd)):
+            if not count:
+                continue
+            connected = await clients.call({"op": "connect", "count": count, "parallel": 50,
+                                            "deadline_s": CONNECT_TIMEOUT_S},
+                                           CONNECT_TIMEOUT_S + 30)
+            if connected["connected"] != count:
+                raise BenchError(f"spectators failed to connect: {connected['failures']}")
         await spectators.call({"op": "start"})
-        pids = {**pids, "spectators": spectators.pid}
+        pids = {**pids, "spectators": spectators.pid, "crowd": crowd.pid}
         before = cpu_seconds(pids, redis_client, own="driver")
         drive_result = await drive(ingest_url, lanes, args.rate, args.latency_warmup,
                                    args.latency_duration)
@@ -481,7 +487,7 @@ async def measure_latency(args: argparse.Namespace, ingest_url: str, ws_url: str
         window = await spectators.call({"op": "stop"})
     finally:
         stop.set()
-        await asyncio.gather(watcher, spectators.stop(), return_exceptions=True)
+        await asyncio.gather(watcher, spectators.stop(), crowd.stop(), return_exceptions=True)
     kept = [(int(index), float(at), str(payload)) for index, at, payload in window["kept"]]
     return match(drive_result, kept, lanes, args.spectators, board, cores(before, after))
 
@@ -500,7 +506,8 @@ def run_latency(args: argparse.Namespace, backing: Backing, root: Path,
                                                         redis_client, keys))
         broadcaster_url, broadcaster_pid = stack.enter_context(broadcaster_process(
             {**env, "SNAPSHOT_SIZE": str(max(args.lanes, DEFAULT_SNAPSHOT_SIZE))},
-            root / "broadcaster-latency.log", max_per_ip=100))
+            root / "broadcaster-latency.log", max_per_ip=args.spectators + args.crowd + 100,
+            interval_ms=args.latency_interval_ms))
         print(f"end to end: ingest, worker and broadcaster up; registering {args.lanes} "
               "players and fetching action tokens…", flush=True)
         players = asyncio.run(create_players(url, args.lanes))
@@ -547,9 +554,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lanes", type=int, default=20,
                         help="players sending them, one POST in flight each; part 2's "
                              "SNAPSHOT_SIZE is raised to this so all are always shown (20)")
-    parser.add_argument("--spectators", type=int, default=3, help="part 2 spectators (3)")
+    parser.add_argument("--spectators", type=int, default=3,
+                        help="part 2 spectators whose snapshots are matched (3)")
+    parser.add_argument("--crowd", type=int, default=1000,
+                        help="part 2 spectators more on the same board, in a client process "
+                             "of their own and not matched: the fan-out on the path (1000)")
     parser.add_argument("--latency-duration", type=float, default=15, help="part 2 window (15)")
     parser.add_argument("--latency-warmup", type=float, default=3, help="part 2 warm-up (3)")
+    parser.add_argument("--latency-interval-ms", type=int, default=100,
+                        help="part 2's SNAPSHOT_INTERVAL_MS: a board that changes all the "
+                             "time waits half of it on average for its next snapshot (100)")
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args(argv)
@@ -561,8 +575,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--sizes: comma-separated integers")
     if not all(1 <= s <= 50_000 for s in args.sizes) or not 1 <= args.client_procs <= 32:
         parser.error("--sizes must be 1..50000 each and --client-procs 1..32")
-    if not 1 <= args.lanes <= 100 or not 1 <= args.spectators <= 50:
-        parser.error("--lanes must be 1..100 and --spectators 1..50")
+    if not 1 <= args.lanes <= 100 or not 1 <= args.spectators <= 50 \
+            or not 0 <= args.crowd <= 20_000:
+        parser.error("--lanes must be 1..100, --spectators 1..50 and --crowd 0..20000")
     if not 0 < args.rate <= 20_000 or not 0 < args.writer_rate <= 1000:
         parser.error("--rate must be in (0, 20000] and --writer-rate in (0, 1000]")
     if not 1 <= args.window <= 120 or not 1 <= args.latency_duration <= 120:

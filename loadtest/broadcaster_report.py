@@ -213,7 +213,8 @@ def latency_notes(args: argparse.Namespace, result: LatencyResult) -> list[str]:
              "the fan-out": percentile(result.delivery_ms, 0.5)}
     largest = max(parts, key=lambda name: parts[name])
     notes = ["p50s: " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in parts.items())
-             + f"; {largest} takes the most (the throttle alone adds 0-100 ms, 50 on average)"]
+             + f"; {largest} takes the most (the throttle alone adds 0 to "
+             f"{args.latency_interval_ms} ms, {args.latency_interval_ms / 2:g} on average)"]
     for name in ("ingest", "worker", "broadcaster"):
         if cpu[name] >= 0.9:
             notes.append(f"the {name} process was CPU-bound")
@@ -228,9 +229,11 @@ def report_latency(args: argparse.Namespace, result: LatencyResult) -> None:
     d = result.drive
     size = max(args.lanes, DEFAULT_SNAPSHOT_SIZE)
     print(f"\nPart 2  POST {INCREMENT_PATH} 202 -> spectator receipt: ingest + 1 worker + "
-          f"1 broadcaster (SNAPSHOT_INTERVAL_MS=100, SNAPSHOT_SIZE={size}), {args.rate:g} "
+          f"1 broadcaster (SNAPSHOT_INTERVAL_MS={args.latency_interval_ms}, "
+          f"SNAPSHOT_SIZE={size}), {args.rate:g} "
           f"increments/s paced over {args.lanes} players (one POST in flight each), "
-          f"{result.spectators} spectators, {args.latency_warmup:g} s warm-up, Postgres fsync on")
+          f"{result.spectators} spectators matched and {args.crowd:,} more on the board, "
+          f"{args.latency_warmup:g} s warm-up, Postgres fsync on")
     print(f"  sent              {d.window_sent:,} in the {d.window_s:.1f} s window = "
           f"{d.window_sent / d.window_s:,.0f}/s; statuses {dict(d.statuses)}")
     if d.tokens_short:
@@ -251,7 +254,8 @@ def report_latency(args: argparse.Namespace, result: LatencyResult) -> None:
     others = cpu["machine"] - sum(v for k, v in cpu.items() if k != "machine")
     print(f"  CPU while driving ingest {cpu['ingest']:.2f}, worker {cpu['worker']:.2f}, "
           f"broadcaster {cpu['broadcaster']:.2f}, redis {cpu['redis']:.2f}, driver "
-          f"{cpu['driver']:.2f}, spectators {cpu['spectators']:.2f}, everything else "
+          f"{cpu['driver']:.2f}, spectators {cpu['spectators'] + cpu['crowd']:.2f}, "
+          "everything else "
           f"(Postgres, other work) {others:.2f}; {cpu['machine']:.2f} of {cores} cores busy")
     for note in latency_notes(args, result):
         print(f"  limit             {note}")

@@ -115,7 +115,7 @@ def _print_rows(rows: list[Any]) -> None:
 
 
 async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.moderation import Moderation, restore_restrictions
+    from scoreboard.moderation import Moderation, restore_restrictions
 
     assert settings.redis_url is not None and settings.database_url is not None
     client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)

@@ -25,6 +25,7 @@ import orjson
 from scoreboard.accounts import create_backend_account
 from scoreboard.admin import UnknownName, add_admin_parser, main_admin, require_board
 from scoreboard.console import start_banner
+from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
 from scoreboard.logs import configure_logging
 from scoreboard.migrate import ensure_database, migrate
@@ -35,13 +36,6 @@ from scoreboard.signing_keys import add_action_key, add_jwt_key, load_action_key
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 EMBEDDED_DATABASE = "scoreboard"
-
-
-def with_database(url: str, name: str) -> str:
-    """``url`` pointing at database ``name`` instead of its own."""
-    base, _, query = url.partition("?")
-    head, _, _ = base.rpartition("/")
-    return f"{head}/{name}" + (f"?{query}" if query else "")
 
 
 @contextmanager
@@ -120,10 +114,10 @@ def run(settings: Settings) -> int:
 async def _rebuild(settings: Settings, board: str) -> int:
     import redis.asyncio as redis_asyncio
 
+    from scoreboard.board_writes import rebuild_board
     from scoreboard.db import create_pool
     from scoreboard.keys import Keys
     from scoreboard.lua import register_scripts
-    from workers.leaderboard import rebuild_board
 
     assert settings.redis_url is not None and settings.database_url is not None
     client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)

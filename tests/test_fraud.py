@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from scoreboard.db import create_pool
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
+from scoreboard.moderation import Moderation, restore_restrictions
 from scoreboard.settings import load_settings
 from tests.board_support import entry, seed
 from tests.conftest import Api, Player, new_address
@@ -34,7 +35,6 @@ from tests.servers import (
     ingest_server,
 )
 from workers.fraud import FraudChecks, score_velocity
-from workers.moderation import Moderation, restore_restrictions
 
 
 @asynccontextmanager

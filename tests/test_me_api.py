@@ -15,10 +15,10 @@ from scoreboard.db import create_pool
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
+from scoreboard.moderation import Moderation
 from tests.board_support import entry, seed
 from tests.conftest import Api, Player
 from tests.servers import Backing, fresh_name, ingest_server
-from workers.moderation import Moderation
 
 
 def users_of(body: dict[str, Any]) -> list[str]:
