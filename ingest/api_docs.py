@@ -234,3 +234,23 @@ OPERATIONS: dict[str, Operation] = {
         "responses": {"200": answer("the file", media="application/octet-stream"),
                       "404": refusal("`not_found`")}},
 }
+
+
+# The broadcaster's endpoints (another process, default port 8001), described in
+# the document's text and its ``x-broadcaster`` section; tests/test_openapi.py
+# checks this table against the broadcaster's routes like OPERATIONS against
+# ingest's. Its messages are the ``Snapshot``, ``Subscribe`` and ``FeedError``
+# schemas.
+BROADCASTER_ENDPOINTS: dict[str, str] = {
+    "/ws": "WebSocket `GET /ws?board=global`: a `Snapshot` on connect, then one whenever"
+           " the board's top N changes; send `Subscribe` to switch boards",
+    "/sse": "Server-Sent Events `GET /sse?board=global`: the same snapshots as"
+            " `event: snapshot`, with `: keepalive` comments",
+    "/": "the spectator page (HTML)",
+    "/spectator.js": "the spectator page's script",
+    "/static": "`/static/<name>`: the page's scripts and styles, among them"
+               " `scoreboard-client.js`, a small browser client of this API and the feed",
+    "/healthz": "liveness: 200 `{status, spectators}`",
+    "/readyz": "readiness: 200 when Redis answers, else 503 in the error envelope",
+    "/metrics": "Prometheus text",
+}

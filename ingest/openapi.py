@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ingest.api_docs import OPERATIONS, Operation
+from ingest.api_docs import BROADCASTER_ENDPOINTS, OPERATIONS, Operation
 from ingest.api_schemas import SCHEMAS
 from ingest.http import JSONResponse
 from scoreboard.errors import RequestError
@@ -31,7 +31,7 @@ from scoreboard.errors import RequestError
 VERSION = "1.0.0"
 DOCS_ASSETS = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/javascript"}
 
-LIVE_FEED = """
+LIVE_FEED_TEMPLATE = """
 ## Live feed (broadcaster, default port 8001)
 
 The broadcaster serves the same boards live; its messages are JSON objects
@@ -52,11 +52,20 @@ whose schemas are under *Schemas* below.
   `event: snapshot` with the snapshot as `data:`, and `: keepalive` comments.
 * **Spectator page** `GET /`: the live board in a browser.
 
+Every endpoint of the broadcaster:
+
+{endpoints}
+
 ## Errors
 
 Every refusal is `{"error": {"code": "<snake_case>", "message": "<text>"}}` (plus
 `field` on 422) and writes nothing; 429 and 503 carry `Retry-After`.
 """
+
+
+def live_feed_text(endpoints: Mapping[str, str] = BROADCASTER_ENDPOINTS) -> str:
+    listed = "\n".join(f"* `{path}`: {what}" for path, what in endpoints.items())
+    return LIVE_FEED_TEMPLATE.replace("{endpoints}", listed)
 
 
 class UndocumentedRoute(Exception):
@@ -100,8 +109,12 @@ def build_openapi(routes: Iterable[BaseRoute],
         "info": {"title": "Live scoreboard API", "version": VERSION,
                  "description": "Verified score increments, ranked leaderboards and live"
                                 " spectators. Ingest (this server, default port 8000)"
-                                " serves the HTTP API below.\n" + LIVE_FEED},
+                                " serves the HTTP API below.\n" + live_feed_text()},
         "servers": [{"url": "/"}],
+        "x-broadcaster": {"default_url": "http://127.0.0.1:8001",
+                          "endpoints": BROADCASTER_ENDPOINTS,
+                          "messages": {"server": ["Snapshot", "FeedError"],
+                                       "client": ["Subscribe"]}},
         "tags": [{"name": "accounts"}, {"name": "me"}, {"name": "scores"},
                  {"name": "boards"}, {"name": "operations"}],
         "paths": paths,

@@ -20,9 +20,10 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from ingest.api_docs import OPERATIONS
+from broadcaster.app import create_app as broadcaster_app
+from ingest.api_docs import BROADCASTER_ENDPOINTS, OPERATIONS
 from ingest.app import create_app
 from ingest.openapi import UndocumentedRoute, build_openapi, route_operations
 from scoreboard.keys import Keys
@@ -54,6 +55,18 @@ def test_every_route_is_described_and_every_description_routed() -> None:
         for operation in path_item.values():
             assert operation["description"].strip() and operation["summary"].strip()
             assert operation["responses"]
+
+
+def test_every_broadcaster_endpoint_is_described() -> None:
+    """The broadcaster's routes (its WebSocket is served below the router, by its
+    connection protocol) against the table the document's text is made from."""
+    settings = load_settings({"REDIS_URL": "redis://unused"})
+    routed = {route.path for route in broadcaster_app(settings).routes
+              if isinstance(route, Route | Mount)}
+    assert routed | {"/ws"} == set(BROADCASTER_ENDPOINTS)
+    text = build_openapi(app_routes())["info"]["description"]
+    for path, what in BROADCASTER_ENDPOINTS.items():
+        assert f"* `{path}`: {what}" in text
 
 
 def test_a_route_without_a_description_fails_the_build() -> None:
