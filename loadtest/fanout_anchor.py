@@ -25,7 +25,7 @@ from typing import cast
 import orjson
 import uvloop
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class Anchor:

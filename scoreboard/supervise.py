@@ -14,7 +14,8 @@ which goes back to the base once a run has lasted ``stable_s``. The command
 runs in a process group of its own: a stop signal (SIGTERM, SIGINT) to the
 wrapper is passed on exactly once, the wrapper waits for the command and
 exits with its status. On Linux the command is also killed if the wrapper is
-(honcho's SIGKILL after its grace period), so none is left behind.
+(honcho's SIGKILL after its grace period), and the wrapper is asked to stop
+if honcho itself dies, so none is left behind restarting.
 
 ``ServerWatch`` does the same for the embedded Redis and Postgres: a thread
 that checks each server and starts it again, on the same port and data
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -115,10 +117,15 @@ class Restarter:
                 return 0
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: Linux kills it when the wrapper dies (PR_SET_PDEATHSIG)."""
+def _parent_death_signal(signum: int) -> None:
+    """Linux sends ``signum`` to this process when its parent dies (PR_SET_PDEATHSIG)."""
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: killed when the wrapper dies."""
+    _parent_death_signal(signal.SIGKILL)
 
 
 class Server(Protocol):
@@ -188,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
                           Backoff(base_s=args.base_s, cap_s=args.cap_s, stable_s=args.stable_s))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, restarter.stop)
+    # Asked to stop when the process manager dies (honcho killed with SIGKILL):
+    # otherwise the wrapper, alone, would restart its command for ever.
+    parent = os.getppid()
+    _parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the line above took effect
+        return 0
     return restarter.run()
 
 

@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 import orjson
 import redis.asyncio as redis_asyncio
 
+from scoreboard.board_writes import BoardTotal, apply_and_ack, apply_batch_call
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from tests.servers import Backing, SyncRedis, board_totals, fresh_name
-from workers.leaderboard import apply_and_ack, apply_batch_call
-from workers.persist import BoardTotal
 
 REACHED = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 

@@ -189,3 +189,32 @@ def test_make_run_restarts_a_killed_worker_and_a_killed_redis(tmp_path: Path) ->
     text = log.read_text()
     assert "embedded redis died; restarting it" in text
     assert "worker exited unexpectedly with status -9" in text
+
+
+def test_wrapper_whose_manager_is_killed_stops_its_command(tmp_path: Path) -> None:
+    """honcho SIGKILLed: its wrappers must not go on restarting commands for ever."""
+    pid_file = tmp_path / "child.pid"
+    command = tmp_path / "command.py"
+    command.write_text("import os, sys, time\n"
+                       "open(sys.argv[1], 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
+    manager_script = tmp_path / "manager.py"
+    manager_script.write_text(
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-m', 'scoreboard.supervise', 'sleeper', '--',"
+        " sys.executable, sys.argv[1], sys.argv[2]])\n"
+        "time.sleep(60)\n")
+    manager = subprocess.Popen([sys.executable, str(manager_script), str(command),
+                                str(pid_file)], cwd=PROJECT_DIR)
+    try:
+        _wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 30,
+                  "the command never started")
+        child = int(pid_file.read_text())
+        manager.kill()
+        manager.wait()
+        _wait_for(lambda: not Path(f"/proc/{child}").exists()
+                  or "zombie" in Path(f"/proc/{child}/status").read_text(), 30,
+                  "the command outlived its manager")
+    finally:
+        if manager.poll() is None:
+            manager.kill()
+            manager.wait()

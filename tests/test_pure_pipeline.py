@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, date, datetime
 
 import orjson
@@ -61,10 +62,26 @@ def test_throttle_sends_once_more_for_a_change_noticed_while_reading() -> None:
     assert throttle.on_change(10.0) == 0.0
     throttle.on_read_start()
     assert throttle.on_change(10.001) is None  # may have been missed by the read
-    assert throttle.on_sent(10.002) == pytest.approx(0.1)  # so: one more send
+    assert throttle.on_sent(10.002) == pytest.approx(0.098)  # so: one more send
     assert throttle.on_change(10.05) is None  # rides on that one
     throttle.on_read_start()
     assert throttle.on_sent(10.102) is None  # nothing arrived during this read
+
+
+def test_throttle_keeps_its_period_when_reads_are_slow_and_timers_late() -> None:
+    throttle, starts, now = Throttle(0.1), [], 0.0
+    delay = throttle.on_change(now)
+    for _ in range(21):  # a board that changes all the time
+        assert delay is not None
+        now += delay + 0.015  # the event loop runs each send 15 ms late ...
+        starts.append(now)
+        throttle.on_read_start()
+        now += 0.007  # ... and each read takes 7 ms
+        throttle.on_sent(now)
+        now += 0.001
+        delay = throttle.on_change(now)
+    assert starts[-1] - starts[0] == pytest.approx(2.0)  # 20 periods of 100 ms
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.1 - 1e-9
 
 
 def test_throttle_bounds_a_burst_to_duration_over_interval_plus_two() -> None:

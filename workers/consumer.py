@@ -4,7 +4,7 @@ Order per batch, which is what makes every accepted increment count once:
 1. persist the batch in one Postgres transaction (``workers.persist``);
 2. the fraud checks that ride along, then ONE script call that sets the
    boards to the committed totals (compare-and-set on versions), XACKs and
-   announces the change (``workers.leaderboard``).
+   announces the change (``scoreboard.board_writes``).
 A crash anywhere leaves the entries pending; they come back (to this consumer
 on restart, or to any consumer through XAUTOCLAIM once idle), step 1 then
 inserts nothing new and step 2 writes the same totals.
@@ -38,11 +38,12 @@ import asyncpg
 import redis.exceptions
 from prometheus_client import Counter, Histogram
 
+from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.stream_entry import StreamEntry
 from workers.batching import ParsedBatch, backoff_s, parse_batch
-from workers.leaderboard import apply_and_ack
+from workers.chaos import ChaosMarks
 from workers.persist import PartitionCache, persist_batch
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class StreamConsumer:
                  batch_max: int, block_ms: int, claim_idle_ms: int, max_deliveries: int,
                  reclaim_every_s: float | None = None,
                  chaos_exit_after_commit: float = 0.0,
+                 chaos_marks: ChaosMarks | None = None,
                  after_batch: Callable[[Sequence[StreamEntry]], Awaitable[None]] | None = None,
                  every_second: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.redis = redis
@@ -109,6 +111,7 @@ class StreamConsumer:
         self.partitions = PartitionCache()
         self.scripts = register_scripts(redis)
         self.chaos_exit_after_commit = chaos_exit_after_commit
+        self.chaos_marks = chaos_marks
         self.after_batch = after_batch
         self.every_second = every_second
         self._stopping = asyncio.Event()
@@ -223,6 +226,8 @@ class StreamConsumer:
         if self.chaos_exit_after_commit and random.random() < self.chaos_exit_after_commit:
             # Fault injection for the chaos tests: die in the worst place.
             os._exit(CHAOS_EXIT_STATUS)
+        if self.chaos_marks is not None:
+            await self.chaos_marks.committed(entries)
         # The Redis side of this batch runs while the next batch is persisted;
         # the previous batch's is finished first (at most one in flight).
         await self.finish_applying()
@@ -248,6 +253,8 @@ class StreamConsumer:
 
         if not await self._retry_transient(apply):  # Redis down while stopping: stays pending
             return
+        if self.chaos_marks is not None:
+            self.chaos_marks.acked(entries)
         PERSISTED.inc(result.inserted)
         BATCH_SIZE.observe(len(entries))
         BATCH_SECONDS.observe(time.perf_counter() - started)

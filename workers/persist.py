@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
-from scoreboard.ranking import epoch_ms
+from scoreboard.board_writes import BoardTotal
 from scoreboard.stream_entry import StreamEntry
 from workers.batching import STAGING_COLUMNS, months_of, staging_record
 
@@ -101,20 +101,6 @@ LEFT JOIN upserted n USING (board, user_id)
 LEFT JOIN scores s USING (board, user_id)
 WHERE n.score IS NOT NULL OR s.score IS NOT NULL
 """
-
-
-@dataclass(frozen=True)
-class BoardTotal:
-    board: str
-    user_id: str
-    score: int
-    reached_at: datetime
-    version: int
-    username: str
-
-    def script_args(self) -> list[object]:
-        """The four arguments of ``lua/set_totals.lua`` for this total."""
-        return [self.user_id, self.score, epoch_ms(self.reached_at), self.version]
 
 
 @dataclass(frozen=True)

@@ -103,13 +103,15 @@ def ingest_process(env: Mapping[str, str], log_path: Path
 
 
 @contextlib.contextmanager
-def broadcaster_process(env: Mapping[str, str], log_path: Path, *,
-                        max_per_ip: int) -> Iterator[tuple[str, int]]:
-    """ONE broadcaster (``python -m broadcaster``) at 10 snapshots/s; yields (url, pid)."""
+def broadcaster_process(env: Mapping[str, str], log_path: Path, *, max_per_ip: int,
+                        interval_ms: int = 100) -> Iterator[tuple[str, int]]:
+    """ONE broadcaster (``python -m broadcaster``), by default at 10 snapshots/s;
+    yields (url, pid)."""
     port = free_port()
     with http_process(list(BROADCASTER_COMMAND),
                       {**env, "BROADCASTER_HOST": "127.0.0.1", "BROADCASTER_PORT": str(port),
-                       "SNAPSHOT_INTERVAL_MS": "100", "WS_MAX_PER_IP": str(max_per_ip)},
+                       "SNAPSHOT_INTERVAL_MS": str(interval_ms),
+                       "WS_MAX_PER_IP": str(max_per_ip)},
                       log_path, port=port, ready_path="/healthz",
                       what="the broadcaster") as found:
         yield found
@@ -121,6 +123,22 @@ def consumer_names(client: Any, stream: str, group: str) -> set[str]:
         return {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
                 for c in client.xinfo_consumers(stream, group)}
     return set()
+
+
+def group_caught_up(client: Any, stream: str, group: str) -> bool:
+    """Every entry of ``stream`` delivered to ``group`` and acknowledged (true of a
+    stream that does not exist: nothing was ever written to it). ``client``: sync."""
+    try:
+        info = client.xinfo_stream(stream)
+        groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+                  for g in client.xinfo_groups(stream)}
+    except redis.ResponseError:
+        return True
+    found = groups.get(group)
+    if found is None:
+        return int(info["length"]) == 0
+    return bool(found["pending"] == 0
+                and found["last-delivered-id"] == info["last-generated-id"])
 
 
 @contextlib.contextmanager
