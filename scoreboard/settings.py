@@ -238,6 +238,10 @@ def _check(settings: Settings) -> None:
         if getattr(settings, name) < 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)),
                               "must be zero (rule off) or positive")
+    if settings.dedup_ttl_s < settings.action_token_ttl_s:
+        raise ConfigError("DEDUP_TTL_S", str(settings.dedup_ttl_s),
+                          f"must be at least ACTION_TOKEN_TTL_S ({settings.action_token_ttl_s}):"
+                          " an action token sent again while valid is known by its marker")
     if 0 < settings.cadence_actions < 3:
         raise ConfigError("CADENCE_ACTIONS", str(settings.cadence_actions),
                           "needs at least 3 actions (two gaps), or 0 for off")

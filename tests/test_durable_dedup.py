@@ -15,7 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import pytest
 
+from scoreboard.errors import ConfigError
+from scoreboard.settings import load_settings
 from scoreboard.stream_entry import StreamEntry
 from tests.load_support import BOARD, System, system, wait_settled
 from tests.servers import Backing, SyncRedis, board_totals, fresh_name
@@ -132,3 +135,11 @@ def test_the_record_is_per_source_and_survives_a_later_acceptance_time(
                              " counted_events WHERE event_id = $1 ORDER BY source", event_id))
     assert [r["source"] for r in rows] == ["backend:a", "backend:b"]
     assert rows[0]["created_at"] == datetime.fromtimestamp(now_ms / 1000, UTC)
+
+
+def test_a_dedup_window_shorter_than_an_action_token_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"DEDUP_TTL_S": "30", "ACTION_TOKEN_TTL_S": "60"})
+    assert refused.value.variable == "DEDUP_TTL_S"
+    assert load_settings({"DEDUP_TTL_S": "60", "ACTION_TOKEN_TTL_S": "60"}).dedup_ttl_s == 60
+    assert load_settings({}).dedup_ttl_s == 600
