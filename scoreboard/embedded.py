@@ -96,15 +96,6 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def _make_parents_traversable(self) -> None:
-        """Every parent of the data and the binaries must be traversable by the
-        unprivileged owner. Done again before stopping: something else may have
-        tightened a parent meanwhile (pytest resets its temporary root to 0700
-        whenever another pytest run starts)."""
-        for path in (self.data_dir, postgres_install_dir()):
-            for parent in path.parents:
-                parent.chmod(parent.stat().st_mode | 0o055)
-
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
