@@ -29,6 +29,8 @@ def client_address(peer: str | None, forwarded_for: str | None,
     if not forwarded_for or not _trusted(address, trusted_proxies):
         return address
     for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
+        if "%" in hop:  # an IPv6 zone id: one address under endless spellings
+            return address
         try:
             ipaddress.ip_address(hop)
         except ValueError:

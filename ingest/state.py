@@ -7,6 +7,8 @@ from typing import Any
 
 from starlette.requests import Request
 
+from ingest.backlog import Backpressure
+from ingest.board_cache import BoardCache
 from ingest.client_address import client_address
 from scoreboard.board_reads import BoardReader
 from scoreboard.jwt_tokens import JWTAuthority
@@ -25,6 +27,8 @@ class IngestState:
     jwt: JWTAuthority
     action_keys: dict[str, bytes]  # key id -> secret, the last one signs
     boards: BoardReader
+    board_cache: BoardCache
+    backlog: Backpressure
     top_cache: dict[tuple[str, int], tuple[float, dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -35,5 +39,8 @@ def state_of(request: Request) -> IngestState:
 
 def request_client(request: Request, state: IngestState) -> str:
     peer = request.client.host if request.client else None
-    return client_address(peer, request.headers.get("x-forwarded-for"),
+    # Every X-Forwarded-For line: a proxy may append its own line instead of
+    # extending the first; the lines read in order are one list.
+    forwarded = request.headers.getlist("x-forwarded-for")
+    return client_address(peer, ",".join(forwarded) if forwarded else None,
                           state.settings.trusted_proxies)
