@@ -216,8 +216,7 @@ async def fetch_tokens(url: str, players: list[dict[str, str]], count: int,
                 if status != 200:
                     raise BenchError(f"POST /api/actions/token: {status} {body[:300]!r}")
                 requests.append((headers, orjson.dumps({
-                    "action_token": orjson.loads(body)["action_token"], "points": 1,
-                    "board": "global"}).decode()))
+                    "action_token": orjson.loads(body)["action_token"]}).decode()))
         finally:
             connection.close()
 
