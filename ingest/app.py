@@ -24,6 +24,7 @@ from ingest import auth_routes, health, metrics, read_routes, score_routes
 from ingest.backlog import Backpressure
 from ingest.board_cache import BoardCache
 from ingest.http import error_response
+from ingest.redis_packing import HiredisPackingConnection
 from ingest.state import IngestState
 from scoreboard.board_defs import publish_boards
 from scoreboard.board_reads import BoardReader
@@ -73,7 +74,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = redis_asyncio.Redis.from_url(redis_url, socket_connect_timeout=2,
-                                              socket_timeout=5, health_check_interval=30)
+                                              socket_timeout=5, health_check_interval=30,
+                                              connection_class=HiredisPackingConnection)
         pool = await create_pool(database_url, max_size=10)
         keys, scripts = Keys(settings.key_prefix), register_scripts(client)
         await publish_boards(pool, client, keys.board_definitions,
