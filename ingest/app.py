@@ -25,6 +25,7 @@ from ingest.backlog import Backpressure
 from ingest.board_cache import BoardCache
 from ingest.http import error_response
 from ingest.redis_packing import HiredisPackingConnection
+from ingest.script_batching import coalesce_hot_scripts
 from ingest.state import IngestState
 from scoreboard.board_defs import publish_boards
 from scoreboard.board_reads import BoardReader
@@ -77,7 +78,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                               socket_timeout=5, health_check_interval=30,
                                               connection_class=HiredisPackingConnection)
         pool = await create_pool(database_url, max_size=10)
-        keys, scripts = Keys(settings.key_prefix), register_scripts(client)
+        keys = Keys(settings.key_prefix)
+        scripts = coalesce_hot_scripts(register_scripts(client), client)
         await publish_boards(pool, client, keys.board_definitions,
                              service_max=settings.max_points_per_increment)
         board_cache = BoardCache(client, keys.board_definitions)
