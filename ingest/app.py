@@ -27,7 +27,6 @@ from ingest.http import error_response
 from ingest.redis_packing import HiredisPackingConnection
 from ingest.script_batching import coalesce_hot_scripts
 from ingest.state import IngestState
-from scoreboard.board_defs import publish_boards
 from scoreboard.board_reads import BoardReader
 from scoreboard.boards_redis import RedisBoards
 from scoreboard.db import create_pool
@@ -80,10 +79,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         pool = await create_pool(database_url, max_size=10)
         keys = Keys(settings.key_prefix)
         scripts = coalesce_hot_scripts(register_scripts(client), client)
-        await publish_boards(pool, client, keys.board_definitions,
-                             service_max=settings.max_points_per_increment)
         board_cache = BoardCache(client, keys.board_definitions)
-        await board_cache.refresh()
+        await board_cache.start(pool, service_max=settings.max_points_per_increment)
         backlog = Backpressure(client, stream=keys.stream, group=settings.consumer_group,
                                max_backlog=settings.max_backlog)
         app.state.ingest = IngestState(

@@ -13,7 +13,9 @@ import asyncio
 import logging
 from typing import Any
 
-from scoreboard.board_defs import BoardDefinition, from_json
+import redis.exceptions
+
+from scoreboard.board_defs import BoardDefinition, from_json, publish_boards
 from scoreboard.errors import RequestError
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,16 @@ class BoardCache:
         self.key = definitions_key
         self.known: dict[str, BoardDefinition] = {}
 
+    async def start(self, pool: Any, *, service_max: int) -> None:
+        """At process start: publish Postgres's boards to Redis, then read them. With
+        Redis down, start anyway (reads fall back to Postgres; writes answer 503) and
+        let the refresh task fill the copy once Redis is back."""
+        try:
+            await publish_boards(pool, self.redis, self.key, service_max=service_max)
+            await self.refresh()
+        except (OSError, redis.exceptions.RedisError):
+            logger.warning("board definitions not loaded at start", exc_info=True)
+
     async def refresh(self) -> None:
         raw = await self.redis.hgetall(self.key)
         self.known = {(b.decode() if isinstance(b, bytes) else b): from_json(
@@ -40,7 +52,7 @@ class BoardCache:
             await asyncio.sleep(every_s)
             try:
                 await self.refresh()
-            except Exception:  # Redis down: keep the last copy, try again later
+            except (OSError, redis.exceptions.RedisError):  # keep the last copy, retry later
                 logger.warning("board definitions not refreshed", exc_info=True)
 
     async def get(self, board: str) -> BoardDefinition:
