@@ -56,6 +56,15 @@ import orjson
 import redis
 
 from loadtest import BenchError
+from loadtest.ingest_anchor import (
+    UVICORN_FLAGS,
+    backend_headers,
+    batch_requests,
+    rate,
+    report_line,
+    token_requests,
+    uvicorn_process,
+)
 from loadtest.load_generator import (
     INCREMENT_PATH,
     encode_post,
@@ -105,7 +114,9 @@ def ingest_env(backing: Backing) -> dict[str, str]:
     return {**os.environ, "REDIS_URL": backing.redis_url, "DATABASE_URL": backing.database_url,
             "KEY_PREFIX": backing.key_prefix, "JWT_KEYS_DIR": str(backing.keys_dir / "jwt"),
             "ACTION_KEYS_FILE": str(backing.keys_dir / "action-token-keys"),
-            "SCRYPT_N": "1024", "LOG_LEVEL": "WARNING", "ACTION_TOKEN_TTL_S": str(TOKEN_TTL_S),
+            # LOG_LEVEL at its default (INFO): the access log is written, as in production.
+            "SCRYPT_N": "1024", "LOG_LEVEL": "INFO", "ACTION_TOKEN_TTL_S": str(TOKEN_TTL_S),
+            "MAX_BACKLOG": str(10**9),  # no worker runs: backpressure would refuse the batches
             "INCREMENT_RATE": HIGH_RATE, "ACTION_TOKEN_RATE": HIGH_RATE, "IP_RATE": HIGH_RATE,
             "AUTH_IP_RATE": HIGH_RATE, "TRUSTED_PROXIES": "127.0.0.1/32",
             # The rapid-actions rule still runs (its ZSET work is in the script) but
@@ -130,8 +141,7 @@ def ingest_process(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, i
     """ONE ingest process, started as the Procfile starts it; yields (url, pid)."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "--factory", "ingest.app:create_app",
-               "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
-               "--http", "httptools", "--no-access-log"]
+               "--host", "127.0.0.1", "--port", str(port), *UVICORN_FLAGS]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
@@ -370,6 +380,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--raw-clients", type=int, default=0,
                         help="redis-benchmark connections (default: --concurrency)")
     parser.add_argument("--skip-raw", action="store_true", help="HTTP figure only")
+    parser.add_argument("--batches", type=int, default=300,
+                        help="batches sent in the batch part (300); 0 skips it")
+    parser.add_argument("--batch-size", type=int, default=1000, help="increments each (1000)")
+    parser.add_argument("--batch-concurrency", type=int, default=4,
+                        help="batches in flight (4)")
+    parser.add_argument("--skip-anchor", action="store_true",
+                        help="no token part and no bare Starlette route")
     args = parser.parse_args(argv)
     if not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
         parser.error("--duration must be 1..600 s and --warmup 0..60 s")
@@ -381,11 +398,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_load(args: argparse.Namespace, root: Path, url: str, ingest_pid: int,
-             redis_url: str, requests: list[tuple[dict[str, str], str]]) -> dict[str, Any]:
-    """The measured HTTP run, in the load-generator process; its result."""
+             redis_url: str, requests: list[tuple[dict[str, str], str]],
+             **job_options: Any) -> dict[str, Any]:
+    """The measured HTTP run, in the load-generator process; its result. ``job_options``
+    override the job (``path``, ``cycle``, ``concurrency``)."""
     job = {"url": url, "client": args.client, "concurrency": args.concurrency,
            "warmup_s": args.warmup, "duration_s": args.duration, "ingest_pid": ingest_pid,
-           "redis_url": redis_url, "requests": requests}
+           "redis_url": redis_url, "requests": requests, **job_options}
     job_path, result_path = root / "job.json", root / "result.json"
     job_path.write_bytes(orjson.dumps(job))
     generator = subprocess.Popen([sys.executable, "-m", "loadtest.load_generator",
@@ -436,8 +455,49 @@ def run(args: argparse.Namespace) -> int:
                           clients=args.raw_clients or args.concurrency)
         ok = report(args, backing, background, len(players), len(requests), token_rate, http,
                     xlen, raw)
+        run_anchor_parts(args, root, env, backing, url, ingest_pid, players, requests, http)
         print("stopping the processes started…", flush=True)
     return 0 if ok else 1
+
+
+def run_anchor_parts(args: argparse.Namespace, root: Path, env: dict[str, str],
+                     backing: Backing, url: str, ingest_pid: int,
+                     players: list[dict[str, str]],
+                     requests: list[tuple[dict[str, str], str]], http: dict[str, Any]) -> None:
+    """The action-token part, the batch part and the bare route, then the ratios."""
+    tokens = batches = None
+    if not args.skip_anchor:
+        print("driving POST /api/actions/token…", flush=True)
+        tokens = run_load(args, root, url, ingest_pid, backing.redis_url,
+                          token_requests(players, len(players)), path="/api/actions/token",
+                          cycle=True)
+    if args.batches:
+        print(f"driving POST /api/scores/batch ({args.batches} batches of "
+              f"{args.batch_size})…", flush=True)
+        batches = run_load(args, root, url, ingest_pid, backing.redis_url,
+                           batch_requests(backend_headers(url, backing.database_url),
+                                          args.batches, args.batch_size),
+                           path="/api/scores/batch", concurrency=args.batch_concurrency)
+    bare_rps = None
+    if not args.skip_anchor:
+        print("driving the bare Starlette route…", flush=True)
+        with uvicorn_process("loadtest.ingest_anchor:bare_app", env, root / "bare.log",
+                             ready_path=None) as (bare_url, bare_pid):
+            bare = run_load(args, root, bare_url, bare_pid, backing.redis_url, requests,
+                            cycle=True)
+        bare_rps = rate(bare)
+    print(f"\nSame run, same client ({args.client}, {args.concurrency} connections; batches "
+          f"{args.batch_concurrency}), {args.warmup:g} s warm-up, {args.duration:g} s window, "
+          "access log at its default (on); CPU is the server process's")
+    if bare_rps is not None:
+        print(report_line("bare Starlette JSON route", bare, bare_rps))
+    if tokens is not None:
+        print(report_line("POST /api/actions/token", tokens, bare_rps))
+    print(report_line("POST /api/scores/increment", http, bare_rps))
+    if batches is not None:
+        print(report_line(f"POST /api/scores/batch ({args.batch_size} each)", batches, None,
+                          per=args.batch_size))
+    print()
 
 
 def _interrupt(signum: int, frame: object) -> None:
