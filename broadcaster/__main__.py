@@ -1,27 +1,80 @@
 """``python -m broadcaster``: the broadcaster process (the Procfile's ``broadcaster``).
 
-Runs uvicorn with the WebSocket options taken from the settings: incoming
-message cap, pings and their timeout, no compression.
+Each process binds its own listening socket with ``SO_REUSEPORT`` and the
+kernel spreads new connections over them, so N processes serve one port and
+each reads the boards itself (versions come from Redis: every process gives
+the same version to the same state). ``BROADCASTER_PROCESSES=N`` starts N
+such processes from one command; running the Procfile line N times does the
+same. uvicorn runs each with the spectator WebSocket protocol as its ``ws``
+class (broadcaster.ws_connection).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+from types import FrameType
+
 import uvicorn
 
-from broadcaster.ws_protocol import SpectatorWebSocketProtocol
-from scoreboard.settings import load_settings
+from broadcaster.ws_connection import SpectatorConnection
+from scoreboard.settings import Settings, load_settings
+
+CHILD_MARK = "SCOREBOARD_BROADCASTER_CHILD"
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings) -> None:
+    config = uvicorn.Config(
+        "broadcaster.app:create_app", factory=True, loop="uvloop", http="httptools",
+        ws=SpectatorConnection, ws_max_size=settings.ws_max_message_bytes,
+        ws_per_message_deflate=False, access_log=False, log_level=settings.log_level.lower(),
+        backlog=4096,
+        # client addresses: our own TRUSTED_PROXIES rule, not uvicorn's default
+        proxy_headers=False)
+    uvicorn.Server(config).run(
+        sockets=[listening_socket(settings.broadcaster_host, settings.broadcaster_port)])
+
+
+def supervise(count: int) -> int:
+    """Run ``count`` broadcaster processes; stop them all on SIGTERM/SIGINT or when
+    one exits (the process manager then restarts the command). Returns the exit code."""
+    env = {**os.environ, CHILD_MARK: "1"}
+    children = [subprocess.Popen([sys.executable, "-m", "broadcaster"], env=env)
+                for _ in range(count)]
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    first_exit = os.wait()  # whichever child ends first ends the group
+    stop(signal.SIGTERM, None)
+    for child in children:
+        child.wait()
+    return os.waitstatus_to_exitcode(first_exit[1])
 
 
 def main() -> None:
     settings = load_settings()
-    uvicorn.run("broadcaster.app:create_app", factory=True, host=settings.broadcaster_host,
-                port=settings.broadcaster_port, loop="uvloop", http="httptools",
-                ws=SpectatorWebSocketProtocol, ws_max_size=settings.ws_max_message_bytes,
-                ws_ping_interval=settings.ws_ping_interval_s,
-                ws_ping_timeout=settings.ws_ping_timeout_s, ws_per_message_deflate=False,
-                access_log=False, log_level=settings.log_level.lower(),
-                # client addresses: our own TRUSTED_PROXIES rule, not uvicorn's default
-                proxy_headers=False)
+    if settings.broadcaster_processes > 1 and CHILD_MARK not in os.environ:
+        sys.exit(supervise(settings.broadcaster_processes))
+    serve(settings)
 
 
 if __name__ == "__main__":

@@ -1,115 +1,111 @@
 """Fan-out: one encoded snapshot handed to every spectator of a board.
 
-``publish`` never awaits a client: it drops the same bytes into each
-subscriber's one-slot mailbox (a newer snapshot replaces an unsent older one,
-so a slow client skips states but always gets the latest) and returns. Each
-subscriber's own sender delivers from its mailbox; a send that does not
-complete within the send timeout means the client cannot keep up, and it is
-disconnected. Nothing is ever buffered without bound.
+``publish`` never awaits a client. It hands the same ``Snapshot`` (bytes
+encoded once) to each spectator's ``offer``, which for a WebSocket is one
+write of the pre-built frame to the socket, and for SSE a one-slot mailbox.
+A spectator that cannot take it now keeps only the newest snapshot and is
+disconnected when it stays stuck past the send timeout, so nothing is ever
+buffered without bound.
+
+The hub also counts connections per client address, so one address cannot
+hold every slot of the process.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Counter, Gauge
 
+if TYPE_CHECKING:
+    from broadcaster.snapshots import Snapshot
+
 CONNECTIONS = Gauge("scoreboard_spectators", "Connected spectators", ["transport"])
-SNAPSHOTS_SENT = Counter("scoreboard_snapshots_sent_total", "Snapshots delivered to clients")
+SNAPSHOTS_SENT = Counter("scoreboard_snapshots_sent_total", "Snapshots handed to clients")
 SNAPSHOTS_BUILT = Counter("scoreboard_snapshots_built_total", "Snapshots encoded and fanned out")
+SNAPSHOTS_SKIPPED = Counter("scoreboard_snapshots_skipped_total",
+                            "Snapshots a slow client skipped (a newer one replaced them)")
 DROPPED = Counter("scoreboard_spectators_dropped_total", "Spectators disconnected", ["reason"])
 
 
-class Subscriber:
-    """One spectator: a mailbox of the latest unsent snapshot, and how to send it."""
+class Spectator(Protocol):
+    """What the hub needs of a connection, whatever its transport."""
 
-    def __init__(self, *, address: str, transport: str,
-                 send: Callable[[str], Awaitable[None]]) -> None:
-        self.address = address
-        self.transport = transport
-        self.board = ""
-        self._send = send
-        self._latest: str | None = None
-        self._wake = asyncio.Event()  # set by a new snapshot, or by closing
-        self.closed = False
+    board: str
+    kind: str  # "websocket" or "sse", the label of its metrics
 
-    def offer(self, payload: str) -> None:
-        self._latest = payload
-        self._wake.set()
+    def offer(self, snapshot: Snapshot) -> None:
+        """Take ``snapshot`` now, or keep it as the newest unsent one; never waits."""
 
     def shut(self) -> None:
-        self.closed = True
-        self._wake.set()
-
-    async def next_payload(self) -> str | None:
-        """The latest snapshot to send, or None once closed. One event, no task:
-        this runs once per message per spectator."""
-        while self._latest is None:
-            if self.closed:
-                return None
-            self._wake.clear()
-            await self._wake.wait()
-        payload, self._latest = self._latest, None
-        return payload
-
-    async def deliver(self, timeout_s: float) -> None:
-        """Send from the mailbox until closed; raises TimeoutError on a stuck client."""
-        while (payload := await self.next_payload()) is not None:
-            async with asyncio.timeout(timeout_s):
-                await self._send(payload)
-            SNAPSHOTS_SENT.inc()
+        """The server is done with this spectator: end its connection."""
 
 
 class Hub:
-    def __init__(self, *, max_per_address: int,
-                 on_board_empty: Callable[[str], None] | None = None) -> None:
+    def __init__(self, *, max_per_address: int) -> None:
         self.max_per_address = max_per_address
-        self.on_board_empty = on_board_empty
-        self.boards: dict[str, set[Subscriber]] = defaultdict(set)
+        self.boards: dict[str, set[Spectator]] = {}
         self.per_address: dict[str, int] = defaultdict(int)
+        # Called with a board's name when its last spectator leaves.
+        self.on_board_empty: list[Callable[[str], None]] = []
 
     def admit(self, address: str) -> bool:
-        """Reserve a connection slot for ``address``; False when it has too many."""
+        """Reserve a connection slot for ``address``; False when it has too many.
+        Every True must be paired with one ``release``."""
         if self.per_address[address] >= self.max_per_address:
+            del_if_zero(self.per_address, address)
             return False
         self.per_address[address] += 1
         return True
 
     def release(self, address: str) -> None:
         self.per_address[address] -= 1
-        if self.per_address[address] <= 0:
-            del self.per_address[address]
+        del_if_zero(self.per_address, address)
 
-    def join(self, subscriber: Subscriber, board: str) -> None:
-        if subscriber.board:
-            self.leave(subscriber)
+    def join(self, spectator: Spectator, board: str) -> None:
+        if spectator.board:
+            self._leave(spectator)
         else:
-            CONNECTIONS.labels(subscriber.transport).inc()
-        subscriber.board = board
-        self.boards[board].add(subscriber)
+            CONNECTIONS.labels(spectator.kind).inc()
+        spectator.board = board
+        self.boards.setdefault(board, set()).add(spectator)
 
-    def leave(self, subscriber: Subscriber) -> None:
-        members = self.boards.get(subscriber.board)
+    def _leave(self, spectator: Spectator) -> None:
+        members = self.boards.get(spectator.board)
         if members is not None:
-            members.discard(subscriber)
+            members.discard(spectator)
             if not members:
-                del self.boards[subscriber.board]
-                if self.on_board_empty is not None:
-                    self.on_board_empty(subscriber.board)
+                del self.boards[spectator.board]
+                for forget in self.on_board_empty:
+                    forget(spectator.board)
 
-    def close(self, subscriber: Subscriber) -> None:
-        if subscriber.board:
-            self.leave(subscriber)
-            CONNECTIONS.labels(subscriber.transport).dec()
-            subscriber.board = ""
-        subscriber.shut()
+    def leave(self, spectator: Spectator) -> None:
+        """``spectator`` is gone: it no longer counts on its board."""
+        if spectator.board:
+            self._leave(spectator)
+            CONNECTIONS.labels(spectator.kind).dec()
+            spectator.board = ""
 
-    def publish(self, board: str, payload: str) -> int:
-        """Hand ``payload`` to every subscriber of ``board``; never waits on a client."""
-        members = self.boards.get(board, ())
-        for subscriber in members:
-            subscriber.offer(payload)
+    def spectators(self) -> int:
+        return sum(len(members) for members in self.boards.values())
+
+    def close_all(self) -> None:
+        for spectator in [s for members in self.boards.values() for s in members]:
+            spectator.shut()
+            self.leave(spectator)
+
+    def publish(self, snapshot: Snapshot) -> int:
+        """Hand ``snapshot`` to every spectator of its board; never waits on a client."""
+        members = self.boards.get(snapshot.board, ())
+        for spectator in members:
+            spectator.offer(snapshot)
         SNAPSHOTS_BUILT.inc()
+        SNAPSHOTS_SENT.inc(len(members))
         return len(members)
+
+
+def del_if_zero(counts: dict[str, int], key: str) -> None:
+    if counts.get(key, 0) <= 0:
+        counts.pop(key, None)

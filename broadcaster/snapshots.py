@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 import redis.exceptions
 
+from broadcaster.frames import sse_event, text_frame
 from broadcaster.hub import Hub
 from broadcaster.throttle import Throttle
 from scoreboard.boards_redis import RedisBoards
@@ -32,9 +33,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Snapshot:
+    """One state of a board's top N, in every wire form, encoded once for all clients."""
+
+    board: str
     version: int
     entries: list[dict[str, Any]]
-    payload: str  # the encoded message, built once and sent to every client
+    payload: bytes  # the JSON message
+    ws_frame: bytes  # the complete WebSocket frame carrying it
+    sse_event: bytes  # the Server-Sent Event carrying it
+
+    @classmethod
+    def build(cls, board: str, version: int, entries: list[dict[str, Any]]) -> Snapshot:
+        payload = orjson.dumps({"type": "snapshot", "board": board, "version": version,
+                                "ts": int(time.time() * 1000), "entries": entries})
+        return cls(board, version, entries, payload, text_frame(payload), sse_event(payload))
 
 
 class SnapshotService:
@@ -51,6 +63,7 @@ class SnapshotService:
         self.latest: dict[str, Snapshot] = {}
         self.throttles: dict[str, Throttle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loading: dict[str, asyncio.Future[Snapshot]] = {}
 
     async def _read(self, board: str) -> tuple[int, list[dict[str, Any]]]:
         piece = await self.boards.slice(board, 0, self.size)
@@ -67,19 +80,33 @@ class SnapshotService:
         previous = self.latest.get(board)
         if previous is not None and (version <= previous.version or entries == previous.entries):
             if version > previous.version:  # same top N, newer revision: remember it
-                self.latest[board] = Snapshot(version, previous.entries, previous.payload)
+                self.latest[board] = replace(previous, version=version)
             return None
-        message = {"type": "snapshot", "board": board, "version": version,
-                   "ts": int(time.time() * 1000), "entries": entries}
-        snapshot = Snapshot(version, entries, orjson.dumps(message).decode())
+        snapshot = Snapshot.build(board, version, entries)
         self.latest[board] = snapshot
         return snapshot
 
-    async def current(self, board: str) -> str:
-        """The snapshot a new spectator of ``board`` starts from."""
-        if board not in self.latest or board not in self.hub.boards:
-            await self.refresh(board)
-        return self.latest[board].payload
+    def cached(self, board: str) -> Snapshot | None:
+        """The kept snapshot of a watched board (kept up to date while watched), else None.
+        Ask before joining the board: once joined, the board counts as watched."""
+        return self.latest.get(board) if board in self.hub.boards else None
+
+    async def current(self, board: str) -> Snapshot:
+        """The snapshot a new spectator of ``board`` starts from. Spectators arriving
+        together for a board nobody watched share one read."""
+        snapshot = self.cached(board)
+        if snapshot is not None:
+            return snapshot
+        loading = self._loading.get(board)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(board))
+            self._loading[board] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(board, None))
+        return await asyncio.shield(loading)
+
+    async def _load(self, board: str) -> Snapshot:
+        await self.refresh(board)
+        return self.latest[board]
 
     def forget(self, board: str) -> None:
         """Nobody watches ``board`` any more: drop what is kept for it (any name
@@ -112,7 +139,7 @@ class SnapshotService:
         try:
             snapshot = await self.refresh(board)
             if snapshot is not None:
-                self.hub.publish(board, snapshot.payload)
+                self.hub.publish(snapshot)
         except redis.exceptions.RedisError as exc:
             logger.warning("snapshot of %s failed: %r", board, exc)
         finally:

@@ -9,8 +9,8 @@ from starlette.requests import Request
 
 from ingest.backlog import Backpressure
 from ingest.board_cache import BoardCache
-from ingest.client_address import client_address
 from scoreboard.board_reads import BoardReader
+from scoreboard.client_address import client_address
 from scoreboard.jwt_tokens import JWTAuthority
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts

@@ -40,10 +40,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest.bearer import unauthorized
-from ingest.client_address import client_address
 from ingest.http import JSONResponse, error_response, read_json
 from ingest.validation import parse_increment
 from scoreboard import action_tokens
+from scoreboard.client_address import client_address
 from scoreboard.db import create_pool
 from scoreboard.errors import ActionTokenError, JWTError, RequestError
 from scoreboard.jwt_tokens import JWTAuthority

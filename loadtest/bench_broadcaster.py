@@ -3,7 +3,11 @@ snapshots/s, and the latency from an increment's 202 to a spectator's screen.
 
     python -m loadtest.bench_broadcaster [--quick] [--sizes 1000,5000,10000 ...]
 
-Part 1, fan-out. For each size N a fresh broadcaster process (``python -m
+Part 1, fan-out, against its floor. For each size N the same clients first
+drive the anchor, ``loadtest/fanout_anchor.py``: a bare uvloop server that
+writes one pre-encoded frame of the same shape and size to every socket 10
+times a second and does nothing else, the cost floor of this job on this
+machine. Then a fresh broadcaster process (``python -m
 broadcaster``, as the Procfile runs it; SNAPSHOT_INTERVAL_MS=100, WS_MAX_PER_IP
 above N) serves one board of 10 players, all in the top 10. N WebSocket
 spectators, split over ``--client-procs`` processes of their own, connect
@@ -22,7 +26,10 @@ send every 100 ms. After ``--settle`` s a ``--window`` s window is measured:
   connection, so one-time costs (lazy imports, the board's first snapshot)
   are not counted per connection;
 - the CPU of every party during the window: on a small machine the clients
-  compete with the server for the same cores, and the report says so.
+  compete with the server for the same cores, and the report says so;
+- ours ÷ the anchor for each figure, against the targets in
+  loadtest/broadcaster_report.py (rate ≥ 0.9×, CPU per delivered message ≤
+  1.5×, p99 ≤ 2× + 20 ms, every handshake within 30 s, ≤ 16 KiB per connection).
 
 The spectators use a minimal WebSocket client written on ``asyncio.Protocol``
 (``--client raw``: the handshake, unmasked server frames, pong and close
@@ -33,7 +40,9 @@ received, this one about 24 µs. ``--client websockets`` runs the library's
 client instead, for comparison.
 
 Part 2, end to end. ingest + ONE worker (``arq workers.main.WorkerSettings``)
-+ a broadcaster, all as the Procfile runs them. Increments go through POST
++ a broadcaster, all as the Procfile runs them, with ``--crowd`` (1,000)
+spectators on the board besides the ``--spectators`` whose snapshots are
+matched, so the fan-out on the measured path is a real one. Increments go through POST
 /api/scores/increment (the player endpoint: JWT, action token consumed,
 limits and the rapid-actions fraud rule raised out of the way, XADD), paced
 at ``--rate`` per second on a fixed schedule. Each increment goes to one of
@@ -61,23 +70,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
-import math
 import os
 import random
-import resource
 import secrets
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -85,60 +89,60 @@ import orjson
 import redis
 import redis.asyncio as redis_asyncio
 import uvloop
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
 
 from loadtest import BenchError
-from loadtest.bench_ingest import (
+from loadtest.broadcaster_report import (
+    BOARD_POLL_S,
+    DEFAULT_SNAPSHOT_SIZE,
+    Accepted,
+    DriveResult,
+    FanoutPair,
+    FanoutResult,
+    LatencyResult,
+    report_fanout,
+    report_latency,
+)
+from loadtest.harness.backing import Backing, start_backing
+from loadtest.harness.command import benchmark_parser, command
+from loadtest.harness.cpu import background_cores, cores, cpu_seconds
+from loadtest.harness.figures import (
+    background_line,
+    command_line,
+    machine_line,
+)
+from loadtest.harness.http import INCREMENT_PATH, encode_post, open_connection
+from loadtest.harness.players import (
     HIGH_RATE,
-    PROJECT_DIR,
-    background_cores,
     create_players,
     fetch_tokens,
     ingest_env,
+    jwt_subject,
+)
+from loadtest.harness.processes import (
+    broadcaster_process,
+    http_process,
     ingest_process,
-    machine_line,
-    percentile,
-    stop_process,
+    worker_process,
 )
-from loadtest.load_generator import (
-    INCREMENT_PATH,
-    encode_post,
-    machine_busy_s,
-    open_connection,
-    process_cpu_s,
-    redis_info,
-)
-from loadtest.system import Backing, delete_keys, start_backing
+from loadtest.harness.spectators import CONNECT_TIMEOUT_S, ClientProcess, raise_fd_limit
 from scoreboard.db import create_pool
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.ranking import totals_by_user
-from scoreboard.settings import Settings, load_settings
 from scoreboard.stream_entry import StreamEntry
 from workers.leaderboard import apply_and_ack
 from workers.persist import PartitionCache, persist_batch
 
 FANOUT_BOARD = "spectated"
-LATENCY_BOARD = "global"  # the board of loadtest.bench_ingest.fetch_tokens' bodies
-DEFAULT_SNAPSHOT_SIZE = Settings().snapshot_size
+LATENCY_BOARD = "global"  # the board of loadtest.harness.players.fetch_tokens' bodies
 BOARD_PLAYERS = DEFAULT_SNAPSHOT_SIZE  # part 1: every player is always on the snapshot
-BOARD_POLL_S = 0.005  # part 2: how often the Redis board is read to time the worker
-CONNECT_TIMEOUT_S = 60
 TAIL_S = 2.0  # after the last increment, time for its snapshot to arrive
-BIN_PER_MS = 10  # latency histogram resolution: 0.1 ms
+ANCHOR_INTERVAL_S = 0.1  # the anchor's snapshots: 10 a second, as SNAPSHOT_INTERVAL_MS=100
 
 
 # --- Small helpers ----------------------------------------------------------------------
-
-
-def raise_fd_limit() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit (children inherit it); returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def vm_rss_kb(pid: int) -> int:
@@ -155,27 +159,6 @@ def shares(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def histogram_percentile(bins: dict[int, int], fraction: float) -> float:
-    """Nearest-rank percentile, in ms, of a histogram of 1/BIN_PER_MS ms bins."""
-    total = sum(bins.values())
-    if not total:
-        return math.nan
-    wanted, seen = max(1, math.ceil(fraction * total)), 0
-    for key in sorted(bins):
-        seen += bins[key]
-        if seen >= wanted:
-            return key / BIN_PER_MS
-    raise AssertionError("unreachable")
-
-
-def jwt_subject(authorization: str) -> str:
-    """The ``sub`` claim of a ``Bearer`` token, unverified (our own server issued it)."""
-    payload = authorization.split()[1].split(".")[1]
-    claims: dict[str, Any] = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload)
-                                                                                     % 4)))
-    return str(claims["sub"])
-
-
 def scrape_counters(url: str) -> dict[str, float]:
     """The broadcaster's Prometheus samples, by name with labels (counters and gauges)."""
     text = httpx.get(url + "/metrics", timeout=30).text
@@ -186,357 +169,6 @@ def scrape_counters(url: str) -> dict[str, float]:
             samples[name] = float(value)
     return samples
 
-
-# --- The spectators' side: a client process -----------------------------------------------
-
-
-class Spectator:
-    """One WebSocket client; ``first`` resolves on its first snapshot."""
-
-    def __init__(self, crowd: Crowd, index: int) -> None:
-        self.crowd = crowd
-        self.index = index
-        self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.in_window = 0
-        self.close_code: int | None = None
-
-    def closed(self, code: int) -> None:
-        if self.close_code is None:
-            self.close_code = code
-            self.crowd.on_closed(code)
-        if not self.first.done():
-            self.first.set_exception(ConnectionError(f"closed with {code} before a snapshot"))
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-
-class RawSpectator(Spectator, asyncio.Protocol):
-    """A minimal RFC 6455 client: enough for a server that sends unfragmented text
-    frames, pings and a close; costs a few µs per message."""
-
-    def __init__(self, crowd: Crowd, index: int, host: str, path: str) -> None:
-        super().__init__(crowd, index)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                        "Sec-WebSocket-Version: 13\r\n\r\n").encode()
-        self.buffer = bytearray()
-        self.upgraded = False
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        now_ms = time.time() * 1000
-        buffer = self.buffer
-        buffer += data
-        if not self.upgraded:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            status_line = bytes(buffer[:buffer.find(b"\r\n")])
-            if b" 101 " not in status_line:
-                self.closed(int(status_line.split()[1]) if len(status_line.split()) > 1 else 0)
-                self._abort()
-                return
-            del buffer[:end + 4]
-            self.upgraded = True
-        position, size = 0, len(buffer)
-        while size - position >= 2:
-            length, header = buffer[position + 1] & 0x7F, 2
-            if length == 126:
-                if size - position < 4:
-                    break
-                length, header = int.from_bytes(buffer[position + 2:position + 4]), 4
-            elif length == 127:
-                if size - position < 10:
-                    break
-                length, header = int.from_bytes(buffer[position + 2:position + 10]), 10
-            if size - position < header + length:
-                break
-            opcode = buffer[position] & 0x0F
-            payload = bytes(buffer[position + header:position + header + length])
-            position += header + length
-            if opcode == 0x1:
-                self.crowd.on_snapshot(self, payload, now_ms)
-            elif opcode == 0x9:  # ping: answer at once, as a browser does
-                self._send(0xA, payload)
-            elif opcode == 0x8:
-                self._send(0x8, payload[:2])
-                self.closed(int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005)
-                self._abort()
-                return
-        del buffer[:position]
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        """A masked (client) frame; only ever a short control frame here."""
-        if self.transport is None or self.transport.is_closing():
-            return
-        mask = os.urandom(4)
-        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed(1006)
-
-    async def close(self) -> None:
-        self._send(0x8, (1000).to_bytes(2))
-        self._abort()
-
-
-class LibrarySpectator(Spectator):
-    """The same client on the ``websockets`` library (``--client websockets``)."""
-
-    connection: ClientConnection
-    reader: asyncio.Task[None]
-
-    async def open(self, url: str) -> None:
-        self.connection = await connect(url, compression=None, ping_interval=None,
-                                        max_size=2**20, open_timeout=CONNECT_TIMEOUT_S)
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for message in self.connection:
-                now_ms = time.time() * 1000
-                self.crowd.on_snapshot(self, message.encode() if isinstance(message, str)
-                                       else message, now_ms)
-        except ConnectionClosed:
-            pass
-        self.closed(self.connection.close_code or 1006)
-
-    async def close(self) -> None:
-        await self.connection.close()
-        await self.reader
-
-
-class Crowd:
-    """One client process's spectators, and what they saw in the current window."""
-
-    def __init__(self, url: str, kind: str, keep: bool) -> None:
-        self.url = url
-        self.kind = kind
-        self.keep = keep
-        self.spectators: list[Spectator] = []
-        self.counting = False
-        self.window_started = 0.0
-        self.bins: dict[int, int] = {}
-        self.kept: list[tuple[int, float, str]] = []
-        self.closed_in_window: Counter[int] = Counter()
-
-    def on_snapshot(self, spectator: Spectator, payload: bytes, now_ms: float) -> None:
-        if not spectator.first.done():
-            spectator.first.set_result(None)
-        if not self.counting:
-            return
-        spectator.in_window += 1
-        start = payload.find(b'"ts":') + 5
-        latency_bin = int((now_ms - int(payload[start:payload.find(b",", start)])) * BIN_PER_MS)
-        self.bins[latency_bin] = self.bins.get(latency_bin, 0) + 1
-        if self.keep:
-            self.kept.append((spectator.index, now_ms, payload.decode()))
-
-    def on_closed(self, code: int) -> None:
-        if self.counting:
-            self.closed_in_window[code] += 1
-
-    async def _open(self, index: int) -> Spectator:
-        if self.kind == "websockets":
-            library = LibrarySpectator(self, index)
-            await library.open(self.url)
-            await library.first
-            return library
-        parts = urlsplit(self.url)
-        path = parts.path + ("?" + parts.query if parts.query else "")
-        raw = RawSpectator(self, index, parts.netloc, path)
-        await asyncio.get_running_loop().create_connection(
-            lambda: raw, parts.hostname or "127.0.0.1", parts.port or 80)
-        try:
-            await raw.first
-        except BaseException:
-            raw._abort()
-            raise
-        return raw
-
-    async def connect(self, count: int, parallel: int,
-                      deadline_s: float = CONNECT_TIMEOUT_S) -> dict[str, Any]:
-        """Open ``count`` spectators, ``parallel`` handshakes at a time; those not
-        connected within ``deadline_s`` are given up and counted as failures."""
-        semaphore, failures = asyncio.Semaphore(parallel), Counter[str]()
-        started, first_index = time.perf_counter(), len(self.spectators)
-
-        async def one(index: int) -> None:
-            async with semaphore:
-                try:
-                    spectator = await asyncio.wait_for(self._open(index), CONNECT_TIMEOUT_S)
-                except Exception as exc:  # any failure is counted and reported, not fatal
-                    failures[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
-                    return
-                self.spectators.append(spectator)
-
-        attempts = [asyncio.create_task(one(first_index + i)) for i in range(count)]
-        _, late = await asyncio.wait(attempts, timeout=deadline_s)
-        for attempt in late:
-            attempt.cancel()
-        if late:
-            failures[f"not connected within {deadline_s:g} s"] += len(late)
-            await asyncio.wait(late)
-        return {"connected": len(self.spectators), "failures": dict(failures),
-                "seconds": time.perf_counter() - started}
-
-    def start(self) -> dict[str, Any]:
-        for spectator in self.spectators:
-            spectator.in_window = 0
-        self.bins, self.kept, self.closed_in_window = {}, [], Counter()
-        self.counting, self.window_started = True, time.perf_counter()
-        return {"ok": True}
-
-    def stop(self) -> dict[str, Any]:
-        self.counting = False
-        return {"seconds": time.perf_counter() - self.window_started,
-                "per_client": [s.in_window for s in self.spectators],
-                "bins": {str(k): v for k, v in self.bins.items()},
-                "closed": {str(k): v for k, v in self.closed_in_window.items()},
-                "open": sum(1 for s in self.spectators if s.close_code is None),
-                "kept": self.kept}
-
-    async def close(self) -> dict[str, Any]:
-        await asyncio.gather(*(s.close() for s in self.spectators if s.close_code is None),
-                             return_exceptions=True)
-        await asyncio.sleep(0.2)  # let the close frames go out
-        return {"ok": True}
-
-
-async def serve_commands(url: str, kind: str, keep: bool) -> int:
-    """The client process: one JSON command per stdin line, one JSON reply per stdout line."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    crowd = Crowd(url, kind, keep)
-    while line := await reader.readline():
-        command: dict[str, Any] = orjson.loads(line)
-        if command["op"] == "connect":
-            reply = await crowd.connect(command["count"], command["parallel"],
-                                        command["deadline_s"])
-        elif command["op"] == "start":
-            reply = crowd.start()
-        elif command["op"] == "stop":
-            reply = crowd.stop()
-        else:
-            reply = await crowd.close()
-        sys.stdout.buffer.write(orjson.dumps(reply) + b"\n")
-        sys.stdout.buffer.flush()
-        if command["op"] == "close":
-            break
-    return 0
-
-
-class ClientProcess:
-    """The orchestrator's handle on one client process."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, ws_url: str, kind: str, *, keep: bool = False) -> ClientProcess:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "loadtest.bench_broadcaster", "--spectators-of", ws_url,
-            "--client", kind, *(["--keep"] if keep else []), cwd=PROJECT_DIR,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**27)
-        return cls(process)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def call(self, command: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(orjson.dumps(command) + b"\n")
-        await self.process.stdin.drain()
-        line = await asyncio.wait_for(self.process.stdout.readline(), timeout_s)
-        if not line:
-            raise BenchError(f"client process {self.pid} exited (status "
-                             f"{await self.process.wait()})")
-        reply: dict[str, Any] = orjson.loads(line)
-        return reply
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(Exception):
-                await self.call({"op": "close"}, 30)
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-
-
-# --- Processes of the system under test -----------------------------------------------------
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise BenchError(f"{what} did not become ready; its log:\n"
-                             f"{log_path.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def broadcaster_process(env: dict[str, str], log_path: Path, *,
-                        max_per_ip: int) -> Iterator[tuple[str, int]]:
-    """ONE broadcaster (``python -m broadcaster``) at 10 snapshots/s; yields (url, pid)."""
-    port = free_port()
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "broadcaster"], cwd=PROJECT_DIR, stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**env, "BROADCASTER_HOST": "127.0.0.1", "BROADCASTER_PORT": str(port),
-                 "SNAPSHOT_INTERVAL_MS": "100", "WS_MAX_PER_IP": str(max_per_ip)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url + "/healthz", process, log_path, "the broadcaster")
-        yield url, process.pid
-    finally:
-        stop_process(process)
-
-
-@contextlib.contextmanager
-def worker_process(env: dict[str, str], log_path: Path, client: Any,
-                   keys: Keys) -> Iterator[int]:
-    """ONE worker (``arq workers.main.WorkerSettings``), ready once its consumer has
-    read from the stream; yields its pid."""
-    group = load_settings(env).consumer_group
-    with log_path.open("ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "arq", "workers.main.WorkerSettings"],
-                                   cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
-                                   # No metrics port: another worker on this host may hold it.
-                                   env={**env, "CONSUMER_NAME": "bench-worker",
-                                        "WORKER_METRICS_PORT": "0"})
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"the worker did not start; its log:\n"
-                                 f"{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(redis.ResponseError):
-                if client.xinfo_consumers(keys.stream, group):
-                    break
-            time.sleep(0.1)
-        yield process.pid
-    finally:
-        stop_process(process)
 
 
 # --- Part 1: fan-out to N spectators ---------------------------------------------------------
@@ -582,54 +214,18 @@ async def write_board(backing: Backing, board: str, rate: float, stop: asyncio.E
         await client.aclose()
 
 
-@dataclass
-class CpuMark:
-    at: float
-    broadcaster: float
-    clients: float
-    redis: float
-    orchestrator: float
-    machine: float
-
-
-def cpu_mark(broadcaster_pid: int, client_pids: Sequence[int], redis_client: Any) -> CpuMark:
-    return CpuMark(at=time.perf_counter(), broadcaster=process_cpu_s(broadcaster_pid),
-                   clients=sum(process_cpu_s(pid) for pid in client_pids),
-                   redis=redis_info(redis_client)["cpu_s"], orchestrator=time.process_time(),
-                   machine=machine_busy_s())
-
-
-@dataclass
-class FanoutResult:
-    size: int
-    processes: int
-    connected: int
-    connect_failures: dict[str, int]
-    connect_s: float
-    window_s: float
-    per_client: list[int]
-    bins: dict[int, int]
-    closed: dict[str, int]
-    still_open: int
-    rss_before_kb: int
-    rss_start_kb: int
-    rss_with_kb: int
-    rss_peak_kb: int
-    built: float
-    sent: float
-    dropped: dict[str, float]
-    cpu: dict[str, float]
-    writes_per_s: float
-
-
 async def measure_fanout(args: argparse.Namespace, backing: Backing, size: int, url: str,
-                         pid: int, redis_client: Any) -> FanoutResult:
+                         pid: int, redis_client: Any, *, server: str) -> FanoutResult:
     """Seed the board, take VmRSS after one warm-up connection, connect ``size``
     spectators while the board is still, then change it continuously, let it
-    settle and measure one window."""
+    settle and measure one window. The anchor (``server="anchor"``) makes its own
+    snapshots: no board, no writer, no metrics."""
+    ours = server == "ours"
     ws_url = url.replace("http://", "ws://") + f"/ws?board={FANOUT_BOARD}"
     stop, writer_stats = asyncio.Event(), WriterStats()
-    await write_board(backing, FANOUT_BOARD, 1000, stop, WriterStats(), limit=BOARD_PLAYERS)
+    if ours:
+        await write_board(backing, FANOUT_BOARD, 1000, stop, WriterStats(),
+                          limit=BOARD_PLAYERS)
     async with connect(ws_url, compression=None) as warm_up:  # one-time costs, not per client
         await warm_up.recv()
     await asyncio.sleep(1)
@@ -644,11 +240,14 @@ async def measure_fanout(args: argparse.Namespace, backing: Backing, size: int, 
             c.call({"op": "connect", "count": n, "parallel": args.connect_parallel,
                     "deadline_s": args.connect_deadline}, args.connect_deadline + 60)
             for c, n in zip(clients, counts, strict=True)))
-        writer = asyncio.create_task(write_board(backing, FANOUT_BOARD, args.writer_rate,
-                                                 stop, writer_stats))
+        if ours:
+            writer = asyncio.create_task(write_board(backing, FANOUT_BOARD, args.writer_rate,
+                                                     stop, writer_stats))
         await asyncio.sleep(args.settle)
-        metrics_before = await asyncio.to_thread(scrape_counters, url)
-        before = cpu_mark(pid, [c.pid for c in clients], redis_client)
+        metrics_before = await asyncio.to_thread(scrape_counters, url) if ours else {}
+        parties: dict[str, int | list[int]] = {"server": pid,
+                                               "clients": [c.pid for c in clients]}
+        before = cpu_seconds(parties, redis_client, own="orchestrator")
         await asyncio.gather(*(c.call({"op": "start"}) for c in clients))
         rss_start = vm_rss_kb(pid)
         rss_peak, window_end = rss_start, time.perf_counter() + args.window
@@ -656,10 +255,10 @@ async def measure_fanout(args: argparse.Namespace, backing: Backing, size: int, 
             rss_peak = max(rss_peak, vm_rss_kb(pid))
             await asyncio.sleep(min(0.5, left))
         windows = await asyncio.gather(*(c.call({"op": "stop"}) for c in clients))
-        after = cpu_mark(pid, [c.pid for c in clients], redis_client)
+        after = cpu_seconds(parties, redis_client, own="orchestrator")
         rss_with = vm_rss_kb(pid)
-        metrics_after = await asyncio.to_thread(scrape_counters, url)
-        if writer.done():
+        metrics_after = await asyncio.to_thread(scrape_counters, url) if ours else {}
+        if writer is not None and writer.done():
             await writer  # raises what stopped it
     finally:
         stop.set()
@@ -677,34 +276,51 @@ async def measure_fanout(args: argparse.Namespace, backing: Backing, size: int, 
     def delta(name: str) -> float:
         return metrics_after.get(name, 0.0) - metrics_before.get(name, 0.0)
 
-    span = after.at - before.at
+    span = after["at"] - before["at"]
     return FanoutResult(
-        size=size, processes=len(clients), connected=sum(r["connected"] for r in connected),
+        server=server, size=size, processes=len(clients),
+        connected=sum(r["connected"] for r in connected),
         connect_failures=dict(failures), connect_s=max(r["seconds"] for r in connected),
         window_s=sum(w["seconds"] for w in windows) / len(windows),
         per_client=sorted(n for w in windows for n in w["per_client"]), bins=dict(bins),
         closed=dict(closed), still_open=sum(w["open"] for w in windows),
         rss_before_kb=rss_before, rss_start_kb=rss_start, rss_with_kb=rss_with,
         rss_peak_kb=max(rss_peak, rss_with),
-        built=delta("scoreboard_snapshots_built_total") / span,
-        sent=delta("scoreboard_snapshots_sent_total") / span,
+        built=(delta("scoreboard_snapshots_built_total") / span if ours
+               else 1 / ANCHOR_INTERVAL_S),
         dropped={k.split('"')[1]: v for k, v in metrics_after.items()
                  if k.startswith("scoreboard_spectators_dropped_total{") and v},
-        cpu={name: (getattr(after, name) - getattr(before, name)) / span
-             for name in ("broadcaster", "clients", "redis", "orchestrator", "machine")},
+        cpu=cores(before, after),
         writes_per_s=writer_stats.writes / writer_stats.seconds if writer_stats.seconds else 0)
 
 
 def run_fanout(args: argparse.Namespace, backing: Backing, root: Path,
-               redis_client: Any) -> list[FanoutResult]:
-    results = []
+               redis_client: Any) -> list[FanoutPair]:
+    """For each size, the anchor then ours, with the same clients and settings."""
+    pairs = []
     for size in args.sizes:
-        print(f"fan-out: {size:,} spectators…", flush=True)
-        with broadcaster_process(ingest_env(backing), root / f"broadcaster-{size}.log",
-                                 max_per_ip=size + 100) as (url, pid):
-            results.append(uvloop.run(measure_fanout(args, backing, size, url, pid,
-                                                     redis_client)))
-    return results
+        measured: dict[str, FanoutResult] = {}
+        for server in ("anchor", "ours"):
+            print(f"fan-out: {size:,} spectators, {server}…", flush=True)
+            log = root / f"{server}-{size}.log"
+            with (anchor_process(log) if server == "anchor" else
+                  broadcaster_process(ingest_env(backing), log, max_per_ip=size + 100)
+                  ) as (url, pid):
+                measured[server] = uvloop.run(measure_fanout(
+                    args, backing, size, url, pid, redis_client, server=server))
+        pairs.append(FanoutPair(ours=measured["ours"], anchor=measured["anchor"]))
+    return pairs
+
+
+@contextlib.contextmanager
+def anchor_process(log_path: Path) -> Iterator[tuple[str, int]]:
+    """The bare fan-out server (loadtest/fanout_anchor.py) on a free port."""
+    port = free_port()
+    with http_process([sys.executable, "-m", "loadtest.fanout_anchor", "--port", str(port),
+                       "--board", FANOUT_BOARD, "--players", str(BOARD_PLAYERS),
+                       "--interval-ms", str(1000 * ANCHOR_INTERVAL_S)], {**os.environ},
+                      log_path, port=port, ready_path="/healthz", what="the anchor") as found:
+        yield found
 
 
 # --- Part 2: POST 202 -> spectator receipt at a paced rate -----------------------------------
@@ -714,28 +330,6 @@ def run_fanout(args: argparse.Namespace, backing: Backing, root: Path,
 class Lane:
     user_id: str
     requests: list[bytes]  # encoded POSTs, each with an action token of this player
-
-
-@dataclass(frozen=True)
-class Accepted:
-    lane: int
-    ordinal: int  # this player's m-th 202: the board shows >= m once it is applied
-    answered_ms: float  # time.time() when the 202 arrived
-    in_window: bool
-
-
-@dataclass
-class DriveResult:
-    accepted: list[Accepted] = field(default_factory=list)
-    statuses: Counter[str] = field(default_factory=Counter)
-    post_ms: list[float] = field(default_factory=list)  # POST -> answer, window only
-    lag_ms: list[float] = field(default_factory=list)  # POST sent after its due time, window
-    window_s: float = 0.0
-    window_sent: int = 0
-    tokens_short: int = 0  # increments not sent: their player's tokens ran out
-    first_refusal: str = ""
-    started_ms: float = 0.0  # time.time() of the first due POST ...
-    ended_ms: float = 0.0  # ... and of the last 202
 
 
 async def drive(url: str, lanes: list[Lane], rate: float, warmup_s: float,
@@ -795,20 +389,6 @@ async def drive(url: str, lanes: list[Lane], rate: float, warmup_s: float,
 
 
 Scores = dict[str, int]  # user id -> total, as a snapshot or the board shows it
-
-
-@dataclass
-class LatencyResult:
-    drive: DriveResult
-    spectators: int
-    receipt_ms: list[float]  # 202 -> snapshot received: the figure
-    board_ms: list[float]  # 202 -> total on the Redis board (worker), polled
-    build_ms: list[float]  # on the board -> snapshot built (notice, throttle, read)
-    delivery_ms: list[float]  # snapshot built (ts) -> received
-    unseen: int
-    snapshots_per_s: float
-    board_samples: int
-    cpu: dict[str, float]  # cores used during the drive, by party
 
 
 def first_reflecting(by_lane: dict[int, list[Accepted]], lanes: list[Lane],
@@ -881,40 +461,35 @@ async def watch_board(redis_url: str, keys: Keys, stop: asyncio.Event,
         await client.aclose()
 
 
-def cpu_seconds(pids: dict[str, int], redis_client: Any) -> dict[str, float]:
-    """CPU seconds so far of each named process, Redis, this process and the machine."""
-    return {**{name: process_cpu_s(pid) for name, pid in pids.items()},
-            "redis": redis_info(redis_client)["cpu_s"], "driver": time.process_time(),
-            "machine": machine_busy_s(), "at": time.perf_counter()}
-
-
 async def measure_latency(args: argparse.Namespace, ingest_url: str, ws_url: str,
                           lanes: list[Lane], *, redis_url: str, redis_client: Any, keys: Keys,
                           pids: dict[str, int]) -> LatencyResult:
     spectators = await ClientProcess.start(ws_url, "raw", keep=True)
+    crowd = await ClientProcess.start(ws_url, "raw")  # on the same board, not matched
     stop, board = asyncio.Event(), list[tuple[float, Scores]]()
     watcher = asyncio.create_task(watch_board(redis_url, keys, stop, board))
     try:
-        connected = await spectators.call({"op": "connect", "count": args.spectators,
-                                           "parallel": 8, "deadline_s": CONNECT_TIMEOUT_S},
-                                          CONNECT_TIMEOUT_S + 30)
-        if connected["connected"] != args.spectators:
-            raise BenchError(f"spectators failed to connect: {connected['failures']}")
+        for clients, count in ((spectators, args.spectators), (crowd, args.crowd)):
+            if not count:
+                continue
+            connected = await clients.call({"op": "connect", "count": count, "parallel": 50,
+                                            "deadline_s": CONNECT_TIMEOUT_S},
+                                           CONNECT_TIMEOUT_S + 30)
+            if connected["connected"] != count:
+                raise BenchError(f"spectators failed to connect: {connected['failures']}")
         await spectators.call({"op": "start"})
-        pids = {**pids, "spectators": spectators.pid}
-        before = cpu_seconds(pids, redis_client)
+        pids = {**pids, "spectators": spectators.pid, "crowd": crowd.pid}
+        before = cpu_seconds(pids, redis_client, own="driver")
         drive_result = await drive(ingest_url, lanes, args.rate, args.latency_warmup,
                                    args.latency_duration)
-        after = cpu_seconds(pids, redis_client)
+        after = cpu_seconds(pids, redis_client, own="driver")
         await asyncio.sleep(TAIL_S)
         window = await spectators.call({"op": "stop"})
     finally:
         stop.set()
-        await asyncio.gather(watcher, spectators.stop(), return_exceptions=True)
+        await asyncio.gather(watcher, spectators.stop(), crowd.stop(), return_exceptions=True)
     kept = [(int(index), float(at), str(payload)) for index, at, payload in window["kept"]]
-    span = after["at"] - before["at"]
-    cpu = {name: (after[name] - before[name]) / span for name in before if name != "at"}
-    return match(drive_result, kept, lanes, args.spectators, board, cpu)
+    return match(drive_result, kept, lanes, args.spectators, board, cores(before, after))
 
 
 def run_latency(args: argparse.Namespace, backing: Backing, root: Path,
@@ -931,7 +506,8 @@ def run_latency(args: argparse.Namespace, backing: Backing, root: Path,
                                                         redis_client, keys))
         broadcaster_url, broadcaster_pid = stack.enter_context(broadcaster_process(
             {**env, "SNAPSHOT_SIZE": str(max(args.lanes, DEFAULT_SNAPSHOT_SIZE))},
-            root / "broadcaster-latency.log", max_per_ip=100))
+            root / "broadcaster-latency.log", max_per_ip=args.spectators + args.crowd + 100,
+            interval_ms=args.latency_interval_ms))
         print(f"end to end: ingest, worker and broadcaster up; registering {args.lanes} "
               "players and fetching action tokens…", flush=True)
         players = asyncio.run(create_players(url, args.lanes))
@@ -955,128 +531,11 @@ def run_latency(args: argparse.Namespace, backing: Backing, root: Path,
             pids={"ingest": ingest_pid, "worker": worker_pid, "broadcaster": broadcaster_pid}))
 
 
-# --- Report ---------------------------------------------------------------------------------
-
-
-def fanout_notes(result: FanoutResult) -> list[str]:
-    cores, notes = os.cpu_count() or 1, []
-    cpu = result.cpu
-    if cpu["broadcaster"] >= 0.9:
-        notes.append("the broadcaster's event loop was CPU-bound (one process = one core): "
-                     "it is the limit; spectators skip states (one-slot mailbox) and wait "
-                     "longer for each fan-out pass")
-    if cpu["machine"] >= 0.9 * cores:
-        notes.append(f"the machine was saturated ({cpu['machine']:.2f} of {cores} cores): "
-                     f"the clients' {cpu['clients']:.2f} cores came from the same pool")
-    elif cpu["clients"] >= 0.9 * result.processes:
-        notes.append("the client processes were CPU-bound: the figures are a lower bound")
-    others = cpu["machine"] - sum(cpu[k] for k in ("broadcaster", "clients", "redis",
-                                                   "orchestrator"))
-    if others > 0.2:
-        notes.append(f"{others:.2f} cores went to other processes (Postgres, or whatever "
-                     "else ran on the machine): the figure is disturbed")
-    if not notes:
-        notes.append("no party was saturated")
-    return notes
-
-
-def report_fanout(args: argparse.Namespace, results: list[FanoutResult]) -> None:
-    print(f"\nPart 1  fan-out: ONE broadcaster process, SNAPSHOT_INTERVAL_MS=100, board "
-          f"changed ~{args.writer_rate:g}/s through the worker write path, {args.client} "
-          f"clients, {args.window:g} s window after {args.settle:g} s settle")
-    for r in results:
-        rates = [n / r.window_s for n in r.per_client]
-        print(f"\n  {r.size:,} spectators ({r.processes} client processes)")
-        print(f"    connected         {r.connected:,} in {r.connect_s:.1f} s"
-              + (f"; FAILED {r.connect_failures}" if r.connect_failures else ""))
-        print(f"    snapshots built   {r.built:.2f}/s by the server (board writes "
-              f"{r.writes_per_s:.1f}/s); sent {r.sent:,.0f} messages/s, "
-              f"{1e6 * r.cpu['broadcaster'] / max(r.sent, 1):.0f} µs of broadcaster CPU each")
-        if rates:
-            print(f"    received/client   mean {sum(rates) / len(rates):.2f}/s, min "
-                  f"{rates[0]:.2f}, p1 {percentile(rates, 0.01):.2f}, median "
-                  f"{percentile(rates, 0.5):.2f}, max {rates[-1]:.2f}")
-        print(f"    latency ts->recv  p50 {histogram_percentile(r.bins, 0.5):.1f} ms, p99 "
-              f"{histogram_percentile(r.bins, 0.99):.1f} ms, p99.9 "
-              f"{histogram_percentile(r.bins, 0.999):.1f} ms, max "
-              f"{histogram_percentile(r.bins, 1.0):.1f} ms "
-              f"({sum(r.bins.values()):,} snapshots)")
-        print(f"    memory            VmRSS {r.rss_before_kb / 1024:.1f} MiB before, "
-              f"{r.rss_with_kb / 1024:.1f} MiB with {r.connected:,} at the window's end: "
-              f"{(r.rss_with_kb - r.rss_before_kb) / max(1, r.connected):.1f} KiB/connection "
-              f"(window start {r.rss_start_kb / 1024:.1f}, peak {r.rss_peak_kb / 1024:.1f})")
-        print(f"    CPU in window     broadcaster {r.cpu['broadcaster']:.2f}, clients "
-              f"{r.cpu['clients']:.2f}, redis {r.cpu['redis']:.2f}, writer+orchestrator "
-              f"{r.cpu['orchestrator']:.2f}; machine {r.cpu['machine']:.2f} of "
-              f"{os.cpu_count()} cores busy")
-        if r.closed or r.still_open != r.connected or r.dropped:
-            print(f"    WARNING           closed in window {r.closed or 'none'}, open at end "
-                  f"{r.still_open:,} of {r.connected:,}, server drops {r.dropped or 'none'}")
-        for note in fanout_notes(r):
-            print(f"    limit             {note}")
-
-
-def latency_notes(args: argparse.Namespace, result: LatencyResult) -> list[str]:
-    cpu, cores, d = result.cpu, os.cpu_count() or 1, result.drive
-    parts = {"the worker": percentile(result.board_ms, 0.5),
-             "notice + throttle + build": percentile(result.build_ms, 0.5),
-             "the fan-out": percentile(result.delivery_ms, 0.5)}
-    largest = max(parts, key=lambda name: parts[name])
-    notes = ["p50s: " + ", ".join(f"{name} {ms:.0f} ms" for name, ms in parts.items())
-             + f"; {largest} takes the most (the throttle alone adds 0-100 ms, 50 on average)"]
-    for name in ("ingest", "worker", "broadcaster"):
-        if cpu[name] >= 0.9:
-            notes.append(f"the {name} process was CPU-bound")
-    if cpu["machine"] >= 0.9 * cores:
-        notes.append(f"the machine was saturated ({cpu['machine']:.2f} of {cores} cores)")
-    if d.window_s and d.window_sent / d.window_s < 0.97 * args.rate:
-        notes.append("POSTs left late (busy machine): the offered rate fell below --rate")
-    return notes
-
-
-def report_latency(args: argparse.Namespace, result: LatencyResult) -> None:
-    d = result.drive
-    size = max(args.lanes, DEFAULT_SNAPSHOT_SIZE)
-    print(f"\nPart 2  POST {INCREMENT_PATH} 202 -> spectator receipt: ingest + 1 worker + "
-          f"1 broadcaster (SNAPSHOT_INTERVAL_MS=100, SNAPSHOT_SIZE={size}), {args.rate:g} "
-          f"increments/s paced over {args.lanes} players (one POST in flight each), "
-          f"{result.spectators} spectators, {args.latency_warmup:g} s warm-up, Postgres fsync on")
-    print(f"  sent              {d.window_sent:,} in the {d.window_s:.1f} s window = "
-          f"{d.window_sent / d.window_s:,.0f}/s; statuses {dict(d.statuses)}")
-    if d.tokens_short:
-        print(f"  WARNING           {d.tokens_short} increments not sent: tokens ran out")
-    if d.first_refusal:
-        print(f"  WARNING           refusals, the first: {d.first_refusal}")
-    print(f"  POST -> 202       p50 {percentile(sorted(d.post_ms), 0.5):.2f} ms, p99 "
-          f"{percentile(sorted(d.post_ms), 0.99):.2f} ms; POSTs left after their due time by "
-          f"p50 {percentile(sorted(d.lag_ms), 0.5):.2f} ms, p99 "
-          f"{percentile(sorted(d.lag_ms), 0.99):.2f} ms")
-    for name, values in (("202 -> received", result.receipt_ms),
-                         ("  202 -> on board", result.board_ms),
-                         ("  board -> built", result.build_ms),
-                         ("  built -> recv", result.delivery_ms)):
-        print(f"  {name:<17} p50 {percentile(values, 0.5):.1f} ms, p99 "
-              f"{percentile(values, 0.99):.1f} ms, max {percentile(values, 1.0):.1f} ms")
-    cpu, cores = result.cpu, os.cpu_count() or 1
-    others = cpu["machine"] - sum(v for k, v in cpu.items() if k != "machine")
-    print(f"  CPU while driving ingest {cpu['ingest']:.2f}, worker {cpu['worker']:.2f}, "
-          f"broadcaster {cpu['broadcaster']:.2f}, redis {cpu['redis']:.2f}, driver "
-          f"{cpu['driver']:.2f}, spectators {cpu['spectators']:.2f}, everything else "
-          f"(Postgres, other work) {others:.2f}; {cpu['machine']:.2f} of {cores} cores busy")
-    for note in latency_notes(args, result):
-        print(f"  limit             {note}")
-    print(f"  matched           {len(result.receipt_ms):,} (increment, spectator) pairs; "
-          f"{result.unseen} never seen; {result.snapshots_per_s:.2f} snapshots/s per "
-          f"spectator while driving; board polled every {1000 * BOARD_POLL_S:g} ms "
-          f"({result.board_samples:,} states seen)")
-
-
 # --- Command --------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_broadcaster",
-                                     description=(__doc__ or "").splitlines()[0])
+    parser = benchmark_parser("loadtest.bench_broadcaster", __doc__)
     parser.add_argument("--quick", action="store_true",
                         help="short windows (3 s fan-out, 1 + 5 s end to end)")
     parser.add_argument("--sizes", default="1000,5000,10000",
@@ -1095,13 +554,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lanes", type=int, default=20,
                         help="players sending them, one POST in flight each; part 2's "
                              "SNAPSHOT_SIZE is raised to this so all are always shown (20)")
-    parser.add_argument("--spectators", type=int, default=3, help="part 2 spectators (3)")
+    parser.add_argument("--spectators", type=int, default=3,
+                        help="part 2 spectators whose snapshots are matched (3)")
+    parser.add_argument("--crowd", type=int, default=1000,
+                        help="part 2 spectators more on the same board, in a client process "
+                             "of their own and not matched: the fan-out on the path (1000)")
     parser.add_argument("--latency-duration", type=float, default=15, help="part 2 window (15)")
     parser.add_argument("--latency-warmup", type=float, default=3, help="part 2 warm-up (3)")
+    parser.add_argument("--latency-interval-ms", type=int, default=100,
+                        help="part 2's SNAPSHOT_INTERVAL_MS: a board that changes all the "
+                             "time waits half of it on average for its next snapshot (100)")
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--spectators-of", help=argparse.SUPPRESS)  # a client process
-    parser.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.window, args.latency_warmup, args.latency_duration = 3, 1, 5
@@ -1111,8 +575,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--sizes: comma-separated integers")
     if not all(1 <= s <= 50_000 for s in args.sizes) or not 1 <= args.client_procs <= 32:
         parser.error("--sizes must be 1..50000 each and --client-procs 1..32")
-    if not 1 <= args.lanes <= 100 or not 1 <= args.spectators <= 50:
-        parser.error("--lanes must be 1..100 and --spectators 1..50")
+    if not 1 <= args.lanes <= 100 or not 1 <= args.spectators <= 50 \
+            or not 0 <= args.crowd <= 20_000:
+        parser.error("--lanes must be 1..100, --spectators 1..50 and --crowd 0..20000")
     if not 0 < args.rate <= 20_000 or not 0 < args.writer_rate <= 1000:
         parser.error("--rate must be in (0, 20000] and --writer-rate in (0, 1000]")
     if not 1 <= args.window <= 120 or not 1 <= args.latency_duration <= 120:
@@ -1131,19 +596,14 @@ def run(args: argparse.Namespace) -> int:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-bcast-")))
         print("starting Redis and Postgres (fsync on), migrating a fresh database…", flush=True)
         backing = start_backing(stack, root, durable_postgres=True)
-        if not backing.redis_embedded:
-            stack.callback(delete_keys, backing.redis_url, [backing.key_prefix])
         redis_client = stack.enter_context(
             contextlib.closing(redis.Redis.from_url(backing.redis_url)))
         fanout = [] if args.skip_fanout else run_fanout(args, backing, root, redis_client)
         latency = None if args.skip_latency else run_latency(args, backing, root, redis_client)
         print("\n=== Broadcaster benchmark ===")
         print(f"machine     {machine_line()}")
-        print(f"background  {background:.2f} cores busy before the run started"
-              + ("  WARNING: the machine was not idle; the figures are disturbed"
-                 if background > 0.15 else ""))
-        print(f"command     python -m loadtest.bench_broadcaster "
-              f"{' '.join(sys.argv[1:])}".rstrip())
+        print(background_line(background))
+        print(command_line("loadtest.bench_broadcaster"))
         if fanout:
             report_fanout(args, fanout)
         if latency is not None:
@@ -1153,28 +613,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.spectators_of:
-        raise_fd_limit()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator stops us
-        return uvloop.run(serve_commands(args.spectators_of, args.client, args.keep))
-    # SIGTERM unwinds like Ctrl-C, so every process started here is stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return run(args)
-    except BenchError as exc:
-        print(f"bench_broadcaster: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench_broadcaster: interrupted; every process it started is stopped",
-              file=sys.stderr)
-        return 130
-
+main = command("bench_broadcaster", parse_args, run)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -57,16 +57,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import math
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -78,58 +73,50 @@ import orjson
 import redis
 import redis.asyncio as redis_asyncio
 import uvloop
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest import BenchError
 from loadtest.baseline_server import channel_name
-from loadtest.bench_broadcaster import (
-    ClientProcess,
-    broadcaster_process,
-    raise_fd_limit,
-    wait_ready,
-)
-from loadtest.bench_ingest import (
-    HIGH_RATE,
-    PROJECT_DIR,
-    background_cores,
-    create_players,
-    ingest_env,
-    ingest_process,
-    prepare_requests,
-)
-from loadtest.bench_worker import (
-    postgres_cpu_s,
-    postmaster_pid,
-    process_table,
-    server_line,
-    settle_redis,
-)
+from loadtest.e2e_checks import BOARD, Check, check_baseline, check_ours
 from loadtest.e2e_report import (
-    BOARD,
-    Check,
     Figures,
     Increment,
     PhaseRun,
     PhaseSpec,
     Sample,
     Workload,
-    check_baseline,
-    check_ours,
     figures,
     report,
 )
-from loadtest.system import (
+from loadtest.harness.backing import (
     Backing,
-    delete_keys,
-    drop_database,
+    fresh_database,
+    postmaster_pid,
+    server_line,
+    settle_redis,
     start_backing,
-    stop_process,
+)
+from loadtest.harness.command import benchmark_parser, command
+from loadtest.harness.cpu import background_cores, machine_times, postgres_cpu_s, process_table
+from loadtest.harness.http import scrape_async
+from loadtest.harness.players import (
+    HIGH_RATE,
+    add_load_options,
+    check_load_options,
+    create_players,
+    ingest_env,
+    prepare_requests,
+    token_fields,
+)
+from loadtest.harness.processes import (
+    PROJECT_DIR,
+    broadcaster_process,
+    ingest_process,
+    uvicorn_process,
     worker_process,
 )
-from scoreboard.cli import with_database
+from loadtest.harness.spectators import ClientProcess, raise_fd_limit
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
-from scoreboard.migrate import ensure_database, migrate
 from scoreboard.settings import load_settings
 
 PROBE_BASE = 100_000_000  # probe k scores PROBE_BASE + k: above every player, unique
@@ -138,7 +125,6 @@ LAG_EVERY_S = 0.25
 FULL_EVERY_S = 1.0
 DRIVER_START_S = 2.5  # the driver's imports and connections, before the first request
 TAIL_S = 2.0  # after the drain: time for the final snapshot to reach everyone
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # The consumer lag of group ARGV[1] on stream KEYS[1], in one atomic read (Redis 6.2
 # has no XINFO "lag"): {pending + undelivered entries, id of the oldest of them or ""}.
@@ -163,15 +149,6 @@ return {0, ''}
 
 
 # --- Action tokens: who each request is for --------------------------------------------------
-
-
-def token_fields(body: str) -> tuple[str, str]:
-    """(user id, nonce) of the action token in an increment body: the event id of
-    the increment is ``at-<nonce>`` (docs/decisions.md, Event ids)."""
-    token = orjson.loads(body)["action_token"]
-    payload_text = token.rpartition(".")[0]
-    payload = orjson.loads(base64.urlsafe_b64decode(payload_text + "=" * (-len(payload_text) % 4)))
-    return str(payload["u"]), str(payload["n"])
 
 
 def build_workload(players: list[dict[str, str]], requests: list[tuple[dict[str, str], str]],
@@ -272,34 +249,18 @@ class Sampler:
             await connection.close()
 
 
-def machine_times() -> dict[str, float]:
-    """CPU seconds of the whole machine since boot (/proc/stat): ``machine`` busy
-    (user, nice, system, irq, softirq, steal), ``iowait``, and ``kernel``, the part
-    of busy no process is charged with (irq, softirq: loopback traffic, mostly;
-    steal: the hypervisor)."""
-    user, nice, system, _idle, iowait, irq, softirq, steal = (
-        int(v) / CLOCK_TICKS for v in Path("/proc/stat").read_text().split("\n", 1)[0]
-        .split()[1:9])
-    return {"machine": user + nice + system + irq + softirq + steal, "iowait": iowait,
-            "kernel": irq + softirq + steal}
-
-
 async def worker_series(url: str) -> dict[str, float] | None:
     """The worker's batch histograms (scoreboard_worker_batch_seconds / _size) from its
     metrics port: ``seconds:<le>`` cumulative counts, ``size_sum``, ``size_count``."""
-    try:
-        async with httpx.AsyncClient(timeout=2) as http:
-            text = (await http.get(url)).text
-    except httpx.HTTPError:
+    samples = await scrape_async(url)
+    if samples is None:
         return None
     series: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "scoreboard_worker_batch_seconds_bucket":
-                series[f"seconds:{sample.labels['le']}"] = sample.value
-            elif sample.name in ("scoreboard_worker_batch_size_sum",
-                                 "scoreboard_worker_batch_size_count"):
-                series["size_" + sample.name.rsplit("_", 1)[1]] = sample.value
+    for name, labels, value in samples:
+        if name == "scoreboard_worker_batch_seconds_bucket":
+            series[f"seconds:{labels['le']}"] = value
+        elif name in ("scoreboard_worker_batch_size_sum", "scoreboard_worker_batch_size_count"):
+            series["size_" + name.rsplit("_", 1)[1]] = value
     return series
 
 
@@ -318,17 +279,10 @@ async def wait_drained(client: Any, keys: Keys, group: str, timeout_s: float) ->
     return False
 
 
-async def start_spectators() -> ClientProcess:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "loadtest.e2e_spectators", cwd=PROJECT_DIR,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**27)
-    return ClientProcess(process)
-
-
 async def run_phase(spec: PhaseSpec, args: argparse.Namespace, workload: Workload,
                     redis_url: str, postmaster: int | None, root: Path) -> PhaseRun:
     client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
-    spectators = await start_spectators()
+    spectators = await ClientProcess.start_module("loadtest.e2e_spectators")
     try:
         connected = await spectators.call(spec.spectators, timeout_s=180)
         if connected["connected"] != spec.spectators.get("count", 1):
@@ -401,24 +355,6 @@ def e2e_env(backing: Backing, args: argparse.Namespace) -> dict[str, str]:
     return {**env, "NIGHT_START_HOUR": str(away), "NIGHT_END_HOUR": str(away + 1)}
 
 
-@contextlib.contextmanager
-def baseline_process(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
-    """The baseline app in ONE uvicorn process, started as ingest is; yields (url, pid)."""
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "loadtest.baseline_server:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http",
-             "httptools", "--no-access-log"], cwd=PROJECT_DIR, env=env, stdout=log,
-            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url + "/healthz", process, log_path, "the baseline server")
-        yield url, process.pid
-    finally:
-        stop_process(process)
-
-
 async def checkpoint(admin_url: str) -> None:
     """Flush Postgres's dirty pages before a window, so no phase inherits the other's."""
     connection = await asyncpg.connect(admin_url, timeout=30)
@@ -438,8 +374,6 @@ def define_probe_actions(backing: Backing, probe_count: int) -> None:
     """Points are the server's: probe k's token names action ``probe<k>`` of the board,
     worth PROBE_BASE + k (the body still says so too, for the baseline, which takes the
     client's points). Written before ingest starts, which publishes it to Redis."""
-    import redis.asyncio as redis_asyncio
-
     from scoreboard.board_defs import create_board, definition
     from scoreboard.db import create_pool
 
@@ -500,8 +434,6 @@ def run(args: argparse.Namespace) -> int:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-e2e-")))
         print("starting Redis and Postgres (fsync on), migrating a fresh database…", flush=True)
         backing = start_backing(stack, root, durable_postgres=True)
-        if not backing.redis_embedded:
-            stack.callback(delete_keys, backing.redis_url, [backing.key_prefix])
         client = stack.enter_context(contextlib.closing(
             redis.Redis.from_url(backing.redis_url, decode_responses=True)))
         servers = server_line(client, backing.admin_database_url)
@@ -518,7 +450,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"ingest {url}, worker pid {worker_pid}, broadcaster {bcast_url}; "
                   "registering players…", flush=True)
             workload, setup = prepare_workload(url, args)
-            settle_redis(client, ours=backing.redis_embedded)
+            settle_redis(client, rewrite=backing.redis_embedded)
             asyncio.run(checkpoint(backing.admin_database_url))
             print(f"OURS: {args.spectators} spectators, then {args.warmup:g} + "
                   f"{args.duration:g} s of increments…", flush=True)
@@ -547,17 +479,14 @@ def run(args: argparse.Namespace) -> int:
 def run_baseline(args: argparse.Namespace, stack: contextlib.ExitStack, backing: Backing,
                  env: dict[str, str], workload: Workload, postmaster: int | None, root: Path,
                  client: Any) -> tuple[PhaseRun, Figures, Check]:
-    name = f"{backing.database_name}_baseline"
-    asyncio.run(ensure_database(backing.admin_database_url, name))
-    if not backing.database_embedded:
-        stack.callback(lambda: asyncio.run(drop_database(backing.admin_database_url, name)))
-    database_url = with_database(backing.admin_database_url, name)
-    asyncio.run(migrate(database_url))
+    database_url = fresh_database(stack, backing, f"{backing.database_name}_baseline")
     base_env = {**env, "DATABASE_URL": database_url,
                 "BASELINE_POOL_SIZE": str(args.baseline_pool)}
     load_settings(base_env)  # fail early on a bad setting
-    with baseline_process(base_env, root / "baseline.log") as (url, pid):
-        settle_redis(client, ours=backing.redis_embedded)
+    with uvicorn_process("loadtest.baseline_server:create_app", base_env,
+                         root / "baseline.log", ready_path="/healthz",
+                         what="the baseline server") as (url, pid):
+        settle_redis(client, rewrite=backing.redis_embedded)
         asyncio.run(checkpoint(backing.admin_database_url))
         print(f"BASELINE on {url}: {args.warmup:g} + {args.duration:g} s of the same "
               "increments…", flush=True)
@@ -574,58 +503,33 @@ def run_baseline(args: argparse.Namespace, stack: contextlib.ExitStack, backing:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_e2e",
-                                     description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--duration", type=float, default=30, help="measured seconds (30)")
-    parser.add_argument("--warmup", type=float, default=5, help="unmeasured seconds first (5)")
+    parser = benchmark_parser("loadtest.bench_e2e", __doc__)
+    add_load_options(parser, duration=30, warmup=5, token_margin=1.15,
+                     margin_help="closed loop: tokens fetched per increment predicted from "
+                                 "the token rate")
     parser.add_argument("--spectators", type=int, default=200,
                         help="WebSocket spectators of the board (200)")
     parser.add_argument("--rate", type=float, default=0,
                         help="offered increments/s, open loop; 0: closed loop (0)")
-    parser.add_argument("--concurrency", type=int, default=64,
-                        help="connections of the load generator (64)")
     parser.add_argument("--probe-rate", type=float, default=10,
                         help="probes/s for POST-to-spectator latency (10)")
-    parser.add_argument("--players", type=int, default=200, help="players sending the load (200)")
-    parser.add_argument("--token-margin", type=float, default=1.15,
-                        help="closed loop: tokens fetched per increment predicted from the "
-                             "token rate (1.15)")
-    parser.add_argument("--max-tokens", type=int, default=400_000, help="cap (400000)")
     parser.add_argument("--drain-timeout", type=float, default=120,
                         help="seconds the worker may take to catch up after the window (120)")
     parser.add_argument("--baseline-pool", type=int, default=10,
                         help="the baseline's Postgres pool size (10, as ingest's)")
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args(argv)
-    args.tokens = 0  # for bench_ingest.prepare_requests: estimate from a first batch
-    if not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
-        parser.error("--duration must be 1..600 s and --warmup 0..60 s")
-    if not 1 <= args.spectators <= 5000 or not 1 <= args.concurrency <= 1024:
-        parser.error("--spectators must be 1..5000 and --concurrency 1..1024")
+    args.tokens = 0  # for prepare_requests: estimate from a first batch
+    check_load_options(parser, args)
+    if not 1 <= args.spectators <= 5000 or not 1 <= args.baseline_pool <= 100:
+        parser.error("--spectators must be 1..5000 and --baseline-pool 1..100")
     if not 0 <= args.rate <= 100_000 or not 0 <= args.probe_rate <= 50:
         parser.error("--rate must be 0..100000 and --probe-rate 0..50 (above 50 probes/s, "
                      "more than 10 can share one 100 ms snapshot and push each other out)")
-    if not 1 <= args.players <= 100_000 or not 1 <= args.baseline_pool <= 100:
-        parser.error("--players must be 1..100000 and --baseline-pool 1..100")
     return args
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def main(argv: list[str] | None = None) -> int:
-    # SIGTERM unwinds like Ctrl-C, so every process started here is stopped.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return run(parse_args(argv))
-    except BenchError as exc:
-        print(f"bench_e2e: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench_e2e: interrupted; every process it started is stopped", file=sys.stderr)
-        return 130
-
+main = command("bench_e2e", parse_args, run)
 
 if __name__ == "__main__":
     sys.exit(main())

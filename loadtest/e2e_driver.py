@@ -26,25 +26,20 @@ result says so.
 ``RESULT`` holds every request sent: (index, due, sent, done, status), the
 times in ``time.monotonic()`` seconds, and for probes also the wall-clock
 send time (``time.time()``, the clock the spectators' receipt times use).
-The client is the raw HTTP/1.1 one of ``loadtest.load_generator`` (its
-docstring says why not httpx), on uvloop.
+The client is the harness's raw HTTP/1.1 one (``loadtest/harness/http.py``
+says why not httpx), on uvloop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-import uvloop
-
-from loadtest.load_generator import INCREMENT_PATH, HttpConnection, encode_post, open_connection
+from loadtest.harness.command import job_main
+from loadtest.harness.http import INCREMENT_PATH, HttpConnection, encode_post, open_connection
 
 DRAIN_TIMEOUT_S = 30  # requests still in flight at the window's end get this long
 PROBE_CONNECTIONS = 8  # probes in flight at once, at most
@@ -199,16 +194,7 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m loadtest.e2e_driver JOB.json RESULT.json", file=sys.stderr)
-        return 2
-    job = json.loads(Path(argv[0]).read_text())
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result = runner.run(drive(job))
-    with contextlib.suppress(FileNotFoundError):
-        Path(argv[1]).unlink()
-    Path(argv[1]).write_bytes(orjson.dumps(result))
-    return 0
+    return job_main("loadtest.e2e_driver", drive, argv)
 
 
 if __name__ == "__main__":

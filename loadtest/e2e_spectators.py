@@ -3,12 +3,12 @@
     python -m loadtest.e2e_spectators      (driven by loadtest.bench_e2e over stdin/stdout)
 
 One JSON command per stdin line, one JSON reply per stdout line (the protocol
-of ``loadtest.bench_broadcaster``'s client processes, whose handle,
-``ClientProcess``, drives this one too):
+of the harness's client processes, ``loadtest/harness/spectators.py``, whose
+handle, ``ClientProcess``, drives this one too):
 
 - ``{"op": "connect", "mode": "websocket", "url": ws_url, "count": n, "parallel": p}``:
   n WebSocket spectators on the broadcaster, each holding its first snapshot;
-  they are ``bench_broadcaster``'s raw clients (a few µs per message, where
+  they are the harness's raw clients (a few µs per message, where
   the ``websockets`` library would take CPU the 2-core machine needs for the
   system under test);
 - ``{"op": "connect", "mode": "redis", "redis_url": url, "channel": name}``:
@@ -40,7 +40,7 @@ import orjson
 import redis.asyncio as redis_asyncio
 import uvloop
 
-from loadtest.bench_broadcaster import Crowd, Spectator, raise_fd_limit
+from loadtest.harness.spectators import Crowd, Spectator, raise_fd_limit
 
 CACHE_SIZE = 256
 
@@ -65,7 +65,7 @@ class Seen:
 
 
 class ProbeCrowd(Crowd):
-    """``bench_broadcaster``'s crowd of raw WebSocket clients, noting probes."""
+    """The harness's crowd of raw WebSocket clients, noting probes."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url, "raw", keep=False)

@@ -2,24 +2,20 @@
 endpoint, game-backend batches, and the anchor every ingest figure is compared to,
 a bare Starlette route on the same stack.
 
-The anchor (``bare_app``): one uvicorn process started with ingest's own flags
-(the Procfile's: uvloop, httptools, no access log of uvicorn's, no proxy
-headers) serving a Starlette app with one route at the increment's path that
-reads the JSON body, parses it with orjson and answers 202 with a small JSON
-body. Driven by the same client with the same requests in the same run, its
-rate is what one process of this stack can do with no work of ours at all;
-``ingest ÷ bare`` is the share of that our endpoint keeps.
+The anchor (``bare_app``): one uvicorn process started exactly as the harness
+starts ingest (``loadtest.harness.processes.uvicorn_process``: uvloop,
+httptools, no access log of uvicorn's) serving a Starlette app whose route at
+the increment's path reads the JSON body, parses it with orjson and answers 202
+with a small JSON body (plus ``/healthz`` for the harness's readiness check).
+Driven by the same client with the same requests in the same run, its rate is
+what one process of this stack can do with no work of ours at all; ``ingest ÷
+bare`` is the share of that our endpoint keeps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,11 +27,7 @@ from starlette.routing import Route
 
 from loadtest import BenchError
 from scoreboard.accounts import create_backend_account
-from scoreboard.embedded import free_port
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-UVICORN_FLAGS = ["--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                 "--no-proxy-headers"]  # as the Procfile runs ingest
 ACCEPTED = b'{"status":"accepted"}'
 
 
@@ -44,44 +36,14 @@ async def _bare_increment(request: Request) -> Response:
     return Response(ACCEPTED, status_code=202, media_type="application/json")
 
 
+async def _healthz(request: Request) -> Response:
+    return Response(b"ok")
+
+
 def bare_app() -> Starlette:
     """The anchor: the increment's path, a JSON body parsed, 202 (``--factory``)."""
-    return Starlette(routes=[Route("/api/scores/increment", _bare_increment,
-                                   methods=["POST"])])
-
-
-@contextlib.contextmanager
-def uvicorn_process(app: str, env: dict[str, str], log_path: Path, *,
-                    ready_path: str | None) -> Iterator[tuple[str, int]]:
-    """``uvicorn --factory APP`` with ingest's flags on a free port; yields (url, pid).
-    Ready once ``ready_path`` answers 200 (None: once anything answers)."""
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1",
-             "--port", str(port), *UVICORN_FLAGS],
-            cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"{app} did not become ready; its log:\n"
-                                 f"{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                answer = httpx.get(url + (ready_path or "/"), timeout=1)
-                if ready_path is None or answer.status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield url, process.pid
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    return Starlette(routes=[Route("/api/scores/increment", _bare_increment, methods=["POST"]),
+                             Route("/healthz", _healthz, methods=["GET"])])
 
 
 def backend_headers(url: str, database_url: str) -> dict[str, str]:

@@ -12,7 +12,8 @@ server for the same cores. Apart, its CPU can be measured (and a reader can
 see whether it, not the server, was the limit), and nothing the benchmark
 does between runs disturbs the measured window.
 
-Why its own HTTP client by default (``client: "raw"``): measured on the
+Why its own HTTP client by default (``client: "raw"``, the harness's,
+``loadtest/harness/http.py``): measured on the
 2-core machine the benchmark was written on, httpx cost 1.3 ms of CPU per
 request with a connection each, and about 10 ms with 64 connections in one
 shared pool (against a trivial ASGI app); one ingest request costs about
@@ -27,119 +28,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
-import os
 import sys
 import time
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
-import httptools
 import httpx
-import orjson
 import redis
-import uvloop
 
-INCREMENT_PATH = "/api/scores/increment"
+from loadtest.harness.command import job_main
+from loadtest.harness.cpu import machine_busy_s, process_cpu_s, redis_info
+from loadtest.harness.http import INCREMENT_PATH, HttpConnection, encode_post, open_connection
+
 DRAIN_TIMEOUT_S = 30  # requests still in flight after the window get this long
-
-
-# --- CPU accounting: who used the cores during a window --------------------------------
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (all threads), read from /proc."""
-    after_name = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds all cores spent not idle since boot (/proc/stat, first line)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def redis_info(client: redis.Redis) -> dict[str, float]:
-    """Redis's own CPU seconds and fork count (INFO): works for a server we did not start."""
-    cpu = cast(dict[str, Any], client.info("cpu"))
-    stats = cast(dict[str, Any], client.info("stats"))
-    return {"cpu_s": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
-            "forks": float(stats.get("total_forks", 0))}
-
-
-# --- The raw client ------------------------------------------------------------------
-
-
-def encode_post(host: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
-    """One complete HTTP/1.1 POST with a JSON body, ready to write."""
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}",
-             *(f"{name}: {value}" for name, value in headers.items()),
-             "Content-Type: application/json", f"Content-Length: {len(body)}", "", ""]
-    return "\r\n".join(lines).encode("latin-1") + body
-
-
-class HttpConnection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection carrying one request at a time.
-
-    Open with ``loop.create_connection(HttpConnection, host, port)``, then
-    ``await post(request_bytes)`` for ``(status, body)``. A connection the
-    server closed, or an unparsable answer, fails the pending call with an
-    ``OSError`` and leaves ``closed`` true: the caller opens a new one.
-    """
-
-    def __init__(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
-        self._transport: asyncio.Transport | None = None
-        self._answer: asyncio.Future[tuple[int, bytes]] | None = None
-        self._body: list[bytes] = []
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(ConnectionError(f"unparsable HTTP answer: {exc}"))
-
-    def on_body(self, chunk: bytes) -> None:  # httptools callback
-        self._body.append(chunk)
-
-    def on_message_complete(self) -> None:  # httptools callback
-        if self._answer is not None and not self._answer.done():
-            self._answer.set_result((self._parser.get_status_code(), b"".join(self._body)))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(ConnectionResetError("the server closed the connection"))
-
-    def _fail(self, exc: OSError) -> None:
-        self.close()
-        if self._answer is not None and not self._answer.done():
-            self._answer.set_exception(exc)
-
-    def close(self) -> None:
-        self.closed = True
-        if self._transport is not None:
-            self._transport.close()
-
-    async def post(self, request: bytes) -> tuple[int, bytes]:
-        if self.closed or self._transport is None:
-            raise ConnectionResetError("the connection is closed")
-        self._body = []
-        self._answer = asyncio.get_running_loop().create_future()
-        self._transport.write(request)
-        return await self._answer
-
-
-async def open_connection(url: str) -> HttpConnection:
-    """A new connection to the ``http://host:port`` of ``url``."""
-    parts = urlsplit(url)
-    _, connection = await asyncio.get_running_loop().create_connection(
-        HttpConnection, parts.hostname or "127.0.0.1", parts.port or 80)
-    return connection
 
 
 # --- The closed loop -------------------------------------------------------------------
@@ -246,15 +147,7 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """Run ``JOB`` on uvloop (as the server does), write ``RESULT``."""
-    if len(argv) != 2:
-        print("usage: python -m loadtest.load_generator JOB.json RESULT.json", file=sys.stderr)
-        return 2
-    job = json.loads(Path(argv[0]).read_text())
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        result = runner.run(drive(job))
-    Path(argv[1]).write_bytes(orjson.dumps(result))
-    return 0
+    return job_main("loadtest.load_generator", drive, argv)
 
 
 if __name__ == "__main__":

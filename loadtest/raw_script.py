@@ -24,7 +24,9 @@ from urllib.parse import unquote, urlsplit
 import redis
 
 from loadtest import BenchError
-from loadtest.load_generator import machine_busy_s, redis_info
+from loadtest.harness.backing import settle_redis, wait_for_no_fork
+from loadtest.harness.cpu import machine_busy_s, redis_info
+from loadtest.harness.figures import share
 from scoreboard.keys import Keys
 from scoreboard.lua import script_source
 from scoreboard.settings import Settings
@@ -47,36 +49,8 @@ return last - first + 1
 """
 
 
-def share(cpu_s: float, window_s: float) -> str:
-    """CPU seconds over a wall-clock interval, as a share of one core."""
-    return f"{100 * cpu_s / window_s:5.0f}% of a core"
-
-
 def stream_length(client: redis.Redis, keys: Keys) -> int:
     return int(cast(int, client.xlen(keys.stream)))
-
-
-def wait_for_no_fork(client: redis.Redis, timeout_s: float = 120) -> None:
-    """Wait out a running AOF rewrite or RDB save: its child would share the cores."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        persistence = cast(dict[str, Any], client.info("persistence"))
-        if not any(int(persistence.get(name, 0)) for name in (
-                "aof_rewrite_in_progress", "aof_rewrite_scheduled", "rdb_bgsave_in_progress")):
-            return
-        time.sleep(0.2)
-    raise BenchError("Redis was still rewriting its AOF / saving after 120 s")
-
-
-def rewrite_aof(client: redis.Redis) -> None:
-    """With AOF on, rewrite it now and wait: Redis rewrites on its own once the
-    AOF has doubled (and passed 64 MB), and that fork, writing every key, must
-    not land inside a measured window. Call it just before measuring."""
-    if int(cast(dict[str, Any], client.info("persistence")).get("aof_enabled", 0)):
-        wait_for_no_fork(client)
-        client.execute_command("BGREWRITEAOF")  # type: ignore[no-untyped-call]
-        time.sleep(0.2)
-        wait_for_no_fork(client)
 
 
 @dataclass(frozen=True)
@@ -109,7 +83,7 @@ def prefill_tokens(client: redis.Redis, keys: Keys, keyspace: int) -> float:
         last = min(first + PREFILL_CHUNK, keyspace) - 1
         client.eval(PREFILL_LUA, 0, keys.action_token(""), str(first), str(last),
                     RAW_USER_ID, str(TOKEN_KEYS_TTL_S * 1000))
-    rewrite_aof(client)
+    settle_redis(client, rewrite=True)
     return time.perf_counter() - started
 
 

@@ -86,6 +86,11 @@ class Settings:
     ws_ping_interval_s: float = 20.0
     ws_ping_timeout_s: float = 20.0
     ws_send_timeout_s: float = 5.0
+    # Unsent bytes a spectator's socket may hold before it skips to the newest
+    # snapshot (about 16 snapshots of 1 KB: a client this far behind is stale).
+    ws_write_buffer_bytes: int = 16 * 1024
+    # Broadcaster processes sharing one port (SO_REUSEPORT); each reads the boards itself.
+    broadcaster_processes: int = 1
 
     # Fraud rules (docs/fraud.md).
     rapid_max_actions: int = 8  # more than this many accepted ...
@@ -221,7 +226,8 @@ def _check(settings: Settings) -> None:
                  "action_token_ttl_s", "access_token_ttl_s", "refresh_token_ttl_s", "dedup_ttl_s",
                  "worker_batch_max", "worker_block_ms", "claim_idle_ms", "max_deliveries",
                  "snapshot_size", "snapshot_interval_ms", "revision_poll_ms", "ws_max_per_ip",
-                 "ws_max_message_bytes", "rapid_max_actions", "rapid_window_ms",
+                 "ws_max_message_bytes", "ws_write_buffer_bytes", "broadcaster_processes",
+                 "rapid_max_actions", "rapid_window_ms",
                  "flag_duration_s", "token_failure_window_s", "token_failures_to_ban",
                  "token_failures_to_limit_address", "address_limit_s", "token_ban_s",
                  "max_backlog", "backlog_check_ms", "board_refresh_s",

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,9 +30,13 @@ from tests.servers import Backing, fresh_name, ingest_server
 
 
 @pytest.fixture(scope="session")
-def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backing]:
-    root = tmp_path_factory.mktemp("backing")
-    stops = []
+def backing() -> Iterator[Backing]:
+    # Not under pytest's own temporary root: a pytest run that starts meanwhile resets
+    # that folder to 0700, and the embedded Postgres (run as an unprivileged user
+    # under root) could then no longer reach its data to stop.
+    folder = tempfile.TemporaryDirectory(prefix="scoreboard-tests-", ignore_cleanup_errors=True)
+    root = Path(folder.name)
+    stops = [folder.cleanup]
     redis_url = os.environ.get("REDIS_URL") or None
     admin_url = os.environ.get("DATABASE_URL") or None
     try:

@@ -1,5 +1,8 @@
 """Real servers for the tests: Redis, Postgres, and ingest processes.
 
+Processes are started with the benchmark harness's commands and helpers
+(``loadtest.harness.processes``), so tests and benchmarks run the system the same way.
+
 With ``REDIS_URL`` / ``DATABASE_URL`` set the suite uses those servers (with a
 fresh database and key prefix of its own); otherwise it starts the embedded
 ones in a temporary folder. A server that cannot be reached fails the run.
@@ -9,23 +12,26 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from loadtest.harness.processes import (
+    BROADCASTER_COMMAND,
+    PROJECT_DIR,
+    stop_process,
+    uvicorn_command,
+)
+from loadtest.harness.processes import wait_ready as wait_until_ready
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.ranking import totals_by_user
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+__all__ = ["PROJECT_DIR", "Backing", "stop_process", "wait_until_ready"]
 
 
 @dataclass(frozen=True)
@@ -52,40 +58,12 @@ class Backing:
         return env
 
 
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} while starting")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} was not ready within {timeout_s} s")
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
-    """SIGTERM (a clean stop, as a process manager does), then SIGKILL after ``timeout_s``."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @contextmanager
 def ingest_server(env: Mapping[str, str], *, ready_path: str = "/readyz") -> Iterator[str]:
     """An ingest process (uvicorn, as the Procfile runs it) on a free port; yields its URL."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "ingest.app:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--no-access-log",
-         "--no-proxy-headers"],
+        uvicorn_command("ingest.app:create_app", port, "--no-proxy-headers"),
         cwd=PROJECT_DIR, env=dict(env))
     url = f"http://127.0.0.1:{port}"
     try:
@@ -101,7 +79,7 @@ def broadcaster_server(env: Mapping[str, str], *, port: int | None = None) -> It
     ``port`` (a free one by default: pass one to restart on the same address); yields
     its base URL (http://...; the WebSocket is ws://.../ws)."""
     port = port if port is not None else free_port()
-    process = subprocess.Popen([sys.executable, "-m", "broadcaster"], cwd=PROJECT_DIR,
+    process = subprocess.Popen(BROADCASTER_COMMAND, cwd=PROJECT_DIR,
                                env={**env, "BROADCASTER_HOST": "127.0.0.1",
                                     "BROADCASTER_PORT": str(port)})
     url = f"http://127.0.0.1:{port}"

@@ -31,6 +31,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
+from loadtest.harness.processes import uvicorn_command
 from scoreboard.db import create_pool
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
@@ -354,9 +355,7 @@ def test_request_id_travels_from_ingest_logs_to_the_entry_and_worker_logs(
 def _logged_ingest(env: Mapping[str, str], log: Any) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "ingest.app:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--no-access-log",
-         "--no-proxy-headers"],
+        uvicorn_command("ingest.app:create_app", port, "--no-proxy-headers"),
         cwd=PROJECT_DIR, env=dict(env), stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -392,9 +391,8 @@ def test_ingest_with_two_processes_merges_their_metrics(backing: Backing,
     env = backing.env(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "ingest.app:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--loop", "uvloop",
-         "--no-access-log"], cwd=PROJECT_DIR, env=env)
+        uvicorn_command("ingest.app:create_app", port, "--workers", "2"),
+        cwd=PROJECT_DIR, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url + "/healthz", process)

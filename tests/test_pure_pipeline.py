@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, date, datetime
 
+import orjson
 import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
 
-from broadcaster.hub import Hub, Subscriber
+from broadcaster.admission import board_of, check_board, check_origin
+from broadcaster.frames import close_frame, sse_event, text_frame
+from broadcaster.hub import Hub
+from broadcaster.snapshots import Snapshot
+from broadcaster.sse import SseSpectator
 from broadcaster.throttle import Throttle
+from broadcaster.ws_connection import parse_subscribe
 from scoreboard.ranking import (
     decode_cursor,
     decode_member,
@@ -53,10 +62,26 @@ def test_throttle_sends_once_more_for_a_change_noticed_while_reading() -> None:
     assert throttle.on_change(10.0) == 0.0
     throttle.on_read_start()
     assert throttle.on_change(10.001) is None  # may have been missed by the read
-    assert throttle.on_sent(10.002) == pytest.approx(0.1)  # so: one more send
+    assert throttle.on_sent(10.002) == pytest.approx(0.098)  # so: one more send
     assert throttle.on_change(10.05) is None  # rides on that one
     throttle.on_read_start()
     assert throttle.on_sent(10.102) is None  # nothing arrived during this read
+
+
+def test_throttle_keeps_its_period_when_reads_are_slow_and_timers_late() -> None:
+    throttle, starts, now = Throttle(0.1), [], 0.0
+    delay = throttle.on_change(now)
+    for _ in range(21):  # a board that changes all the time
+        assert delay is not None
+        now += delay + 0.015  # the event loop runs each send 15 ms late ...
+        starts.append(now)
+        throttle.on_read_start()
+        now += 0.007  # ... and each read takes 7 ms
+        throttle.on_sent(now)
+        now += 0.001
+        delay = throttle.on_change(now)
+    assert starts[-1] - starts[0] == pytest.approx(2.0)  # 20 periods of 100 ms
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.1 - 1e-9
 
 
 def test_throttle_bounds_a_burst_to_duration_over_interval_plus_two() -> None:
@@ -76,42 +101,49 @@ def test_throttle_bounds_a_burst_to_duration_over_interval_plus_two() -> None:
 
 # -- hub ---------------------------------------------------------------------------------
 
-def test_hub_hands_the_same_payload_to_every_subscriber_and_keeps_only_the_latest() -> None:
+class Recorder:
+    """A spectator that records what the hub hands it."""
+
+    kind = "websocket"
+
+    def __init__(self) -> None:
+        self.board = ""
+        self.received: list[Snapshot] = []
+        self.shut_down = False
+
+    def offer(self, snapshot: Snapshot) -> None:
+        self.received.append(snapshot)
+
+    def shut(self) -> None:
+        self.shut_down = True
+
+
+def test_hub_hands_the_same_encoded_snapshot_to_every_spectator_of_its_board() -> None:
+    hub = Hub(max_per_address=10)
+    first, second, elsewhere = Recorder(), Recorder(), Recorder()
+    hub.join(first, "b")
+    hub.join(second, "b")
+    hub.join(elsewhere, "c")
+    snapshot = Snapshot.build("b", 1, [{"rank": 1, "user_id": "u", "username": "u", "score": 3}])
+    assert hub.publish(snapshot) == 2
+    assert first.received == [snapshot] and second.received == [snapshot]
+    assert first.received[0].ws_frame is second.received[0].ws_frame  # encoded once
+    assert elsewhere.received == []
+    assert hub.publish(Snapshot.build("nobody", 1, [])) == 0
+    hub.close_all()
+    assert first.shut_down and elsewhere.shut_down and hub.boards == {}
+
+
+def test_sse_spectator_keeps_only_the_newest_unsent_snapshot_and_never_goes_back() -> None:
     async def scenario() -> None:
-        sent: list[tuple[str, str]] = []
-        hub = Hub(max_per_address=10)
-
-        def sender(name: str) -> Subscriber:
-            async def send(payload: str) -> None:
-                sent.append((name, payload))
-            return Subscriber(address="a", transport="websocket", send=send)
-
-        first, second = sender("first"), sender("second")
-        hub.join(first, "b")
-        hub.join(second, "b")
-        assert hub.publish("b", "v1") == 2
-        assert hub.publish("b", "v2") == 2  # v1 not yet sent: replaced
-        assert hub.publish("other", "x") == 0
-        tasks = [asyncio.create_task(s.deliver(1.0)) for s in (first, second)]
-        await asyncio.sleep(0.01)
-        hub.close(first)
-        hub.close(second)
-        await asyncio.gather(*tasks)
-        assert sorted(sent) == [("first", "v2"), ("second", "v2")]
-        assert hub.boards == {}
-
-    asyncio.run(scenario())
-
-
-def test_hub_slow_subscriber_times_out() -> None:
-    async def scenario() -> None:
-        async def never(payload: str) -> None:
-            await asyncio.sleep(10)
-
-        subscriber = Subscriber(address="a", transport="websocket", send=never)
-        subscriber.offer("snapshot")
-        with pytest.raises(TimeoutError):
-            await subscriber.deliver(0.05)
+        spectator = SseSpectator()
+        spectator.offer(Snapshot.build("b", 1, []))
+        spectator.offer(Snapshot.build("b", 2, []))  # 1 not yet sent: replaced
+        assert b'"version":2' in (await spectator.next_event(1.0) or b"")
+        spectator.offer(Snapshot.build("b", 2, []))  # not newer than what was sent
+        assert await spectator.next_event(0.01) == b": keepalive\n\n"
+        spectator.shut()
+        assert await spectator.next_event(1.0) is None
 
     asyncio.run(scenario())
 
@@ -195,17 +227,58 @@ def test_backoff_is_exponential_and_capped() -> None:
 
 def test_hub_reports_a_board_nobody_watches_any_more() -> None:
     emptied: list[str] = []
-    hub = Hub(max_per_address=10, on_board_empty=emptied.append)
-
-    async def send(payload: str) -> None:
-        pass
-
-    first = Subscriber(address="a", transport="websocket", send=send)
-    second = Subscriber(address="a", transport="websocket", send=send)
+    hub = Hub(max_per_address=10)
+    hub.on_board_empty.append(emptied.append)
+    first, second = Recorder(), Recorder()
     hub.join(first, "x")
     hub.join(second, "x")
     hub.join(first, "y")  # a switch leaves x with one watcher
     assert emptied == []
-    hub.close(second)
-    hub.close(first)
+    hub.leave(second)
+    hub.leave(first)
     assert emptied == ["x", "y"]
+
+
+# -- broadcaster wire formats and admission ----------------------------------------------
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65_535, 65_536])
+def test_text_frame_is_what_the_websockets_library_parses_back(size: int) -> None:
+    payload = b"x" * size
+    frame = text_frame(payload)
+    reader = StreamReader()
+    reader.feed_data(frame)
+    parser = Frame.parse(reader.read_exact, mask=False)
+    with pytest.raises(StopIteration) as parsed:
+        next(parser)
+    assert parsed.value.value == Frame(Opcode.TEXT, payload)
+    assert not reader.buffer  # nothing left over: the length was right
+
+
+def test_close_frame_carries_code_and_a_cut_reason() -> None:
+    frame = close_frame(1001, "r" * 200)
+    assert frame[0] == 0x88 and frame[1] == 125 and frame[2:4] == (1001).to_bytes(2)
+
+
+def test_sse_event_is_one_data_line() -> None:
+    assert sse_event(b'{"a":1}') == b'event: snapshot\ndata: {"a":1}\n\n'
+
+
+def test_admission_refusals() -> None:
+    assert board_of("board=arena&x=1") == "arena" and board_of("") == "global"
+    assert check_board("arena") is None
+    refused = check_board("bad board")
+    assert refused is not None and refused.status == 422 and refused.code == "invalid_field"
+    assert check_origin(None, frozenset({"https://a.example"})) is None  # a bot
+    assert check_origin("https://a.example", frozenset({"https://a.example"})) is None
+    assert check_origin("https://evil.example", None) is None  # any origin allowed
+    foreign = check_origin("https://evil.example", frozenset({"https://a.example"}))
+    assert foreign is not None and foreign.status == 403
+    assert orjson.loads(foreign.body())["error"]["code"] == "origin_not_allowed"
+
+
+def test_parse_subscribe_takes_only_a_well_formed_subscribe() -> None:
+    assert parse_subscribe(b'{"type": "subscribe", "board": "arena"}') == "arena"
+    for message in (b"not json", b"[]", b'{"type": "watch", "board": "arena"}',
+                    b'{"type": "subscribe", "board": "bad board"}',
+                    b'{"type": "subscribe", "board": 7}', b'{"type": "subscribe"}'):
+        assert parse_subscribe(message) is None

@@ -27,7 +27,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from ingest.client_address import client_address
 from ingest.validation import (
     BatchIncrement,
     Credentials,
@@ -39,6 +38,7 @@ from ingest.validation import (
 )
 from scoreboard import action_tokens
 from scoreboard.action_tokens import ActionToken
+from scoreboard.client_address import client_address
 from scoreboard.errors import ActionTokenError, ConfigError, JWTError, RequestError
 from scoreboard.jwt_tokens import JWTAuthority, SigningKey
 from scoreboard.limits import Rate, gcra, retry_after_seconds

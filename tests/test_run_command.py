@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import redis
 
+from loadtest.harness.processes import wait_ready
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.ranking import totals_by_user
@@ -41,16 +42,7 @@ def _running(data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen[
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("run command never became ready:\n" + log.read_text())
+    wait_ready(url + "/readyz", process, log, "the run command", timeout_s=60)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int:

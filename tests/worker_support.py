@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -13,6 +12,7 @@ from typing import Any
 
 import redis.asyncio as redis_asyncio
 
+from loadtest.harness.processes import WORKER_COMMAND
 from scoreboard.db import create_pool
 from scoreboard.keys import Keys
 from tests.servers import PROJECT_DIR, Backing, stop_process
@@ -61,8 +61,8 @@ def worker_process(env: Mapping[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     Its output is dropped unless ``WORKER_TEST_LOG`` names a file to append it to.
     """
     with open(os.environ.get("WORKER_TEST_LOG") or os.devnull, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "arq", "workers.main.WorkerSettings"],
-                                   cwd=PROJECT_DIR, env=dict(env), stdout=log, stderr=log)
+        process = subprocess.Popen(WORKER_COMMAND, cwd=PROJECT_DIR, env=dict(env), stdout=log,
+                                   stderr=log)
         try:
             yield process
         finally:

@@ -1,0 +1,125 @@
+"""``GET /sse?board=``: the same snapshots as Server-Sent Events.
+
+A pure ASGI endpoint rather than a ``StreamingResponse``: every send is bounded
+by the send timeout (a reader that stopped reading is cut off, not waited on
+forever), and the connection's slot is reserved, joined and released inside
+one ``try``/``finally``, so an early disconnect or a Redis error cannot leak it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import redis.exceptions
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from broadcaster.admission import CAPPED, Refusal, board_of, check_board
+from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
+from broadcaster.snapshots import Snapshot
+from broadcaster.state import BroadcasterState
+from scoreboard.client_address import client_address
+
+logger = logging.getLogger(__name__)
+
+KEEPALIVE_S = 15.0
+UNAVAILABLE = Refusal(503, "unavailable", "the board cannot be read right now", 1)
+
+
+class SseSpectator:
+    """One SSE client: a one-slot mailbox of the newest unsent snapshot."""
+
+    kind = "sse"
+
+    def __init__(self) -> None:
+        self.board = ""
+        self.pending: Snapshot | None = None
+        self.version_sent = -1
+        self.closed = False
+        self.wake = asyncio.Event()
+
+    def offer(self, snapshot: Snapshot) -> None:
+        if snapshot.version <= self.version_sent:
+            return
+        if self.pending is not None:
+            SNAPSHOTS_SKIPPED.inc()
+        self.pending = snapshot
+        self.wake.set()
+
+    def shut(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    async def next_event(self, keepalive_s: float) -> bytes | None:
+        """The next bytes to send: a snapshot, a keepalive comment, or None once shut."""
+        if self.pending is None and not self.closed:
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), keepalive_s)
+        if self.closed:
+            return None
+        if self.pending is None:
+            return b": keepalive\n\n"
+        snapshot, self.pending = self.pending, None
+        self.version_sent = snapshot.version
+        return snapshot.sse_event
+
+
+async def _refuse(refusal: Refusal, send: Send) -> None:
+    await send({"type": "http.response.start", "status": refusal.status,
+                "headers": [(k.lower().encode(), v.encode()) for k, v in refusal.headers()]})
+    await send({"type": "http.response.body", "body": refusal.body()})
+
+
+async def _watch_disconnect(receive: Receive, spectator: SseSpectator) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    spectator.shut()
+
+
+class SseEndpoint:
+    """An ASGI app, so that Starlette routes to it without wrapping it as request → response."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope)
+        state: BroadcasterState = request.app.state.broadcaster
+        board = board_of(request.url.query)
+        refusal = check_board(board)
+        if refusal is not None:
+            await _refuse(refusal, send)
+            return
+        peer = request.client.host if request.client else None
+        forwarded = ", ".join(request.headers.getlist("x-forwarded-for")) or None
+        address = client_address(peer, forwarded, state.settings.trusted_proxies)
+        if not state.hub.admit(address):
+            DROPPED.labels("address_cap").inc()
+            await _refuse(CAPPED, send)
+            return
+        spectator = SseSpectator()
+        watcher = asyncio.create_task(_watch_disconnect(receive, spectator))
+        try:
+            try:
+                first = await state.snapshots.current(board)
+            except redis.exceptions.RedisError as exc:
+                logger.warning("first snapshot of %s failed: %r", board, exc)
+                await _refuse(UNAVAILABLE, send)
+                return
+            state.hub.join(spectator, board)
+            spectator.offer(first)
+            SNAPSHOTS_SENT.inc()
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]})
+            while (event := await spectator.next_event(KEEPALIVE_S)) is not None:
+                async with asyncio.timeout(state.settings.ws_send_timeout_s):
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+        except TimeoutError:
+            DROPPED.labels("slow").inc()
+        except OSError:  # the client went away mid-send
+            pass
+        finally:
+            watcher.cancel()
+            state.hub.leave(spectator)
+            state.hub.release(address)

@@ -1,0 +1,299 @@
+"""``/ws``: one spectator's WebSocket, written to its socket directly.
+
+uvicorn hands every upgrade request of the broadcaster's port to this
+protocol (its ``ws`` class), with the socket. The handshake, client frames,
+pings and the close handshake go through the ``websockets`` library's sans-I/O
+``ServerProtocol``; snapshots do not: each is one ``transport.write`` of the
+frame the snapshot service encoded once for every client. There is no task,
+no queue and no ASGI message per client and per snapshot, which is what keeps
+a process at the floor cost of one write per spectator.
+
+Latest wins: when a spectator's unsent bytes pass ``WS_WRITE_BUFFER_BYTES``
+the transport pauses it; snapshots meanwhile replace each other in one slot
+and the newest goes out when the socket drains. A spectator still paused
+after ``WS_SEND_TIMEOUT_S`` cannot keep up and is cut off (abort: a close
+frame could not get through a full buffer anyway). Closing a socket that still
+holds unsent data aborts it too: asyncio's graceful close would wait forever
+for a peer that stopped reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+from urllib.parse import unquote
+
+import orjson
+import redis.exceptions
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+
+from broadcaster.admission import CAPPED, NOT_FOUND, Refusal, board_of, check_board, check_origin
+from broadcaster.frames import close_frame, text_frame
+from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
+from broadcaster.snapshots import Snapshot
+from broadcaster.state import BroadcasterState
+from scoreboard.client_address import client_address
+
+logger = logging.getLogger(__name__)
+# websockets logs every open and close at INFO: thousands a second here.
+_protocol_logger = logging.getLogger("broadcaster.ws_protocol")
+_protocol_logger.setLevel(logging.WARNING)
+
+WS_PATH = "/ws"
+GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
+TRY_AGAIN_LATER = 1013
+PING_FRAME = b"\x89\x02sb"  # an unmasked ping with a fixed payload; any pong answers it
+INVALID_MESSAGE = text_frame(orjson.dumps({
+    "type": "error", "code": "invalid_message",
+    "message": 'expected {"type": "subscribe", "board": "<board name>"}'}))
+
+_loading: set[asyncio.Task[None]] = set()  # first snapshots being read, kept from the GC
+
+
+def parse_subscribe(message: bytes) -> str | None:
+    """The board of ``{"type": "subscribe", "board": ...}``, or None for anything else."""
+    try:
+        parsed = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict) or parsed.get("type") != "subscribe":
+        return None
+    board = parsed.get("board")
+    return board if isinstance(board, str) and check_board(board) is None else None
+
+
+class SpectatorConnection(asyncio.Protocol):
+    """uvicorn's WebSocket protocol class for the broadcaster (``ws=``)."""
+
+    kind = "websocket"
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.state: BroadcasterState = app_state["broadcaster"]
+        self.server_connections: set[Any] = server_state.connections
+        self.conn = ServerProtocol(max_size=self.state.settings.ws_max_message_bytes,
+                                   logger=_protocol_logger)
+        self.transport: asyncio.Transport | None = None
+        self.board = ""
+        self.address: str | None = None  # set once admitted: its slot is released on loss
+        self.open = False
+        self.version_sent = -1  # of the current board: versions sent only grow
+        self.paused = False
+        self.pending: Snapshot | None = None
+        self.stuck_timer: asyncio.TimerHandle | None = None
+        self.ping_sent_at: float | None = None
+        self.fragments: list[bytes] = []
+
+    # The transport interface (asyncio.Protocol).
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.server_connections.add(self)
+        self.transport.set_write_buffer_limits(high=self.state.settings.ws_write_buffer_bytes)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        for event in self.conn.events_received():
+            if isinstance(event, Request):
+                self._handshake(event)
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._flush()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_eof()
+        self._flush()
+        return False
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        loop = asyncio.get_running_loop()
+        self.stuck_timer = loop.call_later(self.state.settings.ws_send_timeout_s, self._drop_slow)
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.stuck_timer is not None:
+            self.stuck_timer.cancel()
+            self.stuck_timer = None
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self.offer(pending)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self.pending = None
+        if self.stuck_timer is not None:
+            self.stuck_timer.cancel()
+        self.server_connections.discard(self)
+        self.state.sockets.discard(self)
+        self.state.hub.leave(self)
+        if self.address is not None:
+            self.state.hub.release(self.address)
+            self.address = None
+
+    # The hub's interface (broadcaster.hub.Spectator).
+
+    def offer(self, snapshot: Snapshot) -> None:
+        if not self.open or snapshot.board != self.board or snapshot.version <= self.version_sent:
+            return
+        if self.paused:
+            if self.pending is not None:
+                SNAPSHOTS_SKIPPED.inc()
+            self.pending = snapshot
+            return
+        assert self.transport is not None
+        self.transport.write(snapshot.ws_frame)
+        self.version_sent = snapshot.version
+
+    def shut(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
+        if self.open and self.transport is not None:
+            self.open = False
+            self.transport.write(close_frame(code, reason))
+        self._close_transport()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful stop of every connection."""
+        self.shut()
+
+    # Keepalive (driven for every connection at once by ``keep_alive``).
+
+    def ping(self, now: float) -> None:
+        """Send a ping, or close when the previous one went unanswered too long."""
+        if not self.open or self.transport is None:
+            return
+        if self.ping_sent_at is None:
+            self.ping_sent_at = now
+            self.transport.write(PING_FRAME)
+        elif now - self.ping_sent_at >= self.state.settings.ws_ping_timeout_s:
+            DROPPED.labels("ping_timeout").inc()
+            self.shut(INTERNAL_ERROR, "keepalive ping timeout")
+
+    # Inside.
+
+    def _handshake(self, request: Request) -> None:
+        response = self.conn.accept(request)  # a malformed handshake gets its 4xx here
+        if response.status_code != 101:
+            self.conn.send_response(response)
+            return
+        refusal, board, address = self._admission(request)
+        if refusal is not None:
+            if refusal is CAPPED:
+                DROPPED.labels("address_cap").inc()
+            self.conn.send_response(Response(
+                refusal.status, _REASONS.get(refusal.status, "Refused"),
+                Headers([*refusal.headers(), ("Connection", "close")]), refusal.body()))
+            return
+        self.address = address
+        self.conn.send_response(response)
+        self._flush()  # the 101 goes out before any frame
+        self.open = True
+        self.state.sockets.add(self)
+        self._watch(board)
+
+    def _admission(self, request: Request) -> tuple[Refusal | None, str, str]:
+        path, _, query = request.path.partition("?")
+        board = board_of(query)
+        if unquote(path) != WS_PATH:
+            return NOT_FOUND, board, ""
+        settings = self.state.settings
+        refusal = (check_origin(request.headers.get("Origin"), settings.allowed_origins)
+                   or check_board(board))
+        if refusal is not None:
+            return refusal, board, ""
+        assert self.transport is not None
+        peer = self.transport.get_extra_info("peername")
+        forwarded = ", ".join(request.headers.get_all("X-Forwarded-For")) or None
+        address = client_address(peer[0] if peer else None, forwarded, settings.trusted_proxies)
+        if not self.state.hub.admit(address):
+            return CAPPED, board, address
+        return None, board, address
+
+    def _watch(self, board: str) -> None:
+        """Move to ``board`` and send its current snapshot (read first if nobody here
+        watched it: the only path that awaits, once per board and not per client)."""
+        snapshot = self.state.snapshots.cached(board)
+        self.state.hub.join(self, board)
+        self.version_sent = -1
+        if snapshot is not None:
+            self._offer_first(snapshot)
+            return
+        task = asyncio.get_running_loop().create_task(self._send_current(board))
+        _loading.add(task)
+        task.add_done_callback(_loading.discard)
+
+    async def _send_current(self, board: str) -> None:
+        try:
+            snapshot = await self.state.snapshots.current(board)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("first snapshot of %s failed: %r", board, exc)
+            self.shut(TRY_AGAIN_LATER, "board unavailable, try again")
+            return
+        self._offer_first(snapshot)
+
+    def _offer_first(self, snapshot: Snapshot) -> None:
+        SNAPSHOTS_SENT.inc()  # the hub counts the rest, one increment per publish
+        self.offer(snapshot)
+
+    def _frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.PONG:
+            self.ping_sent_at = None
+        elif frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT) and self.open:
+            self.fragments.append(bytes(frame.data))
+            if frame.fin:
+                message, self.fragments = b"".join(self.fragments), []
+                self._message(message)
+
+    def _message(self, message: bytes) -> None:
+        board = parse_subscribe(message)
+        if board is None:
+            assert self.transport is not None
+            self.transport.write(INVALID_MESSAGE)
+        else:
+            self._watch(board)
+
+    def _flush(self) -> None:
+        """Write what the protocol produced (handshake answers, pongs, close frames);
+        an empty chunk is its signal to end the TCP connection."""
+        assert self.transport is not None
+        for chunk in self.conn.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            else:
+                self.open = False
+                self._close_transport()
+
+    def _close_transport(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.transport.get_write_buffer_size() > 0:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def _drop_slow(self) -> None:
+        self.stuck_timer = None
+        if self.paused and self.transport is not None:
+            DROPPED.labels("slow").inc()
+            self.open = False
+            self.transport.abort()
+
+
+_REASONS = {403: "Forbidden", 404: "Not Found", 422: "Unprocessable Content",
+            429: "Too Many Requests"}
+
+
+async def keep_alive(state: BroadcasterState) -> None:
+    """Every ping interval, ping each spectator and close those whose previous ping
+    went unanswered for the ping timeout: one sweep for all, no timer per client."""
+    interval = state.settings.ws_ping_interval_s
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        now = loop.time()
+        for connection in list(state.sockets):
+            connection.ping(now)

@@ -1,0 +1,121 @@
+"""The fan-out floor: a bare server that writes one pre-encoded frame to every socket.
+
+    python -m loadtest.fanout_anchor --port P [--interval-ms 100] [--players 10]
+
+What one Python process on uvloop can do at best for this job, measured in
+the same run as the broadcaster and driven by the same clients: accept a
+WebSocket handshake with no checks, send the latest frame at once, then every
+interval build one snapshot message of the broadcaster's shape (the same
+board, players, ``ts`` and size) and ``transport.write`` the same frame to
+every socket. No Redis, no throttle, no slow-client handling, no pings. It
+answers ``GET /healthz`` with 200 so the benchmark can wait for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import random
+import struct
+import time
+from typing import cast
+
+import orjson
+import uvloop
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class Anchor:
+    def __init__(self, board: str, players: int) -> None:
+        self.board = board
+        self.players = players
+        self.version = 0
+        self.sockets: set[asyncio.Transport] = set()
+        self.frame = self.build()
+
+    def build(self) -> bytes:
+        """One snapshot frame: the broadcaster's message shape, a fresh ts."""
+        self.version += 1
+        scores = sorted((random.randint(1, 10_000) for _ in range(self.players)), reverse=True)
+        entries = [{"rank": rank, "user_id": f"spectated_{rank - 1}",
+                    "username": f"player {rank - 1}", "score": score}
+                   for rank, score in enumerate(scores, start=1)]
+        payload = orjson.dumps({"type": "snapshot", "board": self.board,
+                                "version": self.version, "ts": int(time.time() * 1000),
+                                "entries": entries})
+        length = len(payload)
+        header = (struct.pack("!BB", 0x81, length) if length < 126
+                  else struct.pack("!BBH", 0x81, 126, length))
+        return header + payload
+
+    async def tick(self, interval_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += interval_s
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            frame = self.frame = self.build()
+            for transport in self.sockets:
+                transport.write(frame)
+
+
+class AnchorConnection(asyncio.Protocol):
+    def __init__(self, anchor: Anchor) -> None:
+        self.anchor = anchor
+        self.transport: asyncio.Transport | None = None
+        self.request = b""
+        self.upgraded = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgraded or self.transport is None:
+            return  # pongs and close frames: nothing to do at the floor
+        self.request += data
+        if b"\r\n\r\n" not in self.request:
+            return
+        head = self.request.decode("latin-1")
+        if head.startswith("GET /healthz"):
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                                 b"Connection: close\r\n\r\nok")
+            self.transport.close()
+            return
+        key = next(line.split(":", 1)[1].strip() for line in head.split("\r\n")
+                   if line.lower().startswith("sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+        self.transport.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                              f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                              ).encode() + self.anchor.frame)
+        self.upgraded = True
+        self.anchor.sockets.add(self.transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.anchor.sockets.discard(self.transport)
+
+
+async def serve(port: int, interval_s: float, board: str, players: int) -> None:
+    anchor = Anchor(board, players)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: AnchorConnection(anchor), "127.0.0.1", port,
+                                      backlog=4096)
+    async with server:
+        await anchor.tick(interval_s)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--interval-ms", type=float, default=100)
+    parser.add_argument("--board", default="spectated")
+    parser.add_argument("--players", type=int, default=10)
+    args = parser.parse_args()
+    uvloop.run(serve(args.port, args.interval_ms / 1000, args.board, args.players))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The worker benchmark's checks of a drained database and its report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import redis.asyncio as redis_asyncio
+
+from loadtest.harness.cpu import CpuUse
+from loadtest.harness.figures import background_line, bucket_of, machine_line, percentile
+from loadtest.worker_workload import BOARDS, Workload
+from scoreboard.fraud_rules import is_night
+from scoreboard.keys import Keys
+from scoreboard.ranking import totals_by_user
+from scoreboard.settings import Settings
+
+if TYPE_CHECKING:
+    from loadtest.bench_worker import CopyResult, LatencyPass, WorkerBacking, WorkerPass
+
+
+# --- Checks ---------------------------------------------------------------------------------
+
+
+def differences(found: dict[tuple[str, str], int], expected: dict[tuple[str, str], int]) -> str:
+    """How many (board, user) totals differ, and the first few, to debug from."""
+    wrong = sorted(k for k in found.keys() | expected.keys() if found.get(k) != expected.get(k))
+    sample = ", ".join(f"{b}/{u} {found.get((b, u))} != {expected.get((b, u))}"
+                       for b, u in wrong[:5])
+    return f"{len(wrong):,} of {len(expected):,} (board, user) totals ({sample})"
+
+
+async def check_drained(database_url: str, redis_url: str, keys: Keys,
+                        workload: Workload) -> list[str]:
+    """What is wrong with the drained database and boards (empty when all is right)."""
+    expected = workload.expected_totals()
+    problems: list[str] = []
+    connection = await asyncpg.connect(database_url, timeout=30)
+    try:
+        rows, distinct = (await connection.fetchrow(
+            "SELECT count(*), count(DISTINCT event_id) FROM actions WHERE event_id LIKE $1",
+            f"bench-{workload.run_id}-%")).values()
+        others = await connection.fetchval(
+            "SELECT count(*) FROM actions WHERE event_id NOT LIKE $1", f"bench-{workload.run_id}-%")
+        action_sums = {(r["board"], r["user_id"]): r["s"] for r in await connection.fetch(
+            "SELECT board, user_id, sum(points) AS s FROM actions GROUP BY board, user_id")}
+        scores = {(r["board"], r["user_id"]): r["score"] for r in await connection.fetch(
+            "SELECT board, user_id, score FROM scores")}
+    finally:
+        await connection.close()
+    if (rows, distinct, others) != (len(workload), len(workload), 0):
+        problems.append(f"actions holds {rows:,} rows of the run ({distinct:,} distinct event "
+                        f"ids) and {others:,} others; expected {len(workload):,}")
+    if action_sums != expected:
+        problems.append("per-user sums of actions differ from the entries' sums")
+    if scores != expected:
+        problems.append(f"scores differ from the entries' sums: {differences(scores, expected)}")
+    client = redis_asyncio.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        boards = {}
+        for board in BOARDS:  # decoded as the product encodes a board (scoreboard.ranking)
+            members = await client.zrange(keys.board(board), 0, -1, withscores=True)
+            boards.update({(board, user): total for user, total in
+                           totals_by_user(members).items()})
+        dead = await client.xlen(keys.dead_letters)
+    finally:
+        await client.aclose()
+    if boards != expected:
+        problems.append("the board ZSETs differ from the entries' sums: "
+                        + differences(boards, expected))
+    if dead:
+        problems.append(f"{dead} entries were dead-lettered")
+    return problems
+
+
+# --- Report ---------------------------------------------------------------------------------
+
+
+def limit_notes(cpu: CpuUse, process_name: str, *, serial_batches: bool) -> list[str]:
+    """Plain-language reading of a window's CPU split: which party was saturated.
+
+    ``serial_batches``: the window ran the consumer, whose steps per batch
+    (XREADGROUP, the Postgres transaction, the MULTI) run one after another.
+    """
+    cores, notes = os.cpu_count() or 1, []
+    if cpu.process >= 0.85:
+        notes.append(f"the {process_name} was CPU-bound (one Python event loop = one core at "
+                     "most): it limits this figure")
+    if cpu.postgres is not None and cpu.postgres >= 0.85:
+        notes.append(f"postgres used {cpu.postgres:.2f} cores: it limits this figure")
+    if cpu.machine >= 0.9 * cores:
+        notes.append(f"the machine was saturated ({cpu.machine:.2f} of {cores} cores): every "
+                     "party waited for a core at times, which lengthened each batch")
+    if cpu.iowait >= 0.2:
+        notes.append(f"iowait {cpu.iowait:.2f}: commits waited on fsync")
+    others = cpu.machine - cpu.process - cpu.redis - (cpu.postgres or 0.0)
+    if others > 0.15:
+        busiest = ", ".join(f"{name} {cores:.2f}" for name, cores in cpu.top_others)
+        notes.append(f"{others:.2f} cores went to others in the window (busiest: "
+                     f"{busiest or 'no process that lived through the window used 0.02'}"
+                     "; the rest is short-lived processes and the kernel): when "
+                     "that is not this run's own work, the figure is disturbed")
+    if cpu.redis_forked:
+        notes.append("Redis forked during the window (an AOF rewrite: the drain's own writes "
+                     "doubled the AOF, as in production); the rewrite's CPU and disk writes "
+                     "shared the machine with the figure")
+    parties = cpu.process + cpu.redis + (cpu.postgres or 0.0)
+    saturated = cpu.process >= 0.85 or (cpu.postgres or 0.0) >= 0.85
+    if serial_batches and not saturated and 0.7 <= parties <= 1.3:
+        notes.append(f"neither {process_name} nor postgres saturated a core; with "
+                     f"redis-server they used {parties:.2f} cores together, about one, because "
+                     "each batch's steps run "
+                     "one after another (read, transaction and commit, MULTI) and the parties "
+                     "take turns; the rate is batch size / batch latency, and more worker "
+                     "processes would overlap their batches")
+    elif not notes:
+        notes.append("no party was saturated: round trips and fsync waits bound the figure")
+    return notes
+
+
+def night_line(settings: Settings, workload: Workload) -> str:
+    """Whether the entries fall in the unusual-time rule's window, which changes
+    the fraud checks' work per entry."""
+    zone = ZoneInfo(settings.fraud_timezone)
+    first = datetime.fromtimestamp(workload.ts_ms / 1000, UTC).astimezone(zone)
+    inside = [is_night(ts, timezone=settings.fraud_timezone,
+                       start_hour=settings.night_start_hour, end_hour=settings.night_end_hour)
+              for ts in (workload.ts_ms, workload.ts_ms + (len(workload) - 1) // 10)]
+    where = "INSIDE" if all(inside) else "outside" if not any(inside) else "partly inside"
+    return (f"entries at {first:%Y-%m-%d %H:%M} {settings.fraud_timezone}: {where} the "
+            f"unusual-time rule's window [{settings.night_start_hour:02d}:00, "
+            f"{settings.night_end_hour:02d}:00) (pass --at to choose)")
+
+
+def report(args: argparse.Namespace, *, background: float, servers: str, backing: WorkerBacking,
+           code: tuple[str, bool], night: str, prefill_s: float, worker: WorkerPass,
+           worker_problems: list[str], latency: LatencyPass, latency_problems: list[str],
+           baseline: CopyResult) -> bool:
+    n = args.entries
+    print("\n=== Worker benchmark: one worker process draining a backlog ===")
+    print(f"machine     {machine_line()}")
+    print(f"code        {code[0]}" + ("" if code[1] else "  WARNING: the product's sources "
+                                      "changed during the run; rerun"))
+    print(background_line(background))
+    print(f"servers     {servers}; started here: {backing.embedded}")
+    print(f"workload    {n:,} entries per stream, {args.users:,} users x boards "
+          f"{'/'.join(BOARDS)}, points 1..10, unique event ids, source backend:…; batch "
+          f"max {args.batch_max}")
+    print(f"time        {night}")
+    print(f"prefill     {n:,} XADDs pipelined by 1000 in {prefill_s:.2f} s "
+          f"({n / prefill_s:,.0f}/s), before any consumer started")
+
+    drain = worker.drain
+    print(f"\n1. THROUGHPUT  one real worker process (arq workers.main.WorkerSettings, "
+          f"pid {worker.pid})")
+    print(f"  persisted/s       {drain.steady_rate:,.0f}/s steady (first acknowledgement seen "
+          f"{drain.first_ack_s:.2f} s after spawn, all {n:,} at {drain.done_s:.2f} s)")
+    print(f"  with start-up     {drain.overall_rate:,.0f}/s (spawn to last acknowledgement)")
+    count = worker.histogram[-1][1] if worker.histogram else 0
+    print(f"  batch latency     p50 in {bucket_of(worker.histogram, 0.5)}, p99 in "
+          f"{bucket_of(worker.histogram, 0.99)} ({count:,.0f} batches; the worker's own "
+          "scoreboard_worker_batch_seconds buckets: persist + acknowledge)")
+    print(f"  worker counter    scoreboard_worker_persisted_total = "
+          f"{worker.persisted_counter:,.0f}")
+    print(f"  CPU in drain      {drain.cpu.line('worker')}")
+    print(f"  check             {'OK: ' if not worker_problems else 'FAILED: '}"
+          + ("; ".join(worker_problems) or f"actions = {n:,} rows, scores and boards = the "
+             "entries' per-user sums, no dead letters"))
+    for note in limit_notes(drain.cpu, "worker process", serial_batches=True):
+        print(f"  limit             {note}")
+
+    ldrain, batch_s = latency.drain, sorted(latency.timings.batch_s)
+    pg_s, redis_s = sorted(latency.timings.postgres_s), sorted(latency.timings.redis_s)
+    fraud_s = sorted(latency.timings.fraud_s)
+    print("\n2. LATENCY  the same StreamConsumer class in this process (each handle() timed)")
+    print(f"  batch latency     p50 {1000 * percentile(batch_s, 0.5):.1f} ms, p99 "
+          f"{1000 * percentile(batch_s, 0.99):.1f} ms, max {1000 * batch_s[-1]:.1f} ms over "
+          f"{len(batch_s)} batches (mean {n / len(batch_s):,.0f} entries): parse + Postgres "
+          "transaction + Redis MULTI + fraud checks")
+    print(f"    Postgres        persist_batch p50 {1000 * percentile(pg_s, 0.5):.1f} ms, p99 "
+          f"{1000 * percentile(pg_s, 0.99):.1f} ms (COPY to staging, INSERT .. ON CONFLICT, "
+          "users and scores upserts, totals, commit)")
+    print(f"    Redis           apply_and_ack p50 {1000 * percentile(redis_s, 0.5):.1f} ms, "
+          f"p99 {1000 * percentile(redis_s, 0.99):.1f} ms (board scripts, HSET, XACK, PUBLISH)")
+    print(f"    fraud checks    after_batch p50 {1000 * percentile(fraud_s, 0.5):.1f} ms, "
+          f"p99 {1000 * percentile(fraud_s, 0.99):.1f} ms (after the XACK, before the next "
+          "read; not in the worker's histogram)")
+    print(f"  persisted/s       {ldrain.steady_rate:,.0f}/s steady, all {n:,} in "
+          f"{ldrain.done_s:.2f} s (the poll shares this process's event loop)")
+    print(f"  CPU in drain      {ldrain.cpu.line('this process')}")
+    print(f"  check             {'OK: ' if not latency_problems else 'FAILED: '}"
+          + ("; ".join(latency_problems) or "same as above, on a database of its own"))
+    for note in limit_notes(ldrain.cpu, "this process", serial_batches=True):
+        print(f"  limit             {note}")
+
+    copy_s = sorted(baseline.copy_s)
+    print(f"\n3. BASELINE  asyncpg binary COPY (copy_records_to_table) of the same {n:,} rows "
+          f"into a table LIKE actions INCLUDING ALL, partitioned by month like actions, "
+          f"{args.batch_max} rows per autocommitted COPY")
+    print(f"  indexes           {', '.join(baseline.indexes)}")
+    print(f"  COPY rows/s       {baseline.rate:,.0f}/s (sum of COPY calls {sum(copy_s):.2f} s;"
+          f" per batch p50 {1000 * percentile(copy_s, 0.5):.1f} ms, p99 "
+          f"{1000 * percentile(copy_s, 0.99):.1f} ms)")
+    print(f"  CPU               {baseline.cpu.line('this process')}")
+    for note in limit_notes(baseline.cpu, "this process", serial_batches=False):
+        print(f"  limit             {note}")
+
+    print("\nRATIO  persisted/s ÷ COPY rows/s")
+    print(f"  real worker       {drain.steady_rate:,.0f} / {baseline.rate:,.0f} = "
+          f"{drain.steady_rate / baseline.rate:.3f}")
+    print(f"  in-process        {ldrain.steady_rate:,.0f} / {baseline.rate:,.0f} = "
+          f"{ldrain.steady_rate / baseline.rate:.3f}")
+    print()
+    return not worker_problems and not latency_problems
