@@ -180,8 +180,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--raw-clients", type=int, default=0,
                         help="redis-benchmark connections (default: --concurrency)")
     parser.add_argument("--skip-raw", action="store_true", help="HTTP figure only")
-    parser.add_argument("--batches", type=int, default=300,
-                        help="batches sent in the batch part (300); 0 skips it")
+    parser.add_argument("--batches", type=int, default=800,
+                        help="batches prepared for the batch part (800), which has a 1 s "
+                             "warm-up and a window of at most 5 s; 0 skips it")
     parser.add_argument("--batch-size", type=int, default=1000, help="increments each (1000)")
     parser.add_argument("--batch-concurrency", type=int, default=4,
                         help="batches in flight (4)")
@@ -249,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+BATCH_WINDOW_S = 5.0  # 100,000 increments/s for 6 s is 600 batches of 1,000: ~45 MB of JSON
+
+
 def run_anchor_parts(args: argparse.Namespace, root: Path, env: dict[str, str],
                      backing: Backing, url: str, ingest_pid: int,
                      players: list[dict[str, str]],
@@ -266,7 +270,8 @@ def run_anchor_parts(args: argparse.Namespace, root: Path, env: dict[str, str],
         batches = run_load(args, root, url, ingest_pid, backing.redis_url,
                            batch_requests(backend_headers(url, backing.database_url),
                                           args.batches, args.batch_size),
-                           path="/api/scores/batch", concurrency=args.batch_concurrency)
+                           path="/api/scores/batch", concurrency=args.batch_concurrency,
+                           warmup_s=1, duration_s=min(args.duration, BATCH_WINDOW_S))
     if not args.skip_anchor:
         print("driving the bare Starlette route…", flush=True)
         with uvicorn_process("loadtest.ingest_anchor:bare_app", env, root / "bare.log",
@@ -274,8 +279,9 @@ def run_anchor_parts(args: argparse.Namespace, root: Path, env: dict[str, str],
             bare = run_load(args, root, bare_url, pid, backing.redis_url, requests, cycle=True)
     bare_rps = rate(bare) if bare is not None else None
     print(f"\nSame run, same client ({args.client}, {args.concurrency} connections; batches "
-          f"{args.batch_concurrency}), {args.warmup:g} s warm-up, {args.duration:g} s window, "
-          "access log at its default (on); CPU is the server process's")
+          f"{args.batch_concurrency}), {args.warmup:g} s warm-up, {args.duration:g} s window "
+          f"(batches: 1 s, at most {BATCH_WINDOW_S:g} s), access log at its default (on); CPU "
+          "is the server process's")
     if bare is not None:
         print(report_line("bare Starlette JSON route", bare, bare_rps))
     if tokens is not None:
