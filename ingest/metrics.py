@@ -16,7 +16,7 @@ Several server processes (``uvicorn --workers N``): with
 from __future__ import annotations
 
 import logging
-import secrets
+import random
 import time
 from typing import Any
 
@@ -75,7 +75,8 @@ def _request_id(scope: Scope) -> str:
             given: str = value.decode("latin-1")
             if 0 < len(given) <= 64 and given.replace("-", "").replace("_", "").isalnum():
                 return given
-    return secrets.token_hex(8)
+    # A trace id, not a secret: the process's PRNG, not a system call per request.
+    return f"{random.getrandbits(64):016x}"
 
 
 class ObservabilityMiddleware:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -17,14 +16,10 @@ def _trusted(address: str, proxies: Sequence[IPNetwork]) -> bool:
     return any(ip in network for network in proxies)
 
 
-@functools.lru_cache(maxsize=65536)
 def client_address(peer: str | None, forwarded_for: str | None,
                    trusted_proxies: Sequence[IPNetwork]) -> str:
-    """The address limits apply to.
-
-    Pure, so its answers are kept (an LRU of 65,536): parsing addresses cost
-    about 4% of an increment's CPU, and the same client sends the same headers
-    request after request. ``trusted_proxies`` must be hashable (a tuple).
+    """The address limits apply to. Pure, so callers may keep its answers (ingest
+    does, see ``ingest.state.request_client``).
 
     The peer is the client unless it is a trusted proxy; then walk
     ``X-Forwarded-For`` from the right (the hop the proxy itself saw) past any
