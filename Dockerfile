@@ -6,9 +6,8 @@ COPY scoreboard scoreboard
 COPY ingest ingest
 COPY workers workers
 COPY broadcaster broadcaster
+# scoreboard/lua_scripts and scoreboard/sql link to these: the wheel carries them.
 COPY lua lua
 COPY sql sql
 RUN pip install --no-cache-dir .
-# lua/ and sql/ are read from the source tree, which stays the import root.
-ENV PYTHONPATH=/app
 EXPOSE 8000 8001

@@ -126,13 +126,13 @@ from loadtest.harness.processes import (
     worker_process,
 )
 from loadtest.harness.spectators import CONNECT_TIMEOUT_S, ClientProcess, raise_fd_limit
+from scoreboard.board_writes import apply_and_ack
 from scoreboard.db import create_pool
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.ranking import totals_by_user
 from scoreboard.stream_entry import StreamEntry
-from workers.leaderboard import apply_and_ack
 from workers.persist import PartitionCache, persist_batch
 
 FANOUT_BOARD = "spectated"

@@ -87,16 +87,16 @@ from loadtest.harness.http import histogram_buckets, scrape
 from loadtest.harness.processes import PROJECT_DIR, WORKER_COMMAND, stop_process
 from loadtest.worker_report import check_drained, night_line, report
 from loadtest.worker_workload import GROUP, Progress, Workload, prefill
+from scoreboard.board_writes import apply_and_ack
 from scoreboard.db import create_pool
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
+from scoreboard.moderation import Moderation
 from scoreboard.settings import Settings, load_settings
 from workers.batching import STAGING_COLUMNS, months_of, staging_record
 from workers.consumer import StreamConsumer
 from workers.fraud import FraudChecks
-from workers.leaderboard import apply_and_ack
-from workers.moderation import Moderation
 from workers.persist import persist_batch
 
 POLL_S = 0.02

@@ -86,7 +86,7 @@ from loadtest.fraud_behaviours import BOARD, CLASSES, Account, make_accounts, si
 from loadtest.fraud_report import Outcome, report, summarise
 from loadtest.harness.backing import Backing, start_backing
 from loadtest.harness.command import benchmark_parser, command
-from loadtest.harness.processes import ingest_process, worker_process
+from loadtest.harness.processes import group_caught_up, ingest_process, worker_process
 from scoreboard.keys import Keys
 from scoreboard.ranking import totals_by_user
 from scoreboard.settings import Settings, load_settings
@@ -98,33 +98,18 @@ NEW_RULES_OFF = {"RATE_REFUSALS_TO_FLAG": "0", "CADENCE_ACTIONS": "0", "FARM_MIN
 # --- After the run: wait for the worker, then read the decisions -----------------------------
 
 
-def group_done(client: Any, stream: str, group: str) -> bool:
-    """Every entry of ``stream`` delivered to ``group`` and acknowledged."""
-    try:
-        info = client.xinfo_stream(stream)
-        groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
-                  for g in client.xinfo_groups(stream)}
-    except redis.ResponseError:
-        return True  # no such stream: nothing was ever written to it
-    found = groups.get(group)
-    if found is None:
-        return int(info["length"]) == 0
-    return bool(found["pending"] == 0
-                and found["last-delivered-id"] == info["last-generated-id"])
-
-
 def wait_for_worker(redis_url: str, keys: Keys, group: str, timeout_s: float = 120) -> None:
     client = redis.Redis.from_url(redis_url)
     try:
         deadline = time.monotonic() + timeout_s
-        while not (group_done(client, keys.stream, group)
-                   and group_done(client, keys.fraud_stream, RECORDER_GROUP)):
+        while not (group_caught_up(client, keys.stream, group)
+                   and group_caught_up(client, keys.fraud_stream, RECORDER_GROUP)):
             if time.monotonic() > deadline:
                 raise BenchError("the worker did not persist and record everything in "
                                  f"{timeout_s:.0f} s")
             time.sleep(0.5)
         time.sleep(1.5)  # the last batch's checks run after its acknowledgement
-        while not group_done(client, keys.fraud_stream, RECORDER_GROUP):
+        while not group_caught_up(client, keys.fraud_stream, RECORDER_GROUP):
             if time.monotonic() > deadline:
                 raise BenchError("the worker did not record every decision in time")
             time.sleep(0.5)

@@ -13,6 +13,13 @@ import orjson
 COMMAND_TIMEOUT_S = 10.0
 
 
+def with_database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` instead of its own."""
+    base, _, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}" + (f"?{query}" if query else "")
+
+
 async def _init_connection(connection: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
         await connection.set_type_codec(name, encoder=lambda v: orjson.dumps(v).decode(),

@@ -82,7 +82,7 @@ class Keys:
         """Decisions taken in Lua, waiting for a worker to record them in Postgres."""
         return f"{self.tag}:stream:fraud-events"
 
-    # Leaderboards (a projection of Postgres ``scores``; see workers/leaderboard.py).
+    # Leaderboards (a projection of Postgres ``scores``; see scoreboard/board_writes.py).
     def board(self, board: str) -> str:
         """ZSET of ``board`` in rank order (see scoreboard/ranking.py)."""
         return f"{self.tag}:board:{board}"

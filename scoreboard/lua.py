@@ -1,5 +1,8 @@
 """The Lua script registry: every script in ``lua/``, registered once per client.
 
+The scripts are package data: ``scoreboard/lua_scripts`` (in a checkout, a link
+to the tree's ``lua/``), so an installed wheel carries them.
+
 Each script is the shared prelude ``lua/lib/gcra.lua`` followed by the
 script's own file. ``register_script`` returns redis-py ``Script`` objects,
 which call EVALSHA and reload the script on NOSCRIPT (after a Redis restart
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+LUA_DIR = Path(__file__).parent / "lua_scripts"
 PRELUDE = LUA_DIR / "lib" / "gcra.lua"
 
 

@@ -3,6 +3,9 @@
 Runs under a session advisory lock, so processes started together (several
 workers, a compose one-shot) cannot apply a migration twice; each file runs
 in its own transaction and is recorded in ``schema_migrations`` with it.
+
+The files are package data: ``scoreboard/sql`` (in a checkout, a link to the
+tree's ``sql/``), so an installed wheel carries them.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).parent / "sql"
 MIGRATION_LOCK = 0x5C0_4EB0A4D  # arbitrary, constant: the advisory lock key
 FILE_NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 

@@ -39,6 +39,7 @@ class Settings:
     broadcaster_port: int = 8001
     max_body_bytes: int = 256 * 1024
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    cors_allowed_origins: str = ""  # comma-separated browser origins, * for any; empty: none
 
     # Tokens.
     jwt_keys_dir: Path | None = None
@@ -125,6 +126,10 @@ class Settings:
     # Fault injection for chaos tests only: the probability that a worker exits
     # right after a Postgres commit, before the boards are set and XACK is sent.
     chaos_exit_after_commit: float = 0.0
+    # Chaos tests only: the file a worker marks each batch's commit and XACK in,
+    # and the batch after whose commit it waits to be killed (workers/chaos.py).
+    chaos_marker_file: str = ""
+    chaos_hold_after_commits: int = 0
 
     # Observability.
     log_level: str = "INFO"

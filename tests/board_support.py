@@ -8,12 +8,12 @@ from collections.abc import Sequence
 
 import redis.asyncio as redis_asyncio
 
+from scoreboard.board_writes import apply_and_ack
 from scoreboard.db import create_pool
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.stream_entry import StreamEntry
 from tests.servers import Backing
-from workers.leaderboard import apply_and_ack
 from workers.persist import PartitionCache, persist_batch
 
 

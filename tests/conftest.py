@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from scoreboard.accounts import create_backend_account
-from scoreboard.cli import with_database
+from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
 from scoreboard.keys import Keys
 from scoreboard.migrate import ensure_database, migrate

@@ -123,6 +123,19 @@ def test_the_address_cap_counts_forwarded_clients_only_behind_a_trusted_proxy(
         asyncio.run(untrusted())
 
 
+async def churn(writer: Writer, board: str, *, until: Any, failure: str) -> int:
+    """Move 100 long-named players (snapshots of ~8 KB) until ``until()`` holds;
+    returns the last score written (the top of the final state)."""
+    score, deadline = 0, time.monotonic() + 60
+    while not until():
+        assert time.monotonic() < deadline, failure
+        for _ in range(20):
+            score += 1
+            await writer.set(board, f"player-with-a-long-name-{score % 100:03d}", score)
+        await asyncio.sleep(0.05)
+    return score
+
+
 def test_a_client_whose_socket_buffer_is_full_is_cut_off_by_the_send_path(
         backing: Backing, keys: Keys) -> None:
     """Pings are far apart here, so only the send path can drop the stuck client."""
@@ -141,14 +154,8 @@ def test_a_client_whose_socket_buffer_is_full_is_cut_off_by_the_send_path(
                     while spectator_count(url) < 2:
                         assert time.monotonic() < deadline
                         await asyncio.sleep(0.05)
-                    i = 0
-                    deadline = time.monotonic() + 60
-                    while spectator_count(url) > 1:  # ~8 KB snapshots until it is cut off
-                        assert time.monotonic() < deadline, "the stuck client was never dropped"
-                        for _ in range(20):
-                            i += 1
-                            await writer.set(board, f"player-with-a-long-name-{i % 100:03d}", i)
-                        await asyncio.sleep(0.05)
+                    await churn(writer, board, until=lambda: spectator_count(url) == 1,
+                                failure="the stuck client was never dropped")
                     assert counter(url, 'scoreboard_spectators_dropped_total{reason="slow"}') >= 1
                     await writer.set(board, "late-arrival", 1_000_000)
                     late = await snapshot_where(
@@ -201,14 +208,9 @@ def test_a_client_that_falls_behind_skips_to_the_newest_snapshot_when_it_reads_a
             lagging = raw_upgrade(url, f"/ws?board={board}", receive_buffer=4096)
             skipped = 'scoreboard_snapshots_skipped_total '
             try:
-                i, deadline = 0, time.monotonic() + 60
-                while counter(url, skipped) < 3:  # it reads nothing while the board moves
-                    assert time.monotonic() < deadline, "the buffer never filled"
-                    for _ in range(20):
-                        i += 1
-                        await writer.set(board, f"player-with-a-long-name-{i % 100:03d}", i)
-                    await asyncio.sleep(0.05)
-                final = i
+                # it reads nothing while the board moves
+                final = await churn(writer, board, until=lambda: counter(url, skipped) >= 3,
+                                    failure="the buffer never filled")
                 messages = await asyncio.to_thread(
                     read_frames, lagging,
                     lambda m: bool(m["entries"]) and m["entries"][0]["score"] == final)

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from scoreboard.cli import with_database
+from scoreboard.db import with_database
 from scoreboard.migrate import ensure_database, migrate, migration_files
 from tests.servers import Backing, fresh_name
 

@@ -10,12 +10,12 @@ from typing import Any
 import asyncpg
 import pytest
 
+from scoreboard.board_writes import rebuild_board
 from scoreboard.keys import Keys
 from scoreboard.stream_entry import parse_entry
 from tests.servers import Backing, SyncRedis, board_totals, fresh_name, user_total
 from tests.worker_support import consumer_for, run_until
 from workers.jobs import trim_acknowledged
-from workers.leaderboard import rebuild_board
 from workers.persist import PartitionCache, persist_batch
 
 

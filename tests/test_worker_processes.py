@@ -29,12 +29,12 @@ import asyncpg
 import httpx
 
 from scoreboard.accounts import create_backend_account
-from scoreboard.cli import with_database
+from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres
 from scoreboard.keys import Keys
 from scoreboard.migrate import ensure_database, migrate
 from tests.servers import Backing, SyncRedis, board_totals, fresh_name, ingest_server
-from tests.worker_support import worker_process
+from tests.worker_support import CHAOS_TIMEOUT, persisted_but_pending, wait_for_mark, worker_process
 
 BOARD = "global"
 GROUP = "persisters"
@@ -170,24 +170,42 @@ def assert_exactly_once(sys_: System, client: SyncRedis) -> None:
     assert board_totals(client, sys_.keys, BOARD) == expected
 
 
+@CHAOS_TIMEOUT
 def test_kill_9_twenty_times_under_load_loses_and_doubles_nothing(
-        backing: Backing, redis_client: SyncRedis) -> None:
-    kills = 0
+        backing: Backing, redis_client: SyncRedis, tmp_path: Path) -> None:
+    """Twenty real SIGKILLs of a worker under load, each after it committed a batch.
+
+    Every other worker holds after the commit of its k-th batch (k of 1-3) and
+    is killed there, between the commit and the XACK, which its marks and the
+    entry's state (a row in actions, still pending) prove; the others are
+    killed at a random moment after their first commit. A kill counts only
+    when the process died of SIGKILL."""
+    between_commit_and_ack = at_random = 0
     with system(backing) as sys_, sys_.load.running():
         rng = random.Random()
-        deadline = time.monotonic() + 60
-        while kills < 22 and time.monotonic() < deadline:
-            # Every third run also dies by itself between commit and XACK.
-            chaos = "0.3" if kills % 3 == 0 else "0"
-            with worker_process(sys_.worker_env("chaos-worker",
-                                                CHAOS_EXIT_AFTER_COMMIT=chaos)) as worker:
-                time.sleep(rng.uniform(0.2, 1.2))
-                if worker.poll() is None:
-                    worker.send_signal(signal.SIGKILL)
-                worker.wait()
-                kills += 1
+        deadline = time.monotonic() + 240
+        run = 0
+        while between_commit_and_ack + at_random < 20 and time.monotonic() < deadline:
+            run += 1
+            hold = run % 2 == 0
+            marker = tmp_path / f"worker-{run}.marks"
+            env = sys_.worker_env("chaos-worker", CHAOS_MARKER_FILE=str(marker),
+                                  CHAOS_HOLD_AFTER_COMMITS=str(rng.randint(1, 3) if hold else 0))
+            with worker_process(env) as worker:
+                marks = wait_for_mark(marker, "holding" if hold else "committed", worker)
+                if not hold:
+                    time.sleep(rng.uniform(0, 0.5))
+                worker.send_signal(signal.SIGKILL)
+                assert worker.wait() == -signal.SIGKILL, "the worker exited on its own"
+            if hold:
+                step, held_id, _ = marks[-1]
+                assert step == "holding"
+                assert persisted_but_pending(redis_client, sys_.database_url, sys_.keys, held_id)
+                between_commit_and_ack += 1
+            else:
+                at_random += 1
         time.sleep(0.5)
-    assert kills >= 20
+    assert (between_commit_and_ack, at_random) == (10, 10)
     assert not sys_.load.refused
     with worker_process(sys_.worker_env("chaos-worker")):
         wait_settled(redis_client, sys_.keys)

@@ -8,15 +8,19 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
+import asyncpg
+import pytest
 import redis.asyncio as redis_asyncio
 
-from loadtest.harness.processes import WORKER_COMMAND
+from loadtest.harness.processes import WORKER_COMMAND, group_caught_up
 from scoreboard.db import create_pool
 from scoreboard.keys import Keys
 from tests.servers import PROJECT_DIR, Backing, stop_process
 from workers.consumer import StreamConsumer
+from workers.fraud import RECORDER_GROUP
 
 
 @asynccontextmanager
@@ -67,3 +71,53 @@ def worker_process(env: Mapping[str, str]) -> Iterator[subprocess.Popen[bytes]]:
             yield process
         finally:
             stop_process(process, timeout_s=30)
+
+
+def wait_caught_up(client: Any, keys: Keys, *, group: str = "persisters",
+                   timeout_s: float = 60) -> None:
+    """Until the worker has acknowledged every entry of the stream (so the fraud
+    checks of every batch ran: they come before the XACK) and recorded every
+    decision of the fraud stream in Postgres. ``client``: a sync Redis client."""
+    deadline = time.monotonic() + timeout_s
+    while not (group_caught_up(client, keys.stream, group)
+               and group_caught_up(client, keys.fraud_stream, RECORDER_GROUP)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the worker did not catch up within {timeout_s} s")
+        time.sleep(0.05)
+
+
+# --- The kill -9 test's proof: the worker's marks (workers/chaos.py) ---------------------
+
+CHAOS_TIMEOUT = pytest.mark.timeout(300)  # twenty worker starts on a busy machine
+
+
+def wait_for_mark(marker: Path, step: str, worker: subprocess.Popen[bytes],
+                  timeout_s: float = 60) -> list[list[str]]:
+    """The worker's marks once one of them is ``step`` ("committed", "holding")."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        marks = [line.split() for line in marker.read_text().splitlines()] \
+            if marker.exists() else []
+        if any(mark[0] == step for mark in marks):
+            return marks
+        assert worker.poll() is None, f"the worker exited with {worker.returncode}"
+        time.sleep(0.02)
+    raise AssertionError(f"no {step!r} mark within {timeout_s} s")
+
+
+def persisted_but_pending(client: Any, database_url: str, keys: Keys, stream_id: str) -> bool:
+    """Entry ``stream_id`` has its row in ``actions`` (committed) and is still pending
+    in the group (not acknowledged). ``client``: a sync Redis client."""
+    pending = client.xpending_range(keys.stream, "persisters", min=stream_id, max=stream_id,
+                                    count=1)
+    event_id = client.xrange(keys.stream, stream_id, stream_id)[0][1]["event_id"]
+
+    async def rows() -> int:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return int(await connection.fetchval(
+                "SELECT count(*) FROM actions WHERE event_id = $1", event_id))
+        finally:
+            await connection.close()
+
+    return len(pending) == 1 and asyncio.run(rows()) == 1

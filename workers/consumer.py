@@ -3,7 +3,7 @@
 Order per batch, which is what makes every accepted increment count once:
 1. persist the batch in one Postgres transaction (``workers.persist``);
 2. in one MULTI: set the boards to the committed totals (``ZADD GT``), XACK,
-   announce the change (``workers.leaderboard``).
+   announce the change (``scoreboard.board_writes``).
 A crash anywhere leaves the entries pending; they come back (to this consumer
 on restart, or to any consumer through XAUTOCLAIM once idle), step 1 then
 inserts nothing new and step 2 writes the same totals.
@@ -31,11 +31,12 @@ import asyncpg
 import redis.exceptions
 from prometheus_client import Counter, Histogram
 
+from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.stream_entry import StreamEntry
 from workers.batching import backoff_s, parse_batch
-from workers.leaderboard import apply_and_ack
+from workers.chaos import ChaosMarks
 from workers.persist import PartitionCache, persist_batch
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class StreamConsumer:
                  batch_max: int, block_ms: int, claim_idle_ms: int, max_deliveries: int,
                  reclaim_every_s: float | None = None,
                  chaos_exit_after_commit: float = 0.0,
+                 chaos_marks: ChaosMarks | None = None,
                  after_batch: Callable[[Sequence[StreamEntry]], Awaitable[None]] | None = None,
                  every_second: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.redis = redis
@@ -87,6 +89,7 @@ class StreamConsumer:
         self.partitions = PartitionCache()
         self.scripts = register_scripts(redis)
         self.chaos_exit_after_commit = chaos_exit_after_commit
+        self.chaos_marks = chaos_marks
         self.after_batch = after_batch
         self.every_second = every_second
         self._stopping = asyncio.Event()
@@ -181,11 +184,15 @@ class StreamConsumer:
         if self.chaos_exit_after_commit and random.random() < self.chaos_exit_after_commit:
             # Fault injection for the chaos tests: die in the worst place.
             os._exit(CHAOS_EXIT_STATUS)
+        if self.chaos_marks is not None:
+            await self.chaos_marks.committed(entries)
         if self.after_batch is not None:  # before the XACK: a crash repeats it
             await self._side_task(self.after_batch(entries))
         await self._retry_transient(lambda: apply_and_ack(
             self.redis, self.scripts, self.keys, group=self.group, totals=result.totals,
             ack_ids=[e.stream_id for e in entries]))
+        if self.chaos_marks is not None:
+            self.chaos_marks.acked(entries)
         PERSISTED.inc(result.inserted)
         BATCH_SIZE.observe(len(entries))
         BATCH_SECONDS.observe(time.perf_counter() - started)

@@ -36,9 +36,9 @@ from scoreboard.fraud_rules import (
 )
 from scoreboard.keys import Keys
 from scoreboard.metrics import count_fraud_event
+from scoreboard.moderation import Moderation
 from scoreboard.settings import Settings
 from scoreboard.stream_entry import StreamEntry
-from workers.moderation import Moderation
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from scoreboard.board_writes import rebuild_board, reconcile_board
 from scoreboard.keys import Keys
+from scoreboard.moderation import restore_restrictions
 from workers.batching import safe_trim_id
 from workers.fraud import score_velocity
-from workers.leaderboard import rebuild_board, reconcile_board
-from workers.moderation import restore_restrictions
 
 logger = logging.getLogger(__name__)
 

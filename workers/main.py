@@ -24,11 +24,12 @@ from scoreboard.db import create_pool
 from scoreboard.keys import Keys
 from scoreboard.logs import configure_logging
 from scoreboard.lua import register_scripts
+from scoreboard.moderation import Moderation
 from scoreboard.settings import load_settings
 from workers import jobs
+from workers.chaos import ChaosMarks
 from workers.consumer import StreamConsumer
 from workers.fraud import FraudChecks
-from workers.moderation import Moderation
 from workers.stream_metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         block_ms=SETTINGS.worker_block_ms, claim_idle_ms=SETTINGS.claim_idle_ms,
         max_deliveries=SETTINGS.max_deliveries,
         chaos_exit_after_commit=SETTINGS.chaos_exit_after_commit,
+        chaos_marks=ChaosMarks.from_settings(SETTINGS),
         after_batch=fraud.check_batch, every_second=fraud.record_decisions)
     task = asyncio.create_task(consumer.run(), name="stream-consumer")
     task.add_done_callback(lambda t: _supervise(t, consumer))

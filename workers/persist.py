@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from scoreboard.ranking import epoch_ms
+from scoreboard.board_writes import BoardTotal
 from scoreboard.stream_entry import StreamEntry
 from workers.batching import STAGING_COLUMNS, months_of, staging_record
 
@@ -65,20 +65,6 @@ SELECT s.board, s.user_id, s.score, s.reached_at, s.version, u.username
 FROM scores s JOIN users u USING (user_id)
 WHERE (s.board, s.user_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 """
-
-
-@dataclass(frozen=True)
-class BoardTotal:
-    board: str
-    user_id: str
-    score: int
-    reached_at: datetime
-    version: int
-    username: str
-
-    def script_args(self) -> list[object]:
-        """The four arguments of ``lua/set_totals.lua`` for this total."""
-        return [self.user_id, self.score, epoch_ms(self.reached_at), self.version]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import asyncpg
 import redis
 
 from loadtest import BenchError
-from scoreboard.cli import with_database
+from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
 from scoreboard.migrate import ensure_database, migrate
 from scoreboard.signing_keys import load_action_keys, load_jwt_keys

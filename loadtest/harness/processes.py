@@ -125,6 +125,22 @@ def consumer_names(client: Any, stream: str, group: str) -> set[str]:
     return set()
 
 
+def group_caught_up(client: Any, stream: str, group: str) -> bool:
+    """Every entry of ``stream`` delivered to ``group`` and acknowledged (true of a
+    stream that does not exist: nothing was ever written to it). ``client``: sync."""
+    try:
+        info = client.xinfo_stream(stream)
+        groups = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]: g
+                  for g in client.xinfo_groups(stream)}
+    except redis.ResponseError:
+        return True
+    found = groups.get(group)
+    if found is None:
+        return int(info["length"]) == 0
+    return bool(found["pending"] == 0
+                and found["last-delivered-id"] == info["last-generated-id"])
+
+
 @contextlib.contextmanager
 def worker_process(env: Mapping[str, str], log_path: Path, client: Any, keys: Keys, *,
                    name: str = "bench-worker", metrics_port: int = 0) -> Iterator[int]:

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from scoreboard.board_writes import BoardTotal, set_totals_in
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
 from scoreboard.metrics import count_fraud_event
-from workers.leaderboard import set_totals_in
-from workers.persist import BoardTotal
 
 KINDS = ("flagged", "banned", "shadow_banned")
 

@@ -1,4 +1,6 @@
-"""The Redis side of a persisted batch, and rebuilding a board from Postgres.
+"""Board writes: the Redis side of a persisted batch, and rebuilding a board from
+Postgres (the counterpart of ``scoreboard.board_reads``; moved from workers/ so
+that the admin commands use it without importing a process package).
 
 Boards are a projection of ``scores`` (order and encoding: scoreboard/ranking.py).
 Totals are written with ``lua/set_totals.lua``, a compare-and-set on each
@@ -11,13 +13,30 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
-from workers.persist import BoardTotal
+from scoreboard.ranking import epoch_ms
 
 PAGE_SIZE = 5_000
+
+
+@dataclass(frozen=True)
+class BoardTotal:
+    board: str
+    user_id: str
+    score: int
+    reached_at: datetime
+    version: int
+    username: str
+
+    def script_args(self) -> list[object]:
+        """The four arguments of ``lua/set_totals.lua`` for this total."""
+        return [self.user_id, self.score, epoch_ms(self.reached_at), self.version]
+
 
 SELECT_PAGE = """
 SELECT s.user_id, s.score, s.reached_at, s.version, u.username
