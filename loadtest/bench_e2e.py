@@ -71,6 +71,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import httpx
 import orjson
 import redis
 import redis.asyncio as redis_asyncio
@@ -105,7 +106,6 @@ from loadtest.harness.players import (
     add_load_options,
     check_load_options,
     create_players,
-    fetch_tokens,
     ingest_env,
     prepare_requests,
     token_fields,
@@ -384,9 +384,52 @@ async def checkpoint(admin_url: str) -> None:
         await connection.close()
 
 
+def probe_count_of(args: argparse.Namespace) -> int:
+    count: int = math.ceil(args.probe_rate * (args.warmup + args.duration)) + 5
+    return count
+
+
+def define_probe_actions(backing: Backing, probe_count: int) -> None:
+    """Points are the server's: probe k's token names action ``probe<k>`` of the board,
+    worth PROBE_BASE + k (the body still says so too, for the baseline, which takes the
+    client's points). Written before ingest starts, which publishes it to Redis."""
+    from scoreboard.board_defs import create_board, definition
+    from scoreboard.db import create_pool
+
+    actions = [("play", 1), *((f"probe{k}", PROBE_BASE + k) for k in range(probe_count))]
+
+    async def write() -> None:
+        pool = await create_pool(backing.database_url, max_size=1)
+        client = redis_asyncio.Redis.from_url(backing.redis_url)
+        try:
+            await create_board(pool, client, Keys(backing.key_prefix).board_definitions,
+                               definition(BOARD, actions, None, service_max=MAX_POINTS))
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    asyncio.run(write())
+
+
+async def fetch_probe_tokens(url: str, players: list[dict[str, str]],
+                             count: int) -> list[tuple[dict[str, str], str]]:
+    """Probe k's action token, for action ``probe<k>``."""
+    requests = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for k in range(count):
+            headers = players[k % len(players)]
+            response = await client.post("/api/actions/token", json={"action": f"probe{k}"},
+                                         headers=headers)
+            if response.status_code != 200:
+                raise BenchError(f"probe token: {response.status_code} {response.text[:300]}")
+            requests.append((headers, orjson.dumps(
+                {"action_token": response.json()["action_token"]}).decode()))
+    return requests
+
+
 def prepare_workload(url: str, args: argparse.Namespace) -> tuple[Workload, str]:
     players = asyncio.run(create_players(url, args.players))
-    probe_count = math.ceil(args.probe_rate * (args.warmup + args.duration)) + 5
+    probe_count = probe_count_of(args)
     probe_players = asyncio.run(create_players(url, probe_count)) if probe_count else []
     print(f"{args.players} players and {probe_count} probe players registered; fetching "
           "action tokens…", flush=True)
@@ -394,7 +437,7 @@ def prepare_workload(url: str, args: argparse.Namespace) -> tuple[Workload, str]
         args.tokens = math.ceil(args.rate * (args.warmup + args.duration) * 1.05) + \
             args.concurrency
     requests, token_rate = prepare_requests(url, players, args)
-    probe_requests, _ = asyncio.run(fetch_tokens(url, probe_players, probe_count, 8))
+    probe_requests = asyncio.run(fetch_probe_tokens(url, probe_players, probe_count))
     workload = build_workload(players, requests, probe_players, probe_requests)
     return workload, (f"{args.players} players (one address each), {len(requests):,} action "
                       f"tokens fetched at {token_rate:,.0f}/s, {probe_count} probe players "
@@ -415,6 +458,7 @@ def run(args: argparse.Namespace) -> int:
         servers = server_line(client, backing.admin_database_url)
         postmaster = asyncio.run(postmaster_pid(backing.admin_database_url))
         env, keys = e2e_env(backing, args), Keys(backing.key_prefix)
+        define_probe_actions(backing, probe_count_of(args))
         with contextlib.ExitStack() as ours_stack:
             url, ingest_pid = ours_stack.enter_context(ingest_process(env, root / "ingest.log"))
             metrics_port = free_port()

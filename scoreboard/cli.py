@@ -53,7 +53,8 @@ def servers(settings: Settings) -> Iterator[Settings]:
         redis_url, database_url = settings.redis_url, settings.database_url
         watch = ServerWatch()
         if redis_url is None:
-            embedded_redis = EmbeddedRedis(settings.data_dir / "redis")
+            embedded_redis = EmbeddedRedis(settings.data_dir / "redis",
+                                           maxmemory=settings.embedded_redis_maxmemory)
             redis_url = embedded_redis.start()
             stack.callback(embedded_redis.stop)
             watch.watch("redis", embedded_redis)

@@ -84,12 +84,24 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
-class EmbeddedRedis:
-    """A ``redis-server`` with AOF on (``appendfsync everysec``) in ``data_dir``."""
+DEFAULT_REDIS_MAXMEMORY = "1gb"
 
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+
+class EmbeddedRedis:
+    """A ``redis-server`` with AOF on (``appendfsync everysec``) in ``data_dir``.
+
+    It runs with ``maxmemory`` and ``maxmemory-policy noeviction``: past the limit
+    Redis refuses writes (ingest answers 503 ``overloaded``) rather than evicting
+    keys (tokens, limits, idempotency markers, unpersisted entries) or growing
+    until the machine kills it. Ingest's ``MAX_BACKLOG`` refuses writes well
+    before the stream gets near it.
+    """
+
+    def __init__(self, data_dir: Path, *, port: int | None = None,
+                 maxmemory: str = DEFAULT_REDIS_MAXMEMORY) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
+        self.maxmemory = maxmemory
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -101,6 +113,7 @@ class EmbeddedRedis:
         command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                    "--dir", str(self.data_dir), "--appendonly", "yes",
                    "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+                   "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
                    "--logfile", str(self.data_dir / "redis.log")]
         # A session of its own: a Ctrl-C meant for the app must not kill the
         # server before the app has stopped using it.
