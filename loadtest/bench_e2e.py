@@ -50,6 +50,11 @@ machine, load generator and duration.
    latency is measured by one Redis subscriber of the channel (it has no
    WebSocket fan-out). Its docstring lists what it leaves out.
 
+3. FLOOD (``--flood``, instead of 1 and 2): game-backend batches at full
+   speed against ONE ingest with 1 and then 2 workers and a low
+   ``MAX_BACKLOG``: the backlog over time, its peak, the drain time, CPU per
+   party and the exactly-once check (``loadtest.e2e_flood`` says how).
+
 The report gives ours ÷ baseline for accepted/s, the latencies side by side,
 and the CPU each party used, so a reader can see what limited each figure.
 Only 127.0.0.1 is used, the run is bounded (warm-up + window + drain, each
