@@ -399,8 +399,10 @@ def pass_lines(run: FloodPass, args: argparse.Namespace) -> list[str]:
     refusing = sum(1 for s in run.samples if s.at <= end and s.measured > args.max_backlog)
     truly_over = sum(1 for s, e in zip(run.samples, run.exact, strict=False)
                      if s.at <= end and e > args.max_backlog)
-    drained_at = next((s.at for s, e in zip(run.samples, run.exact, strict=False)
-                       if s.at >= end and e == 0), None)
+    # From the first sample after the flood's end after which the exact backlog stays 0
+    # (batches still in flight at the end are accepted a moment later).
+    drained_at = next((s.at for i, s in enumerate(run.samples) if s.at >= end
+                       and run.exact and not any(run.exact[i:])), None)
     drain = ("not drained" if run.drain_s is None else
              f"{run.drain_s:.2f} s from the flood's end to ingest's measure at 0"
              + ("" if drained_at is None else
