@@ -50,6 +50,11 @@ machine, load generator and duration.
    latency is measured by one Redis subscriber of the channel (it has no
    WebSocket fan-out). Its docstring lists what it leaves out.
 
+3. FLOOD (``--flood``, instead of 1 and 2): game-backend batches at full
+   speed against ONE ingest with 1 and then 2 workers and a low
+   ``MAX_BACKLOG``: the backlog over time, its peak, the drain time, CPU per
+   party and the exactly-once check (``loadtest.e2e_flood`` says how).
+
 The report gives ours ÷ baseline for accepted/s, the latencies side by side,
 and the CPU each party used, so a reader can see what limited each figure.
 Only 127.0.0.1 is used, the run is bounded (warm-up + window + drain, each
@@ -80,6 +85,7 @@ import uvloop
 from loadtest import BenchError
 from loadtest.baseline_server import channel_name
 from loadtest.e2e_checks import BOARD, Check, check_baseline, check_ours
+from loadtest.e2e_flood import add_flood_options, check_flood_options, run_flood
 from loadtest.e2e_report import (
     Figures,
     Increment,
@@ -457,6 +463,9 @@ def run(args: argparse.Namespace) -> int:
             redis.Redis.from_url(backing.redis_url, decode_responses=True)))
         servers = server_line(client, backing.admin_database_url)
         postmaster = asyncio.run(postmaster_pid(backing.admin_database_url))
+        if args.flood:
+            return run_flood(args, background=background, servers=servers, backing=backing,
+                             client=client, postmaster=postmaster, root=root, stack=stack)
         env, keys = e2e_env(backing, args), Keys(backing.key_prefix)
         define_probe_actions(backing, probe_count_of(args))
         with contextlib.ExitStack() as ours_stack:
@@ -537,7 +546,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-pool", type=int, default=10,
                         help="the baseline's Postgres pool size (10, as ingest's)")
     parser.add_argument("--skip-baseline", action="store_true")
+    add_flood_options(parser)
     args = parser.parse_args(argv)
+    check_flood_options(parser, args)
     args.tokens = 0  # for prepare_requests: estimate from a first batch
     check_load_options(parser, args)
     if not 1 <= args.spectators <= 5000 or not 1 <= args.baseline_pool <= 100:

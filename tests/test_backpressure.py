@@ -7,15 +7,22 @@ Redis and Postgres; a key prefix of its own, so the backlog is this test's alone
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections import Counter
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
+import redis
+import redis.asyncio as redis_asyncio
 
+from ingest.backlog import measure_backlog
+from scoreboard.keys import Keys
 from tests.conftest import Api, Player
 from tests.servers import Backing, fresh_name, ingest_server
-from tests.worker_support import worker_process
+from tests.worker_support import wait_caught_up, worker_process
 
 MAX_BACKLOG = 60
 
@@ -88,3 +95,184 @@ def test_writes_are_refused_past_the_backlog_and_resume_when_workers_catch_up(
             assert persisted(backing, accepted) == len(accepted)  # each once
         finally:
             api.close()
+
+
+# --- A flood: concurrent backends at full speed, the worker started only after refusals ------
+
+
+FLOOD_MAX_BACKLOG = 300
+FLOOD_CHECK_MS = 50
+FLOOD_THREADS = 4
+FLOOD_BATCH = 20
+
+
+class Flood:
+    """``FLOOD_THREADS`` backends posting batches closed loop, each on a client of its
+    own, until stopped; every answer is kept with its time and the batch it answered."""
+
+    def __init__(self, url: str, backend: Player, users: list[str]) -> None:
+        self.url, self.backend, self.users = url, backend, users
+        self.answers: list[tuple[float, int, dict[str, Any], list[dict[str, Any]]]] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def post_until_stopped(self, k: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            n = 0
+            while not self.stopping.is_set():
+                increments = [{"user_id": self.users[(k + n + i) % len(self.users)],
+                               "points": 1 + (n + i) % 3, "event_id": fresh_name(f"fl{k}")}
+                              for i in range(FLOOD_BATCH)]
+                response = client.post("/api/scores/batch", headers=self.backend.headers,
+                                       json={"increments": increments})
+                answer = (time.monotonic(), response.status_code,
+                          {"retry-after": response.headers.get("retry-after"),
+                           "body": response.json()}, increments)
+                with self.lock:
+                    self.answers.append(answer)
+                n += 1
+
+    def start(self) -> None:
+        self.threads = [threading.Thread(target=self.post_until_stopped, args=(k,))
+                        for k in range(FLOOD_THREADS)]
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def count(self, status: int) -> int:
+        with self.lock:
+            return sum(1 for _, s, _, _ in self.answers if s == status)
+
+    def accepted(self) -> list[dict[str, Any]]:
+        return [item for _, status, _, batch in self.answers if status == 202 for item in batch]
+
+    def refused(self) -> list[dict[str, Any]]:
+        return [item for _, status, _, batch in self.answers if status != 202 for item in batch]
+
+    def most_accepted_within(self, window_s: float) -> int:
+        """The most increments answered 202 within any ``window_s`` of the run: what
+        ingest can take in between two of its measures, from this run's own pace."""
+        times = sorted(at for at, status, _, _ in self.answers if status == 202)
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] > window_s:
+                first += 1
+            most = max(most, last - first + 1)
+        return most * FLOOD_BATCH
+
+
+class BacklogSampler:
+    """``measure_backlog`` (ingest's own measure) as often as it answers, in a thread."""
+
+    def __init__(self, redis_url: str, keys: Keys) -> None:
+        self.redis_url, self.keys = redis_url, keys
+        self.samples: list[int] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.sample()))
+
+    async def sample(self) -> None:
+        client = redis_asyncio.Redis.from_url(self.redis_url)
+        try:
+            while not self.stopping.is_set():
+                self.samples.append(await measure_backlog(client, self.keys.stream, "persisters"))
+                await asyncio.sleep(0.01)
+        finally:
+            await client.aclose()
+
+    def __enter__(self) -> BacklogSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
+
+
+def persisted_exactly(backing: Backing, source: str, accepted: list[dict[str, Any]],
+                      refused: list[dict[str, Any]]) -> dict[str, Any]:
+    """What Postgres holds of the flood's event ids: rows per accepted id, counted_events
+    rows, rows of refused ids, and the users' totals in ``scores``."""
+    async def read() -> dict[str, Any]:
+        connection = await asyncpg.connect(backing.database_url, timeout=10)
+        try:
+            ids = [item["event_id"] for item in accepted]
+            rows = await connection.fetch("SELECT event_id, count(*) AS n FROM actions "
+                                          "WHERE event_id = ANY($1) GROUP BY event_id", ids)
+            counted = await connection.fetchval(
+                "SELECT count(*) FROM counted_events WHERE source = $1 AND event_id = ANY($2)",
+                source, ids)
+            leaked = await connection.fetchval(
+                "SELECT count(*) FROM actions WHERE event_id = ANY($1)",
+                [item["event_id"] for item in refused])
+            users = sorted({item["user_id"] for item in accepted})
+            totals = await connection.fetch(
+                "SELECT user_id, score FROM scores WHERE board = 'global' AND user_id = ANY($1)",
+                users)
+        finally:
+            await connection.close()
+        return {"rows": {r["event_id"]: r["n"] for r in rows}, "counted": counted,
+                "leaked": leaked, "totals": {r["user_id"]: r["score"] for r in totals}}
+
+    return asyncio.run(read())
+
+
+@pytest.mark.timeout(240)
+def test_a_flood_stays_bounded_and_every_accepted_increment_lands_once(
+        backing: Backing, backend: Player) -> None:
+    prefix = fresh_name("bpf")
+    env = backing.env(KEY_PREFIX=prefix, TRUSTED_PROXIES="127.0.0.1/32",
+                      MAX_BACKLOG=str(FLOOD_MAX_BACKLOG), BACKLOG_CHECK_MS=str(FLOOD_CHECK_MS),
+                      BACKEND_RATE="100000000/60", WORKER_METRICS_PORT="0",
+                      CONSUMER_NAME="bpf-worker")
+    keys = Keys(prefix)
+    users = [fresh_name("fu") for _ in range(40)]
+    with ingest_server(env) as url, BacklogSampler(backing.redis_url, keys) as sampler:
+        flood = Flood(url, backend, users)
+        flood.start()
+        try:
+            deadline = time.monotonic() + 60
+            while flood.count(503) < 20:  # no worker: the backlog only grows until refused
+                assert time.monotonic() < deadline, "the flood was never refused"
+                time.sleep(0.05)
+            before_worker = len(flood.accepted())
+            with worker_process(env):
+                while len(flood.accepted()) < before_worker + 3 * FLOOD_MAX_BACKLOG:
+                    assert time.monotonic() < deadline + 60, "writes never resumed"
+                    time.sleep(0.05)
+                flood.stop()
+                wait_caught_up(redis.Redis.from_url(backing.redis_url), keys)
+        finally:
+            flood.stop()
+
+    statuses = Counter(status for _, status, _, _ in flood.answers)
+    assert set(statuses) == {202, 503}, statuses
+    for _, status, details, _ in flood.answers:
+        if status == 503:
+            assert details["body"]["error"]["code"] == "overloaded", details
+            assert int(details["retry-after"]) >= 1, details
+        else:
+            assert (details["body"]["accepted"], details["body"]["duplicates"]) \
+                == (FLOOD_BATCH, 0), details
+    # Ingest decides on its last measure: past the maximum, the stream can grow by what
+    # it accepts until the next measure lands (one period, plus the measure's own
+    # time), and by the batches already past the check, one per backend at most.
+    bound = (FLOOD_MAX_BACKLOG + flood.most_accepted_within(2 * FLOOD_CHECK_MS / 1000)
+             + FLOOD_THREADS * FLOOD_BATCH)
+    assert max(sampler.samples) > FLOOD_MAX_BACKLOG  # the flood did pass the maximum
+    assert max(sampler.samples) <= bound, (max(sampler.samples), bound)
+
+    accepted, refused = flood.accepted(), flood.refused()
+    found = persisted_exactly(backing, f"backend:{backend.user_id}", accepted, refused)
+    assert len(found["rows"]) == len(accepted)  # none lost ...
+    assert set(found["rows"].values()) == {1}  # ... none twice
+    assert found["counted"] == len(accepted)
+    assert found["leaked"] == 0  # a refused batch wrote nothing
+    expected: Counter[str] = Counter()
+    for item in accepted:
+        expected[item["user_id"]] += item["points"]
+    assert found["totals"] == dict(expected)
