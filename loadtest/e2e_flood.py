@@ -65,7 +65,7 @@ from loadtest.flood_driver import BUCKET_S, batch_increments
 from loadtest.harness.backing import Backing, fresh_database, fresh_prefixes, settle_redis
 from loadtest.harness.cpu import machine_busy_s, postgres_cpu_s, process_cpu_s, process_table
 from loadtest.harness.figures import background_line, code_line, command_line, machine_line
-from loadtest.harness.players import HIGH_RATE, TOKEN_TTL_S, expect, ingest_env
+from loadtest.harness.players import HIGH_RATE, expect, ingest_env
 from loadtest.harness.processes import PROJECT_DIR, ingest_process, stop_process, worker_process
 from scoreboard.accounts import create_backend_account
 from scoreboard.keys import Keys
@@ -316,10 +316,8 @@ def flood_pass(backing: Backing, client: Any, postmaster: int | None, root: Path
     fresh_database(stack, backing, database)
     ours = dataclasses.replace(backing, database_name=database,
                                key_prefix=f"{backing.key_prefix}_{name}")
-    # DEDUP_TTL_S must be at least ingest_env's hour-long ACTION_TOKEN_TTL_S (a setting
-    # check); batches carry no action token, so it changes nothing measured here.
     env = {**ingest_env(ours), "BACKEND_RATE": HIGH_RATE, "MAX_BACKLOG": str(args.max_backlog),
-           "BACKLOG_CHECK_MS": str(BACKLOG_CHECK_MS), "DEDUP_TTL_S": str(TOKEN_TTL_S)}
+           "BACKLOG_CHECK_MS": str(BACKLOG_CHECK_MS)}
     keys, group = Keys(ours.key_prefix), load_settings(env).consumer_group
     with contextlib.ExitStack() as processes:
         url, ingest_pid = processes.enter_context(ingest_process(env, root / f"ingest-{name}.log"))
