@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install browser prometheus run test lint bench-ingest bench-worker bench-e2e bench-broadcaster clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./client
 	@touch $(STAMP)
 
 install: $(STAMP)

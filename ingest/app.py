@@ -16,15 +16,17 @@ import asyncpg
 import redis.asyncio as redis_asyncio
 import redis.exceptions
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import auth_routes, health, metrics, read_routes, score_routes
+from ingest import auth_routes, health, me_routes, metrics, openapi, read_routes, score_routes
 from ingest.http import error_response
 from ingest.state import IngestState
 from scoreboard.board_reads import BoardReader
 from scoreboard.boards_redis import RedisBoards
+from scoreboard.cors import CORSMiddleware, parse_origins
 from scoreboard.db import create_pool
 from scoreboard.errors import RequestError
 from scoreboard.jwt_tokens import JWTAuthority
@@ -51,6 +53,41 @@ async def _dependency_down(request: Request, exc: Exception) -> Response:
     return error_response(RequestError(503, "unavailable",
                                        "a storage dependency is unavailable; retry shortly",
                                        retry_after_s=RETRY_AFTER_UNAVAILABLE_S))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """The router's own refusals (no such route, a method the route does not
+    take) in the error envelope, like every other error."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error = RequestError(404, "not_found", f"no endpoint at {request.url.path}")
+    elif exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow", "")
+        error = RequestError(405, "method_not_allowed",
+                             f"{request.method} is not allowed on {request.url.path}"
+                             f" (allowed: {allow})")
+    else:
+        error = RequestError(exc.status_code, "http_error", str(exc.detail))
+    response = error_response(error)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """An unexpected failure: the envelope, nothing more (the traceback is logged)."""
+    return error_response(RequestError(500, "internal_error", "the server failed unexpectedly"))
+
+
+def cors_origins(settings: Settings) -> frozenset[str] | None:
+    """``CORS_ALLOWED_ORIGINS``, plus the spectator page's own origin (the
+    broadcaster's address), which reads the board list and a followed player's
+    neighbours from here."""
+    allowed = parse_origins(settings.cors_allowed_origins)
+    if allowed is None:
+        return None
+    port = settings.broadcaster_port
+    return allowed | {f"http://{host}:{port}"
+                      for host in {settings.broadcaster_host, "127.0.0.1", "localhost"}}
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -96,15 +133,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/api/scores/ranks", read_routes.ranks, methods=["GET"]),
         Route("/api/scores/users/{user_id}", read_routes.user, methods=["GET"]),
         Route("/api/scores/around/{user_id}", read_routes.around, methods=["GET"]),
+        Route("/api/boards", read_routes.boards, methods=["GET"]),
+        Route("/api/me", me_routes.me, methods=["GET"]),
+        Route("/api/me/rank", me_routes.my_rank, methods=["GET"]),
+        Route("/api/me/around", me_routes.my_around, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+        Route("/docs", openapi.docs_page, methods=["GET"]),
+        Route("/docs/{asset}", openapi.docs_asset, methods=["GET"]),
     ]
     unavailable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                    asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
                    asyncpg.InterfaceError, ConnectionError, TimeoutError)
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        RequestError: _request_error, **{kind: _dependency_down for kind in unavailable}})
+        RequestError: _request_error, HTTPException: _http_error, Exception: _internal_error,
+        **{kind: _dependency_down for kind in unavailable}})
+    app.add_middleware(CORSMiddleware, allowed_origins=cors_origins(settings))
     app.add_middleware(metrics.ObservabilityMiddleware, router=app.router,
                        access_log=settings.access_log)
     configure_logging(settings.log_level)

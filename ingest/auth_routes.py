@@ -61,7 +61,7 @@ async def _issue_session(connection: Any, state: IngestState, *, user_id: str, u
         now + timedelta(seconds=state.settings.refresh_token_ttl_s),
         access.jti, now + timedelta(seconds=access.expires_in))
     return {"access_token": access.token, "refresh_token": refresh, "token_type": "Bearer",
-            "expires_in": access.expires_in}
+            "expires_in": access.expires_in, "user_id": user_id}
 
 
 async def revoke_access_tokens(state: IngestState, connection: Any,

@@ -16,13 +16,14 @@ import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingest.bearer import authenticate, ensure_not_revoked, unauthorized
 from ingest.http import JSONResponse
 from ingest.state import IngestState, state_of
 from ingest.validation import parse_board_query, parse_user_id
-from scoreboard.board_reads import BoardReader, Page
-from scoreboard.boards_postgres import PostgresBoards
+from scoreboard.board_reads import BoardReader, Page, Row
+from scoreboard.boards_postgres import VISIBLE, PostgresBoards
 from scoreboard.errors import RequestError
-from scoreboard.ranking import Entry
+from scoreboard.ranking import encode_member, epoch_ms
 
 T = TypeVar("T")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -39,11 +40,11 @@ async def _read(state: IngestState, operation: Callable[[BoardReader], Awaitable
         return await operation(fallback), "postgres"
 
 
-def _respond(body: dict[str, Any], source: str) -> Response:
+def respond(body: dict[str, Any], source: str) -> Response:
     return JSONResponse(body, headers={"X-Board-Source": source})
 
 
-def _not_ranked(user_id: str, board: str) -> RequestError:
+def not_ranked(user_id: str, board: str) -> RequestError:
     return RequestError(404, "not_ranked", f"user {user_id!r} has no score on board {board!r}")
 
 
@@ -53,14 +54,14 @@ async def top(request: Request) -> Response:
     key = (query.board, query.limit)
     cached = state.top_cache.get(key)
     if cached is not None and cached[0] > time.monotonic():
-        return _respond(cached[1], "redis")
+        return respond(cached[1], "redis")
     page, source = await _read(state, lambda reader: reader.top(query.board, query.limit))
     body = page.as_json()
     if source == "redis":
         if len(state.top_cache) >= TOP_CACHE_ENTRIES:  # any board name can be asked for
             state.top_cache.clear()
         state.top_cache[key] = (time.monotonic() + state.settings.top_cache_ms / 1000, body)
-    return _respond(body, source)
+    return respond(body, source)
 
 
 async def page(request: Request) -> Response:
@@ -75,53 +76,104 @@ async def page(request: Request) -> Response:
         return await reader.after(query.board, cursor, query.limit)
 
     result, source = await _read(state, read)
-    return _respond(result.as_json(), source)
+    return respond(result.as_json(), source)
 
 
-async def _shadow_view(state: IngestState, board: str, user_id: str) -> Page | None:
-    """A shadow-banned user's own rank, as if they were still on the board: they
-    are hidden from everyone else, and must not notice it here."""
-    if not await state.redis.exists(state.keys.shadow_banned(user_id)):
-        return None
-    row = await state.pool.fetchrow(
-        "SELECT s.score, u.username FROM scores s JOIN users u USING (user_id)"
-        " WHERE s.board = $1 AND s.user_id = $2", board, user_id)
+SHADOW_ROW = """
+SELECT s.score, s.reached_at, u.username FROM scores s JOIN users u USING (user_id)
+WHERE s.board = $1 AND s.user_id = $2 AND EXISTS (
+    SELECT 1 FROM user_restrictions r
+    WHERE r.user_id = s.user_id AND r.kind = 'shadow_banned' AND r.lifted_at IS NULL
+      AND (r.expires_at IS NULL OR r.expires_at > now()))
+"""
+
+
+async def _shadow_row(state: IngestState, board: str, user_id: str) -> Row | None:
+    """A shadow-banned player's committed total on ``board`` as a board row; None
+    for anyone else (Postgres holds the durable record of the shadow-ban)."""
+    row = await state.pool.fetchrow(SHADOW_ROW, board, user_id)
     if row is None:
         return None
-    higher = await state.redis.zcount(state.keys.board(board), "-inf", f"({-row['score']}")
-    version = await state.redis.get(state.keys.board_revision(board))
-    return Page(board=board, version=int(version or 0), size=0, next_cursor=None, entries=[
-        Entry(rank=int(higher) + 1, user_id=user_id, username=row["username"],
-              score=row["score"])])
+    return Row(total=row["score"], member=encode_member(epoch_ms(row["reached_at"]), user_id),
+               username=row["username"])
+
+
+async def own_view(state: IngestState, board: str, user_id: str, radius: int
+                   ) -> tuple[Page | None, str]:
+    """The entries around the caller themself. A shadow-banned player is off the
+    board for everyone else; here they see their place as before, and must not
+    notice anything."""
+
+    async def read(reader: BoardReader) -> Page | None:
+        found = await reader.around(board, user_id, radius)
+        if found is not None:
+            return found
+        row = await _shadow_row(state, board, user_id)
+        return None if row is None else await reader.as_if_present(board, row, radius)
+
+    return await _read(state, read)
+
+
+async def viewer(request: Request, state: IngestState) -> str | None:
+    """The caller's user id when the request carries an access token (reads need
+    none; with one, a player reading their own entry sees it as ``/api/me`` does)."""
+    if "authorization" not in request.headers:
+        return None
+    return await reader_id(request, state)
+
+
+async def reader_id(request: Request, state: IngestState) -> str:
+    """The verified caller of a read. Revocation is asked of Redis, or, when Redis
+    is down, of Postgres (the durable record), so reads keep working as they do
+    without a token."""
+    claims = authenticate(request, state)
+    try:
+        await ensure_not_revoked(state, claims)
+    except REDIS_DOWN:
+        if await state.pool.fetchval("SELECT 1 FROM revoked_tokens WHERE jti = $1",
+                                     claims.jti):
+            raise unauthorized("token_revoked", "access token has been revoked") from None
+    return claims.sub
+
+
+def rank_body(page: Page, user_id: str) -> dict[str, Any]:
+    entry = next(e for e in page.entries if e.user_id == user_id)
+    return {"board": page.board, "version": page.version, "user_id": user_id,
+            "username": entry.username, "rank": entry.rank, "score": entry.score}
+
+
+def around_body(page: Page, user_id: str) -> dict[str, Any]:
+    body = page.as_json()
+    body["user_id"] = user_id
+    del body["next_cursor"]
+    return body
 
 
 async def user(request: Request) -> Response:
     state = state_of(request)
     user_id = parse_user_id(request.path_params["user_id"])
     query = parse_board_query(request.query_params)
-    result, source = await _read(state, lambda reader: reader.user(query.board, user_id))
-    if (result is None or not result.entries) and source == "redis":
-        result = await _shadow_view(state, query.board, user_id)
+    if await viewer(request, state) == user_id:
+        result, source = await own_view(state, query.board, user_id, 0)
+    else:
+        result, source = await _read(state, lambda reader: reader.user(query.board, user_id))
     if result is None or not result.entries:
-        raise _not_ranked(user_id, query.board)
-    entry = result.entries[0]
-    return _respond({"board": query.board, "version": result.version, "user_id": user_id,
-                     "username": entry.username, "rank": entry.rank, "score": entry.score},
-                    source)
+        raise not_ranked(user_id, query.board)
+    return respond(rank_body(result, user_id), source)
 
 
 async def around(request: Request) -> Response:
     state = state_of(request)
     user_id = parse_user_id(request.path_params["user_id"])
     query = parse_board_query(request.query_params)
-    result, source = await _read(
-        state, lambda reader: reader.around(query.board, user_id, query.radius))
+    if await viewer(request, state) == user_id:
+        result, source = await own_view(state, query.board, user_id, query.radius)
+    else:
+        result, source = await _read(
+            state, lambda reader: reader.around(query.board, user_id, query.radius))
     if result is None:
-        raise _not_ranked(user_id, query.board)
-    body = result.as_json()
-    body["user_id"] = user_id
-    del body["next_cursor"]
-    return _respond(body, source)
+        raise not_ranked(user_id, query.board)
+    return respond(around_body(result, user_id), source)
 
 
 async def ranks(request: Request) -> Response:
@@ -134,4 +186,36 @@ async def ranks(request: Request) -> Response:
                                                                         query.user_ids))
     body = result.as_json()
     del body["next_cursor"]
-    return _respond(body, source)
+    return respond(body, source)
+
+
+BOARD_NAMES = f"""
+SELECT board, count(*) AS size FROM scores WHERE {VISIBLE} GROUP BY board
+UNION ALL
+SELECT board, 0 FROM boards b WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.board = b.board)
+ORDER BY board
+"""
+
+
+async def boards(request: Request) -> Response:
+    """The boards and how many players each has (a spectator page's board picker)."""
+    state = state_of(request)
+    try:
+        names = sorted(_text(name) for name in await state.redis.smembers(state.keys.boards))
+        async with state.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcard(state.keys.board(name))
+            sizes = await pipe.execute()
+        listed, source = [{"board": n, "size": int(s)} for n, s in zip(names, sizes,
+                                                                        strict=True)], "redis"
+        known = {entry["board"] for entry in listed}
+        listed += [{"board": row["board"], "size": 0} for row in await state.pool.fetch(
+            "SELECT board FROM boards ORDER BY board") if row["board"] not in known]
+    except REDIS_DOWN:
+        rows = await state.pool.fetch(BOARD_NAMES)
+        listed, source = [{"board": r["board"], "size": r["size"]} for r in rows], "postgres"
+    return respond({"boards": sorted(listed, key=lambda entry: entry["board"])}, source)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

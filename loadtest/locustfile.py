@@ -6,16 +6,20 @@
 Three kinds of simulated user:
 
 - ``PlayerUser``: registers, logs in, then per turn asks for an action token
-  and posts an increment. It keeps to the per-user limits (``INCREMENT_RATE``
+  and posts an increment, through ``scoreboard-client`` (client/), whose
+  per-request observer feeds Locust's statistics (one attempt per call: no
+  retry hides a refusal). It keeps to the per-user limits (``INCREMENT_RATE``
   and ``ACTION_TOKEN_RATE``, read from the same environment variables as the
   service, defaults 5 and 10 a minute): one turn every period/count seconds
   (plus 5%), so a refusal is a real failure, never the test's own doing.
 - ``GameServerUser``: a game backend (scope ``scores:write``) posting batches
-  of increments with unique event ids. Its account is created at test start
-  with ``scoreboard.accounts.create_backend_account`` in ``DATABASE_URL``, or
+  of increments with unique event ids, through ``scoreboard-client`` too. Its
+  account is created at test start with
+  ``scoreboard.accounts.create_backend_account`` in ``DATABASE_URL``, or
   given as ``BACKEND_USERNAME`` / ``BACKEND_PASSWORD`` (``scoreboard
   create-backend``).
-- ``SpectatorUser``: a WebSocket client of the broadcaster
+- ``SpectatorUser``: a WebSocket client of the broadcaster (websocket-client,
+  plain sockets that gevent makes cooperative, rather than the client's feed)
   (``BROADCASTER_URL``, default http://127.0.0.1:8001). Each snapshot pushed
   after the first is a Locust request event ``WS snapshot delivery`` whose
   response time is the receipt time minus the snapshot's ``ts`` (the server's
@@ -49,9 +53,16 @@ from urllib.parse import urlsplit, urlunsplit
 import gevent
 import orjson
 import websocket
-from locust import HttpUser, User, between, constant_pacing, events, task
+from locust import User, between, constant_pacing, events, task
 from locust.env import Environment
 from locust.exception import StopUser
+from scoreboard_client import (
+    Increment,
+    RequestObserver,
+    RetryPolicy,
+    ScoreboardClient,
+    ScoreboardClientError,
+)
 
 from scoreboard.accounts import create_backend_account
 from scoreboard.settings import load_settings
@@ -118,72 +129,57 @@ def _player_address(number: int) -> str:
     return f"2001:db8:{RUN_ID[:4]}::{number:x}"
 
 
-class _Session:
-    """An access token and when to renew it (by logging in again)."""
+def _reporter(environment: Environment) -> RequestObserver:
+    """The client's per-request observer, as Locust's request statistics: a 2xx
+    answer is a success, anything else (or no answer) a failure."""
 
-    def __init__(self) -> None:
-        self.access_token = ""
-        self.renew_at = 0.0
+    def report(method: str, name: str, status: int | None, seconds: float, length: int,
+               error: BaseException | None) -> None:
+        if error is None and (status is None or status >= 300):
+            error = RuntimeError(f"HTTP {status}")
+        environment.events.request.fire(  # type: ignore[no-untyped-call]
+            request_type=method, name=name, response_time=seconds * 1000,
+            response_length=length, exception=error, context={})
 
-    def set(self, body: dict[str, Any]) -> None:
-        self.access_token = body["access_token"]
-        self.renew_at = time.monotonic() + max(30, int(body["expires_in"]) - 60)
-
-
-def _login(user: HttpUser, session: _Session, username: str, password: str,
-           headers: dict[str, str]) -> None:
-    with user.client.post("/api/auth/login", json={"username": username, "password": password},
-                          headers=headers, name="/api/auth/login",
-                          catch_response=True) as response:
-        if response.status_code != 200:
-            response.failure(f"login: {response.status_code} {response.text[:200]}")
-            raise StopUser()
-        session.set(response.json())
+    return report
 
 
-class PlayerUser(HttpUser):
-    """A registered player: an action token, then an increment, once per turn."""
+def _client(user: User, headers: dict[str, str] | None = None) -> ScoreboardClient:
+    """A scoreboard-client session for one simulated user. One attempt per call:
+    a load test reports refusals instead of retrying them away."""
+    return ScoreboardClient(user.environment.host or "", headers=headers,
+                            retry=RetryPolicy(attempts=1), on_request=_reporter(user.environment))
+
+
+class PlayerUser(User):
+    """A registered player: an action token, then an increment, once per turn
+    (through scoreboard-client, which also refreshes the session)."""
 
     weight = 6
     wait_time = constant_pacing(PLAYER_TURN_S)
 
     def on_start(self) -> None:
         number = next(_user_numbers)
-        self.username = f"lt{RUN_ID}_{number}"
-        self.password = secrets.token_urlsafe(12)
-        self.address_headers = {"X-Forwarded-For": _player_address(number)}
-        self.session = _Session()
-        with self.client.post("/api/auth/register", json={
-                "username": self.username, "password": self.password},
-                headers=self.address_headers, name="/api/auth/register",
-                catch_response=True) as response:
-            if response.status_code != 201:
-                response.failure(f"register: {response.status_code} {response.text[:200]}")
-                raise StopUser()
-        _login(self, self.session, self.username, self.password, self.address_headers)
+        self.client = _client(self, {"X-Forwarded-For": _player_address(number)})
+        username, password = f"lt{RUN_ID}_{number}", secrets.token_urlsafe(12)
+        try:
+            self.client.register(username, password)
+            self.client.login(username, password)
+        except ScoreboardClientError:
+            raise StopUser() from None  # already counted as a failed request
 
-    @property
-    def headers(self) -> dict[str, str]:
-        return {**self.address_headers, "Authorization": f"Bearer {self.session.access_token}"}
+    def on_stop(self) -> None:
+        self.client.close()
 
     @task
     def play_a_turn(self) -> None:
-        if time.monotonic() >= self.session.renew_at:
-            _login(self, self.session, self.username, self.password, self.address_headers)
-        with self.client.post("/api/actions/token", headers=self.headers,
-                              name="/api/actions/token", catch_response=True) as response:
-            if response.status_code != 200:
-                response.failure(f"{response.status_code} {response.text[:200]}")
-                return
-            action_token = response.json()["action_token"]
-        with self.client.post("/api/scores/increment", headers=self.headers, json={
-                "action_token": action_token, "points": random.randint(1, 10), "board": BOARD},
-                name="/api/scores/increment", catch_response=True) as response:
-            if response.status_code != 202 or response.json().get("status") != "accepted":
-                response.failure(f"{response.status_code} {response.text[:200]}")
+        try:
+            self.client.score(board=BOARD)
+        except ScoreboardClientError:
+            return  # counted as a failed request
 
 
-class GameServerUser(HttpUser):
+class GameServerUser(User):
     """A game backend posting batches of increments for its own players."""
 
     weight = 1
@@ -193,27 +189,34 @@ class GameServerUser(HttpUser):
         if "username" not in _backend:
             raise StopUser()  # no account: set DATABASE_URL or BACKEND_USERNAME/PASSWORD
         self.number = next(_user_numbers)
-        self.session = _Session()
         self.sequence = itertools.count(1)
-        _login(self, self.session, _backend["username"], _backend["password"], {})
+        self.client = _client(self)
+        try:
+            self.client.login(_backend["username"], _backend["password"])
+        except ScoreboardClientError:
+            raise StopUser() from None
+
+    def on_stop(self) -> None:
+        self.client.close()
 
     @task
     def post_a_batch(self) -> None:
-        if time.monotonic() >= self.session.renew_at:
-            _login(self, self.session, _backend["username"], _backend["password"], {})
         increments = []
         for _ in range(BATCH_SIZE):
             player = random.randrange(GAME_PLAYERS)
-            increments.append({
-                "user_id": f"lt{RUN_ID}-p{player}", "username": f"Bot {player}",
-                "points": random.randint(1, 50), "board": BOARD,
-                "event_id": f"lt{RUN_ID}-g{self.number}-{next(self.sequence)}"})
-        with self.client.post("/api/scores/batch", json={"increments": increments},
-                              headers={"Authorization": f"Bearer {self.session.access_token}"},
-                              name="/api/scores/batch", catch_response=True) as response:
-            body = response.json() if response.status_code == 202 else {}
-            if body.get("accepted") != len(increments) or body.get("refused"):
-                response.failure(f"{response.status_code} {response.text[:200]}")
+            increments.append(Increment(
+                user_id=f"lt{RUN_ID}-p{player}", username=f"Bot {player}",
+                points=random.randint(1, 50), board=BOARD,
+                event_id=f"lt{RUN_ID}-g{self.number}-{next(self.sequence)}"))
+        try:
+            result = self.client.batch(increments)
+        except ScoreboardClientError:
+            return
+        if result.accepted != len(increments) or result.refused:
+            self.environment.events.request.fire(
+                request_type="POST", name="/api/scores/batch accepted in full",
+                response_time=0, response_length=0, context={},
+                exception=RuntimeError(f"accepted {result.accepted}, refused {result.refused}"))
 
 
 class SpectatorUser(User):

@@ -1,9 +1,16 @@
-"""``scoreboard admin ...``: fraud events, flags, bans, shadow-bans, removing an action."""
+"""``scoreboard admin ...``: fraud events, a user's actions, flags, bans, shadow-bans,
+removing an action.
+
+A command about a user or a board that does not exist says so on stderr and
+exits 1: a typo must not look like a ban that worked. Listings print one JSON
+object a line, oldest first (the newest is where the terminal's cursor is).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 import orjson
@@ -16,30 +23,95 @@ from scoreboard.settings import Settings
 
 
 def add_admin_parser(commands: Any) -> None:
-    admin = commands.add_parser("admin", help="fraud events and moderation")
-    actions = admin.add_subparsers(dest="admin_command", required=True)
-    events = actions.add_parser("events", help="list fraud events, newest first")
-    events.add_argument("--user")
-    events.add_argument("--limit", type=int, default=50)
+    admin = commands.add_parser("admin", help="fraud events, a user's actions, moderation",
+                                description="fraud events, a user's actions, moderation")
+    subcommands = admin.add_subparsers(dest="admin_command", required=True)
+
+    def command(name: str, what: str) -> Any:
+        """A subcommand whose own --help says what it does, as the list does."""
+        return subcommands.add_parser(name, help=what, description=what)
+
+    events = command("events", "list fraud events, newest last")
+    events.add_argument("--user", help="only this user's events")
+    events.add_argument("--limit", type=int, default=50, help="the newest this many (50)")
+    user_actions = command("actions",
+                           "list a user's accepted actions with their event ids, newest last")
+    user_actions.add_argument("user_id")
+    user_actions.add_argument("--board", help="only this board's actions")
+    user_actions.add_argument("--limit", type=int, default=50, help="the newest this many (50)")
     for name, what in [("flag", "hold a user to the flagged limit"),
                        ("ban", "refuse a user's increments and take them off every board"),
                        ("shadow-ban", "take a user off every board without telling them")]:
-        command = actions.add_parser(name, help=what)
-        command.add_argument("user_id")
-        command.add_argument("--reason", default="manual decision")
+        restrict = command(name, what)
+        restrict.add_argument("user_id")
+        restrict.add_argument("--reason", default="manual decision")
         if name == "flag":
-            command.add_argument("--hours", type=int, default=24)
-        lift = actions.add_parser(f"un{name}", help=f"lift a {name}")
+            restrict.add_argument("--hours", type=int, default=24)
+        lift = command(f"un{name}", f"lift a {name}")
         lift.add_argument("user_id")
         lift.add_argument("--reason", default="manual decision")
-    remove = actions.add_parser("remove-action",
-                                help="delete one action; correct the score everywhere")
+    remove = command("remove-action", "delete one action (an event id from `admin actions`);"
+                                      " correct the score everywhere")
     remove.add_argument("event_id")
     remove.add_argument("--reason", default="manual decision")
-    actions.add_parser("restore", help="put flags, bans and revoked tokens back into Redis")
+    command("restore", "put flags, bans and revoked tokens back into Redis")
 
 
 KIND_OF = {"flag": "flagged", "ban": "banned", "shadow-ban": "shadow_banned"}
+
+USER_ACTIONS = """
+SELECT event_id, created_at, board, points, source, client_addr, request_id FROM actions
+WHERE user_id = $1 AND ($2::text IS NULL OR board = $2)
+ORDER BY created_at DESC, event_id DESC LIMIT $3
+"""
+
+
+class UnknownName(Exception):
+    """A user or board named on the command line that does not exist."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(kind, name)
+        self.kind = kind
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"unknown {self.kind} {self.name!r}"
+
+
+async def require_user(pool: Any, user_id: str) -> None:
+    if not await pool.fetchval("SELECT 1 FROM users WHERE user_id = $1", user_id):
+        raise UnknownName("user", user_id)
+
+
+async def require_board(pool: Any, board: str) -> None:
+    """A board exists once created, or once something was scored on it."""
+    known = await pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM boards WHERE board = $1)"
+        " OR EXISTS (SELECT 1 FROM scores WHERE board = $1)", board)
+    if not known:
+        raise UnknownName("board", board)
+
+
+# The commands that act on an existing user (their ``user_id`` argument).
+ON_A_USER = ("actions", *KIND_OF, *(f"un{name}" for name in KIND_OF))
+
+
+async def require_named(pool: Any, args: argparse.Namespace) -> None:
+    """Refuse (:class:`UnknownName`) a user or board named on the command line
+    that does not exist, for the commands that read or change one."""
+    command = args.admin_command
+    if command in ON_A_USER:
+        await require_user(pool, args.user_id)
+    if command == "events" and args.user is not None:
+        await require_user(pool, args.user)
+    if command == "actions" and args.board is not None:
+        await require_board(pool, args.board)
+
+
+def _print_rows(rows: list[Any]) -> None:
+    for row in reversed(rows):
+        print(orjson.dumps({k: (str(v) if k == "created_at" else v)
+                            for k, v in dict(row).items()}).decode())
 
 
 async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
@@ -52,10 +124,11 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     moderation = Moderation(redis=client, pool=pool, scripts=register_scripts(client), keys=keys)
     command = args.admin_command
     try:
+        await require_named(pool, args)
         if command == "events":
-            for row in reversed(await moderation.events(user_id=args.user, limit=args.limit)):
-                print(orjson.dumps({k: (str(v) if k == "created_at" else v)
-                                    for k, v in dict(row).items()}).decode())
+            _print_rows(await moderation.events(user_id=args.user, limit=args.limit))
+        elif command == "actions":
+            _print_rows(await pool.fetch(USER_ACTIONS, args.user_id, args.board, args.limit))
         elif command in KIND_OF:
             ttl = args.hours * 3600 if command == "flag" else None
             await moderation.restrict(args.user_id, KIND_OF[command], reason=args.reason,
@@ -67,12 +140,16 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
         elif command == "remove-action":
             totals = await moderation.remove_action(args.event_id, reason=args.reason)
             if not totals:
-                print(f"no action {args.event_id!r}")
+                print(f"no action {args.event_id!r} (see: scoreboard admin actions USER)",
+                      file=sys.stderr)
                 return 1
             for total in totals:
                 print(f"removed; {total.user_id} now has {total.score} on {total.board}")
         elif command == "restore":
             print(f"restored {await restore_restrictions(client, pool, keys)} keys")
+    except UnknownName as exc:
+        print(exc, file=sys.stderr)
+        return 1
     finally:
         await pool.close()
         await client.aclose()

@@ -101,6 +101,34 @@ class BoardReader:
         piece = await self.source.slice(board, start, position - start + radius + 1)
         return self._page(board, piece, with_cursor=False)
 
+    async def as_if_present(self, board: str, row: Row, radius: int) -> Page:
+        """The entries around ``row`` as if it were on the board, ranks included.
+
+        A shadow-banned player is off the board for everyone else but must see
+        their own place as before: ``row`` (their committed total) is placed
+        where the board's order puts it, among the real entries around it."""
+        position = await self.source.position_after(board, row.total, row.member)
+        start = max(0, position - radius)
+        piece = await self.source.slice(board, start, position - start + radius)
+        before = piece.rows[:position - start]
+        rows = [*before, row, *piece.rows[len(before):]]
+        if before:
+            higher = piece.higher_than_first
+        else:
+            higher = await self._higher_than(board, row.total, position)
+        return self._page(board, Slice(version=piece.version, size=piece.size + 1, start=start,
+                                       higher_than_first=higher, rows=rows), with_cursor=False)
+
+    async def _higher_than(self, board: str, total: int, position: int) -> int:
+        """How many entries have a strictly higher total than ``total``, which
+        would stand at ``position``: read from the entry just before it."""
+        if position == 0:
+            return 0
+        previous = await self.source.slice(board, position - 1, 1)
+        if not previous.rows or previous.rows[0].total > total:
+            return position
+        return previous.higher_than_first
+
     async def ranks_of(self, board: str, user_ids: list[str]) -> Page:
         """Entries of the listed users that are on the board, in board order."""
         found: list[tuple[int, Entry]] = []

@@ -1,7 +1,9 @@
 """Boards read from Postgres ``scores``: the fallback when Redis is unreachable.
 
 Same order as Redis (score desc, reached_at, user_id; the ``scores_rank``
-index serves it), so the same pages and ranks, without a version.
+index serves it), so the same pages and ranks, without a version. Banned and
+shadow-banned players are left out, as they are off the Redis boards: nobody
+sees them on a board, whichever store answers.
 """
 
 from __future__ import annotations
@@ -12,23 +14,30 @@ from typing import Any
 from scoreboard.board_reads import Row, Slice
 from scoreboard.ranking import decode_member, encode_member, epoch_ms
 
-SLICE = """
-SELECT s.user_id, s.score, s.reached_at, u.username
-FROM scores s JOIN users u USING (user_id)
-WHERE s.board = $1
-ORDER BY s.score DESC, s.reached_at, s.user_id
+# The players on the boards: nobody with an active ban or shadow-ban.
+VISIBLE = """NOT EXISTS (
+    SELECT 1 FROM user_restrictions r
+    WHERE r.user_id = scores.user_id AND r.kind IN ('banned', 'shadow_banned')
+      AND r.lifted_at IS NULL AND (r.expires_at IS NULL OR r.expires_at > now()))"""
+
+SLICE = f"""
+SELECT scores.user_id, scores.score, scores.reached_at, u.username
+FROM scores JOIN users u USING (user_id)
+WHERE scores.board = $1 AND {VISIBLE}
+ORDER BY scores.score DESC, scores.reached_at, scores.user_id
 OFFSET $2 LIMIT $3
 """
-SIZE_AND_HIGHER = """
+SIZE_AND_HIGHER = f"""
 SELECT count(*) AS size, count(*) FILTER (WHERE score > $2) AS higher
-FROM scores WHERE board = $1
+FROM scores WHERE board = $1 AND {VISIBLE}
 """
 # Entries strictly before (score, reached_at, user_id) in board order.
-BEFORE = """
+BEFORE = f"""
 SELECT count(*) FROM scores
 WHERE board = $1 AND (score > $2 OR (score = $2 AND (reached_at, user_id) < ($3, $4)))
+  AND {VISIBLE}
 """
-ENTRY = "SELECT score, reached_at FROM scores WHERE board = $1 AND user_id = $2"
+ENTRY = f"SELECT score, reached_at FROM scores WHERE board = $1 AND user_id = $2 AND {VISIBLE}"
 
 
 class PostgresBoards:
@@ -63,5 +72,5 @@ class PostgresBoards:
         # the cursor's own entry, if it is still there unchanged, is not repeated
         exists = await self.pool.fetchval(
             "SELECT 1 FROM scores WHERE board = $1 AND user_id = $2 AND score = $3"
-            " AND reached_at = $4", board, user_id, total, reached)
+            f" AND reached_at = $4 AND {VISIBLE}", board, user_id, total, reached)
         return before + (1 if exists else 0)

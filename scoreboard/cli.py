@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,34 +23,19 @@ from pathlib import Path
 import orjson
 
 from scoreboard.accounts import create_backend_account
-from scoreboard.admin import add_admin_parser, main_admin
+from scoreboard.admin import UnknownName, add_admin_parser, main_admin, require_board
+from scoreboard.console import start_banner
 from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
 from scoreboard.logs import configure_logging
 from scoreboard.migrate import ensure_database, migrate
+from scoreboard.running import running_file as _running_file
+from scoreboard.running import running_urls as _running_urls
 from scoreboard.settings import Settings, load_settings
 from scoreboard.signing_keys import add_action_key, add_jwt_key, load_action_keys, load_jwt_keys
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 EMBEDDED_DATABASE = "scoreboard"
-
-
-def _running_file(settings: Settings) -> Path:
-    return settings.data_dir / "running.json"
-
-
-def _running_urls(settings: Settings) -> tuple[str, str] | None:
-    """The embedded servers' URLs of a ``scoreboard run`` that is still running."""
-    path = _running_file(settings)
-    if not path.exists():
-        return None
-    urls = orjson.loads(path.read_bytes())
-    port = int(urls["redis_url"].rsplit(":", 1)[1].split("/")[0])
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return None  # a run that did not stop cleanly
-    return urls["redis_url"], urls["database_url"]
 
 
 @contextmanager
@@ -98,7 +82,7 @@ def run(settings: Settings) -> int:
                # The Procfile's commands come from this interpreter's environment.
                "PATH": os.pathsep.join([str(Path(sys.executable).parent),
                                         os.environ.get("PATH", "")])}
-        print(f"ingest on http://{ready.ingest_host}:{ready.ingest_port}", flush=True)
+        print(start_banner(ready), flush=True)
         # Other commands (admin, rebuild-board) find the running servers here.
         running_file = _running_file(ready)
         running_file.write_bytes(orjson.dumps({"redis_url": ready.redis_url,
@@ -139,6 +123,7 @@ async def _rebuild(settings: Settings, board: str) -> int:
     client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
     pool = await create_pool(settings.database_url)
     try:
+        await require_board(pool, board)
         return await rebuild_board(client, pool, register_scripts(client),
                                    Keys(settings.key_prefix), board)
     finally:
@@ -146,11 +131,20 @@ async def _rebuild(settings: Settings, board: str) -> int:
         await client.aclose()
 
 
+def _describe_subcommands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Each command's own ``--help`` opens with what the command list says of it."""
+    for listed in commands._choices_actions:
+        subcommand = commands.choices[listed.dest]
+        if subcommand.description is None:
+            subcommand.description = listed.help
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scoreboard", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run every Procfile process (embedded servers by default)")
-    commands.add_parser("migrate", help="apply the SQL migrations to DATABASE_URL")
+    commands.add_parser("migrate", help="apply the SQL migrations (to DATABASE_URL, else to"
+                                        " make run's or the embedded Postgres)")
     commands.add_parser("init", help="generate signing keys if missing, then migrate")
     commands.add_parser("rotate-keys", help="add a new JWT key and action-token key")
     backend = commands.add_parser("create-backend",
@@ -160,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                                   help="recompute a board from Postgres and swap it in")
     rebuild.add_argument("board")
     add_admin_parser(commands)
+    _describe_subcommands(commands)
     args = parser.parse_args(argv)
     configure_logging()
     settings = load_settings()
@@ -183,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                 scrypt_r=settings.scrypt_r, scrypt_p=settings.scrypt_p))
             print(f"backend {args.name!r} created; log in with this password: {password}")
         elif args.command == "rebuild-board":
-            members = asyncio.run(_rebuild(ready, args.board))
+            try:
+                members = asyncio.run(_rebuild(ready, args.board))
+            except UnknownName as exc:
+                print(exc, file=sys.stderr)
+                return 1
             print(f"board {args.board!r} rebuilt from Postgres: {members} members")
         elif args.command == "admin":
             return main_admin(args, ready)

@@ -96,6 +96,15 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _make_parents_traversable(self) -> None:
+        """Every parent of the data and the binaries must be traversable by the
+        unprivileged owner. Done again before stopping: something else may have
+        tightened a parent meanwhile (pytest resets its temporary root to 0700
+        whenever another pytest run starts)."""
+        for path in (self.data_dir, postgres_install_dir()):
+            for parent in path.parents:
+                parent.chmod(parent.stat().st_mode | 0o055)
+
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
@@ -152,14 +161,21 @@ class EmbeddedPostgres:
         self._user = POSTGRES_USER_UNDER_ROOT
         entry = _ensure_system_user(self._user)
         install = postgres_install_dir()
-        for path in (self.data_dir, install):  # every parent folder must be traversable
-            for parent in path.parents:
-                parent.chmod(parent.stat().st_mode | 0o055)
+        self._make_parents_traversable()
         for path in [install, *install.rglob("*")]:
             if not path.is_symlink():
                 path.chmod(path.stat().st_mode | (0o055 if path.is_dir() else 0o044))
         for path in [self.data_dir, *self.data_dir.rglob("*")]:
             os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+    def _make_parents_traversable(self) -> None:
+        """Every parent of the data and the binaries must be traversable by the
+        unprivileged owner. Done again before stopping: something else may have
+        tightened a parent meanwhile (pytest resets its temporary root to 0700
+        whenever another pytest run starts)."""
+        for path in (self.data_dir, postgres_install_dir()):
+            for parent in path.parents:
+                parent.chmod(parent.stat().st_mode | 0o055)
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -191,5 +207,7 @@ class EmbeddedPostgres:
         if not self._started:
             return
         self._started = False
+        if self._user is not None:
+            self._make_parents_traversable()
         self._run([self._bin("pg_ctl"), "-D", str(self.data_dir / "pgdata"), "-m", "fast",
                    "-w", "stop"], timeout_s=60)

@@ -39,6 +39,7 @@ class Settings:
     broadcaster_port: int = 8001
     max_body_bytes: int = 256 * 1024
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    cors_allowed_origins: str = ""  # comma-separated browser origins, * for any; empty: none
 
     # Tokens.
     jwt_keys_dir: Path | None = None

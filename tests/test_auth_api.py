@@ -37,7 +37,8 @@ def assert_session(response: httpx.Response) -> dict[str, Any]:
     """The 200 body of login and refresh."""
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
-    assert set(body) == {"access_token", "refresh_token", "token_type", "expires_in"}
+    assert set(body) == {"access_token", "refresh_token", "token_type", "expires_in",
+                         "user_id"}
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == ACCESS_TOKEN_TTL_S
     assert isinstance(body["access_token"], str) and body["access_token"].count(".") == 2
@@ -123,7 +124,7 @@ def test_login_answers_the_session_shape(api: Api) -> None:
                         headers={"X-Forwarded-For": address})
     body = assert_session(response)
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
-    assert claims["sub"] == user_id
+    assert claims["sub"] == user_id == body["user_id"]
     assert claims["name"] == username
     assert action_token_status(api, body["access_token"], address).status_code == 200
 

@@ -309,7 +309,10 @@ def test_shadow_ban_hides_the_user_from_others_but_not_from_themself(
     asyncio.run(ban())
     top = api.get("/api/scores/top", params={"board": board}).json()
     assert [e["user_id"] for e in top["entries"]] == ["other"]
-    own = api.get(f"/api/scores/users/{sneaky.user_id}", params={"board": board})
+    assert api.get(f"/api/scores/users/{sneaky.user_id}",
+                   params={"board": board}).status_code == 404  # to anyone else
+    own = api.get(f"/api/scores/users/{sneaky.user_id}", params={"board": board},
+                  headers=sneaky.headers)
     assert own.status_code == 200
     assert (own.json()["rank"], own.json()["score"]) == (1, 30)
     assert increment(api, sneaky, board=board).status_code == 202  # not told
@@ -368,7 +371,10 @@ def test_restrictions_are_restored_into_redis_from_postgres(
 
 def test_admin_command_bans_lists_and_unbans(backing: Backing, keys: Keys,
                                              redis_client: SyncRedis) -> None:
-    user = fresh_name("admin")
+    user, board = fresh_name("admin"), fresh_name("admin_board")
+    now = int(time.time() * 1000)
+    first, second = entry(user, 3, now - 1000, board=board), entry(user, 4, now, board=board)
+    seed(backing, keys, [first, second])
     env = backing.env()
 
     def admin(*args: str) -> subprocess.CompletedProcess[str]:
@@ -376,13 +382,42 @@ def test_admin_command_bans_lists_and_unbans(backing: Backing, keys: Keys,
                               cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
                               timeout=60, check=False)
 
+    listed_actions = admin("actions", user)
+    assert listed_actions.returncode == 0, listed_actions.stderr
+    rows = [orjson.loads(line) for line in listed_actions.stdout.splitlines()]
+    assert [(r["event_id"], r["points"], r["board"]) for r in rows] == [
+        (first.event_id, 3, board), (second.event_id, 4, board)]  # newest last
+    assert admin("actions", user, "--board", board, "--limit", "1").stdout.count("\n") == 1
+    for refused in (admin("ban", "nobody-" + user), admin("actions", "nobody-" + user),
+                    admin("events", "--user", "nobody-" + user),
+                    admin("actions", user, "--board", "no-such-board")):
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("unknown "), refused.stderr
+    assert admin("remove-action", second.event_id).returncode == 0
+    assert [orjson.loads(line)["event_id"] for line in admin("actions", user).stdout
+            .splitlines()] == [first.event_id]
     assert admin("ban", user, "--reason", "chargeback fraud").returncode == 0
     assert redis_client.exists(keys.banned(user))
     listed = admin("events", "--user", user)
     assert listed.returncode == 0
-    (line,) = listed.stdout.strip().splitlines()
-    assert orjson.loads(line)["action"] == "banned"
+    assert [orjson.loads(line)["action"] for line in listed.stdout.splitlines()] == [
+        "action_removed", "banned"]  # newest last
     assert admin("unban", user).returncode == 0
     assert not redis_client.exists(keys.banned(user))
     missing = admin("remove-action", "no-such-event")
     assert missing.returncode == 1
+    assert "no action 'no-such-event'" in missing.stderr
+
+
+def test_commands_refuse_unknown_boards_and_say_what_they_do(backing: Backing) -> None:
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "scoreboard.cli", *args],
+                              cwd=PROJECT_DIR, env=backing.env(), capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    unknown = command("rebuild-board", fresh_name("typo"))
+    assert unknown.returncode == 1 and unknown.stderr.startswith("unknown board")
+    assert command("rebuild-board", "global").returncode == 0
+    assert "newest last" in command("admin", "events", "--help").stdout
+    assert "event ids" in command("admin", "--help").stdout
+    assert "recompute a board" in command("rebuild-board", "--help").stdout

@@ -5,66 +5,30 @@ Redis board, the revision bump and the change notice the broadcaster follows),
 and the page must show them, update without a reload, show usernames as text,
 and reconnect by itself when its broadcaster goes away and comes back.
 
-The browser is Debian's ``chromium`` (``make install`` puts it there); Playwright
-never downloads one. A browser that cannot start fails the tests.
+The browser is Debian's ``chromium`` (see tests/browser_support.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.stream_entry import StreamEntry
 from tests.board_support import entry, seed
+from tests.browser_support import WAIT_MS, browser, page, playwright  # noqa: F401 (fixtures)
 from tests.servers import Backing, broadcaster_server, fresh_name
 
-CHROMIUM = "/usr/bin/chromium"
-# The network here is closed: nothing that phones home, no QUIC, no sandbox (root).
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-WAIT_MS = 10_000
 # The page's reconnect backoff is capped at 10 s (with jitter), and a new
 # broadcaster takes a moment to start.
 RECONNECT_WAIT_MS = 25_000
 
 IMG_NAME = '<img src=x onerror="window.__xss=1">'
 BOLD_NAME = "<b>bold</b>"
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as driver:
-        yield driver
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                          timeout=30_000)
-    yield chromium
-    chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh page (own context: no shared storage) that fails the test on any
-    uncaught script error."""
-    context = browser.new_context()
-    tab = context.new_page()
-    tab.set_default_timeout(WAIT_MS)
-    expect.set_options(timeout=WAIT_MS)
-    script_errors: list[str] = []
-    tab.on("pageerror", lambda error: script_errors.append(str(error)))
-    yield tab
-    context.close()
-    assert script_errors == [], f"uncaught errors on the page: {script_errors}"
 
 
 def put_scores(backing: Backing, keys: Keys, entries: Sequence[StreamEntry]) -> None:

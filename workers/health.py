@@ -1,6 +1,8 @@
 """``python -m workers.health``: exit 0 when the worker's job loop and its stream
 consumer are both alive (arq's health-check key and the consumer's heartbeat
-are fresh), 1 otherwise. For container health checks."""
+are fresh), 1 otherwise. For container health checks, and by hand while
+``make run`` is up: without ``REDIS_URL`` it finds that run's embedded Redis
+(``scoreboard.running``)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ import sys
 import redis.asyncio as redis_asyncio
 
 from scoreboard.keys import Keys
+from scoreboard.running import with_running_servers
 from scoreboard.settings import load_settings
 
 
 async def check() -> list[str]:
-    settings = load_settings()
+    settings = with_running_servers(load_settings())
     if settings.redis_url is None:
-        return ["REDIS_URL is not set"]
+        return ["REDIS_URL is not set, and no `scoreboard run` is running on"
+                f" {settings.data_dir}"]
     keys = Keys(settings.key_prefix)
     client = redis_asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
     try:

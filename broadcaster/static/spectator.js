@@ -1,24 +1,63 @@
-// The spectator page: one WebSocket, a snapshot per message, rows rebuilt as
-// text (never HTML: usernames are whatever players chose), changed rows marked,
-// reconnect with capped exponential backoff plus jitter.
+// The spectator page: the live top of a board (through scoreboard-client.js),
+// rows built as text (never HTML: usernames are whatever players chose), rank
+// movement, top-3 styling, the board list and player count from the API, an
+// empty state, and "follow a player" (their rank and neighbours).
+// Top-level names (socket, connect, boardInput) are globals on purpose: the
+// browser tests drive the page through them.
 "use strict";
 
 const params = new URLSearchParams(location.search);
 let board = params.get("board") || "global";
+let following = params.get("follow") || localStorage.getItem("scoreboard.follow") || "";
 let socket = null;
-let attempt = 0;
-let lastVersion = -1;
-let previous = new Map(); // user_id -> score in the last snapshot shown
+let previous = new Map(); // user_id -> {rank, score} in the last snapshot shown
+let lastSnapshot = null;
 
+const api = new ScoreboardClient.Api(params.get("api") || ScoreboardClient.apiBaseFor(location));
 const rows = document.getElementById("rows");
 const statusEl = document.getElementById("status");
 const meta = document.getElementById("meta");
 const boardInput = document.getElementById("board");
+const boardList = document.getElementById("board-list");
+const playersEl = document.getElementById("players");
+const emptyEl = document.getElementById("empty");
+const followPanel = document.getElementById("following");
 boardInput.value = board;
 
 function setStatus(text, kind) {
   statusEl.textContent = text;
   statusEl.className = kind;
+}
+
+const feed = new ScoreboardClient.LiveFeed({
+  url: ScoreboardClient.liveUrlFor(location),
+  board,
+  onSnapshot: render,
+  onStatus: (state) => (state === "live" ? setStatus("live", "live")
+                                         : setStatus("reconnecting", "down")),
+  onSocket: (ws) => { socket = ws; },
+});
+
+function connect() {
+  return feed.connect();
+}
+
+// ``fn`` at most once per ``ms``; a call inside the window runs at its end
+// (trailing edge), so the last change is always shown.
+function throttled(fn, ms) {
+  let last = 0;
+  let timer = null;
+  return (force = false) => {
+    const wait = last + ms - Date.now();
+    if (force || wait <= 0) {
+      clearTimeout(timer);
+      timer = null;
+      last = Date.now();
+      fn();
+    } else if (timer === null) {
+      timer = setTimeout(() => { timer = null; last = Date.now(); fn(); }, wait);
+    }
+  };
 }
 
 function cell(text, className) {
@@ -28,57 +67,152 @@ function cell(text, className) {
   return td;
 }
 
+function movement(entry) {
+  if (!previous.size) return null;
+  const before = previous.get(entry.user_id);
+  if (!before) return "new";
+  if (before.rank > entry.rank) return "up";
+  if (before.rank < entry.rank) return "down";
+  return null;
+}
+
 function render(snapshot) {
-  if (snapshot.board !== board || snapshot.version <= lastVersion) return;
-  lastVersion = snapshot.version;
+  lastSnapshot = snapshot;
   const next = new Map();
   const fragment = document.createDocumentFragment();
   for (const entry of snapshot.entries) {
     const tr = document.createElement("tr");
     tr.dataset.userId = entry.user_id;
-    tr.append(cell(entry.rank, "rank"), cell(entry.username, "name"), cell(entry.score, "score"));
-    if (previous.size && previous.get(entry.user_id) !== entry.score) tr.classList.add("changed");
-    next.set(entry.user_id, entry.score);
+    tr.dataset.rank = String(entry.rank);
+    const move = movement(entry);
+    if (move) tr.dataset.move = move;
+    if (entry.user_id === following) tr.dataset.following = "true";
+    const name = cell(entry.username, "name");
+    name.title = entry.username;
+    tr.append(cell(entry.rank, "rank"), name, cell(entry.score, "score"));
+    if (previous.size && previous.get(entry.user_id)?.score !== entry.score) {
+      tr.classList.add("changed");
+    }
+    next.set(entry.user_id, { rank: entry.rank, score: entry.score });
     fragment.append(tr);
   }
   rows.replaceChildren(fragment);
   previous = next;
+  emptyEl.hidden = snapshot.entries.length > 0;
   meta.textContent = `version ${snapshot.version} · ${new Date(snapshot.ts).toLocaleTimeString()}`;
+  refreshBoards();
+  refreshFollowing();
 }
 
-function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const requested = board;
-  socket = new WebSocket(`${scheme}://${location.host}/ws?board=${encodeURIComponent(requested)}`);
-  socket.onopen = (event) => {
-    attempt = 0;
-    setStatus("live", "live");
-    // The board was switched while this socket was connecting (nothing could be sent then).
-    if (board !== requested) event.target.send(JSON.stringify({ type: "subscribe", board }));
-  };
-  socket.onmessage = (event) => {
-    const message = JSON.parse(event.data);
-    if (message.type === "snapshot") render(message);
-  };
-  socket.onclose = () => {
-    setStatus("reconnecting", "down");
-    const delay = Math.min(10000, 250 * 2 ** attempt) * (0.5 + Math.random() / 2);
-    attempt += 1;
-    setTimeout(connect, delay);
-  };
+// The board list and this board's number of players, at most every 3 s. The
+// page works without them (ingest unreachable, or this origin not allowed).
+const refreshBoards = throttled(loadBoards, 3000);
+async function loadBoards() {
+  try {
+    const boards = await api.boards();
+    const options = boards.map((b) => {
+      const option = document.createElement("option");
+      option.value = b.board;
+      option.label = `${b.size} player${b.size === 1 ? "" : "s"}`;
+      return option;
+    });
+    boardList.replaceChildren(...options);
+    const current = boards.find((b) => b.board === board);
+    const size = current ? current.size : 0;
+    playersEl.textContent = `${size} player${size === 1 ? "" : "s"}`;
+    playersEl.hidden = false;
+  } catch (error) {
+    playersEl.hidden = true;
+  }
 }
+
+function neighbour(entry) {
+  const li = document.createElement("li");
+  const rank = document.createElement("span");
+  rank.className = "rank";
+  rank.textContent = String(entry.rank);
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = entry.username;
+  name.title = entry.username;
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = String(entry.score);
+  if (entry.user_id === following) li.className = "me";
+  li.dataset.userId = entry.user_id;
+  li.append(rank, name, score);
+  return li;
+}
+
+// The followed player's rank and neighbours, from the API (they may be far
+// below the live top), at most once a second.
+const refreshFollowing = throttled(loadFollowing, 1000);
+async function loadFollowing() {
+  followPanel.hidden = !following;
+  if (!following) return;
+  const nameEl = document.getElementById("following-name");
+  const placeEl = document.getElementById("following-place");
+  const list = document.getElementById("neighbours");
+  const shown = lastSnapshot?.entries.find((e) => e.user_id === following);
+  nameEl.textContent = shown ? shown.username : following;
+  try {
+    const around = await api.around(following, board, 2);
+    const me = around.entries.find((e) => e.user_id === following);
+    nameEl.textContent = me ? me.username : following;
+    placeEl.textContent = me ? `Rank ${me.rank} of ${around.size} with ${me.score}` : "";
+    list.replaceChildren(...around.entries.map(neighbour));
+  } catch (error) {
+    if (shown) {
+      placeEl.textContent = `Rank ${shown.rank} with ${shown.score}`;
+      list.replaceChildren(neighbour(shown));
+    } else {
+      placeEl.textContent = error.code === "not_ranked" ? "Not on this board yet."
+                                                        : "Their place cannot be read now.";
+      list.replaceChildren();
+    }
+  }
+}
+
+function follow(userId) {
+  following = userId;
+  if (userId) localStorage.setItem("scoreboard.follow", userId);
+  else localStorage.removeItem("scoreboard.follow");
+  for (const tr of rows.children) {
+    if (tr.dataset.userId === following) tr.dataset.following = "true";
+    else delete tr.dataset.following;
+  }
+  refreshFollowing(true);
+}
+
+rows.addEventListener("click", (event) => {
+  const tr = event.target.closest("tr");
+  if (tr) follow(tr.dataset.userId === following ? "" : tr.dataset.userId);
+});
+document.getElementById("unfollow").addEventListener("click", () => follow(""));
 
 document.getElementById("board-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const wanted = boardInput.value.trim();
   if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(wanted) || wanted === board) return;
-  board = wanted;
-  lastVersion = -1;
-  previous = new Map();
-  history.replaceState(null, "", `?board=${encodeURIComponent(board)}`);
-  if (socket && socket.readyState === WebSocket.OPEN) {
-    socket.send(JSON.stringify({ type: "subscribe", board }));
-  }
+  switchBoard(wanted);
+});
+// Picking a board from the list switches at once.
+boardInput.addEventListener("change", () => {
+  const wanted = boardInput.value.trim();
+  if (/^[A-Za-z0-9_.:-]{1,64}$/.test(wanted) && wanted !== board) switchBoard(wanted);
 });
 
+function switchBoard(wanted) {
+  board = wanted;
+  previous = new Map();
+  lastSnapshot = null;
+  const query = new URLSearchParams(location.search);
+  query.set("board", board);
+  history.replaceState(null, "", `?${query}`);
+  feed.switchTo(board);
+  refreshBoards(true);
+}
+
 connect();
+refreshBoards(true);
+refreshFollowing(true);

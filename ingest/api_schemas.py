@@ -1,0 +1,143 @@
+"""JSON Schemas of ingest's bodies and answers, and of the live feed's messages
+(OpenAPI 3.1 ``components.schemas``, plain JSON Schema 2020-12).
+
+The shapes here are what the handlers write; ``tests/test_openapi.py`` runs
+schemathesis against a real ingest to keep them so. Patterns mirror
+``scoreboard.names`` and ``ingest.validation``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scoreboard.names import BOARD_PATTERN, ID_PATTERN
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: dict[str, Schema], *, required: list[str] | None = None,
+        closed: bool = True, description: str | None = None) -> Schema:
+    """An object schema; ``closed`` refuses other fields (request bodies do)."""
+    schema: Schema = {"type": "object", "properties": properties,
+                      "required": list(properties) if required is None else required}
+    if closed:
+        schema["additionalProperties"] = False
+    if description:
+        schema["description"] = description
+    return schema
+
+
+BOARD: Schema = {"type": "string", "pattern": f"^{BOARD_PATTERN.pattern}$",
+                 "description": "a board name", "examples": ["global"]}
+USER_ID: Schema = {"type": "string", "pattern": f"^{ID_PATTERN.pattern}$",
+                   "description": "opaque user id", "examples": ["u_3f2a9c0d1e4b5a6f"]}
+VERSION: Schema = {"type": ["integer", "null"],
+                   "description": "the board's revision (grows with every committed change);"
+                                  " null when read from Postgres"}
+
+ENTRY = obj({"rank": {"type": "integer", "minimum": 1}, "user_id": {"type": "string"},
+             "username": {"type": "string"}, "score": {"type": "integer"}}, closed=False)
+ENTRIES: Schema = {"type": "array", "items": ref("Entry")}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": obj({"error": obj({
+        "code": {"type": "string", "pattern": "^[a-z_]+$",
+                 "description": "machine-readable reason, snake_case"},
+        "message": {"type": "string", "description": "what went wrong, for a human"},
+        "field": {"type": "string", "description": "the refused field (422 only)"}},
+        required=["code", "message"], closed=False)}, closed=False,
+        description="Every refusal: nothing was written."),
+    "Credentials": obj({
+        "username": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{3,32}$"},
+        "password": {"type": "string", "minLength": 8, "maxLength": 128}}),
+    "Registered": obj({"user_id": {"type": "string"}, "username": {"type": "string"}},
+                      closed=False),
+    "RefreshRequest": obj({"refresh_token": {"type": "string", "minLength": 1,
+                                             "maxLength": 256}}),
+    "Session": obj({
+        "access_token": {"type": "string", "description": "RS256 JWT, the Bearer token"},
+        "refresh_token": {"type": "string", "description": "opaque, one use (rotated)"},
+        "token_type": {"const": "Bearer"},
+        "expires_in": {"type": "integer", "description": "seconds the access token lives"},
+        "user_id": {"type": "string", "description": "the logged-in user's id"}},
+        closed=False),
+    "Me": obj({"user_id": {"type": "string"}, "username": {"type": "string"},
+               "scopes": {"type": "array", "items": {"type": "string"}},
+               "created_at": {"type": "string", "format": "date-time"}}, closed=False),
+    "JWKS": obj({"keys": {"type": "array", "items": {"type": "object"}}}, closed=False),
+    "ActionTokenRequest": obj({
+        "board": {**BOARD, "description": "the board the action counts on (default global)"},
+        "action": {"type": "string", "minLength": 1, "maxLength": 64,
+                   "description": "one of the board's actions (default: its first)"}},
+        required=[]),
+    "ActionToken": obj({
+        "action_token": {"type": "string",
+                         "description": "base64url(payload).hexsig, valid 60 s, one use,"
+                                        " for this user only"},
+        "expires_at": {"type": "number", "description": "Unix time, seconds"},
+        "board": {"type": "string"}, "action": {"type": "string"},
+        "points": {"type": "integer", "description": "what the action is worth"}},
+        required=["action_token", "expires_at"], closed=False),
+    "IncrementRequest": obj({
+        "action_token": {"type": "string", "minLength": 1},
+        "points": {"type": "integer", "minimum": 1,
+                   "description": "optional; must agree with the token's action"},
+        "board": {**BOARD, "description": "optional; must agree with the token's board"}},
+        required=["action_token"]),
+    "Accepted": obj({"event_id": {"type": "string"}, "status": {"const": "accepted"}},
+                    closed=False),
+    "BatchRequest": obj({"increments": {
+        "type": "array", "minItems": 1, "items": obj({
+            "user_id": USER_ID, "points": {"type": "integer", "minimum": 1},
+            "event_id": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$",
+                         "description": "the caller's idempotency key"},
+            "board": BOARD,
+            "username": {"type": "string", "minLength": 1, "maxLength": 64,
+                         "description": "display name"}},
+            required=["user_id", "points", "event_id"])}}),
+    "BatchResult": obj({
+        "accepted": {"type": "integer"}, "duplicates": {"type": "integer"},
+        "refused": {"type": "array", "items": obj({"event_id": {"type": "string"},
+                                                   "reason": {"type": "string"}},
+                                                  closed=False)}}, closed=False),
+    "Entry": ENTRY,
+    "Boards": obj({"boards": {"type": "array", "items": obj({
+        "board": {"type": "string"}, "size": {"type": "integer", "minimum": 0}},
+        closed=False)}}, closed=False),
+    "BoardPage": obj({"board": {"type": "string"}, "version": VERSION,
+                      "size": {"type": "integer", "description": "entries on the board"},
+                      "entries": ENTRIES,
+                      "next_cursor": {"type": ["string", "null"],
+                                      "description": "pass as cursor= to /api/scores/page"}},
+                     closed=False),
+    "Around": obj({"board": {"type": "string"}, "version": VERSION, "size": {"type": "integer"},
+                   "user_id": {"type": "string"}, "entries": ENTRIES}, closed=False),
+    "Ranks": obj({"board": {"type": "string"}, "version": VERSION, "size": {"type": "integer"},
+                  "entries": ENTRIES}, closed=False),
+    "UserRank": obj({"board": {"type": "string"}, "version": VERSION,
+                     "user_id": {"type": "string"}, "username": {"type": "string"},
+                     "rank": {"type": "integer", "minimum": 1}, "score": {"type": "integer"}},
+                    closed=False),
+    "Health": obj({"status": {"const": "ok"}}, closed=False),
+    "NotReady": obj({"status": {"const": "unavailable"},
+                     "down": {"type": "array", "items": {"enum": ["redis", "postgres"]}}},
+                    closed=False),
+    # The live feed (broadcaster): described here, served on the broadcaster's port.
+    "Snapshot": obj({
+        "type": {"const": "snapshot"}, "board": {"type": "string"},
+        "version": {"type": "integer", "description": "only grows"},
+        "ts": {"type": "integer", "description": "server time in ms when it was built"},
+        "entries": ENTRIES}, closed=False,
+        description="Sent on connect and whenever the board's top N changes"
+                    " (WebSocket text message, or SSE `event: snapshot`)."),
+    "Subscribe": obj({"type": {"const": "subscribe"}, "board": BOARD},
+                     description="Client -> server over WebSocket: switch boards."),
+    "FeedError": obj({"type": {"const": "error"}, "code": {"type": "string"},
+                      "message": {"type": "string"}}, closed=False,
+                     description="Server -> client over WebSocket: a client message was"
+                                 " not understood; nothing changed."),
+}
