@@ -131,14 +131,15 @@ OPERATIONS: dict[str, Operation] = {
         "requestBody": body("ActionTokenRequest", required=False),
         "responses": {"200": answer("the token", "ActionToken"), **BAD_BODY, **NEEDS_TOKEN,
                       "403": refusal("`user_banned`"),
-                      "404": refusal("`board_not_found` or `action_not_found`"),
+                      "404": refusal("`board_not_found`"),
                       **LIMITED, "503": UNAVAILABLE}},
     "POST /api/scores/increment": {
         "tags": ["scores"], "summary": "Spend an action token: one increment",
         "security": BEARER,
         "description": "Accepted once it is in the stream (`202`); the points come from the"
-                       " token's action. The same token again answers `403"
-                       " action_token_used`; nothing is counted twice.",
+                       " token's action. The same token again (a retry after a lost answer,"
+                       " even past its 60 s) answers the original `202` and `event_id`;"
+                       " nothing is counted twice.",
         "requestBody": body("IncrementRequest"),
         "responses": {"202": answer("accepted", "Accepted"), **BAD_BODY, **NEEDS_TOKEN,
                       "403": refusal("`action_token_invalid`, `action_token_expired`,"

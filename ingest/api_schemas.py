@@ -71,8 +71,9 @@ SCHEMAS: dict[str, Schema] = {
     "JWKS": obj({"keys": {"type": "array", "items": {"type": "object"}}}, closed=False),
     "ActionTokenRequest": obj({
         "board": {**BOARD, "description": "the board the action counts on (default global)"},
-        "action": {"type": "string", "minLength": 1, "maxLength": 64,
-                   "description": "one of the board's actions (default: its first)"}},
+        "action": {"type": "string", "pattern": "^[a-z0-9_.-]{1,32}$",
+                   "description": "one of the board's actions (default: its first); an"
+                                  " unknown one is 422"}},
         required=[]),
     "ActionToken": obj({
         "action_token": {"type": "string",

@@ -22,7 +22,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ingest import auth_routes, health, me_routes, metrics, openapi, read_routes, score_routes
+from ingest.backlog import Backpressure
+from ingest.board_cache import BoardCache
 from ingest.http import error_response
+from ingest.redis_packing import HiredisPackingConnection
+from ingest.script_batching import coalesce_hot_scripts
 from ingest.state import IngestState
 from scoreboard.board_reads import BoardReader
 from scoreboard.boards_redis import RedisBoards
@@ -52,6 +56,14 @@ async def _dependency_down(request: Request, exc: Exception) -> Response:
     logger.warning("dependency unavailable on %s: %r", request.url.path, exc)
     return error_response(RequestError(503, "unavailable",
                                        "a storage dependency is unavailable; retry shortly",
+                                       retry_after_s=RETRY_AFTER_UNAVAILABLE_S))
+
+
+async def _redis_full(request: Request, exc: Exception) -> Response:
+    """Redis is at its ``maxmemory`` (``noeviction``): it refused the write, so nothing
+    was written; the same answer as a backlog over ``MAX_BACKLOG``."""
+    logger.warning("redis refused a write (maxmemory) on %s", request.url.path)
+    return error_response(RequestError(503, "overloaded", "storage is full; retry shortly",
                                        retry_after_s=RETRY_AFTER_UNAVAILABLE_S))
 
 
@@ -99,22 +111,32 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = redis_asyncio.Redis.from_url(redis_url, socket_connect_timeout=2,
-                                              socket_timeout=5, health_check_interval=30)
+                                              socket_timeout=5, health_check_interval=30,
+                                              connection_class=HiredisPackingConnection)
         pool = await create_pool(database_url, max_size=10)
-        keys, scripts = Keys(settings.key_prefix), register_scripts(client)
+        keys = Keys(settings.key_prefix)
+        scripts = coalesce_hot_scripts(register_scripts(client), client)
+        board_cache = BoardCache(client, keys.board_definitions)
+        await board_cache.start(pool, service_max=settings.max_points_per_increment)
+        backlog = Backpressure(client, stream=keys.stream, group=settings.consumer_group,
+                               max_backlog=settings.max_backlog)
         app.state.ingest = IngestState(
             settings=settings, keys=keys, redis=client, scripts=scripts, pool=pool,
             boards=BoardReader(RedisBoards(client, scripts, keys), rank_mode=settings.rank_ties),
             jwt=JWTAuthority(load_jwt_keys(settings.jwt_keys_path), issuer=settings.jwt_issuer,
                              audience=settings.jwt_audience, ttl_s=settings.access_token_ttl_s),
-            action_keys=load_action_keys(settings.action_keys_path))
-        pool_sampler = asyncio.create_task(sample_pool_forever(pool), name="pool-sampler")
+            action_keys=load_action_keys(settings.action_keys_path),
+            board_cache=board_cache, backlog=backlog)
+        tasks = [asyncio.create_task(sample_pool_forever(pool), name="pool-sampler"),
+                 asyncio.create_task(board_cache.refresh_forever(settings.board_refresh_s)),
+                 asyncio.create_task(backlog.measure_forever(settings.backlog_check_ms / 1000))]
         try:
             yield
         finally:
-            pool_sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pool_sampler
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await pool.close()
             await client.aclose()
             forget_this_process(settings.prometheus_multiproc_dir)
@@ -149,6 +171,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                    asyncpg.InterfaceError, ConnectionError, TimeoutError)
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         RequestError: _request_error, HTTPException: _http_error, Exception: _internal_error,
+        redis.exceptions.OutOfMemoryError: _redis_full,
         **{kind: _dependency_down for kind in unavailable}})
     app.add_middleware(CORSMiddleware, allowed_origins=cors_origins(settings))
     app.add_middleware(metrics.ObservabilityMiddleware, router=app.router,

@@ -18,8 +18,16 @@ from ingest import metrics
 from ingest.bearer import authenticate, unauthorized
 from ingest.http import JSONResponse, read_json
 from ingest.state import IngestState, request_client, state_of
-from ingest.validation import parse_batch, parse_increment
+from ingest.validation import (
+    BatchIncrement,
+    IncrementRequest,
+    invalid,
+    parse_action_token_request,
+    parse_batch,
+    parse_increment,
+)
 from scoreboard import action_tokens
+from scoreboard.action_tokens import ExpiredActionToken
 from scoreboard.errors import ActionTokenError, RequestError
 from scoreboard.jwt_tokens import Claims
 from scoreboard.limits import retry_after_seconds
@@ -55,8 +63,10 @@ def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-TOKEN_FAILURES = {"token_used": "action_token_used", "duplicate": "action_token_used",
-                  "token_foreign": "action_token_foreign"}
+# Script refusals that count as token manipulation. Not "token_used": a token of
+# ours, for this user, with neither its nonce nor its event in Redis has only
+# outlived its Redis key (a retry of an accepted one is answered 202, "replayed").
+TOKEN_FAILURES = {"token_foreign": "action_token_foreign"}
 
 
 async def record_token_failure(state: IngestState, *, user_id: str, address: str,
@@ -70,7 +80,7 @@ async def record_token_failure(state: IngestState, *, user_id: str, address: str
               keys.address_limited(address), keys.fraud_stream],
         args=[user_id, address, failure, settings.token_failure_window_s * 1000,
               settings.token_failures_to_ban, settings.token_failures_to_limit_address,
-              settings.address_limit_s * 1000])
+              settings.address_limit_s * 1000, settings.token_ban_s * 1000])
     if banned:
         count_fraud_event("token_manipulation", "critical")
     if limited:
@@ -106,13 +116,21 @@ async def issue_action_token(request: Request) -> Response:
     state = state_of(request)
     claims = await authenticate_counted(request, state)
     settings, keys = state.settings, state.keys
+    wanted = parse_action_token_request(
+        await read_json(request, max_bytes=settings.max_body_bytes, empty=None))
+    board = await state.board_cache.get(wanted.board)
+    action = wanted.action or board.default_action
+    points = board.points_of(action)
+    if points is None:
+        raise invalid("action", f"{action!r} is not an action of board {board.board!r}")
     nonce = secrets.token_hex(16)
     user_rate, ip_rate = settings.action_token_rate, settings.ip_rate
     address = request_client(request, state)
     reason, retry_ms = await state.scripts.action_token(
         keys=[keys.revoked_jti(claims.jti), keys.banned(claims.sub),
               keys.user_rate("action_token", claims.sub), keys.ip_rate("action_token", address),
-              keys.action_token(nonce), keys.address_limited(address)],
+              keys.action_token(nonce), keys.address_limited(address),
+              keys.token_failures_user(claims.sub)],
         args=[claims.sub, *user_rate.as_args(), *ip_rate.as_args(),
               settings.action_token_ttl_s * 1000])
     reason = _decode(reason)
@@ -125,10 +143,55 @@ async def issue_action_token(request: Request) -> Response:
     key_id, key = list(state.action_keys.items())[-1]
     issued_ms = int(time.time() * 1000)
     token = action_tokens.encode(
-        action_tokens.ActionToken(user_id=claims.sub, issued_ms=issued_ms, nonce=nonce,
-                                  key_id=key_id), key)
-    return JSONResponse({"action_token": token,
+        action_tokens.ActionToken(user_id=claims.sub, board=board.board, action=action,
+                                  issued_ms=issued_ms, nonce=nonce, key_id=key_id), key)
+    return JSONResponse({"action_token": token, "board": board.board, "action": action,
+                         "points": points,
                          "expires_at": (issued_ms + settings.action_token_ttl_s * 1000) / 1000})
+
+
+def _accepted(event_id: str) -> Response:
+    return JSONResponse({"event_id": event_id, "status": "accepted"}, status_code=202)
+
+
+async def _verified_token(state: IngestState, claims: Claims, text: str,
+                          address: str) -> action_tokens.ActionToken | Response:
+    """The verified action token, or the original 202 of a late retry (an expired
+    token whose increment was accepted in time). Forged and foreign tokens count as
+    token manipulation; an expired one does not (a slow client is not an attacker)."""
+    settings = state.settings
+    try:
+        return action_tokens.verify(text, keys=state.action_keys, user_id=claims.sub,
+                                    now_ms=int(time.time() * 1000),
+                                    ttl_ms=settings.action_token_ttl_s * 1000)
+    except ExpiredActionToken as exc:
+        event_id = "at-" + exc.token.nonce
+        if await state.redis.exists(state.keys.event(event_id)):
+            metrics.script_outcome("increment", "replayed")
+            return _accepted(event_id)
+        metrics.script_outcome("increment", exc.code)
+        raise RequestError(403, exc.code, exc.detail) from None
+    except ActionTokenError as exc:
+        metrics.script_outcome("increment", exc.code)
+        await record_token_failure(state, user_id=claims.sub, address=address, failure=exc.code)
+        raise RequestError(403, exc.code, exc.detail) from None
+
+
+async def _points_of(state: IngestState, token: action_tokens.ActionToken,
+                     body: IncrementRequest) -> int:
+    """The points the token's action is worth; a ``points`` or ``board`` sent along
+    that disagrees is refused (422), so an old client learns the contract changed."""
+    board = await state.board_cache.get(token.board)
+    points = board.points_of(token.action)
+    if points is None:
+        raise invalid("action_token",
+                      f"action {token.action!r} is no longer an action of board {board.board!r}")
+    if body.board is not None and body.board != token.board:
+        raise invalid("board", f"must be {token.board!r} (the action token's board) or left out")
+    if body.points is not None and body.points != points:
+        raise invalid("points", f"must be {points} (the points of action {token.action!r} on "
+                                f"board {token.board!r}) or left out")
+    return points
 
 
 async def increment(request: Request) -> Response:
@@ -138,14 +201,11 @@ async def increment(request: Request) -> Response:
     body = parse_increment(await read_json(request, max_bytes=settings.max_body_bytes),
                            max_points=settings.max_points_per_increment)
     address = request_client(request, state)
-    try:
-        token = action_tokens.verify(body.action_token, keys=state.action_keys,
-                                     user_id=claims.sub, now_ms=int(time.time() * 1000),
-                                     ttl_ms=settings.action_token_ttl_s * 1000)
-    except ActionTokenError as exc:
-        metrics.script_outcome("increment", exc.code)
-        await record_token_failure(state, user_id=claims.sub, address=address, failure=exc.code)
-        raise RequestError(403, exc.code, exc.detail) from None
+    token = await _verified_token(state, claims, body.action_token, address)
+    if isinstance(token, Response):
+        return token
+    points = await _points_of(state, token, body)
+    state.backlog.check()
     event_id = "at-" + token.nonce
     reason, detail, *rest = await state.scripts.increment(
         keys=[keys.action_token(token.nonce), keys.revoked_jti(claims.jti),
@@ -153,15 +213,18 @@ async def increment(request: Request) -> Response:
               keys.user_rate("increment", claims.sub),
               keys.user_rate("increment_flagged", claims.sub),
               keys.ip_rate("increment", address), keys.event(event_id), keys.stream,
-              keys.address_limited(address), keys.recent_actions(claims.sub), keys.fraud_stream],
+              keys.address_limited(address), keys.recent_actions(claims.sub), keys.fraud_stream,
+              keys.token_failures_user(claims.sub)],
         args=[claims.sub, *settings.increment_rate.as_args(),
               *settings.flagged_increment_rate.as_args(), *settings.ip_rate.as_args(),
-              settings.dedup_ttl_s * 1000, event_id, body.board, body.points, claims.name,
+              settings.dedup_ttl_s * 1000, event_id, token.board, points, claims.name,
               "player", address, request.scope["state"]["request_id"],
               settings.rapid_max_actions, settings.rapid_window_ms,
               settings.flag_duration_s * 1000])
     reason = _decode(reason)
     metrics.script_outcome("increment", reason)
+    if reason == "replayed":  # a retry of an accepted increment: its original answer
+        return _accepted(event_id)
     if reason in TOKEN_FAILURES:
         await record_token_failure(state, user_id=claims.sub, address=address,
                                    failure=TOKEN_FAILURES[reason])
@@ -172,7 +235,18 @@ async def increment(request: Request) -> Response:
         raise _refusal(reason, int(detail))
     if int(rest[1]):  # this increment flagged the user (rapid actions)
         count_fraud_event("rapid_actions", "high")
-    return JSONResponse({"event_id": event_id, "status": "accepted"}, status_code=202)
+    return _accepted(event_id)
+
+
+async def _check_board_maxima(state: IngestState, increments: list[BatchIncrement]) -> None:
+    """Every board of the batch exists (404) and no ``points`` passes its maximum (422)."""
+    maxima: dict[str, int] = {}
+    for index, item in enumerate(increments):
+        if item.board not in maxima:
+            maxima[item.board] = (await state.board_cache.get(item.board)).max_points
+        if item.points > maxima[item.board]:
+            raise invalid(f"increments[{index}].points",
+                          f"must be at most {maxima[item.board]} on board {item.board!r}")
 
 
 async def batch(request: Request) -> Response:
@@ -184,8 +258,10 @@ async def batch(request: Request) -> Response:
     increments = parse_batch(await read_json(request, max_bytes=settings.max_body_bytes),
                              max_points=settings.max_points_per_increment,
                              max_increments=settings.max_batch_increments)
+    await _check_board_maxima(state, increments)
+    state.backlog.check()
     script_keys = [keys.revoked_jti(claims.jti), keys.user_rate("backend", claims.sub),
-                   keys.stream]
+                   keys.stream, keys.banned(claims.sub)]
     script_args: list[Any] = [*settings.backend_rate.as_args(), settings.dedup_ttl_s * 1000,
                               f"backend:{claims.sub}", request_client(request, state),
                               request.scope["state"]["request_id"]]

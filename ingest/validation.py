@@ -7,12 +7,14 @@ silently count as the default of 1.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from scoreboard.board_defs import ACTION_PATTERN, ACTION_RULE
 from scoreboard.errors import RequestError
-from scoreboard.names import BOARD_PATTERN, DEFAULT_BOARD, ID_PATTERN
+from scoreboard.names import BOARD_PATTERN, BOARD_RULE, DEFAULT_BOARD, ID_PATTERN
 from scoreboard.ranking import decode_cursor
 
 EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -59,12 +61,23 @@ def _points(body: Mapping[str, Any], field: str, maximum: int, *, default: int |
     return value
 
 
+# Characters that reorder the text around them: embeddings, overrides and isolates
+# (U+202A-U+202E, U+2066-U+2069) and the marks U+200E, U+200F, U+061C.
+BIDI_CONTROLS = frozenset([*map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A)),
+                           "\u200e", "\u200f", "\u061c"])
+
+
 def _display_name(value: Any, label: str) -> str:
+    """Refused, not normalised: a name with C0/C1 controls (category Cc: U+0000-U+001F,
+    U+007F-U+009F) or bidi controls is a crafted one, and silently changing it would
+    show spectators something the backend never sent."""
     if not isinstance(value, str) or not value.strip() or len(value) > DISPLAY_NAME_MAX:
         raise invalid(label,
                       f"must be a non-empty string of at most {DISPLAY_NAME_MAX} characters")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if any(unicodedata.category(ch) == "Cc" for ch in value):
         raise invalid(label, "must not contain control characters")
+    if any(ch in BIDI_CONTROLS for ch in value):
+        raise invalid(label, "must not contain bidirectional control characters")
     return value
 
 
@@ -98,10 +111,31 @@ def parse_refresh(body: Any) -> str:
 
 
 @dataclass(frozen=True)
-class IncrementRequest:
-    action_token: str
-    points: int
+class ActionTokenRequest:
     board: str
+    action: str | None  # None: the board's first action
+
+
+def parse_action_token_request(body: Any) -> ActionTokenRequest:
+    """``{board?, action?}``; an empty body is ``{}`` (the default board and action)."""
+    fields = _object({} if body is None else body, {"board", "action"})
+    action = fields.get("action")
+    if action is not None and (not isinstance(action, str)
+                               or not ACTION_PATTERN.fullmatch(action)):
+        raise invalid("action", ACTION_RULE)
+    return ActionTokenRequest(
+        board=_string(fields, "board", BOARD_PATTERN, BOARD_RULE, default=DEFAULT_BOARD),
+        action=action)
+
+
+@dataclass(frozen=True)
+class IncrementRequest:
+    """The action token decides board and points; ``points`` / ``board``, when a
+    client still sends them, must agree with it (checked by the route)."""
+
+    action_token: str
+    points: int | None
+    board: str | None
 
 
 def parse_increment(body: Any, *, max_points: int) -> IncrementRequest:
@@ -113,10 +147,10 @@ def parse_increment(body: Any, *, max_points: int) -> IncrementRequest:
         raise invalid("action_token", "must be a non-empty string")
     return IncrementRequest(
         action_token=token,
-        points=_points(fields, "points", max_points, default=1),
-        board=_string(fields, "board", BOARD_PATTERN,
-                      "must be 1 to 64 letters, digits, '_', '.', ':' or '-'",
-                      default=DEFAULT_BOARD))
+        points=(None if fields.get("points") is None
+                else _points(fields, "points", max_points, default=None)),
+        board=(None if fields.get("board") is None
+               else _string(fields, "board", BOARD_PATTERN, BOARD_RULE)))
 
 
 @dataclass(frozen=True)

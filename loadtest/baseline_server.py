@@ -123,17 +123,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except ActionTokenError as exc:
             raise RequestError(403, exc.code, exc.detail) from None
         event_id = "at-" + action.nonce
+        # The baseline keeps the spec's first design: the client's points (default 1).
+        points, board = body.points or 1, body.board or action.board
         address = client_address(request.client.host if request.client else None,
                                  request.headers.get("x-forwarded-for"),
                                  state.settings.trusted_proxies)
         async with state.pool.acquire() as connection:
             async with connection.transaction():
-                await connection.execute(INSERT_ACTION, event_id, claims.sub, body.board,
-                                         body.points, address)
-                await connection.execute(UPSERT_SCORE, body.board, claims.sub, body.points)
-            top = await connection.fetch(TOP_10, body.board)
+                await connection.execute(INSERT_ACTION, event_id, claims.sub, board, points,
+                                         address)
+                await connection.execute(UPSERT_SCORE, board, claims.sub, points)
+            top = await connection.fetch(TOP_10, board)
         await state.redis.publish(state.channel, orjson.dumps({
-            "type": "top", "board": body.board, "ts": int(time.time() * 1000),
+            "type": "top", "board": board, "ts": int(time.time() * 1000),
             "entries": [{"rank": rank, "user_id": row["user_id"], "score": row["score"]}
                         for rank, row in enumerate(top, 1)]}))
         return JSONResponse({"event_id": event_id, "status": "accepted"}, status_code=202)

@@ -30,7 +30,10 @@ machine, load generator and duration.
    acknowledged (pending + not yet delivered) and the age of the oldest,
    in one Lua read (``LAG_LUA``); every 1 s: rows in ``actions``
    (persisted/s) and every party's CPU (/proc, Redis INFO); at the window's
-   edges the worker's own batch histograms from its metrics port.
+   edges the worker's own batch and freshness histograms from its metrics
+   port (the worker's part of POST-to-visible: an entry's acceptance time to
+   its total on the board) and Redis ``used_memory`` (bytes per accepted
+   increment); after the run, the dedup markers alive and their size.
 
    After the window, once the worker has acknowledged everything: every
    increment answered 202 must be in ``actions`` exactly once (rows per
@@ -68,6 +71,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import httpx
 import orjson
 import redis
 import redis.asyncio as redis_asyncio
@@ -102,7 +106,6 @@ from loadtest.harness.players import (
     add_load_options,
     check_load_options,
     create_players,
-    fetch_tokens,
     ingest_env,
     prepare_requests,
     token_fields,
@@ -219,6 +222,8 @@ class Sampler:
             sample.waiting, sample.oldest_ms = await self.lag()
         if edge and self.metrics_url:
             sample.worker = await worker_series(self.metrics_url)
+        if edge:
+            sample.redis_memory = int((await self.redis.info("memory"))["used_memory"])
         if full:
             sample.cpu = await self.cpu()
             sample.rows = int(await connection.fetchval("SELECT count(*) FROM actions"))
@@ -259,9 +264,21 @@ async def worker_series(url: str) -> dict[str, float] | None:
     for name, labels, value in samples:
         if name == "scoreboard_worker_batch_seconds_bucket":
             series[f"seconds:{labels['le']}"] = value
+        elif name == "scoreboard_worker_freshness_seconds_bucket":
+            series[f"fresh:{labels['le']}"] = value
         elif name in ("scoreboard_worker_batch_size_sum", "scoreboard_worker_batch_size_count"):
             series["size_" + name.rsplit("_", 1)[1]] = value
     return series
+
+
+async def dedup_markers(client: Any, keys: Keys, sample: int = 200) -> tuple[int, float]:
+    """(event-id markers alive, their mean MEMORY USAGE over a sample of ``sample``)."""
+    alive, sizes = 0, list[int]()
+    async for key in client.scan_iter(match=keys.event("*"), count=1000):
+        alive += 1
+        if len(sizes) < sample:
+            sizes.append(int(await client.memory_usage(key) or 0))
+    return alive, (sum(sizes) / len(sizes) if sizes else 0.0)
 
 
 # --- One phase: spectators, driver, sampler, drain ------------------------------------------
@@ -324,6 +341,7 @@ async def run_phase(spec: PhaseSpec, args: argparse.Namespace, workload: Workloa
                   flush=True)
             drained = await wait_drained(client, spec.keys, "persisters", args.drain_timeout)
         await asyncio.sleep(TAIL_S)
+        markers = await dedup_markers(client, spec.keys) if spec.keys is not None else None
         seen = await spectators.call({"op": "stop"}, timeout_s=120)
         sampler.stopping.set()
         await sampling
@@ -333,7 +351,8 @@ async def run_phase(spec: PhaseSpec, args: argparse.Namespace, workload: Workloa
     return PhaseRun(spec=spec, window_start=window_start, window_end=window_end, driver=result,
                     spectators=seen, connected=connected, samples=sampler.samples,
                     drained=drained,
-                    probe_users=[p.user_id for p in workload.probe_increments])
+                    probe_users=[p.user_id for p in workload.probe_increments],
+                    markers=markers)
 
 
 # --- The run ------------------------------------------------------------------------------------
@@ -365,9 +384,52 @@ async def checkpoint(admin_url: str) -> None:
         await connection.close()
 
 
+def probe_count_of(args: argparse.Namespace) -> int:
+    count: int = math.ceil(args.probe_rate * (args.warmup + args.duration)) + 5
+    return count
+
+
+def define_probe_actions(backing: Backing, probe_count: int) -> None:
+    """Points are the server's: probe k's token names action ``probe<k>`` of the board,
+    worth PROBE_BASE + k (the body still says so too, for the baseline, which takes the
+    client's points). Written before ingest starts, which publishes it to Redis."""
+    from scoreboard.board_defs import create_board, definition
+    from scoreboard.db import create_pool
+
+    actions = [("play", 1), *((f"probe{k}", PROBE_BASE + k) for k in range(probe_count))]
+
+    async def write() -> None:
+        pool = await create_pool(backing.database_url, max_size=1)
+        client = redis_asyncio.Redis.from_url(backing.redis_url)
+        try:
+            await create_board(pool, client, Keys(backing.key_prefix).board_definitions,
+                               definition(BOARD, actions, None, service_max=MAX_POINTS))
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    asyncio.run(write())
+
+
+async def fetch_probe_tokens(url: str, players: list[dict[str, str]],
+                             count: int) -> list[tuple[dict[str, str], str]]:
+    """Probe k's action token, for action ``probe<k>``."""
+    requests = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for k in range(count):
+            headers = players[k % len(players)]
+            response = await client.post("/api/actions/token", json={"action": f"probe{k}"},
+                                         headers=headers)
+            if response.status_code != 200:
+                raise BenchError(f"probe token: {response.status_code} {response.text[:300]}")
+            requests.append((headers, orjson.dumps(
+                {"action_token": response.json()["action_token"]}).decode()))
+    return requests
+
+
 def prepare_workload(url: str, args: argparse.Namespace) -> tuple[Workload, str]:
     players = asyncio.run(create_players(url, args.players))
-    probe_count = math.ceil(args.probe_rate * (args.warmup + args.duration)) + 5
+    probe_count = probe_count_of(args)
     probe_players = asyncio.run(create_players(url, probe_count)) if probe_count else []
     print(f"{args.players} players and {probe_count} probe players registered; fetching "
           "action tokens…", flush=True)
@@ -375,7 +437,7 @@ def prepare_workload(url: str, args: argparse.Namespace) -> tuple[Workload, str]
         args.tokens = math.ceil(args.rate * (args.warmup + args.duration) * 1.05) + \
             args.concurrency
     requests, token_rate = prepare_requests(url, players, args)
-    probe_requests, _ = asyncio.run(fetch_tokens(url, probe_players, probe_count, 8))
+    probe_requests = asyncio.run(fetch_probe_tokens(url, probe_players, probe_count))
     workload = build_workload(players, requests, probe_players, probe_requests)
     return workload, (f"{args.players} players (one address each), {len(requests):,} action "
                       f"tokens fetched at {token_rate:,.0f}/s, {probe_count} probe players "
@@ -396,6 +458,7 @@ def run(args: argparse.Namespace) -> int:
         servers = server_line(client, backing.admin_database_url)
         postmaster = asyncio.run(postmaster_pid(backing.admin_database_url))
         env, keys = e2e_env(backing, args), Keys(backing.key_prefix)
+        define_probe_actions(backing, probe_count_of(args))
         with contextlib.ExitStack() as ours_stack:
             url, ingest_pid = ours_stack.enter_context(ingest_process(env, root / "ingest.log"))
             metrics_port = free_port()

@@ -60,7 +60,14 @@ from loadtest.harness.players import (
     ingest_env,
     prepare_requests,
 )
-from loadtest.harness.processes import ingest_process, run_job
+from loadtest.harness.processes import ingest_process, run_job, uvicorn_process
+from loadtest.ingest_anchor import (
+    backend_headers,
+    batch_requests,
+    rate,
+    report_line,
+    token_requests,
+)
 from loadtest.raw_script import RawResult, report_raw, run_raw, stream_length
 from scoreboard.keys import Keys
 from scoreboard.settings import load_settings
@@ -173,6 +180,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--raw-clients", type=int, default=0,
                         help="redis-benchmark connections (default: --concurrency)")
     parser.add_argument("--skip-raw", action="store_true", help="HTTP figure only")
+    parser.add_argument("--batches", type=int, default=800,
+                        help="batches prepared for the batch part (800), which has a 1 s "
+                             "warm-up and a window of at most 5 s; 0 skips it")
+    parser.add_argument("--batch-size", type=int, default=1000, help="increments each (1000)")
+    parser.add_argument("--batch-concurrency", type=int, default=4,
+                        help="batches in flight (4)")
+    parser.add_argument("--skip-anchor", action="store_true",
+                        help="no token part and no bare Starlette route")
     args = parser.parse_args(argv)
     check_load_options(parser, args)
     if not 1_000 <= args.raw_keys <= 50_000_000 or args.raw_requests < 1:
@@ -181,11 +196,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_load(args: argparse.Namespace, root: Path, url: str, ingest_pid: int,
-             redis_url: str, requests: list[tuple[dict[str, str], str]]) -> dict[str, Any]:
-    """The measured HTTP run, in the load-generator process; its result."""
+             redis_url: str, requests: list[tuple[dict[str, str], str]],
+             **job_options: Any) -> dict[str, Any]:
+    """The measured HTTP run, in the load-generator process; its result. ``job_options``
+    override the job (``path``, ``cycle``, ``concurrency``)."""
     job = {"url": url, "client": args.client, "concurrency": args.concurrency,
            "warmup_s": args.warmup, "duration_s": args.duration, "ingest_pid": ingest_pid,
-           "redis_url": redis_url, "requests": requests}
+           "redis_url": redis_url, "requests": requests, **job_options}
     job_path, result_path = root / "job.json", root / "result.json"
     job_path.write_bytes(orjson.dumps(job))
     run_job("loadtest.load_generator", job_path, result_path,
@@ -205,7 +222,9 @@ def run(args: argparse.Namespace) -> int:
         print("starting Redis and Postgres, migrating a fresh database…", flush=True)
         backing = start_backing(stack, root, other_prefixes=["_raw"])
         raw_prefix = backing.key_prefix + "_raw"
-        env = ingest_env(backing)
+        # The access log at its default (LOG_LEVEL INFO), as in production; no worker
+        # runs, so backpressure is moved out of the way of the batch part.
+        env = {**ingest_env(backing), "LOG_LEVEL": "INFO", "MAX_BACKLOG": str(10**9)}
         url, ingest_pid = stack.enter_context(ingest_process(env, root / "ingest.log"))
         print(f"ingest on {url} (pid {ingest_pid}); registering {args.players} players…",
               flush=True)
@@ -226,8 +245,52 @@ def run(args: argparse.Namespace) -> int:
                           clients=args.raw_clients or args.concurrency)
         ok = report(args, backing, background, len(players), len(requests), token_rate, http,
                     xlen, raw)
+        run_anchor_parts(args, root, env, backing, url, ingest_pid, players, requests, http)
         print("stopping the processes started…", flush=True)
     return 0 if ok else 1
+
+
+BATCH_WINDOW_S = 5.0  # 100,000 increments/s for 6 s is 600 batches of 1,000: ~45 MB of JSON
+
+
+def run_anchor_parts(args: argparse.Namespace, root: Path, env: dict[str, str],
+                     backing: Backing, url: str, ingest_pid: int,
+                     players: list[dict[str, str]],
+                     requests: list[tuple[dict[str, str], str]], http: dict[str, Any]) -> None:
+    """The action-token part, the batch part and the bare route, then the ratios."""
+    tokens = batches = bare = None
+    if not args.skip_anchor:
+        print("driving POST /api/actions/token…", flush=True)
+        tokens = run_load(args, root, url, ingest_pid, backing.redis_url,
+                          token_requests(players, len(players)), path="/api/actions/token",
+                          cycle=True)
+    if args.batches:
+        print(f"driving POST /api/scores/batch ({args.batches} batches of "
+              f"{args.batch_size})…", flush=True)
+        batches = run_load(args, root, url, ingest_pid, backing.redis_url,
+                           batch_requests(backend_headers(url, backing.database_url),
+                                          args.batches, args.batch_size),
+                           path="/api/scores/batch", concurrency=args.batch_concurrency,
+                           warmup_s=1, duration_s=min(args.duration, BATCH_WINDOW_S))
+    if not args.skip_anchor:
+        print("driving the bare Starlette route…", flush=True)
+        with uvicorn_process("loadtest.ingest_anchor:bare_app", env, root / "bare.log",
+                             ready_path="/healthz", what="the bare route") as (bare_url, pid):
+            bare = run_load(args, root, bare_url, pid, backing.redis_url, requests, cycle=True)
+    bare_rps = rate(bare) if bare is not None else None
+    print(f"\nSame run, same client ({args.client}, {args.concurrency} connections; batches "
+          f"{args.batch_concurrency}), {args.warmup:g} s warm-up, {args.duration:g} s window "
+          f"(batches: 1 s, at most {BATCH_WINDOW_S:g} s), access log at its default (on); CPU "
+          "is the server process's")
+    if bare is not None:
+        print(report_line("bare Starlette JSON route", bare, bare_rps))
+    if tokens is not None:
+        print(report_line("POST /api/actions/token", tokens, bare_rps))
+    print(report_line("POST /api/scores/increment", http, bare_rps))
+    if batches is not None:
+        print(report_line(f"POST /api/scores/batch ({args.batch_size} each)", batches, None,
+                          per=args.batch_size))
+    print()
 
 
 main = command("bench_ingest", parse_args, run)

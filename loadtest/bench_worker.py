@@ -60,13 +60,12 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import asyncpg
 import redis
 import redis.asyncio as redis_asyncio
 
@@ -81,10 +80,11 @@ from loadtest.harness.backing import (
     start_servers,
 )
 from loadtest.harness.command import benchmark_parser, command
-from loadtest.harness.cpu import CpuMeter, CpuUse, background_cores
+from loadtest.harness.cpu import CpuMeter, CpuUse, background_cores, process_cpu_s
 from loadtest.harness.figures import code_fingerprint, code_line
 from loadtest.harness.http import histogram_buckets, scrape
 from loadtest.harness.processes import PROJECT_DIR, WORKER_COMMAND, stop_process
+from loadtest.worker_anchor import run_anchor, run_copy_baseline
 from loadtest.worker_report import check_drained, night_line, report
 from loadtest.worker_workload import GROUP, Progress, Workload, prefill
 from scoreboard.board_writes import apply_and_ack
@@ -94,16 +94,12 @@ from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.moderation import Moderation
 from scoreboard.settings import Settings, load_settings
-from workers.batching import STAGING_COLUMNS, months_of, staging_record
+from workers.batching import ParsedBatch
 from workers.consumer import StreamConsumer
 from workers.fraud import FraudChecks
 from workers.persist import persist_batch
 
 POLL_S = 0.02
-BASELINE_TABLE = "actions_copy_baseline"
-# staging_record() without the username: exactly the columns of ``actions``.
-ACTION_COLUMNS = tuple(c for c in STAGING_COLUMNS if c != "username")
-USERNAME_AT = STAGING_COLUMNS.index("username")
 CODE_FOLDERS = ("workers", "scoreboard", "lua", "sql")
 
 
@@ -162,10 +158,11 @@ class DrainResult:
 
 @dataclass
 class WorkerPass:
-    drain: DrainResult
-    pid: int
-    histogram: list[tuple[float, float]]  # (le, cumulative count) from the worker's files
+    drain: DrainResult  # its CPU line measures the first worker process
+    pids: list[int]
+    histogram: list[tuple[float, float]]  # (le, cumulative count) of the first worker
     persisted_counter: float
+    worker_cores: list[float]  # each worker process's cores over the drain
 
 
 def scrape_worker(port: int) -> tuple[list[tuple[float, float]], float]:
@@ -178,12 +175,14 @@ def scrape_worker(port: int) -> tuple[list[tuple[float, float]], float]:
 
 
 def worker_env(backing: WorkerBacking, name: str, *, batch_max: int,
-               metrics_port: int = 0) -> dict[str, str]:
+               metrics_port: int = 0, number: int = 0) -> dict[str, str]:
     """A worker's environment: the run's servers, database and prefix ``name``;
-    everything else at the defaults a deployment gets."""
+    everything else at the defaults a deployment gets (a second worker differs
+    only by its consumer name and metrics port)."""
     return {**os.environ, "REDIS_URL": backing.redis_url,
             "DATABASE_URL": backing.database_url(name), "KEY_PREFIX": backing.prefix(name),
-            "CONSUMER_GROUP": GROUP, "CONSUMER_NAME": f"bench-{name}",
+            "CONSUMER_GROUP": GROUP,
+            "CONSUMER_NAME": f"bench-{name}" + (f"-{number}" if number else ""),
             "WORKER_BATCH_MAX": str(batch_max), "CHAOS_EXIT_AFTER_COMMIT": "0",
             "LOG_LEVEL": "WARNING", "WORKER_METRICS_PORT": str(metrics_port),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent),
@@ -192,17 +191,22 @@ def worker_env(backing: WorkerBacking, name: str, *, batch_max: int,
 
 def run_worker_pass(backing: WorkerBacking, workload: Workload, ids: Sequence[str],
                     client: Any, meter: CpuMeter, *, batch_max: int, timeout_s: float,
-                    root: Path) -> WorkerPass:
-    """Start ONE ``arq workers.main.WorkerSettings`` and poll until the group
-    has acknowledged every entry; always stops the process."""
-    keys, metrics_port = Keys(backing.prefix("worker")), free_port()
-    env = worker_env(backing, "worker", batch_max=batch_max, metrics_port=metrics_port)
-    progress, log_path = Progress(ids), root / "worker.log"
+                    root: Path, name: str = "worker", count: int = 1) -> WorkerPass:
+    """Start ``count`` ``arq workers.main.WorkerSettings`` processes in one group and
+    poll until the group has acknowledged every entry; always stops them."""
+    keys, metrics_port = Keys(backing.prefix(name)), free_port()
+    progress, log_path = Progress(ids), root / f"{name}.log"
+    processes = []
     with log_path.open("wb") as log:
-        process = subprocess.Popen(WORKER_COMMAND, cwd=PROJECT_DIR, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        for number in range(count):
+            env = worker_env(backing, name, batch_max=batch_max, number=number,
+                             metrics_port=metrics_port if number == 0 else 0)
+            processes.append(subprocess.Popen(WORKER_COMMAND, cwd=PROJECT_DIR, env=env,
+                                              stdout=log, stderr=subprocess.STDOUT))
+    process = processes[0]
     try:
         before = meter.snapshot(process.pid)
+        before_each = [process_cpu_s(p.pid) for p in processes]
         first: tuple[float, int] | None = None
         while True:
             acknowledged = progress.acknowledged(client.xinfo_groups(keys.stream))
@@ -211,9 +215,10 @@ def run_worker_pass(backing: WorkerBacking, workload: Workload, ids: Sequence[st
                 first = (now, acknowledged)
             if acknowledged >= len(workload):
                 after = meter.snapshot(process.pid)  # before SIGTERM: the drain only
+                after_each = [process_cpu_s(p.pid) for p in processes]
                 break
-            if process.poll() is not None:
-                raise BenchError(f"the worker exited with {process.returncode}; its log:\n"
+            if any(p.poll() is not None for p in processes):
+                raise BenchError(f"a worker exited with {process.returncode}; the log:\n"
                                  f"{log_path.read_text()[-3000:]}")
             if now > timeout_s:
                 raise BenchError(f"the worker acknowledged {acknowledged:,} of "
@@ -223,12 +228,15 @@ def run_worker_pass(backing: WorkerBacking, workload: Workload, ids: Sequence[st
         time.sleep(0.5)  # the last batch's histogram observation follows its XACK
         histogram, persisted = scrape_worker(metrics_port)
     finally:
-        stop_process(process, timeout_s=40)  # arq's on_shutdown lets the batch finish
+        for each in processes:
+            stop_process(each, timeout_s=40)  # arq's on_shutdown lets the batch finish
     assert first is not None
     drain = DrainResult(entries=len(workload), first_ack_s=first[0], first_acked=first[1],
                         done_s=after.at - before.at, cpu=meter.between(before, after))
-    return WorkerPass(drain=drain, pid=process.pid, histogram=histogram,
-                      persisted_counter=persisted)
+    return WorkerPass(drain=drain, pids=[p.pid for p in processes], histogram=histogram,
+                      persisted_counter=persisted,
+                      worker_cores=[(b - a) / drain.done_s
+                                    for a, b in zip(before_each, after_each, strict=True)])
 
 
 # --- 2. Latency: the same consumer class in this process -----------------------------------
@@ -250,19 +258,20 @@ class LatencyPass:
 
 
 class TimedConsumer(StreamConsumer):
-    """The product's consumer with each ``handle()`` timed: one batch, i.e.
-    parse, persist in one transaction, the MULTI that sets the boards and
-    acknowledges, then the fraud checks that ride along."""
+    """The product's consumer with each batch timed: persist in one transaction,
+    the fraud checks that ride along, then the one Redis call that sets the
+    boards and acknowledges (the read and parse of the next batch run
+    meanwhile, outside this time)."""
 
     def __init__(self, *, timings: BatchTimings, **options: Any) -> None:
         super().__init__(**options)
         self.timings = timings
 
-    async def handle(self, raw: Sequence[tuple[str, dict[str, str] | None]]) -> None:
+    async def _handle_parsed(self, parsed: ParsedBatch) -> None:
         started = time.perf_counter()
-        await super().handle(raw)
+        await super()._handle_parsed(parsed)
         self.timings.batch_s.append(time.perf_counter() - started)
-        self.timings.batch_sizes.append(len(raw))
+        self.timings.batch_sizes.append(len(parsed.entries) + len(parsed.malformed))
 
 
 def timed(function: Callable[..., Awaitable[Any]], into: list[float]) -> Callable[
@@ -333,67 +342,6 @@ async def run_latency_pass(backing: WorkerBacking, workload: Workload, ids: Sequ
                        timings=timings)
 
 
-# --- 3. Baseline: binary COPY of the same rows ----------------------------------------------
-
-
-@dataclass
-class CopyResult:
-    rows: int
-    copy_s: list[float]
-    cpu: CpuUse
-    indexes: list[str]  # of the baseline table, to show they are those of ``actions``
-
-    @property
-    def rate(self) -> float:
-        return self.rows / sum(self.copy_s)
-
-
-def month_partitions(months: set[date]) -> list[str]:
-    statements = []
-    for month in sorted(months):
-        following = date(month.year + month.month // 12, month.month % 12 + 1, 1)
-        statements.append(f"CREATE TABLE {BASELINE_TABLE}_{month:%Y%m} PARTITION OF "
-                          f"{BASELINE_TABLE} FOR VALUES FROM ('{month}') TO ('{following}')")
-    return statements
-
-
-async def run_copy_baseline(database_url: str, workload: Workload, ids: Sequence[str],
-                            meter: CpuMeter, *, batch_max: int) -> CopyResult:
-    """COPY the rows in batches of ``batch_max``, each its own autocommitted
-    statement. The rows are built before the timed loop, so the figure (and
-    the CPU window) is COPY alone: the floor of what any insert path pays."""
-    connection = await asyncpg.connect(database_url, timeout=30)
-    try:
-        await connection.execute(f"CREATE TABLE {BASELINE_TABLE} (LIKE actions INCLUDING ALL)"
-                                 " PARTITION BY RANGE (created_at)")
-        months = months_of(workload.entries(ids, 0, 1)) | months_of(
-            workload.entries(ids, len(workload) - 1, len(workload)))
-        for statement in month_partitions(months):
-            await connection.execute(statement)
-        batches = [[record[:USERNAME_AT] + record[USERNAME_AT + 1:] for record in (
-            staging_record(e) for e in workload.entries(
-                ids, start, min(len(workload), start + batch_max)))]
-            for start in range(0, len(workload), batch_max)]
-        copy_s: list[float] = []
-        before = meter.snapshot(os.getpid())
-        for records in batches:
-            started = time.perf_counter()
-            await connection.copy_records_to_table(BASELINE_TABLE, records=records,
-                                                   columns=ACTION_COLUMNS, timeout=60)
-            copy_s.append(time.perf_counter() - started)
-        after = meter.snapshot(os.getpid())
-        rows = await connection.fetchval(f"SELECT count(*) FROM {BASELINE_TABLE}")
-        indexes = [r["def"].split(" USING ", 1)[1] for r in await connection.fetch(
-            "SELECT pg_get_indexdef(indexrelid) AS def FROM pg_index"
-            " WHERE indrelid = $1::regclass ORDER BY indexrelid", BASELINE_TABLE)]
-    finally:
-        await connection.close()
-    if rows != len(workload):
-        raise BenchError(f"the baseline table holds {rows:,} rows, not {len(workload):,}")
-    return CopyResult(rows=rows, copy_s=copy_s, cpu=meter.between(before, after),
-                      indexes=indexes)
-
-
 # --- The run --------------------------------------------------------------------------------
 
 
@@ -444,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-worker-")))
         print("starting Redis and Postgres (durable), migrating two fresh databases…",
               flush=True)
-        backing = start_backing(stack, root, ["worker", "inproc"])
+        backing = start_backing(stack, root, ["worker", "inproc", "workers2", "anchor"])
         client = stack.enter_context(contextlib.closing(
             redis.Redis.from_url(backing.redis_url, decode_responses=True)))
         servers = server_line(client, backing.admin_database_url)
@@ -461,6 +409,17 @@ def run(args: argparse.Namespace) -> int:
             backing.database_url("worker"), backing.redis_url, Keys(backing.prefix("worker")),
             workload))
 
+        print("filling a stream for two workers with the same entries…", flush=True)
+        ids2, _ = prefill(client, Keys(backing.prefix("workers2")), workload)
+        settle_redis(client, rewrite=backing.redis_embedded)
+        print("draining it with two worker processes in one group…", flush=True)
+        workers2 = run_worker_pass(backing, workload, ids2, client, meter,
+                                   batch_max=args.batch_max, timeout_s=args.timeout, root=root,
+                                   name="workers2", count=2)
+        worker_problems += [f"two workers: {p}" for p in asyncio.run(check_drained(
+            backing.database_url("workers2"), backing.redis_url,
+            Keys(backing.prefix("workers2")), workload))]
+
         print("filling a second stream with the same entries…", flush=True)
         inproc_ids, _ = prefill(client, Keys(backing.prefix("inproc")), workload)
         settle_redis(client, rewrite=backing.redis_embedded)
@@ -474,11 +433,15 @@ def run(args: argparse.Namespace) -> int:
         print("COPY baseline…", flush=True)
         baseline = asyncio.run(run_copy_baseline(backing.database_url("worker"), workload, ids,
                                                  meter, batch_max=args.batch_max))
+        print("anchor: COPY + insert + totals upsert per batch…", flush=True)
+        anchor = asyncio.run(run_anchor(backing.database_url("anchor"), workload, ids, meter,
+                                        batch_max=args.batch_max))
         ok = report(args, background=background, servers=servers, backing=backing,
                     code=(code, code_fingerprint(CODE_FOLDERS) == fingerprint),
                     night=night_line(settings, workload), prefill_s=prefill_s,
                     worker=worker, worker_problems=worker_problems, latency=latency,
-                    latency_problems=latency_problems, baseline=baseline)
+                    latency_problems=latency_problems, baseline=baseline,
+                    workers2=workers2, anchor=anchor)
         print("stopping the servers started…", flush=True)
     return 0 if ok else 1
 

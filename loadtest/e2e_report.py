@@ -67,6 +67,7 @@ class Sample:
     waiting: int | None = None  # entries the group has not acknowledged (pending + new)
     oldest_ms: float | None = None  # age of the oldest unacknowledged entry
     worker: dict[str, float] | None = None  # the worker's batch series (edges only)
+    redis_memory: int | None = None  # Redis used_memory (edges only)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class PhaseRun:
     samples: list[Sample]
     drained: bool  # the group acknowledged everything within the drain timeout
     probe_users: list[str]  # probe index -> its player's user id
+    markers: tuple[int, float] | None = None  # dedup markers alive after the run, mean bytes
 
 
 # --- Figures from a phase ----------------------------------------------------------------------
@@ -119,6 +121,8 @@ class Figures:
     cpu: dict[str, float]  # cores, window average
     late_ms: list[float]  # open loop: how late requests went out
     batches: tuple[float, float, str, str] | None  # worker: count, mean size, p50, p99
+    freshness: tuple[float, str, str] | None  # worker: entries, p50 and p99 buckets
+    redis_bytes: float | None  # used_memory growth over the window per accepted increment
     exhausted: bool
     last_202_s: float  # after the window's end: requests in flight at its end, answered
     drained_s: float | None  # after the window's end: the first lag sample at 0 after them
@@ -178,6 +182,19 @@ def worker_batches(start: Sample, end: Sample) -> tuple[float, float, str, str] 
             bucket_of(buckets, 0.99))
 
 
+def worker_freshness(start: Sample, end: Sample) -> tuple[float, str, str] | None:
+    """(entries, p50 bucket, p99 bucket) of scoreboard_worker_freshness_seconds in the
+    window: acceptance of an entry (its stream ts) to its total on the board."""
+    if not start.worker or not end.worker:
+        return None
+    before, after = start.worker, end.worker
+    buckets = sorted((float(k.split(":", 1)[1]), after[k] - before.get(k, 0.0))
+                     for k in after if k.startswith("fresh:"))
+    if not buckets:
+        return None
+    return buckets[-1][1], bucket_of(buckets, 0.5), bucket_of(buckets, 0.99)
+
+
 def figures(run: PhaseRun) -> Figures:
     """The numbers of the report, for the window [window_start, window_end]: requests
     count when they completed in it, probes when they were due in it."""
@@ -201,8 +218,12 @@ def figures(run: PhaseRun) -> Figures:
     probes = probe_latencies(run)
     start, end = edge_sample(run.samples, "start"), edge_sample(run.samples, "end")
     cpu: dict[str, float] = {}
-    batches = persisted = None
+    batches = persisted = freshness = redis_bytes = None
+    accepted = statuses.get("202", 0)
     if start and end:
+        freshness = worker_freshness(start, end)
+        if start.redis_memory is not None and end.redis_memory is not None and accepted:
+            redis_bytes = (end.redis_memory - start.redis_memory) / accepted
         span = end.t - start.t
         if start.cpu and end.cpu:
             cpu = {k: (end.cpu[k] - start.cpu[k]) / span for k in end.cpu if k in start.cpu}
@@ -223,7 +244,8 @@ def figures(run: PhaseRun) -> Figures:
         rows_end=end.rows if end else None,
         lag_entries=[s.waiting for s in in_window if s.waiting is not None],
         oldest_ms=sorted(s.oldest_ms for s in in_window if s.oldest_ms is not None),
-        cpu=cpu, late_ms=sorted(late_ms), batches=batches,
+        cpu=cpu, late_ms=sorted(late_ms), batches=batches, freshness=freshness,
+        redis_bytes=redis_bytes,
         exhausted=bool(run.driver["exhausted"]), last_202_s=last_202 - we,
         drained_s=None if drained_at is None else drained_at - we,
         timeline=timeline(run, done_202))
@@ -337,6 +359,22 @@ def report_phase(title: str, run: PhaseRun, f: Figures, check: Check, *, ours: b
               f"age at receipt (receipt - ts) p50 {ms(f.ages_ms, 0.5)}, p99 "
               f"{ms(f.ages_ms, 0.99)}; version regressions {run.spectators['regressions']}; "
               f"closed {run.spectators['closed'] or 'none'}")
+    if f.freshness is not None:
+        entries, p50, p99 = f.freshness
+        print(f"    worker's part   entry accepted (its stream ts) -> its total on the board "
+              f"and acknowledged: p50 in {p50}, p99 in {p99} over {entries:,.0f} entries "
+              "(the worker's scoreboard_worker_freshness_seconds)")
+    if f.redis_bytes is not None:
+        print(f"  Redis memory      used_memory grew {f.redis_bytes:,.0f} bytes per accepted "
+              "increment over the window: dedup markers and stream entries not yet trimmed, "
+              "net of what the run frees meanwhile (each player increment deletes its action "
+              "token, fetched before the window; the trim job drops acknowledged entries): "
+              "the markers' line below is the per-increment cost")
+    if run.markers is not None:
+        alive, size = run.markers
+        print(f"    dedup markers   {alive:,} alive after the run, {size:,.0f} bytes each "
+              "(MEMORY USAGE, mean of a sample); each lives DEDUP_TTL_S: at 1,000 accepted/s "
+              f"and the default 600 s, {1000 * 600 * size / 1e6:,.0f} MB")
     if f.persisted_per_s is not None:
         print(f"  persisted/s       {f.persisted_per_s:,.0f} (rows in actions: {f.rows_start:,} "
               f"at the window's start, {f.rows_end:,} at its end)")

@@ -166,8 +166,10 @@ class Sim:
             await self.sleep(wait)
 
     async def increment(self, account: Account, token: str, points: int) -> tuple[int, str, float]:
+        # The server decides the points now (the token's action: global's play = 1);
+        # ``points`` is what the account would have asked for, kept for its class's pace.
         return await self.request(account, "/api/scores/increment",
-                                  body={"action_token": token, "points": points, "board": BOARD})
+                                  body={"action_token": token})
 
 
 # --- Behaviours ---------------------------------------------------------------------------

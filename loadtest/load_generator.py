@@ -56,8 +56,10 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
     """
     host = urlsplit(job["url"]).netloc
     raw_client = job["client"] == "raw"
+    path = job.get("path", INCREMENT_PATH)
+    cycle = bool(job.get("cycle"))  # repeatable requests: send them round and round
     pending: collections.deque[Any] = collections.deque(
-        encode_post(host, INCREMENT_PATH, headers, body.encode()) if raw_client
+        encode_post(host, path, headers, body.encode()) if raw_client
         else (headers, body) for headers, body in job["requests"])
     redis_client = redis.Redis.from_url(job["redis_url"])
     finished: list[tuple[float, str, float]] = []  # (done, status, latency s)
@@ -79,6 +81,8 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
                     exhausted.set()
                     return
                 request = pending.popleft()
+                if cycle:
+                    pending.append(request)
                 sent = time.perf_counter()
                 try:
                     if connection is None or connection.closed:
@@ -99,9 +103,11 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
                     exhausted.set()
                     return
                 headers, body = pending.popleft()
+                if cycle:
+                    pending.append((headers, body))
                 sent = time.perf_counter()
                 try:
-                    response = await client.post(INCREMENT_PATH, content=body, headers={
+                    response = await client.post(path, content=body, headers={
                         **headers, "Content-Type": "application/json"})
                     status = str(response.status_code)
                 except httpx.HTTPError as exc:

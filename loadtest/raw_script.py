@@ -105,7 +105,8 @@ def script_call(keys: Keys, settings: Settings) -> list[str]:
                    keys.user_rate("increment_flagged", RAW_USER_ID),
                    keys.ip_rate("increment", address),
                    keys.event("at-__rand_int__-__rand_int__"), keys.stream,
-                   keys.address_limited(address), keys.recent_actions(user), keys.fraud_stream]
+                   keys.address_limited(address), keys.recent_actions(user), keys.fraud_stream,
+                   keys.token_failures_user(RAW_USER_ID)]
     script_args = [RAW_USER_ID, *settings.increment_rate.as_args(),
                    *settings.flagged_increment_rate.as_args(), *settings.ip_rate.as_args(),
                    settings.dedup_ttl_s * 1000, "at-" + secrets.token_hex(16), "global", 1,

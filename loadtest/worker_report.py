@@ -20,7 +20,8 @@ from scoreboard.ranking import totals_by_user
 from scoreboard.settings import Settings
 
 if TYPE_CHECKING:
-    from loadtest.bench_worker import CopyResult, LatencyPass, WorkerBacking, WorkerPass
+    from loadtest.bench_worker import LatencyPass, WorkerBacking, WorkerPass
+    from loadtest.worker_anchor import AnchorResult, CopyResult
 
 
 # --- Checks ---------------------------------------------------------------------------------
@@ -112,11 +113,11 @@ def limit_notes(cpu: CpuUse, process_name: str, *, serial_batches: bool) -> list
     saturated = cpu.process >= 0.85 or (cpu.postgres or 0.0) >= 0.85
     if serial_batches and not saturated and 0.7 <= parties <= 1.3:
         notes.append(f"neither {process_name} nor postgres saturated a core; with "
-                     f"redis-server they used {parties:.2f} cores together, about one, because "
-                     "each batch's steps run "
-                     "one after another (read, transaction and commit, MULTI) and the parties "
-                     "take turns; the rate is batch size / batch latency, and more worker "
-                     "processes would overlap their batches")
+                     f"redis-server they used {parties:.2f} cores together, about one: the "
+                     "read of the next batch and the Redis call of the last overlap each "
+                     "batch's Postgres transaction, but the transactions of one consumer run "
+                     "one after another, so the rate is batch size / transaction time, and "
+                     "more worker processes overlap their transactions")
     elif not notes:
         notes.append("no party was saturated: round trips and fsync waits bound the figure")
     return notes
@@ -139,7 +140,7 @@ def night_line(settings: Settings, workload: Workload) -> str:
 def report(args: argparse.Namespace, *, background: float, servers: str, backing: WorkerBacking,
            code: tuple[str, bool], night: str, prefill_s: float, worker: WorkerPass,
            worker_problems: list[str], latency: LatencyPass, latency_problems: list[str],
-           baseline: CopyResult) -> bool:
+           baseline: CopyResult, workers2: WorkerPass, anchor: AnchorResult) -> bool:
     n = args.entries
     print("\n=== Worker benchmark: one worker process draining a backlog ===")
     print(f"machine     {machine_line()}")
@@ -156,7 +157,7 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
 
     drain = worker.drain
     print(f"\n1. THROUGHPUT  one real worker process (arq workers.main.WorkerSettings, "
-          f"pid {worker.pid})")
+          f"pid {worker.pids[0]})")
     print(f"  persisted/s       {drain.steady_rate:,.0f}/s steady (first acknowledgement seen "
           f"{drain.first_ack_s:.2f} s after spawn, all {n:,} at {drain.done_s:.2f} s)")
     print(f"  with start-up     {drain.overall_rate:,.0f}/s (spawn to last acknowledgement)")
@@ -173,6 +174,16 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     for note in limit_notes(drain.cpu, "worker process", serial_batches=True):
         print(f"  limit             {note}")
 
+    drain2 = workers2.drain
+    print("\n1b. SCALING  two worker processes in one group (the second differs only by its "
+          "consumer name), on a stream and database of their own")
+    print(f"  persisted/s       {drain2.steady_rate:,.0f}/s steady, all {n:,} at "
+          f"{drain2.done_s:.2f} s: {drain2.steady_rate / drain.steady_rate:.2f}x one worker")
+    print("  workers' cores    " + " + ".join(f"{c:.2f}" for c in workers2.worker_cores)
+          + f" (one worker alone: {drain.cpu.process:.2f})")
+    print(f"  CPU in drain      {drain2.cpu.line('first worker')} (the second worker is "
+          "among the others)")
+
     ldrain, batch_s = latency.drain, sorted(latency.timings.batch_s)
     pg_s, redis_s = sorted(latency.timings.postgres_s), sorted(latency.timings.redis_s)
     fraud_s = sorted(latency.timings.fraud_s)
@@ -185,7 +196,8 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
           f"{1000 * percentile(pg_s, 0.99):.1f} ms (COPY to staging, INSERT .. ON CONFLICT, "
           "users and scores upserts, totals, commit)")
     print(f"    Redis           apply_and_ack p50 {1000 * percentile(redis_s, 0.5):.1f} ms, "
-          f"p99 {1000 * percentile(redis_s, 0.99):.1f} ms (board scripts, HSET, XACK, PUBLISH)")
+          f"p99 {1000 * percentile(redis_s, 0.99):.1f} ms (one lua/apply_batch.lua call: "
+          "boards, usernames, revisions, XACK, notices)")
     print(f"    fraud checks    after_batch p50 {1000 * percentile(fraud_s, 0.5):.1f} ms, "
           f"p99 {1000 * percentile(fraud_s, 0.99):.1f} ms (after the XACK, before the next "
           "read; not in the worker's histogram)")
@@ -209,6 +221,21 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     for note in limit_notes(baseline.cpu, "this process", serial_batches=False):
         print(f"  limit             {note}")
 
+    anchor_s = sorted(anchor.batch_s)
+    print(f"\n4. ANCHOR  exactly-once floor: per {args.batch_max} rows one transaction of "
+          "COPY into a temp staging table, INSERT INTO actions .. ON CONFLICT DO NOTHING "
+          "RETURNING, upsert of the inserted rows' per-(board, user) sums into scores; "
+          "plain asyncpg, no Redis, same rows, fsync'd commits")
+    print(f"  rows/s            {anchor.rate:,.0f}/s (per batch p50 "
+          f"{1000 * percentile(anchor_s, 0.5):.1f} ms, p99 {1000 * percentile(anchor_s, 0.99):.1f}"
+          " ms)")
+    print(f"  CPU               {anchor.cpu.line('this process')}")
+
+    print("\nRATIO  persisted/s ÷ anchor rows/s (target >= 0.7)")
+    print(f"  one worker        {drain.steady_rate:,.0f} / {anchor.rate:,.0f} = "
+          f"{drain.steady_rate / anchor.rate:.3f}")
+    print(f"  two workers       {drain2.steady_rate:,.0f} / {anchor.rate:,.0f} = "
+          f"{drain2.steady_rate / anchor.rate:.3f}")
     print("\nRATIO  persisted/s ÷ COPY rows/s")
     print(f"  real worker       {drain.steady_rate:,.0f} / {baseline.rate:,.0f} = "
           f"{drain.steady_rate / baseline.rate:.3f}")

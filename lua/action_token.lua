@@ -6,6 +6,8 @@
 --
 -- KEYS[1] revoked jti key   KEYS[2] banned key   KEYS[3] user rate key
 -- KEYS[4] ip rate key       KEYS[5] action token key   KEYS[6] address-limited key
+-- KEYS[7] the user's token-failure counter (a limited address refuses only users
+--         with token failures of their own in the window)
 -- ARGV[1] user id   ARGV[2..3] user rate (count, period ms)   ARGV[4..5] ip rate
 -- ARGV[6] token lifetime ms
 --
@@ -14,7 +16,7 @@
 
 local revoked_key, banned_key, user_rate_key, ip_rate_key, token_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local address_limited_key = KEYS[6]
+local address_limited_key, user_failures_key = KEYS[6], KEYS[7]
 local user_id = ARGV[1]
 local user_count, user_period = tonumber(ARGV[2]), tonumber(ARGV[3])
 local ip_count, ip_period = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -23,7 +25,9 @@ local token_ttl = tonumber(ARGV[6])
 if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
 if redis.call('EXISTS', banned_key) == 1 then return {'banned', 0} end
 local limited_ttl = redis.call('PTTL', address_limited_key)
-if limited_ttl > 0 then return {'address_limited', limited_ttl} end
+if limited_ttl > 0 and redis.call('EXISTS', user_failures_key) == 1 then
+  return {'address_limited', limited_ttl}
+end
 
 local now = now_ms()
 local user_ok, user_tat, user_retry = gcra_check(user_rate_key, now, user_count, user_period, 1)

@@ -1,32 +1,35 @@
 -- batch.lua: accept a game backend's batch of increments, atomically.
 --
--- Checks the backend's access token is not revoked and its rate (cost: the
+-- Checks the backend's access token is not revoked, the backend account is
+-- not banned, and its rate (cost: the
 -- number of new increments). Each increment whose event id was seen before
 -- (or earlier in this batch) counts as a duplicate; one for a banned user is
 -- refused. Nothing is written unless the whole call passes its checks; then
 -- each new increment marks its event id and is XADDed.
 --
 -- KEYS[1] revoked jti key   KEYS[2] backend rate key   KEYS[3] stream
--- KEYS[4 + 2i], KEYS[5 + 2i] event id key and banned key of increment i (i from 0)
+-- KEYS[4] banned key of the backend account
+-- KEYS[5 + 2i], KEYS[6 + 2i] event id key and banned key of increment i (i from 0)
 -- ARGV[1..2] backend rate (count, period ms)   ARGV[3] dedup ttl ms
 -- ARGV[4] source   ARGV[5] client address   ARGV[6] request id
 -- ARGV[7 + 5i .. 11 + 5i] increment i: event_id, user_id, board, points, username
 --
 -- Returns {'ok', accepted, duplicates, refused event id...} or
--- {reason, retry after ms}, reason one of 'revoked', 'limited_backend'.
+-- {reason, retry after ms}, reason one of 'revoked', 'banned', 'limited_backend'.
 
-local revoked_key, rate_key, stream_key = KEYS[1], KEYS[2], KEYS[3]
+local revoked_key, rate_key, stream_key, backend_banned_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rate_count, rate_period = tonumber(ARGV[1]), tonumber(ARGV[2])
 local dedup_ttl = tonumber(ARGV[3])
 local source, client_addr, request_id = ARGV[4], ARGV[5], ARGV[6]
-local n = (#KEYS - 3) / 2
+local n = (#KEYS - 4) / 2
 
 if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
+if redis.call('EXISTS', backend_banned_key) == 1 then return {'banned', 0} end
 
 local fresh, refused, seen = {}, {}, {}
 local duplicates = 0
 for i = 0, n - 1 do
-  local event_key, banned_key = KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+  local event_key, banned_key = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
   if seen[event_key] or redis.call('EXISTS', event_key) == 1 then
     duplicates = duplicates + 1
   elseif redis.call('EXISTS', banned_key) == 1 then
@@ -49,7 +52,7 @@ if new_tat then gcra_commit(rate_key, now, new_tat) end
 local ts = tostring(now)
 for _, i in ipairs(fresh) do
   local a = 7 + 5 * i
-  redis.call('SET', KEYS[4 + 2 * i], '1', 'PX', dedup_ttl)
+  redis.call('SET', KEYS[5 + 2 * i], '1', 'PX', dedup_ttl)
   redis.call('XADD', stream_key, '*',
     'event_id', ARGV[a], 'user_id', ARGV[a + 1], 'username', ARGV[a + 4],
     'board', ARGV[a + 2], 'points', ARGV[a + 3], 'source', source, 'ts', ts,

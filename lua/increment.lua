@@ -1,7 +1,11 @@
 -- increment.lua: accept one player increment, atomically, or refuse it unchanged.
 --
--- Checks, in order, before any write: the access token is not revoked, the
--- user is not banned, the address is not limited for token manipulation, the
+-- Checks, in order, before any write: the access token is not revoked; then, if
+-- the action token is already consumed and its event id is marked, this is a
+-- retry of an accepted increment: answered 'replayed' with nothing written (the
+-- caller returns the original 202). Then: the user is not banned, the address is
+-- not limited for token manipulation (only for a user with token failures of its
+-- own in the window: honest users behind the same address keep working), the
 -- action token was issued to this user and is unused, the per-user limit (the
 -- reduced one if the user is flagged) and the per-IP limit, the event id is
 -- new. Then: consumes the action token, commits both limits, marks the event
@@ -15,6 +19,7 @@
 -- KEYS[5] user rate key         KEYS[6] flagged-user rate key
 -- KEYS[7] ip rate key           KEYS[8] event id key     KEYS[9] stream
 -- KEYS[10] address-limited key  KEYS[11] recent actions ZSET   KEYS[12] fraud stream
+-- KEYS[13] the user's token-failure counter
 -- ARGV[1] user id
 -- ARGV[2..3] user rate (count, period ms)  ARGV[4..5] flagged rate  ARGV[6..7] ip rate
 -- ARGV[8] dedup ttl ms
@@ -22,13 +27,14 @@
 -- ARGV[16..18] rapid rule: max accepted in window, window ms, flag duration ms
 --
 -- Returns {'ok', stream id, accepted ms, flagged now (0/1)} or {reason, retry after ms},
--- reason one of 'revoked', 'banned', 'address_limited', 'token_used', 'token_foreign',
+-- or {'replayed', 0}, reason one of 'revoked', 'banned', 'address_limited', 'token_used', 'token_foreign',
 -- 'limited_user', 'limited_ip', 'duplicate'.
 
 local token_key, revoked_key, banned_key, flagged_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local user_rate_key, flagged_rate_key, ip_rate_key = KEYS[5], KEYS[6], KEYS[7]
 local event_key, stream_key = KEYS[8], KEYS[9]
 local address_limited_key, recent_key, fraud_key = KEYS[10], KEYS[11], KEYS[12]
+local user_failures_key = KEYS[13]
 
 local user_id = ARGV[1]
 local user_count, user_period = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -40,11 +46,14 @@ local source, client_addr, request_id = ARGV[13], ARGV[14], ARGV[15]
 local rapid_max, rapid_window, flag_ttl = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 
 if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
+local owner = redis.call('GET', token_key)
+if not owner and redis.call('EXISTS', event_key) == 1 then return {'replayed', 0} end
 if redis.call('EXISTS', banned_key) == 1 then return {'banned', 0} end
 local limited_ttl = redis.call('PTTL', address_limited_key)
-if limited_ttl > 0 then return {'address_limited', limited_ttl} end
+if limited_ttl > 0 and redis.call('EXISTS', user_failures_key) == 1 then
+  return {'address_limited', limited_ttl}
+end
 
-local owner = redis.call('GET', token_key)
 if not owner then return {'token_used', 0} end
 if owner ~= user_id then return {'token_foreign', 0} end
 

@@ -11,7 +11,11 @@
 -- KEYS[4] address-limited key        KEYS[5] fraud stream
 -- ARGV[1] user id ('' for none)   ARGV[2] address   ARGV[3] what failed (a code)
 -- ARGV[4] window ms   ARGV[5] user threshold   ARGV[6] address threshold
--- ARGV[7] address limit duration ms
+-- ARGV[7] address limit duration ms   ARGV[8] automatic ban duration ms
+--
+-- An automatic ban expires (ARGV[8]) and can be lifted earlier on appeal
+-- (`scoreboard admin unban`). Limiting an address restarts its counter, so it
+-- takes as many new failures, not one, to limit it again after it expires.
 --
 -- Returns {user failures, address failures, banned now (0/1), limited now (0/1)}.
 
@@ -19,7 +23,7 @@ local user_key, address_key, banned_key, limited_key, fraud_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local user_id, address, failure = ARGV[1], ARGV[2], ARGV[3]
 local window, user_max, address_max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local limit_ms = tonumber(ARGV[7])
+local limit_ms, ban_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
 
 local function count(key)
   local n = redis.call('INCR', key)
@@ -31,10 +35,11 @@ local user_failures, banned_now = 0, 0
 if user_id ~= '' then
   user_failures = count(user_key)
   if user_failures >= user_max and redis.call('EXISTS', banned_key) == 0 then
-    redis.call('SET', banned_key, 'token_manipulation')
+    redis.call('SET', banned_key, 'token_manipulation', 'PX', ban_ms)
     redis.call('XADD', fraud_key, '*', 'rule', 'token_manipulation', 'severity', 'critical',
       'action', 'banned', 'user_id', user_id, 'client_addr', address,
-      'evidence', '{"failures":' .. user_failures .. ',"last":"' .. failure .. '"}')
+      'evidence', '{"failures":' .. user_failures .. ',"last":"' .. failure .. '"}',
+      'expires_ms', tostring(now_ms() + ban_ms))
     banned_now = 1
   end
 end
@@ -42,6 +47,7 @@ local address_failures = count(address_key)
 local limited_now = 0
 if address_failures >= address_max and redis.call('EXISTS', limited_key) == 0 then
   redis.call('SET', limited_key, failure, 'PX', limit_ms)
+  redis.call('DEL', address_key)
   redis.call('XADD', fraud_key, '*', 'rule', 'token_manipulation', 'severity', 'high',
     'action', 'address_limited', 'user_id', user_id, 'client_addr', address,
     'evidence', '{"failures":' .. address_failures .. ',"last":"' .. failure .. '"}')

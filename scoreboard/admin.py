@@ -1,5 +1,5 @@
-"""``scoreboard admin ...``: fraud events, a user's actions, flags, bans, shadow-bans,
-removing an action.
+"""``scoreboard admin ...``: boards, fraud events, a user's actions, flags, bans,
+shadow-bans, removing an action.
 
 A command about a user or a board that does not exist says so on stderr and
 exits 1: a typo must not look like a ban that worked. Listings print one JSON
@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import redis.asyncio as redis_asyncio
 
+from scoreboard.board_defs import create_board, definition, from_json, parse_actions, publish_boards
 from scoreboard.db import create_pool
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
@@ -54,7 +55,16 @@ def add_admin_parser(commands: Any) -> None:
                                       " correct the score everywhere")
     remove.add_argument("event_id")
     remove.add_argument("--reason", default="manual decision")
-    command("restore", "put flags, bans and revoked tokens back into Redis")
+    command("restore", "put flags, bans, revoked tokens and board definitions back into Redis")
+    board = command("create-board", "create a board (or replace its actions and maximum)")
+    board.add_argument("board")
+    board.add_argument("--action", action="append", default=[], metavar="NAME=POINTS",
+                       help="an action players can take and its points (repeatable; the "
+                            "first is the default; none given: play=1)")
+    board.add_argument("--max-points", type=int, default=None,
+                       help="largest explicit points of a game backend's increment "
+                            "(default MAX_POINTS_PER_INCREMENT)")
+    command("boards", "list the boards ingest knows, one JSON object a line")
 
 
 KIND_OF = {"flag": "flagged", "ban": "banned", "shadow-ban": "shadow_banned"}
@@ -123,6 +133,7 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     keys = Keys(settings.key_prefix)
     moderation = Moderation(redis=client, pool=pool, scripts=register_scripts(client), keys=keys)
     command = args.admin_command
+    service_max = settings.max_points_per_increment
     try:
         await require_named(pool, args)
         if command == "events":
@@ -136,6 +147,8 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{args.user_id}: {KIND_OF[command]}")
         elif command.startswith("un") and command[2:] in KIND_OF:
             await moderation.lift(args.user_id, KIND_OF[command[2:]], reason=args.reason)
+            if command == "unban":  # the appeal path: a fresh start, not one failure from a ban
+                await client.delete(keys.token_failures_user(args.user_id))
             print(f"{args.user_id}: {KIND_OF[command[2:]]} lifted")
         elif command == "remove-action":
             totals = await moderation.remove_action(args.event_id, reason=args.reason)
@@ -147,6 +160,24 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"removed; {total.user_id} now has {total.score} on {total.board}")
         elif command == "restore":
             print(f"restored {await restore_restrictions(client, pool, keys)} keys")
+            boards = await publish_boards(pool, client, keys.board_definitions,
+                                          service_max=service_max)
+            print(f"published {boards} board definitions")
+        elif command == "create-board":
+            try:
+                created = definition(args.board, parse_actions(args.action, max_points=service_max),
+                                     args.max_points, service_max=service_max)
+            except ValueError as exc:
+                print(f"refused: {exc}")
+                return 2
+            await create_board(pool, client, keys.board_definitions, created)
+            print(orjson.dumps({"board": created.board, "actions": dict(created.actions),
+                                "max_points": created.max_points}).decode())
+        elif command == "boards":
+            for name, raw in sorted((await client.hgetall(keys.board_definitions)).items()):
+                found = from_json(name, raw)
+                print(orjson.dumps({"board": name, "actions": dict(found.actions),
+                                    "max_points": found.max_points}).decode())
     except UnknownName as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -3,10 +3,11 @@ Postgres (the counterpart of ``scoreboard.board_reads``; moved from workers/ so
 that the admin commands use it without importing a process package).
 
 Boards are a projection of ``scores`` (order and encoding: scoreboard/ranking.py).
-Totals are written with ``lua/set_totals.lua``, a compare-and-set on each
-score row's version: replaying a batch, or two workers racing with older and
-newer totals, can only leave the newest total, and a total that goes down is
-applied like any other.
+Totals are written with a compare-and-set on each score row's version
+(``lua/lib/board.lua``; a worker's batch through ``lua/apply_batch.lua``,
+reconcile and rebuild through ``lua/set_totals.lua``): replaying a batch, or
+two workers racing with older and newer totals, can only leave the newest
+total, and a total that goes down is applied like any other.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
@@ -58,28 +61,37 @@ async def _set_totals(pipe: Any, scripts: Scripts, keys: Keys, board: str,
     await scripts.set_totals(keys=script_keys, args=args, client=pipe)
 
 
+def apply_batch_call(keys: Keys, *, group: str, totals: Sequence[BoardTotal],
+                     ack_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of ``lua/apply_batch.lua`` for one batch (pure: no I/O).
+
+    The totals travel as one JSON argument: packing three arguments per total
+    into the command cost the worker more CPU than Redis spends on the script.
+    """
+    boards = sorted({t.board for t in totals})
+    index = {board: i for i, board in enumerate(boards)}
+    script_keys = [keys.stream, keys.usernames, keys.boards]
+    for board in boards:
+        script_keys += [keys.board(board), keys.board_entries(board), keys.board_revision(board)]
+    rows = []
+    for total in totals:
+        script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
+        rows.append([index[total.board], total.user_id, total.score, epoch_ms(total.reached_at),
+                     total.version, total.username])
+    payload = orjson.dumps({"boards": boards, "totals": rows, "ack": list(ack_ids)})
+    return script_keys, [group, keys.board_changes, payload.decode()]
+
+
 async def apply_and_ack(redis: Any, scripts: Scripts, keys: Keys, *, group: str,
                         totals: Sequence[BoardTotal], ack_ids: Sequence[str]) -> None:
     """Set the totals, keep the username map, acknowledge, and announce, atomically.
 
-    One MULTI/EXEC: either the boards move and the entries are acknowledged
-    and the change is announced, or none of it happens and the entries are
-    redelivered (and this runs again with the same totals).
+    One script call, one round trip: either the boards move and the entries
+    are acknowledged and the change is announced, or none of it happens and
+    the entries are redelivered (and this runs again with the same totals).
     """
-    boards = sorted({t.board for t in totals})
-    async with redis.pipeline(transaction=True) as pipe:
-        for board in boards:
-            await _set_totals(pipe, scripts, keys, board, [t for t in totals if t.board == board])
-        if totals:
-            pipe.hset(keys.usernames, mapping={t.user_id: t.username for t in totals})
-            pipe.sadd(keys.boards, *boards)
-        for board in boards:
-            pipe.incr(keys.board_revision(board))
-        if ack_ids:
-            pipe.xack(keys.stream, group, *ack_ids)
-        for board in boards:
-            pipe.publish(keys.board_changes, board)
-        await pipe.execute()
+    script_keys, args = apply_batch_call(keys, group=group, totals=totals, ack_ids=ack_ids)
+    await scripts.apply_batch(keys=script_keys, args=args)
 
 
 async def set_totals_in(redis: Any, scripts: Scripts, keys: Keys,

@@ -33,6 +33,7 @@ from scoreboard.running import running_file as _running_file
 from scoreboard.running import running_urls as _running_urls
 from scoreboard.settings import Settings, load_settings
 from scoreboard.signing_keys import add_action_key, add_jwt_key, load_action_keys, load_jwt_keys
+from scoreboard.supervise import ServerWatch, supervised_procfile
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 EMBEDDED_DATABASE = "scoreboard"
@@ -50,22 +51,35 @@ def servers(settings: Settings) -> Iterator[Settings]:
         return
     with ExitStack() as stack:
         redis_url, database_url = settings.redis_url, settings.database_url
+        watch = ServerWatch()
         if redis_url is None:
-            embedded_redis = EmbeddedRedis(settings.data_dir / "redis")
+            embedded_redis = EmbeddedRedis(settings.data_dir / "redis",
+                                           maxmemory=settings.embedded_redis_maxmemory)
             redis_url = embedded_redis.start()
             stack.callback(embedded_redis.stop)
+            watch.watch("redis", embedded_redis)
         if database_url is None:
             embedded_pg = EmbeddedPostgres(settings.data_dir / "postgres")
             admin_url = embedded_pg.start()
             stack.callback(embedded_pg.stop)
             asyncio.run(ensure_database(admin_url, EMBEDDED_DATABASE))
             database_url = with_database(admin_url, EMBEDDED_DATABASE)
+            watch.watch("postgres", embedded_pg)
+        stack.callback(watch.stop)  # runs first: a stop on purpose is not restarted
         yield replace(settings, redis_url=redis_url, database_url=database_url)
 
 
 def ensure_keys(settings: Settings) -> None:
     load_jwt_keys(settings.jwt_keys_path, create=True)
     load_action_keys(settings.action_keys_path, create=True)
+
+
+def _supervised_procfile(settings: Settings) -> Path:
+    """The Procfile with each process restarted when it dies (scoreboard/supervise.py)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "Procfile.supervised"
+    path.write_text(supervised_procfile((PROJECT_DIR / "Procfile").read_text()))
+    return path
 
 
 def run(settings: Settings) -> int:
@@ -101,7 +115,7 @@ def run(settings: Settings) -> int:
         previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             child = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f",
-                                      str(PROJECT_DIR / "Procfile"), "-d", str(PROJECT_DIR)],
+                                      str(_supervised_procfile(ready)), "-d", str(PROJECT_DIR)],
                                      env=env)
             status = child.wait()
             return 0 if stop_requested else status

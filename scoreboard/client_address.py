@@ -18,7 +18,8 @@ def _trusted(address: str, proxies: Sequence[IPNetwork]) -> bool:
 
 def client_address(peer: str | None, forwarded_for: str | None,
                    trusted_proxies: Sequence[IPNetwork]) -> str:
-    """The address limits apply to.
+    """The address limits apply to. Pure, so callers may keep its answers (ingest
+    does, see ``ingest.state.request_client``).
 
     The peer is the client unless it is a trusted proxy; then walk
     ``X-Forwarded-For`` from the right (the hop the proxy itself saw) past any
@@ -29,6 +30,8 @@ def client_address(peer: str | None, forwarded_for: str | None,
     if not forwarded_for or not _trusted(address, trusted_proxies):
         return address
     for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
+        if "%" in hop:  # an IPv6 zone id: one address under endless spellings
+            return address
         try:
             ipaddress.ip_address(hop)
         except ValueError:

@@ -84,32 +84,36 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
-class EmbeddedRedis:
-    """A ``redis-server`` with AOF on (``appendfsync everysec``) in ``data_dir``."""
+DEFAULT_REDIS_MAXMEMORY = "1gb"
 
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+
+class EmbeddedRedis:
+    """A ``redis-server`` with AOF on (``appendfsync everysec``) in ``data_dir``.
+
+    It runs with ``maxmemory`` and ``maxmemory-policy noeviction``: past the limit
+    Redis refuses writes (ingest answers 503 ``overloaded``) rather than evicting
+    keys (tokens, limits, idempotency markers, unpersisted entries) or growing
+    until the machine kills it. Ingest's ``MAX_BACKLOG`` refuses writes well
+    before the stream gets near it.
+    """
+
+    def __init__(self, data_dir: Path, *, port: int | None = None,
+                 maxmemory: str = DEFAULT_REDIS_MAXMEMORY) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
+        self.maxmemory = maxmemory
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def _make_parents_traversable(self) -> None:
-        """Every parent of the data and the binaries must be traversable by the
-        unprivileged owner. Done again before stopping: something else may have
-        tightened a parent meanwhile (pytest resets its temporary root to 0700
-        whenever another pytest run starts)."""
-        for path in (self.data_dir, postgres_install_dir()):
-            for parent in path.parents:
-                parent.chmod(parent.stat().st_mode | 0o055)
-
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                    "--dir", str(self.data_dir), "--appendonly", "yes",
                    "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+                   "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
                    "--logfile", str(self.data_dir / "redis.log")]
         # A session of its own: a Ctrl-C meant for the app must not kill the
         # server before the app has stopped using it.
@@ -118,6 +122,14 @@ class EmbeddedRedis:
         _wait_for_port(self.port, 20, self._process, "embedded redis-server")
         logger.info("embedded redis on %s (data in %s)", self.url, self.data_dir)
         return self.url
+
+    def alive(self) -> bool:
+        """False once the server process has exited (``ServerWatch`` restarts it)."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
 
     def stop(self) -> None:
         if self._process is None or self._process.poll() is not None:
@@ -202,6 +214,15 @@ class EmbeddedPostgres:
         _wait_for_port(self.port, 30, None, "embedded postgres")
         logger.info("embedded postgres on port %s (data in %s)", self.port, self.data_dir)
         return self.url
+
+    def alive(self) -> bool:
+        """False when the server no longer accepts connections (``ServerWatch``
+        restarts it; a start over a crashed cluster replays its WAL)."""
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
+        except OSError:
+            return False
+        return True
 
     def stop(self) -> None:
         if not self._started:

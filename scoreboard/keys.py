@@ -97,6 +97,12 @@ class Keys:
                 f"{self.tag}:board-entries-rebuild:{board}:{token}")
 
     @property
+    def board_definitions(self) -> str:
+        """HASH board -> JSON definition (actions, max points): the boards that exist
+        (see scoreboard/board_defs.py; Postgres ``boards`` is the record)."""
+        return f"{self.tag}:board-definitions"
+
+    @property
     def boards(self) -> str:
         """SET of every board name that has a ZSET."""
         return f"{self.tag}:boards"

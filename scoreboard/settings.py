@@ -53,7 +53,21 @@ class Settings:
     # Scores.
     max_points_per_increment: int = 1000
     max_batch_increments: int = 1000
-    dedup_ttl_s: int = 7 * 24 * 3600
+    # How long ingest remembers a backend's event id in Redis and answers a
+    # repeat as a duplicate. Not what makes an event count once (the worker's
+    # ``counted_events`` does, forever): past the window a repeat is accepted
+    # into the stream and persisted as nothing. 10 minutes covers a backend's
+    # retries of a batch whose answer it lost (seconds to minutes, 503s during
+    # a Redis restart included) and costs about 110 bytes of Redis per
+    # accepted increment for the window: 66 MB at 1,000/s, where 7 days was 66 GB.
+    dedup_ttl_s: int = 600
+    board_refresh_s: float = 2.0  # how often ingest re-reads the board definitions
+    # Backpressure: writes are refused (503 overloaded) while the consumer group
+    # has more than this many entries not acknowledged. About 115 MB of Redis at
+    # ~230 bytes an entry, and a bit over a minute of one worker's drain rate:
+    # far below EMBEDDED_REDIS_MAXMEMORY, far above a healthy backlog.
+    max_backlog: int = 500_000
+    backlog_check_ms: int = 200  # how often ingest measures the backlog
 
     # Limits (count per period in seconds; GCRA, bursts up to the count).
     action_token_rate: Rate = Rate(10, 60)
@@ -94,6 +108,7 @@ class Settings:
     token_failures_to_ban: int = 10  # per user, within the window
     token_failures_to_limit_address: int = 30  # per address, within the window
     address_limit_s: int = 900
+    token_ban_s: int = 7 * 24 * 3600  # how long an automatic token-manipulation ban lasts
     night_start_hour: int = 2
     night_end_hour: int = 5
     fraud_timezone: str = "UTC"
@@ -131,6 +146,10 @@ class Settings:
     # Ingest as several server processes: prometheus_client keeps every value
     # in files in this (empty at start) folder and /metrics merges them.
     prometheus_multiproc_dir: str = ""
+
+    # The embedded Redis refuses writes (noeviction) past this, instead of
+    # evicting keys or being killed by the machine running out of memory.
+    embedded_redis_maxmemory: str = "1gb"  # as redis.conf spells it: 512mb, 2gb, ...
 
     @property
     def allowed_origins(self) -> frozenset[str] | None:
@@ -222,7 +241,8 @@ def _check(settings: Settings) -> None:
                  "ws_max_message_bytes", "ws_write_buffer_bytes", "broadcaster_processes",
                  "rapid_max_actions", "rapid_window_ms",
                  "flag_duration_s", "token_failure_window_s", "token_failures_to_ban",
-                 "token_failures_to_limit_address", "address_limit_s",
+                 "token_failures_to_limit_address", "address_limit_s", "token_ban_s",
+                 "max_backlog", "backlog_check_ms", "board_refresh_s",
                  "rate_refusal_window_s", "cadence_window_s", "farm_window_s"):
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
@@ -231,6 +251,10 @@ def _check(settings: Settings) -> None:
         if getattr(settings, name) < 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)),
                               "must be zero (rule off) or positive")
+    if settings.dedup_ttl_s < settings.action_token_ttl_s:
+        raise ConfigError("DEDUP_TTL_S", str(settings.dedup_ttl_s),
+                          f"must be at least ACTION_TOKEN_TTL_S ({settings.action_token_ttl_s}):"
+                          " an action token sent again while valid is known by its marker")
     if 0 < settings.cadence_actions < 3:
         raise ConfigError("CADENCE_ACTIONS", str(settings.cadence_actions),
                           "needs at least 3 actions (two gaps), or 0 for off")

@@ -106,3 +106,28 @@ def board_totals(client: SyncRedis, keys: Keys, board: str) -> dict[str, int]:
 
 def user_total(client: SyncRedis, keys: Keys, board: str, user_id: str) -> int | None:
     return board_totals(client, keys, board).get(user_id)
+
+
+def create_board(backing: Backing, board: str, actions: tuple[tuple[str, int], ...] = (
+        ("play", 1),), *, max_points: int | None = None, key_prefix: str | None = None) -> str:
+    """Create ``board`` as ``scoreboard admin create-board`` does (Postgres, then Redis
+    under ``key_prefix``, the suite's by default); returns its name."""
+    import redis.asyncio as redis_asyncio
+
+    from scoreboard.board_defs import create_board as create
+    from scoreboard.board_defs import definition
+    from scoreboard.db import create_pool
+
+    async def run() -> None:
+        pool = await create_pool(backing.database_url, max_size=1)
+        client = redis_asyncio.Redis.from_url(backing.redis_url)
+        try:
+            await create(pool, client, Keys(key_prefix or backing.key_prefix).board_definitions,
+                         definition(board, actions, max_points, service_max=1000))
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    import asyncio
+    asyncio.run(run())
+    return board

@@ -9,7 +9,7 @@ import redis
 
 from scoreboard.keys import Keys
 from tests.conftest import Api, Player
-from tests.servers import Backing, fresh_name, ingest_server
+from tests.servers import Backing, create_board, fresh_name, ingest_server
 
 BATCH = "/api/scores/batch"
 
@@ -39,9 +39,10 @@ def entries_by_event(redis_client: redis.Redis, keys: Keys,
     return found
 
 
-def test_batch_is_accepted_into_the_stream(api: Api, backend: Player,
+def test_batch_is_accepted_into_the_stream(api: Api, backend: Player, backing: Backing,
                                            redis_client: redis.Redis, keys: Keys,
                                            stream_length: Any) -> None:
+    create_board(backing, "weekly")
     increments = [
         item(points=5, board="weekly", username="Ada"),
         item(points=1000, username="Grace Hopper"),
@@ -82,8 +83,9 @@ def test_same_batch_posted_again_counts_only_as_duplicates(api: Api, backend: Pl
 
 
 def test_a_repeated_event_id_is_a_duplicate_whatever_it_carries(
-        api: Api, backend: Player, stream_length: Any) -> None:
+        api: Api, backend: Player, backing: Backing, stream_length: Any) -> None:
     """The event id is the idempotency key, whatever else the repeat carries."""
+    create_board(backing, "other")
     sent = item(points=3)
     assert post_batch(api, backend, [sent]).json()["accepted"] == 1
     before = stream_length()
@@ -108,8 +110,9 @@ def test_duplicates_inside_one_batch_count_once(api: Api, backend: Player,
 
 
 def test_banned_users_items_are_refused_and_the_rest_accepted(
-        api: Api, backend: Player, redis_client: redis.Redis, keys: Keys,
+        api: Api, backend: Player, backing: Backing, redis_client: redis.Redis, keys: Keys,
         stream_length: Any) -> None:
+    create_board(backing, "weekly")
     banned_user = fresh_name("gp")
     redis_client.set(keys.banned(banned_user), "1")
     try:
@@ -166,4 +169,30 @@ def test_revoked_backend_token_is_refused(api: Api, backend: Player,
     response = post_batch(api, backend, [item(), item()])
     assert response.status_code == 401, response.text
     assert response.json()["error"]["code"] == "token_revoked"
+    assert stream_length() == before
+
+
+def test_a_banned_backend_cannot_post(api: Api, backend: Player, redis_client: redis.Redis,
+                                      keys: Keys, stream_length: Any) -> None:
+    """The backend account itself is checked, not only the players it posts for."""
+    redis_client.set(keys.banned(backend.user_id), "manual")
+    try:
+        before = stream_length()
+        response = post_batch(api, backend, [item(), item()])
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "user_banned"
+        assert stream_length() == before
+    finally:
+        redis_client.delete(keys.banned(backend.user_id))
+    assert post_batch(api, backend, [item()]).status_code == 202
+
+
+def test_control_and_bidi_characters_in_display_names_are_refused(
+        api: Api, backend: Player, stream_length: Any) -> None:
+    """Refused (422), not normalised: nothing of the batch reaches the stream."""
+    before = stream_length()
+    for name in ("\u0085\u009b", "Ada\u202eevil", "\u2067x\u2069"):
+        response = post_batch(api, backend, [item(), item(username=name)])
+        assert response.status_code == 422, name
+        assert response.json()["error"]["field"] == "increments[1].username"
     assert stream_length() == before

@@ -240,11 +240,11 @@ def test_correctly_signed_token_for_a_new_subject_is_accepted(
     assert issued.status_code == 200, issued.text
     before = stream_length()
     response = api.post("/api/scores/increment",
-                        json={"action_token": issued.json()["action_token"], "points": 3},
+                        json={"action_token": issued.json()["action_token"]},
                         headers=headers)
     assert response.status_code == 202, response.text
     assert stream_length() == before + 1
     event_id = response.json()["event_id"]
     stream: Any = redis_client.xrange(keys.stream)
     entry = next(fields for _, fields in stream if fields["event_id"] == event_id)
-    assert (entry["user_id"], entry["username"], entry["points"]) == (new_sub, "crafted", "3")
+    assert (entry["user_id"], entry["username"], entry["points"]) == (new_sub, "crafted", "1")

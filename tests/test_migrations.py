@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -154,3 +156,34 @@ def test_a_month_without_a_partition_is_refused_until_it_is_created(
                                     datetime(following.year, following.month, 15, tzinfo=UTC))
 
     asyncio.run(scenario())
+
+
+def test_counted_events_starts_with_the_first_copy_of_every_persisted_event(
+        fresh_database: str, tmp_path: Path) -> None:
+    """Migration 005 on a database that already has actions (one event twice)."""
+    before_005 = tmp_path / "sql"
+    before_005.mkdir()
+    for number, path in migration_files():
+        if number < 5:
+            (before_005 / path.name).write_text(path.read_text())
+    asyncio.run(migrate(fresh_database, before_005))
+    first = datetime.now(UTC).replace(microsecond=0)
+    later = first.replace(second=(first.second + 1) % 60)
+
+    async def scenario() -> list[tuple[str, datetime]]:
+        async with connected(fresh_database) as connection:
+            for created_at in (later, first):  # the same event counted twice before 005
+                await connection.execute(
+                    "INSERT INTO actions (event_id, created_at, user_id, board, points, source)"
+                    " VALUES ('ev-twice', $1, 'u_test', 'global', 1, 'backend:x')", created_at)
+            await insert_action(connection, first)
+        assert await migrate(fresh_database) == [n for n in ALL_MIGRATIONS
+                                                  if n not in os.listdir(before_005)]
+        async with connected(fresh_database) as connection:
+            rows = await connection.fetch("SELECT event_id, created_at FROM counted_events"
+                                          " ORDER BY source, event_id", timeout=10)
+        return [(r["event_id"], r["created_at"]) for r in rows]
+
+    rows = asyncio.run(scenario())
+    assert len(rows) == 2
+    assert ("ev-twice", min(first, later)) in rows

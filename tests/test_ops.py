@@ -41,6 +41,7 @@ from tests.servers import (
     PROJECT_DIR,
     Backing,
     broadcaster_server,
+    create_board,
     fresh_name,
     ingest_server,
     stop_process,
@@ -120,8 +121,10 @@ def increments(api: Api, player: Player, count: int, *, board: str = "global",
         headers = dict(player.headers)
         if request_id is not None:
             headers["X-Request-ID"] = request_id
+        issued = api.post("/api/actions/token", json={"board": board}, headers=headers)
+        assert issued.status_code == 200, issued.text
         response = api.post("/api/scores/increment", headers=headers, json={
-            "action_token": api.action_token(player), "points": 2, "board": board})
+            "action_token": issued.json()["action_token"]})
         assert response.status_code == 202, response.text
         responses.append(response)
     return responses
@@ -158,7 +161,7 @@ def test_metrics_endpoints_carry_the_named_series(backing: Backing, tmp_path: Pa
     with system(backing, tmp_path) as urls:
         api = Api(urls["ingest"])
         try:
-            board = fresh_name("ops")
+            board = create_board(backing, fresh_name("ops"), key_prefix=urls["key_prefix"])
             player = api.register_and_login()
             with ws_connect(urls["broadcaster"].replace("http", "ws") + f"/ws?board={board}",
                             open_timeout=10) as spectator:
@@ -487,8 +490,9 @@ def test_locust_headless_run_has_no_failures(backing: Backing, tmp_path: Path) -
     """20 s of players, a game server and spectators against ingest + worker +
     broadcaster: Locust exits 0, nothing failed, every kind of request ran."""
     with system(backing, tmp_path) as urls:
+        board = create_board(backing, fresh_name("locust"), key_prefix=urls["key_prefix"])
         env = backing.env(KEY_PREFIX=urls["key_prefix"], BROADCASTER_URL=urls["broadcaster"],
-                          LOADTEST_BOARD=fresh_name("locust"))
+                          LOADTEST_BOARD=board)
         result = subprocess.run(
             [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless",
              "-u", "10", "-r", "10", "--run-time", "20s", "--host", urls["ingest"],

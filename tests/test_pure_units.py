@@ -53,10 +53,14 @@ TTL_MS = 60_000
 ISSUED_MS = 1_764_547_200_123
 
 
+BA = {"b": "global", "a": "play"}  # the board and action every token of these tests names
+
+
 def make_token(*, user_id: str = "u_alice", issued_ms: int = ISSUED_MS,
                nonce: str = "0123456789abcdef", key_id: str = "k-new") -> str:
-    return action_tokens.encode(ActionToken(user_id=user_id, issued_ms=issued_ms, nonce=nonce,
-                                            key_id=key_id), TOKEN_KEYS[key_id])
+    return action_tokens.encode(ActionToken(user_id=user_id, board="global", action="play",
+                                            issued_ms=issued_ms, nonce=nonce, key_id=key_id),
+                                TOKEN_KEYS[key_id])
 
 
 def verify_token(text: Any, *, keys: Mapping[str, bytes] = TOKEN_KEYS, user_id: str = "u_alice",
@@ -86,14 +90,16 @@ def test_action_token_round_trip() -> None:
     payload_text, _, signature = token.partition(".")
     assert len(signature) == 64 and all(c in "0123456789abcdef" for c in signature)
     assert orjson.loads(base64.urlsafe_b64decode(payload_text + "=" * (-len(payload_text) % 4))) \
-        == {"u": "u_alice", "t": ISSUED_MS, "n": "0123456789abcdef", "k": "k-new"}
-    assert verify_token(token) == ActionToken("u_alice", ISSUED_MS, "0123456789abcdef", "k-new")
+        == {"u": "u_alice", "b": "global", "a": "play", "t": ISSUED_MS,
+            "n": "0123456789abcdef", "k": "k-new"}
+    assert verify_token(token) == ActionToken("u_alice", "global", "play", ISSUED_MS,
+                                              "0123456789abcdef", "k-new")
 
 
 def test_action_token_with_tampered_payload_is_invalid() -> None:
     token = make_token(user_id="u_alice")
     _, _, signature = token.partition(".")
-    forged_payload = b64(orjson.dumps({"u": "u_mallory", "t": ISSUED_MS,
+    forged_payload = b64(orjson.dumps({**BA, "u": "u_mallory", "t": ISSUED_MS,
                                        "n": "0123456789abcdef", "k": "k-new"}))
     assert refusal_code(f"{forged_payload}.{signature}", user_id="u_mallory") \
         == "action_token_invalid"
@@ -153,26 +159,32 @@ def test_action_token_of_another_user_is_foreign() -> None:
     pytest.param("é" + make_token(), id="payload-not-ascii"),
     pytest.param(make_token().partition(".")[0] + "." + "é" * 64, id="signature-not-ascii"),
     pytest.param(make_token(user_id="u" * 600), id="too-long"),
-    pytest.param(signed(orjson.dumps({"t": ISSUED_MS, "n": "abc", "k": "k-new"})),
+    pytest.param(signed(orjson.dumps({**BA, "t": ISSUED_MS, "n": "abc", "k": "k-new"})),
                  id="missing-user"),
-    pytest.param(signed(orjson.dumps({"u": "u_alice", "n": "abc", "k": "k-new"})),
+    pytest.param(signed(orjson.dumps({**BA, "u": "u_alice", "n": "abc", "k": "k-new"})),
                  id="missing-issued"),
-    pytest.param(signed(orjson.dumps({"u": "u_alice", "t": ISSUED_MS, "k": "k-new"})),
+    pytest.param(signed(orjson.dumps({**BA, "u": "u_alice", "t": ISSUED_MS, "k": "k-new"})),
                  id="missing-nonce"),
-    pytest.param(signed(orjson.dumps({"u": "u_alice", "t": ISSUED_MS, "n": "abc"})),
+    pytest.param(signed(orjson.dumps({**BA, "u": "u_alice", "t": ISSUED_MS, "n": "abc"})),
                  id="missing-key-id"),
-    pytest.param(signed(orjson.dumps({"u": 7, "t": ISSUED_MS, "n": "abc", "k": "k-new"})),
+    pytest.param(signed(orjson.dumps({**BA, "u": 7, "t": ISSUED_MS, "n": "abc", "k": "k-new"})),
                  id="user-not-string"),
-    pytest.param(signed(orjson.dumps({"u": "u_alice", "t": str(ISSUED_MS), "n": "abc",
+    pytest.param(signed(orjson.dumps({**BA, "u": "u_alice", "t": str(ISSUED_MS), "n": "abc",
                                       "k": "k-new"})), id="issued-not-int"),
-    pytest.param(signed(orjson.dumps({"u": "u_alice", "t": ISSUED_MS + 0.5, "n": "abc",
+    pytest.param(signed(orjson.dumps({**BA, "u": "u_alice", "t": ISSUED_MS + 0.5, "n": "abc",
                                       "k": "k-new"})), id="issued-float"),
-    pytest.param(signed(orjson.dumps({"u": "u_alice", "t": ISSUED_MS, "n": 12,
+    pytest.param(signed(orjson.dumps({**BA, "u": "u_alice", "t": ISSUED_MS, "n": 12,
                                       "k": "k-new"})), id="nonce-not-string"),
-    pytest.param(signed(orjson.dumps({"u": "u_alice", "t": ISSUED_MS, "n": "a:b",
+    pytest.param(signed(orjson.dumps({**BA, "u": "u_alice", "t": ISSUED_MS, "n": "a:b",
                                       "k": "k-new"})), id="nonce-not-alphanumeric"),
-    pytest.param(signed(orjson.dumps({"u": "u_alice", "t": ISSUED_MS, "n": "abc",
+    pytest.param(signed(orjson.dumps({**BA, "u": "u_alice", "t": ISSUED_MS, "n": "abc",
                                       "k": ["k-new"]})), id="key-id-not-string"),
+    pytest.param(signed(orjson.dumps({"u": "u_alice", "a": "play", "t": ISSUED_MS, "n": "abc",
+                                      "k": "k-new"})), id="missing-board"),
+    pytest.param(signed(orjson.dumps({"u": "u_alice", "b": "global", "t": ISSUED_MS, "n": "abc",
+                                      "k": "k-new"})), id="missing-action"),
+    pytest.param(signed(orjson.dumps({**BA, "u": "u_alice", "b": 5, "t": ISSUED_MS, "n": "abc",
+                                      "k": "k-new"})), id="board-not-string"),
 ])
 def test_malformed_action_token_is_invalid(text: str) -> None:
     assert refusal_code(text) == "action_token_invalid"
@@ -185,7 +197,7 @@ def test_action_token_that_is_not_a_string_is_invalid(value: Any) -> None:
 
 def test_signed_helper_makes_tokens_that_verify() -> None:
     """The malformed-payload cases above fail for their payload, not their signature."""
-    good = signed(orjson.dumps({"u": "u_alice", "t": ISSUED_MS, "n": "abc", "k": "k-new"}))
+    good = signed(orjson.dumps({**BA, "u": "u_alice", "t": ISSUED_MS, "n": "abc", "k": "k-new"}))
     assert verify_token(good).nonce == "abc"
 
 
@@ -408,8 +420,9 @@ def test_parse_refresh() -> None:
 
 
 def test_parse_increment_defaults_and_values() -> None:
+    """``points`` and ``board`` are optional: the token decides (None: not sent)."""
     assert parse_increment({"action_token": "t.sig"}, max_points=1000) \
-        == IncrementRequest(action_token="t.sig", points=1, board="global")
+        == IncrementRequest(action_token="t.sig", points=None, board=None)
     assert parse_increment({"action_token": "t", "points": 1000, "board": "weekly:2025-w48"},
                            max_points=1000) \
         == IncrementRequest(action_token="t", points=1000, board="weekly:2025-w48")
@@ -498,6 +511,9 @@ def test_parse_batch_refuses_bad_envelope(body: Any, field: str, words: str) -> 
     (batch_item(username=7), "increments[3].username", "non-empty"),
     (batch_item(username="bell\x07"), "increments[3].username", "control characters"),
     (batch_item(username="del\x7f"), "increments[3].username", "control characters"),
+    (batch_item(username="\u0085\u009b"), "increments[3].username", "control characters"),
+    (batch_item(username="evil\u202etxt.exe"), "increments[3].username", "bidirectional"),
+    (batch_item(username="a\u2066b"), "increments[3].username", "bidirectional"),
     (batch_item(score=5), "increments[3].score", "unknown field"),
 ])
 def test_parse_batch_names_the_bad_item_field(item: Any, field: str, words: str) -> None:
@@ -892,3 +908,38 @@ def test_jwks_keys_verify_issued_tokens(rsa_keys: list[SigningKey]) -> None:
 def test_jwt_authority_needs_a_key() -> None:
     with pytest.raises(ValueError):
         JWTAuthority([], issuer=ISSUER, audience=AUDIENCE, ttl_s=60)
+
+
+def test_forwarded_for_zone_ids_are_refused() -> None:
+    """``fe80::1%eth0`` is one address under endless spellings: never a client address."""
+    assert client_address("127.0.0.1", "fe80::1%eth0", PROXIES) == "127.0.0.1"
+    assert client_address("127.0.0.1", "198.51.100.1, fe80::1%25x", PROXIES) == "127.0.0.1"
+
+
+def test_action_token_request_defaults_and_refusals() -> None:
+    from ingest.validation import ActionTokenRequest, parse_action_token_request
+
+    assert parse_action_token_request(None) == ActionTokenRequest(board="global", action=None)
+    assert parse_action_token_request({"board": "b1", "action": "win"}) \
+        == ActionTokenRequest(board="b1", action="win")
+    for body, field in [({"action": "Win"}, "action"), ({"action": 3}, "action"),
+                        ({"board": ""}, "board"), ({"points": 3}, "points"), ([], "body")]:
+        assert field_error(parse_action_token_request, body).field == field
+
+
+def test_board_actions_parse_and_refuse() -> None:
+    from scoreboard.board_defs import definition, from_json, parse_actions
+
+    assert parse_actions([], max_points=100) == (("play", 1),)
+    actions = parse_actions(["kill=3", "win=10"], max_points=100)
+    board = definition("b1", actions, None, service_max=100)
+    assert (board.default_action, board.points_of("win"), board.points_of("x")) \
+        == ("kill", 10, None)
+    assert from_json("b1", board.to_json()) == board
+    for bad in (["kill"], ["kill=0"], ["kill=101"], ["Kill=1"], ["a=1", "a=2"]):
+        with pytest.raises(ValueError):
+            parse_actions(bad, max_points=100)
+    with pytest.raises(ValueError):
+        definition("b1", actions, 101, service_max=100)
+    with pytest.raises(ValueError):
+        definition("no board", actions, None, service_max=100)

@@ -69,7 +69,7 @@ def test_run_starts_everything_persists_and_stops_cleanly(tmp_path: Path) -> Non
         headers = {"Authorization": f"Bearer {access}"}
         token = httpx.post(url + "/api/actions/token", headers=headers).json()["action_token"]
         response = httpx.post(url + "/api/scores/increment", headers=headers,
-                              json={"action_token": token, "points": 4})
+                              json={"action_token": token})
         assert response.status_code == 202
         redis_url = re.search(r"embedded redis on (redis://[0-9.:]+/0)", log.read_text())
         assert redis_url, log.read_text()
@@ -81,7 +81,7 @@ def test_run_starts_everything_persists_and_stops_cleanly(tmp_path: Path) -> Non
             time.sleep(0.2)
             board = client.zrange(Keys("sb").board("global"), 0, -1, withscores=True)
         client.close()
-        assert totals_by_user(board) == {login_user_id: 4}
+        assert totals_by_user(board) == {login_user_id: 1}  # global's default: play = 1
         status = _stop(process)
     assert status == 0 or status == -signal.SIGINT, log.read_text()
     assert not _port_open(port)

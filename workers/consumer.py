@@ -2,11 +2,17 @@
 
 Order per batch, which is what makes every accepted increment count once:
 1. persist the batch in one Postgres transaction (``workers.persist``);
-2. in one MULTI: set the boards to the committed totals (``ZADD GT``), XACK,
-   announce the change (``scoreboard.board_writes``).
+2. the fraud checks that ride along, then ONE script call that sets the
+   boards to the committed totals (compare-and-set on versions), XACKs and
+   announces the change (``scoreboard.board_writes``).
 A crash anywhere leaves the entries pending; they come back (to this consumer
 on restart, or to any consumer through XAUTOCLAIM once idle), step 1 then
 inserts nothing new and step 2 writes the same totals.
+
+Pipelined, three batches at a time at most: while batch N is in Postgres,
+batch N+1 is being read and parsed, and batch N-1's step 2 runs. Each batch
+still goes 1 then 2 in that order, and nothing is acknowledged before its
+own commit; a stop finishes all three.
 
 Failures: Postgres or Redis unreachable (or a deadlock) is transient: the
 same batch is retried with capped backoff, nothing acknowledged, nothing new
@@ -25,6 +31,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -35,7 +42,7 @@ from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.stream_entry import StreamEntry
-from workers.batching import backoff_s, parse_batch
+from workers.batching import ParsedBatch, backoff_s, parse_batch
 from workers.chaos import ChaosMarks
 from workers.persist import PartitionCache, persist_batch
 
@@ -49,10 +56,25 @@ BATCH_SIZE = Histogram("scoreboard_worker_batch_size", "Entries per persisted ba
 BATCH_SECONDS = Histogram("scoreboard_worker_batch_seconds",
                           "Persist + acknowledge time of one batch",
                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5))
+# The worker's share of "POST -> visible": from the entry's acceptance time
+# (Redis TIME in the ingest script, just before the 202) to its batch being on
+# the boards and acknowledged. Across hosts it includes their clock offset.
+FRESHNESS = Histogram("scoreboard_worker_freshness_seconds",
+                      "Acceptance of an entry to its total on the board",
+                      buckets=(0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1,
+                               0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 HEARTBEAT_EVERY_S = 1.0
 CLAIM_PAGE = 100
 CHAOS_EXIT_STATUS = 86
+
+
+@dataclass(frozen=True)
+class ReadBatch:
+    """What one XREADGROUP returned, and the same parsed."""
+
+    raw: list[tuple[str, dict[str, str] | None]]
+    parsed: ParsedBatch
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -93,6 +115,7 @@ class StreamConsumer:
         self.after_batch = after_batch
         self.every_second = every_second
         self._stopping = asyncio.Event()
+        self._applying: asyncio.Task[None] | None = None
         self._last_heartbeat = 0.0
         self._last_reclaim = time.monotonic()
 
@@ -112,21 +135,37 @@ class StreamConsumer:
                 raise
 
     async def run(self) -> None:
-        """Until stopped: drain this consumer's own pending entries, then new ones."""
+        """Until stopped: drain this consumer's own pending entries, then new ones.
+
+        The next batch is read and parsed while the current one is persisted
+        (one read ahead, no more): XREADGROUP and parsing overlap the Postgres
+        transaction. A read that was sent is always awaited and what it
+        returned persisted, stopping or not: those entries are already
+        delivered to this consumer, and leaving them pending would hold them
+        back until this consumer restarts or they are reclaimed.
+        """
         await self._retry_transient(self.ensure_group)
         start = "0"  # first our own pending entries (a restart resumes them) ...
-        while not self.stopping:
-            raw = await self._retry_transient(lambda s=start: self._read(s))
-            if raw is None:
+        ahead: asyncio.Task[ReadBatch | None] | None = self._read_ahead(start)
+        while ahead is not None:
+            batch = await ahead
+            if batch is None:  # stopping while Redis was unreachable
                 return
-            if start != ">" and not raw:
-                start = ">"  # ... then new ones
-                continue
-            if raw:
-                await self.handle(raw)
-                if start != ">":
-                    start = raw[-1][0]  # page through the pending list
+            if start != ">":
+                # ... page through the pending list, then new entries
+                start = batch.raw[-1][0] if batch.raw else ">"
+            ahead = None if self.stopping else self._read_ahead(start)
+            if batch.raw:
+                await self._handle_parsed(batch.parsed)
             await self._housekeeping()
+        await self.finish_applying()
+
+    def _read_ahead(self, start: str) -> asyncio.Task[ReadBatch | None]:
+        async def read_and_parse() -> ReadBatch | None:
+            raw = await self._retry_transient(lambda: self._read(start))
+            return None if raw is None else ReadBatch(raw=raw, parsed=parse_batch(raw))
+
+        return asyncio.create_task(read_and_parse(), name=f"read-{self.name}")
 
     async def _read(self, start: str) -> list[tuple[str, dict[str, str] | None]]:
         block = None if start != ">" else self.block_ms
@@ -140,17 +179,20 @@ class StreamConsumer:
     async def _housekeeping(self) -> None:
         now = time.monotonic()
         if now - self._last_heartbeat >= HEARTBEAT_EVERY_S:
-            await self.redis.set(self.keys.consumer_heartbeat(self.name), str(time.time()),
-                                 px=int(max(10_000, self.block_ms * 5)))
+            await self._side_task(self.redis.set(self.keys.consumer_heartbeat(self.name),
+                                                 str(time.time()),
+                                                 px=int(max(10_000, self.block_ms * 5))))
             self._last_heartbeat = now
             if self.every_second is not None:
                 await self._side_task(self.every_second())
         if now - self._last_reclaim >= self.reclaim_every_s:
             self._last_reclaim = now
-            await self.reclaim()
+            await self._retry_transient(self.reclaim)
 
     async def handle(self, raw: Sequence[tuple[str, dict[str, str] | None]]) -> None:
-        parsed = parse_batch(raw)
+        await self._handle_parsed(parse_batch(raw))
+
+    async def _handle_parsed(self, parsed: ParsedBatch) -> None:
         for stream_id, fields, why in parsed.malformed:
             await self._retry_transient(lambda s=stream_id, f=fields, w=why:
                                         self.dead_letter(s, f, w, deliveries=1))
@@ -186,16 +228,39 @@ class StreamConsumer:
             os._exit(CHAOS_EXIT_STATUS)
         if self.chaos_marks is not None:
             await self.chaos_marks.committed(entries)
-        if self.after_batch is not None:  # before the XACK: a crash repeats it
+        # The Redis side of this batch runs while the next batch is persisted;
+        # the previous batch's is finished first (at most one in flight).
+        await self.finish_applying()
+        self._applying = asyncio.create_task(self._apply(entries, result, started),
+                                             name=f"apply-{self.name}")
+
+    async def finish_applying(self) -> None:
+        """Wait until the last committed batch is on the boards and acknowledged."""
+        if self._applying is not None:
+            applying, self._applying = self._applying, None
+            await applying
+
+    async def _apply(self, entries: Sequence[StreamEntry], result: Any, started: float) -> None:
+        """Fraud checks, then the boards, XACK and notices: after the commit, in that
+        order (a crash before the XACK repeats both)."""
+        if self.after_batch is not None:
             await self._side_task(self.after_batch(entries))
-        await self._retry_transient(lambda: apply_and_ack(
-            self.redis, self.scripts, self.keys, group=self.group, totals=result.totals,
-            ack_ids=[e.stream_id for e in entries]))
+
+        async def apply() -> bool:
+            await apply_and_ack(self.redis, self.scripts, self.keys, group=self.group,
+                                totals=result.totals, ack_ids=[e.stream_id for e in entries])
+            return True
+
+        if not await self._retry_transient(apply):  # Redis down while stopping: stays pending
+            return
         if self.chaos_marks is not None:
             self.chaos_marks.acked(entries)
         PERSISTED.inc(result.inserted)
         BATCH_SIZE.observe(len(entries))
         BATCH_SECONDS.observe(time.perf_counter() - started)
+        visible_ms = time.time() * 1000
+        for entry in entries:
+            FRESHNESS.observe(max(0.0, visible_ms - entry.ts_ms) / 1000)
 
     async def _side_task(self, work: Awaitable[Any]) -> None:
         """Run checks that ride along with persistence; their failure is logged,

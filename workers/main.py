@@ -27,6 +27,7 @@ from scoreboard.lua import register_scripts
 from scoreboard.moderation import Moderation
 from scoreboard.settings import load_settings
 from workers import jobs
+from workers.arq_redis import arq_pool
 from workers.chaos import ChaosMarks
 from workers.consumer import StreamConsumer
 from workers.fraud import FraudChecks
@@ -100,10 +101,10 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["redis"].aclose()
 
 
-def _redis_settings() -> RedisSettings:
+def _redis_url() -> str:
     if SETTINGS.redis_url is None:
         raise RuntimeError("REDIS_URL must be set (the run command sets it)")
-    return RedisSettings.from_dsn(SETTINGS.redis_url)
+    return SETTINGS.redis_url
 
 
 class WorkerSettings:
@@ -117,7 +118,9 @@ class WorkerSettings:
     ]
     on_startup = startup
     on_shutdown = shutdown
-    redis_settings = _redis_settings()
+    redis_settings = RedisSettings.from_dsn(_redis_url())
+    # arq's client: its commands wait out a Redis outage instead of ending the process.
+    redis_pool = arq_pool(_redis_url(), queue_name=KEYS.arq_queue)
     queue_name = KEYS.arq_queue
     health_check_interval = 10
     handle_signals = True

@@ -103,7 +103,7 @@ async def fetch_tokens(url: str, players: list[dict[str, str]], count: int,
                        concurrency: int) -> tuple[list[Request], float]:
     """``count`` action tokens, round-robin over the players so consecutive
     increments come from different users. Returns (headers, increment body)
-    pairs (board "global", 1 point) and the rate the tokens came at (tokens/s).
+    pairs (global's default action: 1 point) and the rate the tokens came at (tokens/s).
 
     Uses the raw client at the same concurrency, so the rate reflects the
     server, and predicts the increment rate well enough to size the token supply."""
@@ -120,9 +120,8 @@ async def fetch_tokens(url: str, players: list[dict[str, str]], count: int,
                     encode_post(host, "/api/actions/token", headers, b""))
                 if status != 200:
                     raise BenchError(f"POST /api/actions/token: {status} {body[:300]!r}")
-                requests.append((headers, orjson.dumps({
-                    "action_token": orjson.loads(body)["action_token"], "points": 1,
-                    "board": "global"}).decode()))
+                requests.append((headers, orjson.dumps({  # the token names board and points
+                    "action_token": orjson.loads(body)["action_token"]}).decode()))
         finally:
             connection.close()
 

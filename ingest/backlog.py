@@ -1,0 +1,94 @@
+"""Backpressure: refuse writes while the workers' backlog is over ``MAX_BACKLOG``.
+
+The backlog is what the consumer group has not acknowledged: entries delivered
+and pending, plus entries not delivered yet. A task of the lifespan measures it
+every ``BACKLOG_CHECK_MS`` and the write endpoints read the last measure, so a
+request pays nothing for it (an in-process flag, no Redis call). While it is
+over the maximum, increments and batches get 503 ``overloaded`` with
+``Retry-After``; reads and action tokens keep working; writes resume by
+themselves once a measure is back under the maximum. Between two measures the
+stream can pass the maximum by what the ingest processes accept in one period
+(at 30,000/s and 200 ms: 6,000 entries); the embedded Redis's ``maxmemory``
+with ``noeviction`` is the hard stop behind it.
+
+Measuring (one XINFO GROUPS, plus on Redis 6.2 one or two XRANGE pages): Redis
+7 reports the group's ``lag``; Redis 6.2 does not, so the entries after the
+group's last-delivered id are counted, exactly up to ``COUNT_CAP``. Past that,
+the workers are behind and the measure is ``XLEN - pending``, which also counts
+acknowledged entries the minutely trim job has not removed yet: an upper bound,
+so while workers are behind, writes may be refused a little early, never late.
+With no consumer group yet (no worker ever started), every entry is backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.exceptions
+
+from scoreboard.errors import RequestError
+
+logger = logging.getLogger(__name__)
+
+COUNT_CAP = 2000
+RETRY_AFTER_OVERLOADED_S = 2
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def measure_backlog(client: Any, stream: str, group: str) -> int:
+    """Entries of ``stream`` that ``group`` has not acknowledged (see the module doc)."""
+    try:
+        groups = await client.xinfo_groups(stream)
+    except redis.exceptions.ResponseError:  # no stream yet
+        return 0
+    found = next((g for g in groups if _text(g["name"]) == group), None)
+    if found is None:
+        return int(await client.xlen(stream))
+    pending = int(found["pending"])
+    lag = found.get("lag")
+    if lag is not None:
+        return pending + int(lag)
+    start, counted = f"({_text(found['last-delivered-id'])}", 0
+    while counted < COUNT_CAP:
+        entries = await client.xrange(stream, min=start, max="+", count=1000)
+        counted += len(entries)
+        if len(entries) < 1000:
+            return pending + counted
+        start = f"({_text(entries[-1][0])}"
+    return max(pending + counted, int(await client.xlen(stream)))
+
+
+class Backpressure:
+    """The last measured backlog and the decision the write endpoints take from it."""
+
+    def __init__(self, client: Any, *, stream: str, group: str, max_backlog: int) -> None:
+        self.client = client
+        self.stream = stream
+        self.group = group
+        self.max_backlog = max_backlog
+        self.backlog = 0
+
+    @property
+    def overloaded(self) -> bool:
+        return self.backlog > self.max_backlog
+
+    def check(self) -> None:
+        """Raise 503 ``overloaded`` while the last measure is over the maximum."""
+        if self.backlog > self.max_backlog:
+            raise RequestError(503, "overloaded",
+                               f"{self.backlog} increments are waiting to be persisted "
+                               f"(maximum {self.max_backlog}); retry shortly",
+                               retry_after_s=RETRY_AFTER_OVERLOADED_S)
+
+    async def measure_forever(self, every_s: float) -> None:
+        while True:
+            try:
+                self.backlog = await measure_backlog(self.client, self.stream, self.group)
+            except (OSError, redis.exceptions.RedisError):
+                logger.warning("backlog not measured", exc_info=True)
+            await asyncio.sleep(every_s)

@@ -1,0 +1,50 @@
+-- apply_batch.lua: the Redis side of one persisted batch, in one call.
+--
+-- Sets every board's totals (apply_total in lib/board.lua: compare-and-set on
+-- the version), keeps the username map and the set of boards, bumps each
+-- touched board's revision, acknowledges the batch's entries and announces
+-- each board's change. One script rather than a MULTI of one script per
+-- board: one round trip with no SCRIPT EXISTS before it, a few arguments
+-- instead of several per total, and if Redis answers NOSCRIPT nothing at all
+-- has run (in a MULTI the XACK would have gone through without the boards).
+--
+-- KEYS[1] stream   KEYS[2] usernames HASH   KEYS[3] boards SET
+-- KEYS[4 + 3b], KEYS[5 + 3b], KEYS[6 + 3b] board b's ZSET, entries HASH and
+--   revision (b from 0, in the order of the "boards" list below)
+-- KEYS[f + 2i], KEYS[f + 2i + 1] banned and shadow-banned keys of total i,
+--   f = 4 + 3 * number of boards
+-- ARGV[1] consumer group   ARGV[2] change-notice channel
+-- ARGV[3] JSON {"boards": [name, ...],
+--               "totals": [[board index (from 0), user id, total, reached ms, version,
+--                           username], ...],
+--               "ack": [stream id, ...]}
+-- Returns the number of board entries that changed.
+
+local stream_key, usernames_key, boards_key = KEYS[1], KEYS[2], KEYS[3]
+local group, channel = ARGV[1], ARGV[2]
+local batch = cjson.decode(ARGV[3])
+local boards, totals, ack = batch.boards, batch.totals, batch.ack
+local first_user_key = 4 + 3 * #boards
+local CHUNK = 500  -- arguments per unpack(), well inside Lua's C stack
+
+local changed = 0
+local names = {}
+for i, t in ipairs(totals) do
+  local b = 4 + 3 * t[1]
+  local k = first_user_key + 2 * (i - 1)
+  local hidden = redis.call('EXISTS', KEYS[k], KEYS[k + 1]) > 0
+  changed = changed + apply_total(KEYS[b], KEYS[b + 1], hidden, t[2], tonumber(t[3]),
+                                  tonumber(t[4]), tonumber(t[5]))
+  names[#names + 1] = t[2]
+  names[#names + 1] = t[6]
+end
+for i = 1, #names, 2 * CHUNK do
+  redis.call('HSET', usernames_key, unpack(names, i, math.min(i + 2 * CHUNK - 1, #names)))
+end
+if #boards > 0 then redis.call('SADD', boards_key, unpack(boards)) end
+for b = 0, #boards - 1 do redis.call('INCR', KEYS[6 + 3 * b]) end
+for i = 1, #ack, CHUNK do
+  redis.call('XACK', stream_key, group, unpack(ack, i, math.min(i + CHUNK - 1, #ack)))
+end
+for _, board in ipairs(boards) do redis.call('PUBLISH', channel, board) end
+return changed
