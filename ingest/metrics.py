@@ -29,6 +29,7 @@ from ingest.access_log import AccessLog
 from ingest.state import state_of
 from scoreboard.logs import REQUEST_ID
 from scoreboard.metrics import exposition, sample_pool
+from scoreboard.tracing import Tracing, server_span
 
 access_logger = logging.getLogger("ingest.access")
 
@@ -80,8 +81,10 @@ def _request_id(scope: Scope) -> str:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, *, router: Any = None, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, router: Any = None, access_log: bool = True,
+                 tracing: Tracing | None = None) -> None:
         self.app = app
+        self.tracing = tracing
         self.access_log = access_log
         self.access_lines = AccessLog()
 
@@ -89,6 +92,15 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.tracing is not None:
+            with server_span(self.tracing, scope) as span:
+                await self._observed(scope, receive, send)
+                span.update_name(f"{scope['method']} {_route_template(scope)}")
+                span.set_attribute("http.route", _route_template(scope))
+            return
+        await self._observed(scope, receive, send)
+
+    async def _observed(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request_id = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id

@@ -32,6 +32,7 @@ from scoreboard.jwt_tokens import Claims
 from scoreboard.limits import retry_after_seconds
 from scoreboard.metrics import count_fraud_event
 from scoreboard.script_calls import BatchItem
+from scoreboard.tracing import client_span
 
 BACKEND_SCOPE = "scores:write"
 
@@ -196,14 +197,16 @@ async def increment(request: Request) -> Response:
     points = await _points_of(state, token, body)
     state.backlog.check()
     event_id = "at-" + token.nonce
-    reason, retry_ms, flagged_now = await state.scripts.increment(
-        keys, user_id=claims.sub, jti=claims.jti, nonce=token.nonce, address=address,
-        event_id=event_id, board=token.board, points=points, username=claims.name,
-        source="player", request_id=request.scope["state"]["request_id"],
-        user_rate=settings.increment_rate, flagged_rate=settings.flagged_increment_rate,
-        ip_rate=settings.ip_rate, dedup_ttl_ms=settings.dedup_ttl_s * 1000,
-        rapid_max=settings.rapid_max_actions, rapid_window_ms=settings.rapid_window_ms,
-        flag_duration_ms=settings.flag_duration_s * 1000)
+    # With tracing on, the entry carries this span's context to the worker.
+    with client_span(state.tracing, "increment.lua", **{"db.system": "redis"}) as traceparent:
+        reason, retry_ms, flagged_now = await state.scripts.increment(
+            keys, user_id=claims.sub, jti=claims.jti, nonce=token.nonce, address=address,
+            event_id=event_id, board=token.board, points=points, username=claims.name,
+            source="player", request_id=request.scope["state"]["request_id"],
+            user_rate=settings.increment_rate, flagged_rate=settings.flagged_increment_rate,
+            ip_rate=settings.ip_rate, dedup_ttl_ms=settings.dedup_ttl_s * 1000,
+            rapid_max=settings.rapid_max_actions, rapid_window_ms=settings.rapid_window_ms,
+            flag_duration_ms=settings.flag_duration_s * 1000, traceparent=traceparent)
     metrics.script_outcome("increment", reason)
     if reason == "replayed":  # a retry of an accepted increment: its original answer
         return _accepted(event_id)

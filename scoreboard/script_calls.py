@@ -71,7 +71,7 @@ class IncrementScript(TypedScript):
                        event_id: str, board: str, points: int, username: str, source: str,
                        request_id: str, user_rate: Rate, flagged_rate: Rate, ip_rate: Rate,
                        dedup_ttl_ms: int, rapid_max: int, rapid_window_ms: int,
-                       flag_duration_ms: int) -> IncrementReply:
+                       flag_duration_ms: int, traceparent: str = "") -> IncrementReply:
         call: Call = ([keys.action_token(nonce), keys.revoked_jti(jti), keys.banned(user_id),
                        keys.flagged(user_id), keys.user_rate("increment", user_id),
                        keys.user_rate("increment_flagged", user_id),
@@ -81,7 +81,7 @@ class IncrementScript(TypedScript):
                        keys.token_failures_user(user_id)],
                       [user_id, *user_rate.as_args(), *flagged_rate.as_args(), *ip_rate.as_args(),
                        dedup_ttl_ms, event_id, board, points, username, source, address, request_id,
-                       rapid_max, rapid_window_ms, flag_duration_ms])
+                       rapid_max, rapid_window_ms, flag_duration_ms, traceparent])
         reason, detail, *rest = await self._run(call)
         reason = _text(reason)
         if reason == "ok":  # {'ok', stream id, accepted ms, flagged now}
