@@ -245,12 +245,14 @@ async def batch(request: Request) -> Response:
                              max_increments=settings.max_batch_increments)
     await _check_board_maxima(state, increments)
     state.backlog.check()
-    reply = await state.scripts.batch(
-        keys, backend_id=claims.sub, jti=claims.jti, address=request_client(request, state),
-        request_id=request.scope["state"]["request_id"], rate=settings.backend_rate,
-        dedup_ttl_ms=settings.dedup_ttl_s * 1000,
-        items=[BatchItem(event_id=item.event_id, user_id=item.user_id, board=item.board,
-                         points=item.points, username=item.username) for item in increments])
+    with client_span(state.tracing, "batch.lua", **{"db.system": "redis"}) as traceparent:
+        reply = await state.scripts.batch(
+            keys, backend_id=claims.sub, jti=claims.jti, address=request_client(request, state),
+            request_id=request.scope["state"]["request_id"], rate=settings.backend_rate,
+            dedup_ttl_ms=settings.dedup_ttl_s * 1000, traceparent=traceparent,
+            items=[BatchItem(event_id=item.event_id, user_id=item.user_id, board=item.board,
+                             points=item.points, username=item.username)
+                   for item in increments])
     metrics.script_outcome("batch", reply.reason)
     if reply.reason != "ok":
         raise _refusal(reply.reason, reply.retry_after_ms)

@@ -77,9 +77,10 @@ redis.call('SET', event_key, '1', 'PX', dedup_ttl)
 local entry = {'event_id', event_id, 'user_id', user_id, 'username', username, 'board', board,
   'points', points, 'source', source, 'ts', tostring(now),
   'ip', client_addr, 'request_id', request_id}
-if ARGV[19] ~= '' then
+local traceparent = ARGV[19] or ''
+if traceparent ~= '' then
   entry[#entry + 1] = 'traceparent'
-  entry[#entry + 1] = ARGV[19]
+  entry[#entry + 1] = traceparent
 end
 local stream_id = redis.call('XADD', stream_key, '*', unpack(entry))
 

@@ -128,11 +128,11 @@ class BatchScript(TypedScript):
 
     async def __call__(self, keys: Keys, *, backend_id: str, jti: str, address: str,
                        request_id: str, rate: Rate, dedup_ttl_ms: int,
-                       items: Sequence[BatchItem]) -> BatchReply:
+                       items: Sequence[BatchItem], traceparent: str = "") -> BatchReply:
         script_keys = [keys.revoked_jti(jti), keys.user_rate("backend", backend_id), keys.stream,
                        keys.banned(backend_id)]
         args: list[Any] = [*rate.as_args(), dedup_ttl_ms, f"backend:{backend_id}", address,
-                           request_id]
+                           request_id, traceparent]
         for item in items:
             script_keys += [keys.event(item.event_id), keys.banned(item.user_id)]
             args += [item.event_id, item.user_id, item.board, item.points, item.username]

@@ -96,7 +96,7 @@ def test_off_by_default_the_entry_carries_no_trace_context(
 
 
 def test_one_increment_is_one_connected_trace_across_ingest_and_worker(
-        backing: Backing) -> None:
+        backing: Backing, backend: Player) -> None:
     with otlp_receiver() as (endpoint, spans):
         env = backing.env(KEY_PREFIX=fresh_name("sbtrace"), TRUSTED_PROXIES="127.0.0.1/32",
                           WORKER_METRICS_PORT="0", OTEL_TRACES_EXPORTER="otlp",
@@ -109,12 +109,19 @@ def test_one_increment_is_one_connected_trace_across_ingest_and_worker(
                 api = Api(url)
                 try:
                     response, = increments(api, api.register_and_login(), 1)
+                    batch = api.post("/api/scores/batch", headers=backend.headers, json={
+                        "increments": [{"user_id": fresh_name("gp"), "points": 5,
+                                        "board": "global", "event_id": fresh_name("ev")}]})
+                    assert batch.status_code == 202, batch.text
                 finally:
                     api.close()
-                (_, entry), = client.xrange(keys.stream)
-                worker = wait_for(lambda: [s for s in spans if s["service"] == "worker"
-                                           and s["name"] == "persist batch"],
-                                  "the worker's batch span exported")
+                (_, entry), (_, batch_entry) = client.xrange(keys.stream)
+
+                def linked() -> list[tuple[str, str]]:
+                    return [link for s in spans if s["service"] == "worker"
+                            and s["name"] == "persist batch" for link in s["links"]]
+
+                wait_for(lambda: len(linked()) == 2, "the worker's batch spans exported")
         finally:
             client.delete(keys.stream)
             client.close()
@@ -128,4 +135,11 @@ def test_one_increment_is_one_connected_trace_across_ingest_and_worker(
     trace_id, span_id, flags = parse_traceparent(entry["traceparent"]) or (0, 0, 0)
     assert (f"{trace_id:032x}", f"{span_id:016x}") == (script["trace"], script["span"])
     assert flags & 1  # sampled
-    assert [(script["trace"], script["span"])] in [s["links"] for s in worker]
+    # The backend's batch: its own request and script spans, the same shape.
+    batch_request, = [s for s in spans if s["name"] == "POST /api/scores/batch"]
+    batch_script, = [s for s in spans if s["name"] == "batch.lua"]
+    assert batch_script["parent"] == batch_request["span"]
+    assert batch_entry["traceparent"].split("-")[1:3] == [batch_script["trace"],
+                                                           batch_script["span"]]
+    assert sorted(linked()) == sorted([(script["trace"], script["span"]),
+                                       (batch_script["trace"], batch_script["span"])])
