@@ -37,6 +37,8 @@ def ingest_env(backing: Backing) -> dict[str, str]:
     """A process's environment: the run's servers and names, limits out of the way."""
     return {**os.environ, **backing.env(),
             "SCRYPT_N": "1024", "LOG_LEVEL": "WARNING", "ACTION_TOKEN_TTL_S": str(TOKEN_TTL_S),
+            # A token's marker must live as long as the token (the settings refuse less).
+            "DEDUP_TTL_S": str(TOKEN_TTL_S),
             "INCREMENT_RATE": HIGH_RATE, "ACTION_TOKEN_RATE": HIGH_RATE, "IP_RATE": HIGH_RATE,
             "AUTH_IP_RATE": HIGH_RATE, "TRUSTED_PROXIES": "127.0.0.1/32",
             # The rapid-actions rule still runs (its ZSET work is in the script) but
