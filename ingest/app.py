@@ -180,6 +180,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         **{kind: _dependency_down for kind in unavailable}})
     app.add_middleware(CORSMiddleware, allowed_origins=cors_origins(settings))
     app.add_middleware(metrics.ObservabilityMiddleware, router=app.router,
-                       access_log=settings.access_log, tracing=tracing)
+                       access_log=settings.access_log)
+    if tracing is not None:  # outermost: its span covers the whole request
+        app.add_middleware(metrics.TracingMiddleware, tracing=tracing)
     configure_logging(settings.log_level)
     return app

@@ -81,10 +81,8 @@ def _request_id(scope: Scope) -> str:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, *, router: Any = None, access_log: bool = True,
-                 tracing: Tracing | None = None) -> None:
+    def __init__(self, app: ASGIApp, *, router: Any = None, access_log: bool = True) -> None:
         self.app = app
-        self.tracing = tracing
         self.access_log = access_log
         self.access_lines = AccessLog()
 
@@ -92,15 +90,6 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.tracing is not None:
-            with server_span(self.tracing, scope) as span:
-                await self._observed(scope, receive, send)
-                span.update_name(f"{scope['method']} {_route_template(scope)}")
-                span.set_attribute("http.route", _route_template(scope))
-            return
-        await self._observed(scope, receive, send)
-
-    async def _observed(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request_id = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
@@ -130,6 +119,25 @@ class ObservabilityMiddleware:
                     request_id=request_id, method=scope["method"], path=scope["path"],
                     route=route, status=status, duration_ms=round(elapsed * 1000, 3),
                     peer=client[0] if client else None)
+
+
+class TracingMiddleware:
+    """A SERVER span per request, named by its route template; installed only when
+    tracing is on (off, requests do not pass through it at all)."""
+
+    def __init__(self, app: ASGIApp, *, tracing: Tracing) -> None:
+        self.app = app
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with server_span(self.tracing, scope) as span:
+            await self.app(scope, receive, send)
+            route = _route_template(scope)
+            span.update_name(f"{scope['method']} {route}")
+            span.set_attribute("http.route", route)
 
 
 async def metrics_endpoint(request: Request) -> Response:
