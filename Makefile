@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser run test lint bench-ingest bench-worker bench-e2e bench-broadcaster clean
+.PHONY: install browser prometheus run test lint bench-ingest bench-worker bench-e2e bench-broadcaster clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed (set PYTHON=...)")'
@@ -26,7 +26,12 @@ run: install
 browser:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-test: install browser
+# tests/test_prometheus.py runs Debian's prometheus against the test's own processes
+# (promtool, which CI uses on ops/, comes with it).
+prometheus:
+	@test -x /usr/bin/prometheus || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+
+test: install browser prometheus
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

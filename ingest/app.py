@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -40,6 +41,7 @@ from scoreboard.lua import register_scripts
 from scoreboard.metrics import forget_this_process, sample_pool_forever
 from scoreboard.settings import Settings, load_settings
 from scoreboard.signing_keys import load_action_keys, load_jwt_keys
+from scoreboard.tracing import setup_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings.redis_url is None or settings.database_url is None:
         raise RuntimeError("REDIS_URL and DATABASE_URL must be set (the run command sets them)")
     redis_url, database_url = settings.redis_url, settings.database_url
+    tracing = setup_tracing("ingest", os.environ)  # None unless OTEL_* turn it on
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -126,7 +129,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             jwt=JWTAuthority(load_jwt_keys(settings.jwt_keys_path), issuer=settings.jwt_issuer,
                              audience=settings.jwt_audience, ttl_s=settings.access_token_ttl_s),
             action_keys=load_action_keys(settings.action_keys_path),
-            board_cache=board_cache, backlog=backlog)
+            board_cache=board_cache, backlog=backlog, tracing=tracing)
         tasks = [asyncio.create_task(sample_pool_forever(pool), name="pool-sampler"),
                  asyncio.create_task(board_cache.refresh_forever(settings.board_refresh_s)),
                  asyncio.create_task(backlog.measure_forever(settings.backlog_check_ms / 1000))]
@@ -140,6 +143,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await pool.close()
             await client.aclose()
             forget_this_process(settings.prometheus_multiproc_dir)
+            if tracing is not None:
+                tracing.shutdown()
 
     routes = [
         Route("/api/auth/register", auth_routes.register, methods=["POST"]),
@@ -176,5 +181,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.add_middleware(CORSMiddleware, allowed_origins=cors_origins(settings))
     app.add_middleware(metrics.ObservabilityMiddleware, router=app.router,
                        access_log=settings.access_log)
+    if tracing is not None:  # outermost: its span covers the whole request
+        app.add_middleware(metrics.TracingMiddleware, tracing=tracing)
     configure_logging(settings.log_level)
     return app

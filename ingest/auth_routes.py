@@ -36,12 +36,12 @@ _DUMMY_HASH_CACHE: dict[tuple[int, int, int], str] = {}
 async def limit_auth_attempts(request: Request, state: IngestState) -> None:
     """Per-address limit on the unauthenticated endpoints (password guessing)."""
     rate = state.settings.auth_ip_rate
-    allowed, retry_ms = await state.scripts.rate_limit(
-        keys=[state.keys.ip_rate("auth", request_client(request, state))],
-        args=[*rate.as_args(), 1])
-    if not allowed:
+    reason, retry_ms = await state.scripts.rate_limit(
+        state.keys, rate_key=state.keys.ip_rate("auth", request_client(request, state)),
+        rate=rate)
+    if reason != "ok":
         raise RequestError(429, "rate_limited", "too many attempts from this address",
-                           retry_after_s=retry_after_seconds(int(retry_ms)))
+                           retry_after_s=retry_after_seconds(retry_ms))
 
 
 def _token_hash(token: str) -> bytes:

@@ -29,6 +29,7 @@ from ingest.access_log import AccessLog
 from ingest.state import state_of
 from scoreboard.logs import REQUEST_ID
 from scoreboard.metrics import exposition, sample_pool
+from scoreboard.tracing import Tracing, server_span
 
 access_logger = logging.getLogger("ingest.access")
 
@@ -118,6 +119,25 @@ class ObservabilityMiddleware:
                     request_id=request_id, method=scope["method"], path=scope["path"],
                     route=route, status=status, duration_ms=round(elapsed * 1000, 3),
                     peer=client[0] if client else None)
+
+
+class TracingMiddleware:
+    """A SERVER span per request, named by its route template; installed only when
+    tracing is on (off, requests do not pass through it at all)."""
+
+    def __init__(self, app: ASGIApp, *, tracing: Tracing) -> None:
+        self.app = app
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with server_span(self.tracing, scope) as span:
+            await self.app(scope, receive, send)
+            route = _route_template(scope)
+            span.update_name(f"{scope['method']} {route}")
+            span.set_attribute("http.route", route)
 
 
 async def metrics_endpoint(request: Request) -> Response:

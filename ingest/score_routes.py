@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,6 +31,8 @@ from scoreboard.errors import ActionTokenError, RequestError
 from scoreboard.jwt_tokens import Claims
 from scoreboard.limits import retry_after_seconds
 from scoreboard.metrics import count_fraud_event
+from scoreboard.script_calls import BatchItem
+from scoreboard.tracing import client_span
 
 BACKEND_SCOPE = "scores:write"
 
@@ -59,10 +60,6 @@ def _refusal(reason: str, retry_after_ms: int) -> RequestError:
     raise RuntimeError(f"unknown script result {reason!r}")
 
 
-def _decode(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 # Script refusals that count as token manipulation. Not "token_used": a token of
 # ours, for this user, with neither its nonce nor its event in Redis has only
 # outlived its Redis key (a retry of an accepted one is answered 202, "replayed").
@@ -74,16 +71,15 @@ async def record_token_failure(state: IngestState, *, user_id: str, address: str
     """Count a token-manipulation failure (lua/token_failure.lua decides bans and
     address limits). ``user_id`` is empty when the subject is not authenticated."""
     settings, keys = state.settings, state.keys
-    user_key = keys.token_failures_user(user_id) if user_id else keys.token_failures_ip(address)
-    _, _, banned, limited = await state.scripts.token_failure(
-        keys=[user_key, keys.token_failures_ip(address), keys.banned(user_id or "-"),
-              keys.address_limited(address), keys.fraud_stream],
-        args=[user_id, address, failure, settings.token_failure_window_s * 1000,
-              settings.token_failures_to_ban, settings.token_failures_to_limit_address,
-              settings.address_limit_s * 1000, settings.token_ban_s * 1000])
-    if banned:
+    reply = await state.scripts.token_failure(
+        keys, user_id=user_id, address=address, failure=failure,
+        window_ms=settings.token_failure_window_s * 1000,
+        to_ban=settings.token_failures_to_ban,
+        to_limit_address=settings.token_failures_to_limit_address,
+        address_limit_ms=settings.address_limit_s * 1000, ban_ms=settings.token_ban_s * 1000)
+    if reply.banned_now:
         count_fraud_event("token_manipulation", "critical")
-    if limited:
+    if reply.limited_now:
         count_fraud_event("token_manipulation", "high")
 
 
@@ -95,10 +91,9 @@ async def record_rate_refusal(state: IngestState, *, user_id: str, address: str,
     if settings.rate_refusals_to_flag <= 0:
         return
     await state.scripts.rate_refusal(
-        keys=[keys.rate_refusals(user_id), keys.flagged(user_id), keys.banned(user_id),
-              keys.fraud_stream],
-        args=[user_id, address, endpoint, settings.rate_refusal_window_s * 1000,
-              settings.rate_refusals_to_flag, settings.flag_duration_s * 1000])
+        keys, user_id=user_id, address=address, endpoint=endpoint,
+        window_ms=settings.rate_refusal_window_s * 1000, to_flag=settings.rate_refusals_to_flag,
+        flag_duration_ms=settings.flag_duration_s * 1000)
 
 
 async def authenticate_counted(request: Request, state: IngestState) -> Claims:
@@ -124,16 +119,11 @@ async def issue_action_token(request: Request) -> Response:
     if points is None:
         raise invalid("action", f"{action!r} is not an action of board {board.board!r}")
     nonce = secrets.token_hex(16)
-    user_rate, ip_rate = settings.action_token_rate, settings.ip_rate
     address = request_client(request, state)
     reason, retry_ms = await state.scripts.action_token(
-        keys=[keys.revoked_jti(claims.jti), keys.banned(claims.sub),
-              keys.user_rate("action_token", claims.sub), keys.ip_rate("action_token", address),
-              keys.action_token(nonce), keys.address_limited(address),
-              keys.token_failures_user(claims.sub)],
-        args=[claims.sub, *user_rate.as_args(), *ip_rate.as_args(),
-              settings.action_token_ttl_s * 1000])
-    reason = _decode(reason)
+        keys, user_id=claims.sub, jti=claims.jti, nonce=nonce, address=address,
+        user_rate=settings.action_token_rate, ip_rate=settings.ip_rate,
+        token_ttl_ms=settings.action_token_ttl_s * 1000)
     metrics.script_outcome("action_token", reason)
     if reason == "limited_user":
         await record_rate_refusal(state, user_id=claims.sub, address=address,
@@ -207,21 +197,16 @@ async def increment(request: Request) -> Response:
     points = await _points_of(state, token, body)
     state.backlog.check()
     event_id = "at-" + token.nonce
-    reason, detail, *rest = await state.scripts.increment(
-        keys=[keys.action_token(token.nonce), keys.revoked_jti(claims.jti),
-              keys.banned(claims.sub), keys.flagged(claims.sub),
-              keys.user_rate("increment", claims.sub),
-              keys.user_rate("increment_flagged", claims.sub),
-              keys.ip_rate("increment", address), keys.event(event_id), keys.stream,
-              keys.address_limited(address), keys.recent_actions(claims.sub), keys.fraud_stream,
-              keys.token_failures_user(claims.sub)],
-        args=[claims.sub, *settings.increment_rate.as_args(),
-              *settings.flagged_increment_rate.as_args(), *settings.ip_rate.as_args(),
-              settings.dedup_ttl_s * 1000, event_id, token.board, points, claims.name,
-              "player", address, request.scope["state"]["request_id"],
-              settings.rapid_max_actions, settings.rapid_window_ms,
-              settings.flag_duration_s * 1000])
-    reason = _decode(reason)
+    # With tracing on, the entry carries this span's context to the worker.
+    with client_span(state.tracing, "increment.lua", **{"db.system": "redis"}) as traceparent:
+        reason, retry_ms, flagged_now = await state.scripts.increment(
+            keys, user_id=claims.sub, jti=claims.jti, nonce=token.nonce, address=address,
+            event_id=event_id, board=token.board, points=points, username=claims.name,
+            source="player", request_id=request.scope["state"]["request_id"],
+            user_rate=settings.increment_rate, flagged_rate=settings.flagged_increment_rate,
+            ip_rate=settings.ip_rate, dedup_ttl_ms=settings.dedup_ttl_s * 1000,
+            rapid_max=settings.rapid_max_actions, rapid_window_ms=settings.rapid_window_ms,
+            flag_duration_ms=settings.flag_duration_s * 1000, traceparent=traceparent)
     metrics.script_outcome("increment", reason)
     if reason == "replayed":  # a retry of an accepted increment: its original answer
         return _accepted(event_id)
@@ -232,8 +217,8 @@ async def increment(request: Request) -> Response:
         await record_rate_refusal(state, user_id=claims.sub, address=address,
                                   endpoint="increment")
     if reason != "ok":
-        raise _refusal(reason, int(detail))
-    if int(rest[1]):  # this increment flagged the user (rapid actions)
+        raise _refusal(reason, retry_ms)
+    if flagged_now:  # this increment flagged the user (rapid actions)
         count_fraud_event("rapid_actions", "high")
     return _accepted(event_id)
 
@@ -260,20 +245,17 @@ async def batch(request: Request) -> Response:
                              max_increments=settings.max_batch_increments)
     await _check_board_maxima(state, increments)
     state.backlog.check()
-    script_keys = [keys.revoked_jti(claims.jti), keys.user_rate("backend", claims.sub),
-                   keys.stream, keys.banned(claims.sub)]
-    script_args: list[Any] = [*settings.backend_rate.as_args(), settings.dedup_ttl_s * 1000,
-                              f"backend:{claims.sub}", request_client(request, state),
-                              request.scope["state"]["request_id"]]
-    for item in increments:
-        script_keys += [keys.event(item.event_id), keys.banned(item.user_id)]
-        script_args += [item.event_id, item.user_id, item.board, item.points, item.username]
-    reason, *rest = await state.scripts.batch(keys=script_keys, args=script_args)
-    reason = _decode(reason)
-    metrics.script_outcome("batch", reason)
-    if reason != "ok":
-        raise _refusal(reason, int(rest[0]))
-    accepted, duplicates, *refused = rest
-    return JSONResponse({"accepted": int(accepted), "duplicates": int(duplicates),
-                         "refused": [{"event_id": _decode(e), "reason": "user_banned"}
-                                     for e in refused]}, status_code=202)
+    with client_span(state.tracing, "batch.lua", **{"db.system": "redis"}) as traceparent:
+        reply = await state.scripts.batch(
+            keys, backend_id=claims.sub, jti=claims.jti, address=request_client(request, state),
+            request_id=request.scope["state"]["request_id"], rate=settings.backend_rate,
+            dedup_ttl_ms=settings.dedup_ttl_s * 1000, traceparent=traceparent,
+            items=[BatchItem(event_id=item.event_id, user_id=item.user_id, board=item.board,
+                             points=item.points, username=item.username)
+                   for item in increments])
+    metrics.script_outcome("batch", reply.reason)
+    if reply.reason != "ok":
+        raise _refusal(reply.reason, reply.retry_after_ms)
+    return JSONResponse({"accepted": reply.accepted, "duplicates": reply.duplicates,
+                         "refused": [{"event_id": e, "reason": "user_banned"}
+                                     for e in reply.refused]}, status_code=202)

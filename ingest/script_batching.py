@@ -99,5 +99,7 @@ def coalesce_hot_scripts(scripts: Scripts, client: Any) -> Scripts:
     """``scripts`` with the per-request scripts of the player endpoints coalesced."""
     batcher = ScriptBatcher(client)
     return dataclasses.replace(
-        scripts, increment=CoalescedScript(scripts.increment, batcher),
-        action_token=CoalescedScript(scripts.action_token, batcher))
+        scripts,
+        increment=scripts.increment.through(CoalescedScript(scripts.increment.script, batcher)),
+        action_token=scripts.action_token.through(
+            CoalescedScript(scripts.action_token.script, batcher)))

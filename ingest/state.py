@@ -15,6 +15,7 @@ from scoreboard.jwt_tokens import JWTAuthority
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
 from scoreboard.settings import Settings
+from scoreboard.tracing import Tracing
 
 ADDRESS_CACHE_SIZE = 65536  # (peer, X-Forwarded-For) answers kept; emptied when full
 
@@ -31,6 +32,7 @@ class IngestState:
     boards: BoardReader
     board_cache: BoardCache
     backlog: Backpressure
+    tracing: Tracing | None = None  # None: tracing off (the default)
     top_cache: dict[tuple[str, int], tuple[float, dict[str, Any]]] = field(default_factory=dict)
     addresses: dict[tuple[str | None, str | None], str] = field(default_factory=dict)
 

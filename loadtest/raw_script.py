@@ -112,7 +112,7 @@ def script_call(keys: Keys, settings: Settings) -> list[str]:
                    settings.dedup_ttl_s * 1000, "at-" + secrets.token_hex(16), "global", 1,
                    "bench_raw_player", "player", "198.18.0.1", secrets.token_hex(8),
                    settings.rapid_max_actions, settings.rapid_window_ms,
-                   settings.flag_duration_s * 1000]
+                   settings.flag_duration_s * 1000, ""]  # no traceparent: tracing off
     return [str(len(script_keys)), *script_keys, *map(str, script_args)]
 
 

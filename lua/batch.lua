@@ -12,7 +12,9 @@
 -- KEYS[5 + 2i], KEYS[6 + 2i] event id key and banned key of increment i (i from 0)
 -- ARGV[1..2] backend rate (count, period ms)   ARGV[3] dedup ttl ms
 -- ARGV[4] source   ARGV[5] client address   ARGV[6] request id
--- ARGV[7 + 5i .. 11 + 5i] increment i: event_id, user_id, board, points, username
+-- ARGV[7] W3C traceparent of the caller's span ('' when tracing is off): written
+--         into each entry as 'traceparent' only when given
+-- ARGV[8 + 5i .. 12 + 5i] increment i: event_id, user_id, board, points, username
 --
 -- Returns {'ok', accepted, duplicates, refused event id...} or
 -- {reason, retry after ms}, reason one of 'revoked', 'banned', 'limited_backend'.
@@ -20,7 +22,7 @@
 local revoked_key, rate_key, stream_key, backend_banned_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rate_count, rate_period = tonumber(ARGV[1]), tonumber(ARGV[2])
 local dedup_ttl = tonumber(ARGV[3])
-local source, client_addr, request_id = ARGV[4], ARGV[5], ARGV[6]
+local source, client_addr, request_id, traceparent = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n = (#KEYS - 4) / 2
 
 if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
@@ -33,7 +35,7 @@ for i = 0, n - 1 do
   if seen[event_key] or redis.call('EXISTS', event_key) == 1 then
     duplicates = duplicates + 1
   elseif redis.call('EXISTS', banned_key) == 1 then
-    refused[#refused + 1] = ARGV[7 + 5 * i]
+    refused[#refused + 1] = ARGV[8 + 5 * i]
   else
     fresh[#fresh + 1] = i
   end
@@ -51,12 +53,16 @@ end
 if new_tat then gcra_commit(rate_key, now, new_tat) end
 local ts = tostring(now)
 for _, i in ipairs(fresh) do
-  local a = 7 + 5 * i
+  local a = 8 + 5 * i
   redis.call('SET', KEYS[5 + 2 * i], '1', 'PX', dedup_ttl)
-  redis.call('XADD', stream_key, '*',
-    'event_id', ARGV[a], 'user_id', ARGV[a + 1], 'username', ARGV[a + 4],
+  local entry = {'event_id', ARGV[a], 'user_id', ARGV[a + 1], 'username', ARGV[a + 4],
     'board', ARGV[a + 2], 'points', ARGV[a + 3], 'source', source, 'ts', ts,
-    'ip', client_addr, 'request_id', request_id)
+    'ip', client_addr, 'request_id', request_id}
+  if traceparent ~= '' then
+    entry[#entry + 1] = 'traceparent'
+    entry[#entry + 1] = traceparent
+  end
+  redis.call('XADD', stream_key, '*', unpack(entry))
 end
 local result = {'ok', #fresh, duplicates}
 for _, event_id in ipairs(refused) do result[#result + 1] = event_id end

@@ -25,6 +25,8 @@
 -- ARGV[8] dedup ttl ms
 -- ARGV[9..15] entry: event_id, board, points, username, source, client address, request id
 -- ARGV[16..18] rapid rule: max accepted in window, window ms, flag duration ms
+-- ARGV[19] W3C traceparent of the caller's span ('' when tracing is off): written
+--          into the entry as 'traceparent' only when given
 --
 -- Returns {'ok', stream id, accepted ms, flagged now (0/1)} or {reason, retry after ms},
 -- or {'replayed', 0}, reason one of 'revoked', 'banned', 'address_limited', 'token_used', 'token_foreign',
@@ -72,10 +74,15 @@ redis.call('DEL', token_key)
 gcra_commit(limit_key, now, user_tat)
 gcra_commit(ip_rate_key, now, ip_tat)
 redis.call('SET', event_key, '1', 'PX', dedup_ttl)
-local stream_id = redis.call('XADD', stream_key, '*',
-  'event_id', event_id, 'user_id', user_id, 'username', username, 'board', board,
+local entry = {'event_id', event_id, 'user_id', user_id, 'username', username, 'board', board,
   'points', points, 'source', source, 'ts', tostring(now),
-  'ip', client_addr, 'request_id', request_id)
+  'ip', client_addr, 'request_id', request_id}
+local traceparent = ARGV[19] or ''
+if traceparent ~= '' then
+  entry[#entry + 1] = 'traceparent'
+  entry[#entry + 1] = traceparent
+end
+local stream_id = redis.call('XADD', stream_key, '*', unpack(entry))
 
 redis.call('ZADD', recent_key, now, event_id)
 redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', now - rapid_window)

@@ -18,11 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
-from scoreboard.ranking import epoch_ms
 
 PAGE_SIZE = 5_000
 
@@ -36,10 +33,6 @@ class BoardTotal:
     version: int
     username: str
 
-    def script_args(self) -> list[object]:
-        """The four arguments of ``lua/set_totals.lua`` for this total."""
-        return [self.user_id, self.score, epoch_ms(self.reached_at), self.version]
-
 
 SELECT_PAGE = """
 SELECT s.user_id, s.score, s.reached_at, s.version, u.username
@@ -50,36 +43,11 @@ ORDER BY s.user_id LIMIT $3
 
 
 async def _set_totals(pipe: Any, scripts: Scripts, keys: Keys, board: str,
-                totals: Sequence[BoardTotal], *, board_key: str | None = None,
-                entries_key: str | None = None) -> None:
+                      totals: Sequence[BoardTotal], *, board_key: str | None = None,
+                      entries_key: str | None = None) -> None:
     """Queue ``set_totals`` on ``pipe`` (awaiting only queues it; ``execute`` runs it)."""
-    script_keys = [board_key or keys.board(board), entries_key or keys.board_entries(board)]
-    args: list[object] = []
-    for total in totals:
-        script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
-        args += total.script_args()
-    await scripts.set_totals(keys=script_keys, args=args, client=pipe)
-
-
-def apply_batch_call(keys: Keys, *, group: str, totals: Sequence[BoardTotal],
-                     ack_ids: Sequence[str]) -> tuple[list[str], list[str]]:
-    """KEYS and ARGV of ``lua/apply_batch.lua`` for one batch (pure: no I/O).
-
-    The totals travel as one JSON argument: packing three arguments per total
-    into the command cost the worker more CPU than Redis spends on the script.
-    """
-    boards = sorted({t.board for t in totals})
-    index = {board: i for i, board in enumerate(boards)}
-    script_keys = [keys.stream, keys.usernames, keys.boards]
-    for board in boards:
-        script_keys += [keys.board(board), keys.board_entries(board), keys.board_revision(board)]
-    rows = []
-    for total in totals:
-        script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
-        rows.append([index[total.board], total.user_id, total.score, epoch_ms(total.reached_at),
-                     total.version, total.username])
-    payload = orjson.dumps({"boards": boards, "totals": rows, "ack": list(ack_ids)})
-    return script_keys, [group, keys.board_changes, payload.decode()]
+    await scripts.set_totals(keys, board=board, totals=totals, board_key=board_key,
+                             entries_key=entries_key, client=pipe)
 
 
 async def apply_and_ack(redis: Any, scripts: Scripts, keys: Keys, *, group: str,
@@ -90,8 +58,7 @@ async def apply_and_ack(redis: Any, scripts: Scripts, keys: Keys, *, group: str,
     are acknowledged and the change is announced, or none of it happens and
     the entries are redelivered (and this runs again with the same totals).
     """
-    script_keys, args = apply_batch_call(keys, group=group, totals=totals, ack_ids=ack_ids)
-    await scripts.apply_batch(keys=script_keys, args=args)
+    await scripts.apply_batch(keys, group=group, totals=totals, ack_ids=ack_ids)
 
 
 async def set_totals_in(redis: Any, scripts: Scripts, keys: Keys,

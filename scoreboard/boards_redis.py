@@ -21,15 +21,12 @@ class RedisBoards:
         self.keys = keys
 
     async def slice(self, board: str, start: int, count: int) -> Slice:
-        keys = self.keys
-        reply = await self.scripts.board_page(
-            keys=[keys.board(board), keys.board_revision(board), keys.usernames],
-            args=[start, start + count - 1])
-        revision, size, higher, *flat = reply
-        rows = [Row(total=total_of(float(_text(flat[i + 1]))), member=_text(flat[i]),
-                    username=_text(flat[i + 2])) for i in range(0, len(flat), 3)]
-        return Slice(version=int(revision), size=int(size), start=start,
-                     higher_than_first=int(higher), rows=rows)
+        page = await self.scripts.board_page(self.keys, board=board, start=start,
+                                             stop=start + count - 1)
+        rows = [Row(total=total_of(score), member=member, username=username)
+                for member, score, username in page.rows]
+        return Slice(version=page.revision, size=page.size, start=start,
+                     higher_than_first=page.higher_than_first, rows=rows)
 
     async def position(self, board: str, user_id: str) -> int | None:
         entry = await self.redis.hget(self.keys.board_entries(board), user_id)

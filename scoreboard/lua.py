@@ -7,7 +7,9 @@ Each script is the shared prelude ``lua/lib/gcra.lua``, the other libraries
 it uses (``LIBRARIES``), then the script's own file. ``register_script``
 returns redis-py ``Script`` objects,
 which call EVALSHA and reload the script on NOSCRIPT (after a Redis restart
-or SCRIPT FLUSH), so callers never send the source on the hot path.
+or SCRIPT FLUSH), so callers never send the source on the hot path. Callers
+never see them either: each is wrapped in the typed call of
+``scoreboard.script_calls``, which owns its KEYS and ARGV order.
 """
 
 from __future__ import annotations
@@ -15,6 +17,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from scoreboard.script_calls import (
+    ActionTokenScript,
+    ApplyBatchScript,
+    BatchScript,
+    BoardPageScript,
+    FlagUsersScript,
+    FraudBatchScript,
+    IncrementScript,
+    RateLimitScript,
+    RateRefusalScript,
+    SetTotalsScript,
+    TokenFailureScript,
+)
 
 LUA_DIR = Path(__file__).parent / "lua_scripts"
 PRELUDE = LUA_DIR / "lib" / "gcra.lua"
@@ -31,22 +47,36 @@ def script_source(name: str) -> str:
 
 @dataclass(frozen=True)
 class Scripts:
-    increment: Any
-    action_token: Any
-    batch: Any
-    rate_limit: Any
-    set_totals: Any
-    apply_batch: Any
-    board_page: Any
-    token_failure: Any
-    rate_refusal: Any
-    flag_users: Any
-    fraud_batch: Any
+    """Every script, each behind its typed wrapper (``scoreboard.script_calls``)."""
+
+    increment: IncrementScript
+    action_token: ActionTokenScript
+    batch: BatchScript
+    rate_limit: RateLimitScript
+    set_totals: SetTotalsScript
+    apply_batch: ApplyBatchScript
+    board_page: BoardPageScript
+    token_failure: TokenFailureScript
+    rate_refusal: RateRefusalScript
+    flag_users: FlagUsersScript
+    fraud_batch: FraudBatchScript
 
 
 def register_scripts(redis: Any) -> Scripts:
-    """Register every script on ``redis`` (an async or sync redis-py client)."""
-    return Scripts(**{name: redis.register_script(script_source(name))
-                      for name in ("increment", "action_token", "batch", "rate_limit",
-                                   "set_totals", "apply_batch", "board_page", "token_failure",
-                                   "rate_refusal", "flag_users", "fraud_batch")})
+    """Register every script on ``redis`` (an async redis-py client), each in its
+    typed wrapper; ``.script`` of a wrapper is the raw redis-py ``Script``."""
+
+    def raw(name: str) -> Any:
+        return redis.register_script(script_source(name))
+
+    return Scripts(
+        increment=IncrementScript(raw("increment")),
+        action_token=ActionTokenScript(raw("action_token")), batch=BatchScript(raw("batch")),
+        rate_limit=RateLimitScript(raw("rate_limit")),
+        set_totals=SetTotalsScript(raw("set_totals")),
+        apply_batch=ApplyBatchScript(raw("apply_batch")),
+        board_page=BoardPageScript(raw("board_page")),
+        token_failure=TokenFailureScript(raw("token_failure")),
+        rate_refusal=RateRefusalScript(raw("rate_refusal")),
+        flag_users=FlagUsersScript(raw("flag_users")),
+        fraud_batch=FraudBatchScript(raw("fraud_batch")))

@@ -14,6 +14,7 @@ strings (Redis stream values):
 | ts         | acceptance time, ms since the epoch, from Redis ``TIME``; the row's ``created_at`` |
 | ip         | client address as ingest saw it (after trusted proxies)          |
 | request_id | the ingest request's id, for tracing a row back to its log line  |
+| traceparent | optional: W3C trace context of the ingest span that wrote it (tracing on) |
 
 A worker takes an action's time from ``ts``, never from its own clock, so a
 redelivered entry lands in the same partition with the same key.
@@ -39,6 +40,7 @@ class StreamEntry:
     ts_ms: int
     ip: str
     request_id: str
+    traceparent: str = ""
 
 
 def parse_entry(stream_id: str, fields: dict[str, str]) -> StreamEntry:
@@ -55,4 +57,5 @@ def parse_entry(stream_id: str, fields: dict[str, str]) -> StreamEntry:
     return StreamEntry(stream_id=stream_id, event_id=fields["event_id"],
                        user_id=fields["user_id"], username=fields["username"],
                        board=fields["board"], points=points, source=fields["source"],
-                       ts_ms=ts_ms, ip=fields["ip"], request_id=fields["request_id"])
+                       ts_ms=ts_ms, ip=fields["ip"], request_id=fields["request_id"],
+                       traceparent=fields.get("traceparent", ""))

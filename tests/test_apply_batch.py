@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 import orjson
 import redis.asyncio as redis_asyncio
 
-from scoreboard.board_writes import BoardTotal, apply_and_ack, apply_batch_call
+from scoreboard.board_writes import BoardTotal, apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
+from scoreboard.script_calls import ApplyBatchScript
+from tests.script_support import Recording
 from tests.servers import Backing, SyncRedis, board_totals, fresh_name
 
 REACHED = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
@@ -25,7 +27,10 @@ def test_call_shape_names_each_board_once_and_each_user_key_in_order() -> None:
     keys = Keys("p")
     totals = [total("weekly", "u1", 5, 1), total("global", "u2", 7, 3, "Ann"),
               total("weekly", "u2", 9, 2, "Ann")]
-    script_keys, args = apply_batch_call(keys, group="g", totals=totals, ack_ids=["1-0", "1-1"])
+    recording = Recording(reply=0)
+    asyncio.run(ApplyBatchScript(recording)(keys, group="g", totals=totals,
+                                            ack_ids=["1-0", "1-1"]))
+    script_keys, args = recording.calls[0]
     assert script_keys[:9] == [
         keys.stream, keys.usernames, keys.boards,
         keys.board("global"), keys.board_entries("global"), keys.board_revision("global"),

@@ -379,10 +379,9 @@ def test_a_lost_notice_is_caught_by_the_revision_poll(broadcaster_url: str, back
             async with connect(ws_url(broadcaster_url, board)) as ws:
                 await next_snapshot(ws)
                 # change the board as a worker would, but without publishing the notice
-                await writer.scripts.set_totals(
-                    keys=[keys.board(board), keys.board_entries(board), keys.banned("ann"),
-                          keys.shadow_banned("ann")],
-                    args=["ann", 7, int(time.time() * 1000), 99])
+                await writer.scripts.set_totals(keys, board=board, totals=[BoardTotal(
+                    board=board, user_id="ann", score=7, reached_at=datetime.now(UTC),
+                    version=99, username="ann")])
                 await writer.client.incr(keys.board_revision(board))
                 started = time.monotonic()
                 snapshot = await snapshot_where(ws, lambda s: scores(s) == {"ann": 7}, 5)

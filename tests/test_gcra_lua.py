@@ -41,7 +41,7 @@ class LuaLimit:
         self.client = client
         self.key = key
         self.rate = rate
-        self.script: Any = register_scripts(client).rate_limit
+        self.script: Any = register_scripts(client).rate_limit.script  # the raw, sync Script
         self.model_tat: float | None = None
         self.first_ms: int | None = None  # Redis's clock before the first request
         self.compared = 0

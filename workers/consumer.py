@@ -42,6 +42,7 @@ from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.stream_entry import StreamEntry
+from scoreboard.tracing import Tracing, links_to
 from workers.batching import ParsedBatch, backoff_s, parse_batch
 from workers.chaos import ChaosMarks
 from workers.persist import PartitionCache, persist_batch
@@ -96,7 +97,8 @@ class StreamConsumer:
                  chaos_exit_after_commit: float = 0.0,
                  chaos_marks: ChaosMarks | None = None,
                  after_batch: Callable[[Sequence[StreamEntry]], Awaitable[None]] | None = None,
-                 every_second: Callable[[], Awaitable[Any]] | None = None) -> None:
+                 every_second: Callable[[], Awaitable[Any]] | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.redis = redis
         self.pool = pool
         self.keys = keys
@@ -114,6 +116,7 @@ class StreamConsumer:
         self.chaos_marks = chaos_marks
         self.after_batch = after_batch
         self.every_second = every_second
+        self.tracing = tracing
         self._stopping = asyncio.Event()
         self._applying: asyncio.Task[None] | None = None
         self._last_heartbeat = 0.0
@@ -200,6 +203,16 @@ class StreamConsumer:
             await self._persist(parsed.entries)
 
     async def _persist(self, entries: Sequence[StreamEntry]) -> None:
+        if self.tracing is None:
+            await self._persist_batch(entries)
+            return
+        # One batch serves many requests: its span links to each entry's trace.
+        with self.tracing.tracer.start_as_current_span(
+                "persist batch", links=links_to([e.traceparent for e in entries]),
+                attributes={"scoreboard.batch.size": len(entries)}):
+            await self._persist_batch(entries)
+
+    async def _persist_batch(self, entries: Sequence[StreamEntry]) -> None:
         started = time.perf_counter()
 
         async def write() -> Any:
@@ -213,7 +226,7 @@ class StreamConsumer:
                 logger.warning("batch of %d refused (%r); persisting one by one",
                                len(entries), exc)
                 for entry in entries:
-                    await self._persist([entry])
+                    await self._persist_batch([entry])
             else:
                 logger.error("entry %s refused by Postgres: %r; left pending for retry",
                              entries[0].stream_id, exc, extra={

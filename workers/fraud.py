@@ -153,33 +153,28 @@ class FraudChecks:
         if not by_user and not by_address:
             return
         cadence_ms, farm_ms = settings.cadence_window_s * 1000, settings.farm_window_s * 1000
-        script_keys = [keys.cadence(u) for u in by_user] + [
-            keys.address_accounts(a) for a in by_address]
+        users, addresses = list(by_user), list(by_address)
         data = {"keep": keep, "cadence_ttl": cadence_ms, "window": farm_ms,
                 "min_accounts": min_accounts,
                 "users": [sorted(e.ts_ms for e in own) for own in by_user.values()],
                 "addresses": [[max(seen.values()), [[ts, user] for user, ts in seen.items()]]
                               for seen in by_address.values()]}
         cadence, farms = await self.moderation.scripts.fraud_batch(
-            keys=script_keys, args=[orjson.dumps(data)])
-        users, addresses = list(by_user), list(by_address)
+            keys, users=users, addresses=addresses, data=data)
         regular = []
-        for index, raw_times in cadence:
-            times = [int(t) for t in raw_times]
+        for index, times in cadence:
             cv = regular_cadence(times, actions=keep, window_ms=cadence_ms,
                                  max_cv=settings.cadence_max_cv)
             if cv is not None:
-                user_id = users[int(index) - 1]
+                user_id = users[index]
                 regular.append((user_id, by_user[user_id][-1].ip, {
                     "cv": round(cv, 5), "actions": len(times),
                     "mean_gap_ms": round((times[-1] - times[0]) / (len(times) - 1)),
                     "max_cv": settings.cadence_max_cv}))
         await self._flag("cadence_regularity", regular)
         farmed = []
-        for index, flat in farms:
-            address = addresses[int(index) - 1]
-            last_seen = {(m.decode() if isinstance(m, bytes) else str(m)): int(float(score))
-                         for m, score in zip(flat[::2], flat[1::2], strict=True)}
+        for index, last_seen in farms:
+            address = addresses[index]
             accounts = farm_accounts(last_seen, now_ms=max(by_address[address].values()),
                                      window_ms=farm_ms, min_accounts=min_accounts)
             evidence = {"address": address, "accounts": len(accounts),
@@ -192,13 +187,11 @@ class FraudChecks:
         users already flagged or banned); the recorder writes the rows."""
         if not decisions:
             return
-        keys = self.keys
-        script_keys = [keys.fraud_stream]
-        script_args: list[Any] = [rule, "high", self.settings.flag_duration_s * 1000]
-        for user_id, address, evidence in decisions:
-            script_keys += [keys.flagged(user_id), keys.banned(user_id)]
-            script_args += [user_id, address, orjson.dumps(evidence).decode()]
-        flagged = await self.moderation.scripts.flag_users(keys=script_keys, args=script_args)
+        flagged = await self.moderation.scripts.flag_users(
+            self.keys, rule=rule, severity="high",
+            flag_duration_ms=self.settings.flag_duration_s * 1000,
+            decisions=[(user_id, address, orjson.dumps(evidence).decode())
+                       for user_id, address, evidence in decisions])
         if flagged:
             logger.info("%s flagged %d user(s)", rule, len(flagged))
 

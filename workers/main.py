@@ -26,6 +26,7 @@ from scoreboard.logs import configure_logging
 from scoreboard.lua import register_scripts
 from scoreboard.moderation import Moderation
 from scoreboard.settings import load_settings
+from scoreboard.tracing import setup_tracing
 from workers import jobs
 from workers.arq_redis import arq_pool
 from workers.chaos import ChaosMarks
@@ -62,6 +63,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["keys"] = KEYS
     ctx["settings"] = SETTINGS
     ctx["scripts"] = register_scripts(ctx["redis"])
+    ctx["tracing"] = setup_tracing("worker", os.environ)  # None unless OTEL_* turn it on
     ctx["metrics"] = WorkerMetrics.start(redis=ctx["redis"], pool=ctx["pool"], keys=KEYS,
                                          host=SETTINGS.worker_metrics_host,
                                          port=SETTINGS.worker_metrics_port)
@@ -77,7 +79,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         max_deliveries=SETTINGS.max_deliveries,
         chaos_exit_after_commit=SETTINGS.chaos_exit_after_commit,
         chaos_marks=ChaosMarks.from_settings(SETTINGS),
-        after_batch=fraud.check_batch, every_second=fraud.record_decisions)
+        after_batch=fraud.check_batch, every_second=fraud.record_decisions,
+        tracing=ctx["tracing"])
     task = asyncio.create_task(consumer.run(), name="stream-consumer")
     task.add_done_callback(lambda t: _supervise(t, consumer))
     ctx["consumer"], ctx["consumer_task"] = consumer, task
@@ -99,6 +102,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["pool"].close()
     if "redis" in ctx:
         await ctx["redis"].aclose()
+    if ctx.get("tracing") is not None:
+        ctx["tracing"].shutdown()
 
 
 def _redis_url() -> str:

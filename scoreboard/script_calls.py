@@ -1,0 +1,297 @@
+"""One typed wrapper per Lua script: the only place that knows a script's KEYS and
+ARGV order (the header of ``lua/<name>.lua``) and the shape of its reply.
+
+Callers pass named values and get a typed reply; nobody else builds a KEYS or ARGV
+list. Each wrapper holds a redis-py ``Script`` (or a stand-in with the same
+``await script(keys=..., args=...)`` call, such as ingest's coalesced one: swap it
+with :meth:`TypedScript.through`). A test checks each fixed-size script's lists
+against the highest ``KEYS[n]`` and ``ARGV[n]`` the script reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
+
+import orjson
+
+from scoreboard.keys import Keys
+from scoreboard.ranking import epoch_ms
+
+if TYPE_CHECKING:
+    from scoreboard.board_writes import BoardTotal
+    from scoreboard.limits import Rate
+
+Call = tuple[list[Any], list[Any]]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class TypedScript:
+    """A registered script (``script``: redis-py ``Script`` or a stand-in)."""
+
+    script: Any
+
+    def through(self, runner: Any) -> Self:
+        """The same wrapper calling ``runner`` instead (it must take keys= and args=)."""
+        return dataclasses.replace(self, script=runner)
+
+    async def _run(self, call: Call, client: Any = None) -> Any:
+        keys, args = call
+        if client is None:
+            return await self.script(keys=keys, args=args)
+        return await self.script(keys=keys, args=args, client=client)
+
+
+# --- ingest's hot path ------------------------------------------------------------------------
+
+
+class Refusal(NamedTuple):
+    """A script's decision: ``reason`` 'ok' or why it refused (nothing written)."""
+
+    reason: str
+    retry_after_ms: int
+
+
+class IncrementReply(NamedTuple):
+    reason: str  # 'ok', 'replayed' or a refusal reason
+    retry_after_ms: int
+    flagged_now: bool  # this increment flagged the user (rapid actions)
+
+
+class IncrementScript(TypedScript):
+    """``lua/increment.lua``: accept one player increment, or refuse it unchanged."""
+
+    async def __call__(self, keys: Keys, *, user_id: str, jti: str, nonce: str, address: str,
+                       event_id: str, board: str, points: int, username: str, source: str,
+                       request_id: str, user_rate: Rate, flagged_rate: Rate, ip_rate: Rate,
+                       dedup_ttl_ms: int, rapid_max: int, rapid_window_ms: int,
+                       flag_duration_ms: int, traceparent: str = "") -> IncrementReply:
+        call: Call = ([keys.action_token(nonce), keys.revoked_jti(jti), keys.banned(user_id),
+                       keys.flagged(user_id), keys.user_rate("increment", user_id),
+                       keys.user_rate("increment_flagged", user_id),
+                       keys.ip_rate("increment", address),
+                       keys.event(event_id), keys.stream, keys.address_limited(address),
+                       keys.recent_actions(user_id), keys.fraud_stream,
+                       keys.token_failures_user(user_id)],
+                      [user_id, *user_rate.as_args(), *flagged_rate.as_args(), *ip_rate.as_args(),
+                       dedup_ttl_ms, event_id, board, points, username, source, address, request_id,
+                       rapid_max, rapid_window_ms, flag_duration_ms, traceparent])
+        reason, detail, *rest = await self._run(call)
+        reason = _text(reason)
+        if reason == "ok":  # {'ok', stream id, accepted ms, flagged now}
+            return IncrementReply(reason, 0, bool(int(rest[1])))
+        return IncrementReply(reason, int(detail), False)
+
+
+class ActionTokenScript(TypedScript):
+    """``lua/action_token.lua``: record a newly issued action token, or refuse."""
+
+    async def __call__(self, keys: Keys, *, user_id: str, jti: str, nonce: str, address: str,
+                       user_rate: Rate, ip_rate: Rate, token_ttl_ms: int) -> Refusal:
+        call: Call = ([keys.revoked_jti(jti), keys.banned(user_id),
+                       keys.user_rate("action_token", user_id),
+                       keys.ip_rate("action_token", address),
+                       keys.action_token(nonce), keys.address_limited(address),
+                       keys.token_failures_user(user_id)],
+                      [user_id, *user_rate.as_args(), *ip_rate.as_args(), token_ttl_ms])
+        reason, retry_ms = await self._run(call)
+        return Refusal(_text(reason), int(retry_ms))
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One increment of a game backend's batch, as ``lua/batch.lua`` takes it."""
+
+    event_id: str
+    user_id: str
+    board: str
+    points: int
+    username: str
+
+
+class BatchReply(NamedTuple):
+    reason: str
+    retry_after_ms: int
+    accepted: int
+    duplicates: int
+    refused: list[str]  # event ids refused (banned user)
+
+
+class BatchScript(TypedScript):
+    """``lua/batch.lua``: accept a game backend's batch of increments, atomically."""
+
+    async def __call__(self, keys: Keys, *, backend_id: str, jti: str, address: str,
+                       request_id: str, rate: Rate, dedup_ttl_ms: int,
+                       items: Sequence[BatchItem], traceparent: str = "") -> BatchReply:
+        script_keys = [keys.revoked_jti(jti), keys.user_rate("backend", backend_id), keys.stream,
+                       keys.banned(backend_id)]
+        args: list[Any] = [*rate.as_args(), dedup_ttl_ms, f"backend:{backend_id}", address,
+                           request_id, traceparent]
+        for item in items:
+            script_keys += [keys.event(item.event_id), keys.banned(item.user_id)]
+            args += [item.event_id, item.user_id, item.board, item.points, item.username]
+        call: Call = script_keys, args
+        reason, *rest = await self._run(call)
+        reason = _text(reason)
+        if reason != "ok":
+            return BatchReply(reason, int(rest[0]), 0, 0, [])
+        accepted, duplicates, *refused = rest
+        return BatchReply(reason, 0, int(accepted), int(duplicates), [_text(e) for e in refused])
+
+
+class RateLimitScript(TypedScript):
+    """``lua/rate_limit.lua``: one GCRA limit, checked and committed atomically."""
+
+    async def __call__(self, keys: Keys, *, rate_key: str, rate: Rate, cost: int = 1) -> Refusal:
+        """'ok', or 'limited' with the wait."""
+        call: Call = [rate_key], [*rate.as_args(), cost]
+        allowed, retry_ms = await self._run(call)
+        return Refusal("ok" if int(allowed) else "limited", int(retry_ms))
+
+
+class TokenFailureReply(NamedTuple):
+    user_failures: int
+    address_failures: int
+    banned_now: bool
+    limited_now: bool
+
+
+class TokenFailureScript(TypedScript):
+    """``lua/token_failure.lua``: count a token-manipulation failure; ban or limit."""
+
+    async def __call__(self, keys: Keys, *, user_id: str, address: str, failure: str,
+                       window_ms: int, to_ban: int, to_limit_address: int, address_limit_ms: int,
+                       ban_ms: int) -> TokenFailureReply:
+        """(``user_id`` '' for none)."""
+        user_key = keys.token_failures_user(user_id) if user_id else keys.token_failures_ip(
+            address)
+        call: Call = ([user_key, keys.token_failures_ip(address), keys.banned(user_id or "-"),
+                       keys.address_limited(address), keys.fraud_stream],
+                      [user_id, address, failure, window_ms, to_ban, to_limit_address,
+                       address_limit_ms, ban_ms])
+        users, addresses, banned, limited = await self._run(call)
+        return TokenFailureReply(int(users), int(addresses), bool(int(banned)),
+                                 bool(int(limited)))
+
+
+class RateRefusalScript(TypedScript):
+    """``lua/rate_refusal.lua``: count a user's 429; flag the user past a threshold."""
+
+    async def __call__(self, keys: Keys, *, user_id: str, address: str, endpoint: str,
+                       window_ms: int, to_flag: int, flag_duration_ms: int) -> bool:
+        """Whether this refusal flagged the user.."""
+        call: Call = ([keys.rate_refusals(user_id), keys.flagged(user_id), keys.banned(user_id),
+                       keys.fraud_stream],
+                      [user_id, address, endpoint, window_ms, to_flag, flag_duration_ms])
+        _, flagged = await self._run(call)
+        return bool(int(flagged))
+
+
+# --- boards -----------------------------------------------------------------------------------
+
+
+class BoardPage(NamedTuple):
+    revision: int
+    size: int
+    higher_than_first: int
+    rows: list[tuple[str, float, str]]  # member, ZSET score, display name
+
+
+class BoardPageScript(TypedScript):
+    """``lua/board_page.lua``: a consistent slice of a board, read-only."""
+
+    async def __call__(self, keys: Keys, *, board: str, start: int, stop: int) -> BoardPage:
+        """Positions ``start``..``stop`` (0-based, inclusive) of ``board``."""
+        call: Call = [keys.board(board), keys.board_revision(board), keys.usernames], [start, stop]
+        revision, size, higher, *flat = await self._run(call)
+        rows = [(_text(flat[i]), float(_text(flat[i + 1])), _text(flat[i + 2]))
+                for i in range(0, len(flat), 3)]
+        return BoardPage(int(revision), int(size), int(higher), rows)
+
+
+class SetTotalsScript(TypedScript):
+    """``lua/set_totals.lua``: users' totals on one board, each only if newer."""
+
+    async def __call__(self, keys: Keys, *, board: str, totals: Sequence[BoardTotal],
+                            board_key: str | None = None, entries_key: str | None = None,
+                            client: Any = None) -> Any:
+        """The number of entries changed; on a pipeline (``client``) awaiting only
+        queues the call."""
+        script_keys = [board_key or keys.board(board), entries_key or keys.board_entries(board)]
+        args: list[Any] = []
+        for total in totals:
+            script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
+            args += [total.user_id, total.score, epoch_ms(total.reached_at), total.version]
+        call: Call = script_keys, args
+        return await self._run(call, client)
+
+
+class ApplyBatchScript(TypedScript):
+    """``lua/apply_batch.lua``: the Redis side of one persisted batch, in one call."""
+
+    async def __call__(self, keys: Keys, *, group: str, totals: Sequence[BoardTotal],
+                       ack_ids: Sequence[str]) -> int:
+        """The totals travel as one JSON argument: packing three arguments per total
+        into the command cost the worker more CPU than Redis spends on the script.
+        Returns the number of board entries changed."""
+        boards = sorted({t.board for t in totals})
+        index = {board: i for i, board in enumerate(boards)}
+        script_keys = [keys.stream, keys.usernames, keys.boards]
+        for board in boards:
+            script_keys += [keys.board(board), keys.board_entries(board),
+                            keys.board_revision(board)]
+        rows = []
+        for total in totals:
+            script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
+            rows.append([index[total.board], total.user_id, total.score,
+                         epoch_ms(total.reached_at), total.version, total.username])
+        payload = orjson.dumps({"boards": boards, "totals": rows, "ack": list(ack_ids)})
+        call: Call = script_keys, [group, keys.board_changes, payload.decode()]
+        return int(await self._run(call))
+
+
+# --- the worker's fraud rules -----------------------------------------------------------------
+
+
+class FlagUsersScript(TypedScript):
+    """``lua/flag_users.lua``: flag users for a rule decided per batch."""
+
+    async def __call__(self, keys: Keys, *, rule: str, severity: str, flag_duration_ms: int,
+                       decisions: Sequence[tuple[str, str, str]]) -> list[str]:
+        """``decisions``: (user id, client address, evidence as JSON text). Returns
+        the user ids this call flagged."""
+        script_keys = [keys.fraud_stream]
+        args: list[Any] = [rule, severity, flag_duration_ms]
+        for user_id, address, evidence in decisions:
+            script_keys += [keys.flagged(user_id), keys.banned(user_id)]
+            args += [user_id, address, evidence]
+        call: Call = script_keys, args
+        return [_text(user) for user in await self._run(call)]
+
+
+class FraudBatchReply(NamedTuple):
+    cadence: list[tuple[int, list[int]]]  # (user index from 0, kept accept times)
+    farms: list[tuple[int, dict[str, int]]]  # (address index from 0, user id -> latest ms)
+
+
+class FraudBatchScript(TypedScript):
+    """``lua/fraud_batch.lua``: the Redis state of the cadence and farm rules."""
+
+    async def __call__(self, keys: Keys, *, users: Sequence[str], addresses: Sequence[str],
+                       data: dict[str, Any]) -> FraudBatchReply:
+        """``data``: the JSON argument the script's header describes, its ``users``
+        and ``addresses`` lists in the order of ``users`` and ``addresses``."""
+        call: Call = ([keys.cadence(u) for u in users]
+                      + [keys.address_accounts(a) for a in addresses], [orjson.dumps(data)])
+        cadence, farms = await self._run(call)
+        return FraudBatchReply(
+            [(int(index) - 1, [int(t) for t in times]) for index, times in cadence],
+            [(int(index) - 1, {_text(m): int(float(score))
+                               for m, score in zip(flat[::2], flat[1::2], strict=True)})
+             for index, flat in farms])
