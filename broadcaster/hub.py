@@ -13,7 +13,6 @@ hold every slot of the process.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -47,22 +46,23 @@ class Hub:
     def __init__(self, *, max_per_address: int) -> None:
         self.max_per_address = max_per_address
         self.boards: dict[str, set[Spectator]] = {}
-        self.per_address: dict[str, int] = defaultdict(int)
+        self.per_address: dict[str, int] = {}  # open connections; absent is none
         # Called with a board's name when its last spectator leaves.
         self.on_board_empty: list[Callable[[str], None]] = []
 
     def admit(self, address: str) -> bool:
         """Reserve a connection slot for ``address``; False when it has too many.
         Every True must be paired with one ``release``."""
-        if self.per_address[address] >= self.max_per_address:
-            del_if_zero(self.per_address, address)
+        held = self.per_address.get(address, 0)
+        if held >= self.max_per_address:
             return False
-        self.per_address[address] += 1
+        self.per_address[address] = held + 1
         return True
 
     def release(self, address: str) -> None:
-        self.per_address[address] -= 1
-        del_if_zero(self.per_address, address)
+        held = self.per_address.pop(address) - 1
+        if held > 0:
+            self.per_address[address] = held
 
     def join(self, spectator: Spectator, board: str) -> None:
         if spectator.board:
@@ -105,7 +105,3 @@ class Hub:
         SNAPSHOTS_SENT.inc(len(members))
         return len(members)
 
-
-def del_if_zero(counts: dict[str, int], key: str) -> None:
-    if counts.get(key, 0) <= 0:
-        counts.pop(key, None)

@@ -20,7 +20,7 @@ from broadcaster.admission import CAPPED, Refusal, board_of, check_board
 from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
 from broadcaster.snapshots import Snapshot
 from broadcaster.state import BroadcasterState
-from scoreboard.client_address import client_address
+from scoreboard.client_address import client_address, forwarded_for
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ class SseEndpoint:
             await _refuse(refusal, send)
             return
         peer = request.client.host if request.client else None
-        forwarded = ", ".join(request.headers.getlist("x-forwarded-for")) or None
-        address = client_address(peer, forwarded, state.settings.trusted_proxies)
+        address = client_address(peer, forwarded_for(request.headers.getlist("x-forwarded-for")),
+                                 state.settings.trusted_proxies)
         if not state.hub.admit(address):
             DROPPED.labels("address_cap").inc()
             await _refuse(CAPPED, send)

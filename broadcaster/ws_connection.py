@@ -36,7 +36,7 @@ from broadcaster.frames import close_frame, text_frame
 from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
 from broadcaster.snapshots import Snapshot
 from broadcaster.state import BroadcasterState
-from scoreboard.client_address import client_address
+from scoreboard.client_address import client_address, forwarded_for
 
 logger = logging.getLogger(__name__)
 # websockets logs every open and close at INFO: thousands a second here.
@@ -207,8 +207,9 @@ class SpectatorConnection(asyncio.Protocol):
             return refusal, board, ""
         assert self.transport is not None
         peer = self.transport.get_extra_info("peername")
-        forwarded = ", ".join(request.headers.get_all("X-Forwarded-For")) or None
-        address = client_address(peer[0] if peer else None, forwarded, settings.trusted_proxies)
+        address = client_address(peer[0] if peer else None,
+                                 forwarded_for(request.headers.get_all("X-Forwarded-For")),
+                                 settings.trusted_proxies)
         if not self.state.hub.admit(address):
             return CAPPED, board, address
         return None, board, address

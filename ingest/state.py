@@ -10,7 +10,7 @@ from starlette.requests import Request
 from ingest.backlog import Backpressure
 from ingest.board_cache import BoardCache
 from scoreboard.board_reads import BoardReader
-from scoreboard.client_address import client_address
+from scoreboard.client_address import client_address, forwarded_for
 from scoreboard.jwt_tokens import JWTAuthority
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
@@ -44,10 +44,7 @@ def state_of(request: Request) -> IngestState:
 
 def request_client(request: Request, state: IngestState) -> str:
     peer = request.client.host if request.client else None
-    # Every X-Forwarded-For line: a proxy may append its own line instead of
-    # extending the first; the lines read in order are one list.
-    forwarded = request.headers.getlist("x-forwarded-for")
-    key = (peer, ",".join(forwarded) if forwarded else None)
+    key = (peer, forwarded_for(request.headers.getlist("x-forwarded-for")))
     # The answer is kept per (peer, header): parsing addresses cost about 4% of an
     # increment's CPU, and a client sends the same headers request after request.
     found = state.addresses.get(key)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from scoreboard.settings import IPNetwork
 
@@ -14,6 +14,12 @@ def _trusted(address: str, proxies: Sequence[IPNetwork]) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in proxies)
+
+
+def forwarded_for(lines: Iterable[str]) -> str | None:
+    """Every ``X-Forwarded-For`` line of a request as one list (None when there is
+    none): a proxy may append a line of its own instead of extending the first."""
+    return ", ".join(lines) or None
 
 
 def client_address(peer: str | None, forwarded_for: str | None,
