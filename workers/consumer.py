@@ -46,6 +46,7 @@ from scoreboard.tracing import Tracing, links_to
 from workers.batching import ParsedBatch, backoff_s, parse_batch
 from workers.chaos import ChaosMarks
 from workers.persist import PartitionCache, persist_batch
+from workers.players import KnownPlayers
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class StreamConsumer:
         self.reclaim_every_s = reclaim_every_s if reclaim_every_s is not None else max(
             1.0, claim_idle_ms / 2000)
         self.partitions = PartitionCache()
+        self.players = KnownPlayers()
         self.scripts = register_scripts(redis)
         self.chaos_exit_after_commit = chaos_exit_after_commit
         self.chaos_marks = chaos_marks
@@ -217,7 +219,7 @@ class StreamConsumer:
 
         async def write() -> Any:
             async with self.pool.acquire() as connection:
-                return await persist_batch(connection, entries, self.partitions)
+                return await persist_batch(connection, entries, self.partitions, self.players)
 
         try:
             result = await self._retry_transient(write)
