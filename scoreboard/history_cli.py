@@ -25,6 +25,14 @@ from scoreboard.history_checkpoints import committed_horizon, write_due_checkpoi
 from scoreboard.history_reads import board_exists, earliest_as_of, top_as_of
 from scoreboard.settings import Settings
 
+MAX_LIMIT = 10_000
+
+
+def _limit(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
 
 def add_history_parsers(commands: Any) -> None:
     history = commands.add_parser("history", help="the top of a board as it stood at a past"
@@ -32,7 +40,8 @@ def add_history_parsers(commands: Any) -> None:
     history.add_argument("board")
     history.add_argument("--as-of", required=True, metavar="TIME",
                          help="ISO 8601 with a time zone, e.g. 2026-11-30T12:00:00Z")
-    history.add_argument("--limit", type=int, default=10, help="how many entries (10)")
+    history.add_argument("--limit", type=_limit, default=10,
+                         help=f"how many entries (10, at most {MAX_LIMIT})")
     checkpoints = commands.add_parser(
         "history-checkpoints", help="write the due checkpoints of the board history now")
     checkpoints.add_argument("--until", metavar="TIME",

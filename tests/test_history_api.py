@@ -152,6 +152,11 @@ def test_history_command(backing: Backing,
     assert future.returncode == 1 and "after now" in future.stderr
     unknown = run_cli(backing, database, "history", "nowhere", "--as-of", z(moment))
     assert unknown.returncode == 1 and "does not exist" in unknown.stderr
+    naive = run_cli(backing, database, "history", "arena", "--as-of", "2026-11-30T12:00:00")
+    assert naive.returncode == 1 and "time zone" in naive.stderr
+    too_many = run_cli(backing, database, "history", "arena", "--as-of", z(moment),
+                       "--limit", "0")
+    assert too_many.returncode == 2 and "from 1 to" in too_many.stderr
     wrote = run_cli(backing, database, "history-checkpoints", "--until", z(moment))
     assert wrote.returncode == 0 and "history checkpoints written:" in wrote.stdout
     again = run_cli(backing, database, "history", "arena", "--as-of", z(moment), "--limit", "2")
