@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--days", type=int, default=100, help="the history's span")
     parser.add_argument("--queries", type=int, default=20, help="as_of moments, random")
     parser.add_argument("--anchors", type=int, default=3, help="moments also run as GROUP BY")
+    parser.add_argument("--checkpoint-hours", type=int, default=24,
+                        help="HISTORY_CHECKPOINT_HOURS for the checkpoints (24, the default)")
     parser.add_argument("--reuse", type=Path, help="keep the servers and data in this folder")
     parser.add_argument("--seed", type=int, default=12)
     return parser.parse_args(argv)
@@ -124,6 +126,7 @@ async def load(url: str, args: argparse.Namespace) -> tuple[datetime, datetime, 
     try:
         await connection.execute("TRUNCATE actions, users, history_checkpoints,"
                                  " history_checkpoint_totals, bench_history_load CASCADE")
+        await connection.execute("DROP TABLE IF EXISTS bench_history_checkpoints")
         for board, _ in BOARDS:
             await connection.execute("INSERT INTO boards (board) VALUES ($1)"
                                      " ON CONFLICT DO NOTHING", board)
@@ -149,15 +152,45 @@ async def load(url: str, args: argparse.Namespace) -> tuple[datetime, datetime, 
     return start, last, seconds
 
 
-def write_checkpoints(backing: Backing, until: datetime, log: Path) -> float:
+async def checkpoints_of(url: str, hours: int) -> bool:
+    """True when the checkpoints there were written every ``hours``; else none are left."""
+    connection = await asyncpg.connect(url, timeout=30)
+    try:
+        await connection.execute("CREATE TABLE IF NOT EXISTS bench_history_checkpoints"
+                                 " (hours int)")
+        if await connection.fetchval("SELECT hours FROM bench_history_checkpoints") == hours:
+            return True
+        await connection.execute("TRUNCATE history_checkpoints, history_checkpoint_totals,"
+                                 " bench_history_checkpoints")
+        return False
+    finally:
+        await connection.close()
+
+
+def write_checkpoints(backing: Backing, until: datetime, hours: int, log: Path) -> float:
+    """``scoreboard history-checkpoints`` over the whole history; its seconds."""
     began = time.perf_counter()
     with log.open("ab") as out:
         done = subprocess.run([sys.executable, "-m", "scoreboard.cli", "history-checkpoints",
-                               "--until", z(until)], cwd=PROJECT_DIR, env=backing.env(),
+                               "--until", z(until)], cwd=PROJECT_DIR,
+                              env={**backing.env(), "HISTORY_CHECKPOINT_HOURS": str(hours),
+                                   "HISTORY_CHECKPOINTS_PER_RUN": "1000"},
                               stdout=out, stderr=subprocess.STDOUT, timeout=7200, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"history-checkpoints failed; see {log}")
-    return time.perf_counter() - began
+    seconds = time.perf_counter() - began
+
+    async def record() -> None:
+        connection = await asyncpg.connect(backing.database_url, timeout=30)
+        try:
+            await connection.execute("CREATE TABLE IF NOT EXISTS bench_history_checkpoints"
+                                     " (hours int)")
+            await connection.execute("DELETE FROM bench_history_checkpoints")
+            await connection.execute("INSERT INTO bench_history_checkpoints VALUES ($1)", hours)
+        finally:
+            await connection.close()
+    asyncio.run(record())
+    return seconds
 
 
 async def checkpoint_facts(url: str) -> dict[str, Any]:
@@ -182,9 +215,10 @@ def moments(args: argparse.Namespace, first: datetime, last: datetime,
     chosen = [first + timedelta(days=1, milliseconds=rng.randrange(span_ms))
               for _ in range(args.queries)]
     low = checkpoints[0]
-    middle = low + timedelta(days=args.days // 2)
+    interval = timedelta(hours=args.checkpoint_hours)
+    middle = low + (last - low) / 2 // interval * interval
     return [*chosen, middle + timedelta(milliseconds=1),
-            middle + timedelta(hours=24) - timedelta(milliseconds=1), last]
+            middle + interval - timedelta(milliseconds=1), last]
 
 
 def measure_as_of(url: str, at_moments: list[datetime]) -> tuple[list[float], dict[str, Any]]:
@@ -237,9 +271,11 @@ def run(args: argparse.Namespace) -> int:
         load_s = checkpoint_s = None
         if span is None:
             first, last, load_s = asyncio.run(load(url, args))
-            checkpoint_s = write_checkpoints(backing, last, root / "checkpoints.log")
         else:
             first, last = span
+        if span is None or not asyncio.run(checkpoints_of(url, args.checkpoint_hours)):
+            checkpoint_s = write_checkpoints(backing, last, args.checkpoint_hours,
+                                             root / "checkpoints.log")
         facts = asyncio.run(checkpoint_facts(url))
         at_moments = moments(args, first, last, (facts["first"], facts["last"]))
         client = redis.Redis.from_url(backing.redis_url)
@@ -264,7 +300,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"data        {args.actions:,} actions ({facts['actions_bytes'] / 2**30:.2f} GiB with"
           f" indexes), {args.players:,} players, {args.days} days from {z(first)}"
           + (f"; loaded by COPY in {load_s:.0f} s" if load_s else "; reused from --reuse"))
-    print(f"checkpoints {facts['checkpoints']} (every 24 h), {facts['rows']:,} rows,"
+    print(f"checkpoints {facts['checkpoints']} (every {args.checkpoint_hours} h),"
+          f" {facts['rows']:,} rows,"
           f" {facts['bytes'] / 2**20:.0f} MiB"
           + (f"; written in {checkpoint_s:.0f} s" if checkpoint_s else ""))
     print(f"as_of       {len(as_of_s)} requests, one at a time: p50"
