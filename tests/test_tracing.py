@@ -27,8 +27,8 @@ from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.tracing import parse_traceparent, tracing_enabled
 from tests.conftest import Api, Player
+from tests.ops_support import increments, wait_for
 from tests.servers import Backing, broadcaster_server, fresh_name, ingest_server
-from tests.test_ops import increments, wait_for
 from tests.worker_support import worker_process
 
 Span = dict[str, Any]
