@@ -36,8 +36,9 @@ GROUP BY board, user_id
 BUILD_TIMEOUT_S = 1800  # one interval of actions; minutes only at millions of actions an hour
 
 
-def _ms(stream_id: str) -> int:
-    return int(stream_id.partition("-")[0])
+def _ms(stream_id: str | bytes) -> int:
+    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    return int(text.partition("-")[0])
 
 
 async def oldest_unacknowledged_ms(redis: Any, keys: Keys) -> int | None:
@@ -48,8 +49,9 @@ async def oldest_unacknowledged_ms(redis: Any, keys: Keys) -> int | None:
         if int(group["pending"]):
             oldest.append(_ms((await redis.xpending(keys.stream, group["name"]))["min"]))
             continue
-        undelivered = await redis.xrange(keys.stream, min="(" + group["last-delivered-id"],
-                                         count=1)
+        last = group["last-delivered-id"]
+        last = last.decode() if isinstance(last, bytes) else last
+        undelivered = await redis.xrange(keys.stream, min="(" + last, count=1)
         if undelivered:
             oldest.append(_ms(undelivered[0][0]))
     return min(oldest, default=None)
