@@ -46,7 +46,7 @@ def drop_database(backing: Backing, url: str) -> None:
 
 def with_pool(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
     async def run() -> T:
-        pool = await create_pool(url, max_size=2)
+        pool = await create_pool(url, max_size=4)
         try:
             return await work(pool)
         finally:

@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 
 from scoreboard.history_checkpoints import (
+    LOCK,
     build_checkpoint,
     committed_horizon,
     write_due_checkpoints,
@@ -211,3 +212,36 @@ def test_a_checkpoint_is_written_once(database: str) -> None:
                     await build_checkpoint(connection, START + 2 * DAY)]
 
     assert with_pool(database, twice) == [1, None]
+
+
+def test_a_removal_during_a_checkpoint_build_is_not_missed(database: str) -> None:
+    """The removal's delete is made while a build holds the lock: the build still
+    sees the row (not committed yet), and the removal's correction waits for the
+    build to commit, then corrects the new checkpoint too."""
+    d = START + timedelta(days=5)
+    actions = [Action("x", 5, d, event_id="ev-kept"), Action("x", 7, d + DAY, event_id="ev-gone"),
+               Action("y", 6, d + DAY)]
+    persist(database, actions)
+    build_at = d + 3 * DAY
+
+    async def work(pool: Any) -> list[Any]:
+        async with pool.acquire() as builder, pool.acquire() as remover, \
+                pool.acquire() as watcher:
+            async with builder.transaction():
+                await builder.execute(LOCK)  # as a build in progress holds it
+                removal = asyncio.create_task(remover.execute(
+                    "DELETE FROM actions WHERE event_id = 'ev-gone'"))
+                while not await watcher.fetchval(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                        " AND NOT granted"):
+                    assert not removal.done(), removal
+                    await asyncio.sleep(0.01)
+                await build_checkpoint(builder, build_at)  # inside: the row is still seen
+            await removal
+            return await watcher.fetch(
+                "SELECT user_id, total FROM history_checkpoint_totals WHERE at = $1"
+                " ORDER BY user_id", build_at)
+
+    assert [tuple(row) for row in with_pool(database, work)] == [("x", 5), ("y", 6)]
+    kept = [a for a in actions if a.event_id != "ev-gone"]
+    assert top(database, build_at + DAY) == expected_top(kept, build_at + DAY)
