@@ -238,9 +238,10 @@ def test_a_removal_during_a_checkpoint_build_is_not_missed(database: str) -> Non
                     await asyncio.sleep(0.01)
                 await build_checkpoint(builder, build_at)  # inside: the row is still seen
             await removal
-            return await watcher.fetch(
+            rows: list[Any] = await watcher.fetch(
                 "SELECT user_id, total FROM history_checkpoint_totals WHERE at = $1"
                 " ORDER BY user_id", build_at)
+            return rows
 
     assert [tuple(row) for row in with_pool(database, work)] == [("x", 5), ("y", 6)]
     kept = [a for a in actions if a.event_id != "ev-gone"]
