@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,6 +65,8 @@ class SnapshotService:
         self.throttles: dict[str, Throttle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loading: dict[str, asyncio.Future[Snapshot]] = {}
+        # Called with a board's name on each change noticed (the rank feed's ticks).
+        self.change_listeners: list[Callable[[str], None]] = []
 
     async def _read(self, board: str) -> tuple[int, list[dict[str, Any]]]:
         piece = await self.boards.slice(board, 0, self.size)
@@ -116,6 +119,8 @@ class SnapshotService:
 
     def notice(self, board: str) -> None:
         """The board changed (a notice, or the poll saw a newer revision)."""
+        for listener in self.change_listeners:
+            listener(board)
         if board not in self.hub.boards:
             self.latest.pop(board, None)  # nobody watching: rebuild on next connect
             return
