@@ -29,7 +29,6 @@ from typing import Any
 import orjson
 
 from broadcaster.frames import sse_event, text_frame
-from scoreboard.ranking import decode_member, total_of
 from scoreboard.script_calls import WatchedPlayer, WatchedRow
 
 
@@ -63,22 +62,23 @@ class Standing:
             other.rank, other.score, other.above, other.below)
 
 
-def _neighbour(row: WatchedRow, position: int, rank_mode: str) -> Neighbour:
-    rank = position + 1 if rank_mode == "ordinal" else row.higher + 1
-    return Neighbour(rank=rank, user_id=decode_member(row.member)[1], username=row.username,
-                     score=total_of(row.zscore))
+def _neighbour(row: WatchedRow, position: int, ordinal: bool) -> Neighbour:
+    return Neighbour(position + 1 if ordinal else row.higher + 1, row.user_id, row.username,
+                     row.total)
 
 
 def standing_of(user_id: str, player: WatchedPlayer, rank_mode: str) -> Standing:
     """The standing of ``user_id`` from its reply of ``watch_ranks``."""
-    if player.position is None or not player.rows:
+    position, rows = player.position, player.rows
+    if position is None or not rows:
         return Standing(user_id, None, None, None, None, None, None)
-    first = max(player.position - 1, 0)
-    by_position = {first + i: _neighbour(row, first + i, rank_mode)
-                   for i, row in enumerate(player.rows)}
-    own = by_position[player.position]
-    return Standing(user_id, own.username, player.position, own.rank, own.score,
-                    by_position.get(player.position - 1), by_position.get(player.position + 1))
+    ordinal = rank_mode == "ordinal"
+    own_index = 1 if position > 0 else 0
+    own = _neighbour(rows[own_index], position, ordinal)
+    above = _neighbour(rows[0], position - 1, ordinal) if own_index else None
+    below = (_neighbour(rows[own_index + 1], position + 1, ordinal)
+             if len(rows) > own_index + 1 else None)
+    return Standing(user_id, own.username, position, own.rank, own.score, above, below)
 
 
 def overtaker(previous: Standing | None, current: Standing) -> Neighbour | None:

@@ -216,8 +216,8 @@ class BoardPageScript(TypedScript):
 
 
 class WatchedRow(NamedTuple):
-    member: str
-    zscore: float
+    user_id: str
+    total: int
     username: str
     higher: int  # entries with a strictly higher total (competition rank - 1)
 
@@ -238,9 +238,9 @@ class WatchRanksScript(TypedScript):
                       keys.usernames], list(user_ids)
         revision, *replies = await self._run(call)
         players = []
-        for known, position, *flat in replies:
-            rows = [WatchedRow(_text(flat[i]), float(_text(flat[i + 1])), _text(flat[i + 2]),
-                               int(flat[i + 3])) for i in range(0, len(flat), 4)]
+        for known, position, *flat in replies:  # integers come back as int
+            rows = [WatchedRow(_text(flat[i]), flat[i + 1], _text(flat[i + 2]), flat[i + 3])
+                    for i in range(0, len(flat), 4)]
             players.append(WatchedPlayer(bool(int(known)),
                                          None if int(position) < 0 else int(position), rows))
         return int(revision), players

@@ -8,13 +8,11 @@ import orjson
 from broadcaster.admission import Refusal
 from broadcaster.rank_feed import Neighbour, RankUpdate, Standing, overtaker, standing_of
 from broadcaster.watch_requests import WatchRequest, parse_watch, watches_of
-from scoreboard.ranking import encode_member, zset_score
 from scoreboard.script_calls import WatchedPlayer, WatchedRow
 
 
 def row(user_id: str, total: int, higher: int) -> WatchedRow:
-    return WatchedRow(encode_member(1_700_000_000_000, user_id), float(zset_score(total)),
-                      user_id.title(), higher)
+    return WatchedRow(user_id, total, user_id.title(), higher)
 
 
 def standing(position: int | None, above: str | None = None, below: str | None = None

@@ -302,3 +302,31 @@ def test_sse_streams_the_rank_feed_and_refuses_bad_watches(
     assert refusal("watch=no-such-player") == (404, "unknown_user")
     too_many = "&".join(f"watch=p{i}" for i in range(MAX_WATCHES + 1))
     assert refusal(too_many) == (422, "too_many_watches")
+
+
+def test_tied_players_and_their_neighbours_share_competition_ranks(
+        live_url: str, backing: Backing, keys: Keys) -> None:
+    board = fresh_name("ties")
+
+    async def scenario() -> None:
+        writer = Writer(backing, keys)
+        try:
+            for user_id, score in (("top", 50), ("t1", 10), ("t2", 10), ("t3", 10), ("low", 5)):
+                await writer.set(board, user_id, score)
+            async with connect(ws_url(live_url, board)) as ws:
+                standings = {}
+                for user_id in ("t1", "t3", "low"):
+                    await send(ws, type="watch", user_id=user_id)
+                    standings[user_id] = await next_message(ws, of_type("rank", user_id=user_id))
+                assert standings["t1"]["rank"] == 2
+                assert standings["t1"]["above"] == neighbour(1, "top", 50)
+                assert standings["t1"]["below"] == neighbour(2, "t2", 10)
+                assert standings["t3"]["rank"] == 2
+                assert standings["t3"]["above"] == neighbour(2, "t2", 10)
+                assert standings["t3"]["below"] == neighbour(5, "low", 5)
+                assert standings["low"]["rank"] == 5
+                assert standings["low"]["above"] == neighbour(2, "t3", 10)
+        finally:
+            await writer.close()
+
+    asyncio.run(scenario())
