@@ -351,8 +351,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="part 3: spectators each watching one player (1000)")
     parser.add_argument("--watched", default="100,1000",
                         help="part 3: numbers of players watched, comma-separated (100,1000)")
-    parser.add_argument("--watch-writer-rate", type=float, default=20,
-                        help="part 3: times/s every watched player's total is set (20)")
+    parser.add_argument("--watch-writer-rate", type=float, default=10,
+                        help="part 3: times/s every watched player's total is set (10)")
     parser.add_argument("--skip-watchers", action="store_true")
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
