@@ -33,7 +33,8 @@ from scoreboard.lua import Scripts
 logger = logging.getLogger(__name__)
 
 CHUNK = 200  # watched players per script call: each call holds Redis for well under 1 ms
-WATCHES = Gauge("scoreboard_watches", "Watched players, counted once per watching connection")
+WATCHES = Gauge("scoreboard_watches", "Watched players, counted once per watching connection",
+                multiprocess_mode="livesum")  # several processes: one sum
 RANK_UPDATES_BUILT = Counter("scoreboard_rank_updates_built_total",
                              "Rank updates of watched players encoded and fanned out")
 RANK_UPDATES_SENT = Counter("scoreboard_rank_updates_sent_total",
