@@ -135,6 +135,11 @@ def test_following_a_player_shows_their_rank_and_neighbours(
     expect(page.locator("#following-place")).to_have_text("Rank 2 with 147")
     expect(page.locator("#neighbours li .name")).to_have_text(["Player 0", "Player 3",
                                                                "Player 1"])
+    # after a reconnect the page watches them again by itself
+    page.evaluate("socket.close()")
+    expect(page.locator("#status")).to_have_text("live")
+    put_scores(backing, keys, [entry("p03", 20, now_ms(), board=board, username="Player 3")])
+    expect(page.locator("#following-place")).to_have_text("Rank 1 with 167")
     page.click("#unfollow")
     expect(panel).to_be_hidden()
     assert page.evaluate("localStorage.getItem('scoreboard.follow')") is None
