@@ -215,6 +215,37 @@ class BoardPageScript(TypedScript):
         return BoardPage(int(revision), int(size), int(higher), rows)
 
 
+class WatchedRow(NamedTuple):
+    user_id: str
+    total: int
+    username: str
+    higher: int  # entries with a strictly higher total (competition rank - 1)
+
+
+class WatchedPlayer(NamedTuple):
+    known: bool  # has a display name: has scored on some board
+    position: int | None  # 0-based; None when not on the board
+    rows: list[WatchedRow]  # positions position - 1 .. position + 1 that exist
+
+
+class WatchRanksScript(TypedScript):
+    """``lua/watch_ranks.lua``: where each watched player stands, read-only."""
+
+    async def __call__(self, keys: Keys, *, board: str, user_ids: Sequence[str]
+                       ) -> tuple[int, list[WatchedPlayer]]:
+        """The board's revision and one reply per user id, in order."""
+        call: Call = [keys.board(board), keys.board_entries(board), keys.board_revision(board),
+                      keys.usernames], list(user_ids)
+        revision, *replies = await self._run(call)
+        players = []
+        for known, position, *flat in replies:  # integers come back as int
+            rows = [WatchedRow(_text(flat[i]), flat[i + 1], _text(flat[i + 2]), flat[i + 3])
+                    for i in range(0, len(flat), 4)]
+            players.append(WatchedPlayer(bool(int(known)),
+                                         None if int(position) < 0 else int(position), rows))
+        return int(revision), players
+
+
 class SetTotalsScript(TypedScript):
     """``lua/set_totals.lua``: users' totals on one board, each only if newer."""
 
@@ -236,9 +267,10 @@ class ApplyBatchScript(TypedScript):
     """``lua/apply_batch.lua``: the Redis side of one persisted batch, in one call."""
 
     async def __call__(self, keys: Keys, *, group: str, totals: Sequence[BoardTotal],
-                       ack_ids: Sequence[str]) -> int:
+                       ack_ids: Sequence[str], traceparent: str = "") -> int:
         """The totals travel as one JSON argument: packing three arguments per total
         into the command cost the worker more CPU than Redis spends on the script.
+        A ``traceparent`` is appended to each notice (``board\ntraceparent``).
         Returns the number of board entries changed."""
         boards = sorted({t.board for t in totals})
         index = {board: i for i, board in enumerate(boards)}
@@ -251,7 +283,10 @@ class ApplyBatchScript(TypedScript):
             script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
             rows.append([index[total.board], total.user_id, total.score,
                          epoch_ms(total.reached_at), total.version, total.username])
-        payload = orjson.dumps({"boards": boards, "totals": rows, "ack": list(ack_ids)})
+        batch: dict[str, Any] = {"boards": boards, "totals": rows, "ack": list(ack_ids)}
+        if traceparent:
+            batch["trace"] = traceparent
+        payload = orjson.dumps(batch)
         call: Call = script_keys, [group, keys.board_changes, payload.decode()]
         return int(await self._run(call))
 

@@ -97,6 +97,8 @@ class Settings:
     # Unsent bytes a spectator's socket may hold before it skips to the newest
     # snapshot (about 16 snapshots of 1 KB: a client this far behind is stale).
     ws_write_buffer_bytes: int = 16 * 1024
+    # Players one spectator connection may follow at once (the rank feed).
+    ws_max_watches: int = 10
     # Broadcaster processes sharing one port (SO_REUSEPORT); each reads the boards itself.
     broadcaster_processes: int = 1
 
@@ -137,6 +139,17 @@ class Settings:
     # and the batch after whose commit it waits to be killed (workers/chaos.py).
     chaos_marker_file: str = ""
     chaos_hold_after_commits: int = 0
+
+    # History (scoreboard/history.py): ``as_of`` starts from a checkpoint of every
+    # (board, user) total written this often, and replays the actions after it.
+    history_checkpoint_hours: int = 24
+    # A checkpoint covers only actions older than this margin below the point
+    # where every stream entry is acknowledged (committed): none still in flight.
+    history_checkpoint_lag_s: int = 300
+    history_checkpoints_per_run: int = 100  # a long history is caught up over runs
+    # Partitions of ``actions`` older than this many months (besides the current
+    # one) are dropped by a scheduled job; 0 keeps everything.
+    retention_months: int = 0
 
     # Observability.
     log_level: str = "INFO"
@@ -238,12 +251,14 @@ def _check(settings: Settings) -> None:
                  "action_token_ttl_s", "access_token_ttl_s", "refresh_token_ttl_s", "dedup_ttl_s",
                  "worker_batch_max", "worker_block_ms", "claim_idle_ms", "max_deliveries",
                  "snapshot_size", "snapshot_interval_ms", "revision_poll_ms", "ws_max_per_ip",
-                 "ws_max_message_bytes", "ws_write_buffer_bytes", "broadcaster_processes",
+                 "ws_max_message_bytes", "ws_write_buffer_bytes", "ws_max_watches",
+                 "broadcaster_processes",
                  "rapid_max_actions", "rapid_window_ms",
                  "flag_duration_s", "token_failure_window_s", "token_failures_to_ban",
                  "token_failures_to_limit_address", "address_limit_s", "token_ban_s",
                  "max_backlog", "backlog_check_ms", "board_refresh_s",
-                 "rate_refusal_window_s", "cadence_window_s", "farm_window_s"):
+                 "rate_refusal_window_s", "cadence_window_s", "farm_window_s",
+                 "history_checkpoint_hours", "history_checkpoints_per_run"):
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
     for name in ("rate_refusals_to_flag", "cadence_actions", "cadence_max_cv",
@@ -251,6 +266,10 @@ def _check(settings: Settings) -> None:
         if getattr(settings, name) < 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)),
                               "must be zero (rule off) or positive")
+    for name in ("retention_months", "history_checkpoint_lag_s"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(name.upper(), str(getattr(settings, name)),
+                              "must be zero or positive (RETENTION_MONTHS 0: keep everything)")
     if settings.dedup_ttl_s < settings.action_token_ttl_s:
         raise ConfigError("DEDUP_TTL_S", str(settings.dedup_ttl_s),
                           f"must be at least ACTION_TOKEN_TTL_S ({settings.action_token_ttl_s}):"
