@@ -21,7 +21,8 @@ from scoreboard.settings import Settings, load_settings
 SHOWN_SETTINGS = (
     "action_token_ttl_s", "action_token_rate", "increment_rate", "flagged_increment_rate",
     "ip_rate", "auth_ip_rate", "rapid_max_actions", "rapid_window_ms", "flag_duration_s",
-    "token_failure_window_s", "token_failures_to_ban", "token_failures_to_limit_address",
+    "token_failure_window_s", "token_failures_to_flag", "temp_ban_s", "offence_window_s",
+    "farm_busy_actions", "farm_busy_share", "token_failures_to_limit_address",
     "address_limit_s", "night_start_hour", "night_end_hour", "fraud_timezone",
     "velocity_z_threshold", "velocity_min_history_hours", "rate_refusals_to_flag",
     "rate_refusal_window_s", "cadence_actions", "cadence_max_cv", "cadence_window_s",

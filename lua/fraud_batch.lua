@@ -8,17 +8,21 @@
 -- returned once there are `keep` of them.
 -- Farms: per address, each account's latest accept (a ZSET, ZADD GT), accounts
 -- older than `window` before the chunk's newest accept from that address
--- dropped, living `window` ms; the accounts are returned once there are
--- `min_accounts`.
+-- dropped, living `window` ms; and each account's accepts in the current window
+-- (a HASH per address and fixed window, the caller names it, living two
+-- windows). Both are returned once there are `min_accounts` accounts.
 --
--- KEYS[1..U] cadence ZSET of each user, KEYS[U+1..U+A] accounts ZSET of each address
+-- KEYS[1..U] cadence ZSET of each user, KEYS[U+1..U+A] accounts ZSET of each address,
+-- KEYS[U+A+1..U+2A] activity HASH (account -> accepts) of each address's current window
 -- ARGV[1] JSON (one argument: packing thousands of small ones costs the caller more
 -- than the whole script costs Redis): {"keep": n, "cadence_ttl": ms, "window": ms,
 --   "min_accounts": n, "users": [[ms, ...], ...] (ascending; U of them, in KEYS order),
---   "addresses": [[newest ms, [[ms, user id], ...]], ...] (A of them)}
+--   "addresses": [[newest ms, [[ms, user id], ...], [[user id, accepts], ...]], ...]
+--   (A of them)}
 --
 -- Returns {cadence, farms}: cadence a list of {user index (from 1), {ms, ...}},
--- farms a list of {address index (from 1), {user id, latest ms, ...}}.
+-- farms a list of {address index (from 1), {user id, latest ms, ...},
+-- {user id, accepts in the window, ...}}.
 
 local data = cjson.decode(ARGV[1])
 local keep, cadence_ttl = data.keep, data.cadence_ttl
@@ -59,13 +63,19 @@ for i = 1, users do
 end
 
 local farms = {}
+local addresses = #data.addresses
 for j, address in ipairs(data.addresses) do
-  local key = KEYS[users + j]
+  local key, activity_key = KEYS[users + j], KEYS[users + addresses + j]
   redis.call('ZADD', key, 'GT', unpack(zadd_args(address[2])))
   redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', address[1] - window))
   redis.call('PEXPIRE', key, window)
+  for _, counted in ipairs(address[3]) do
+    redis.call('HINCRBY', activity_key, counted[1], counted[2])
+  end
+  redis.call('PEXPIRE', activity_key, 2 * window)
   if redis.call('ZCARD', key) >= min_accounts then
-    farms[#farms + 1] = {j, redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')}
+    farms[#farms + 1] = {j, redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'),
+                         redis.call('HGETALL', activity_key)}
   end
 end
 return {cadence, farms}

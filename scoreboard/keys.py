@@ -77,6 +77,11 @@ class Keys:
         (farm rule)."""
         return f"{self.tag}:address-accounts:{address}"
 
+    def address_activity(self, address: str, window_index: int) -> str:
+        """HASH user id -> accepts from ``address`` in fixed farm window number
+        ``window_index`` (farm rule: how busy each account is)."""
+        return f"{self.tag}:address-activity:{address}:{window_index}"
+
     @property
     def fraud_stream(self) -> str:
         """Decisions taken in Lua, waiting for a worker to record them in Postgres."""
