@@ -97,6 +97,18 @@ def farm_accounts(last_seen_ms: Mapping[str, int], counts: Mapping[str, int], *,
     return busy
 
 
+def tireless(hours: Sequence[int], *, span: int, threshold: int) -> int | None:
+    """The tireless rule: the number of distinct hours with an accept among the
+    last ``span`` hours before the newest of ``hours``, when it reaches
+    ``threshold``; None when the rule does not fire. People sleep: a bot at a
+    human pace does not (the slow cheater's tell, whatever its jitter)."""
+    if threshold <= 0 or not hours:
+        return None
+    newest = max(hours)
+    active = len({hour for hour in hours if hour > newest - span})
+    return active if active >= threshold else None
+
+
 # The automatic ladder: rung -> restriction. A rule that fires makes an offence;
 # offences of the offence window climb it one rung each.
 LADDER = ("flagged", "banned", "banned")

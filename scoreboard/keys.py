@@ -72,6 +72,10 @@ class Keys:
         """The user's latest accepted ms, "ms,ms,...", oldest first (cadence rule)."""
         return f"{self.tag}:cadence:{user_id}"
 
+    def active_hours(self, user_id: str) -> str:
+        """ZSET of the hour numbers in which the user had an accept (tireless rule)."""
+        return f"{self.tag}:active-hours:{user_id}"
+
     def address_accounts(self, address: str) -> str:
         """ZSET user id -> latest accepted ms of the accounts acting from ``address``
         (farm rule)."""

@@ -280,6 +280,7 @@ class FraudBatchReply(NamedTuple):
     cadence: list[tuple[int, list[int]]]  # (user index from 0, kept accept times)
     # (address index from 0, user id -> latest ms, user id -> accepts in the window)
     farms: list[tuple[int, dict[str, int], dict[str, int]]]
+    tireless: list[tuple[int, list[int]]]  # (user index from 0, hours with an accept)
 
 
 class FraudBatchScript(TypedScript):
@@ -290,15 +291,16 @@ class FraudBatchScript(TypedScript):
         """``data``: the JSON argument the script's header describes, its ``users``
         and ``addresses`` lists in the order of ``users`` and ``addresses``;
         ``window_index``: the fixed farm window the chunk's accepts are counted in."""
-        call: Call = ([keys.cadence(u) for u in users]
+        call: Call = ([keys.cadence(u) for u in users] + [keys.active_hours(u) for u in users]
                       + [keys.address_accounts(a) for a in addresses]
                       + [keys.address_activity(a, window_index) for a in addresses],
                       [orjson.dumps(data)])
-        cadence, farms = await self._run(call)
+        cadence, farms, tireless = await self._run(call)
 
         def pairs(flat: Sequence[Any]) -> dict[str, int]:
             return {_text(m): int(float(v)) for m, v in zip(flat[::2], flat[1::2], strict=True)}
 
         return FraudBatchReply(
             [(int(index) - 1, [int(t) for t in times]) for index, times in cadence],
-            [(int(index) - 1, pairs(seen), pairs(counts)) for index, seen, counts in farms])
+            [(int(index) - 1, pairs(seen), pairs(counts)) for index, seen, counts in farms],
+            [(int(index) - 1, [int(h) for h in hours]) for index, hours in tireless])

@@ -20,6 +20,7 @@ from scoreboard.errors import ConfigError
 from scoreboard.limits import Rate
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+TIRELESS_SPAN_HOURS = 24  # the tireless rule looks at the last this many hours
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ class Settings:
     farm_window_s: int = 600  # ... within this window, each with at least ...
     farm_busy_actions: int = 30  # ... this many accepts in the window (a machine's pace), ...
     farm_busy_share: float = 0.8  # ... making this share of the address's active accounts
+    tireless_hours: int = 18  # accepts in this many of the last 24 hours flag the user
+    activity_hour_s: int = 3600  # the hour of the tireless rule (a simulator scales it)
 
     # Workers.
     consumer_group: str = "persisters"
@@ -247,13 +250,13 @@ def _check(settings: Settings) -> None:
                  "rapid_max_actions", "rapid_window_ms",
                  "flag_duration_s", "token_failure_window_s", "token_failures_to_flag",
                  "token_failures_to_limit_address", "address_limit_s", "temp_ban_s",
-                 "offence_window_s", "farm_busy_actions",
+                 "offence_window_s", "farm_busy_actions", "activity_hour_s",
                  "max_backlog", "backlog_check_ms", "board_refresh_s",
                  "rate_refusal_window_s", "cadence_window_s", "farm_window_s"):
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
     for name in ("rate_refusals_to_flag", "cadence_actions", "cadence_max_cv",
-                 "farm_min_accounts"):
+                 "farm_min_accounts", "tireless_hours"):
         if getattr(settings, name) < 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)),
                               "must be zero (rule off) or positive")
@@ -271,6 +274,9 @@ def _check(settings: Settings) -> None:
     if not 0 <= settings.night_start_hour < settings.night_end_hour <= 24:
         raise ConfigError("NIGHT_START_HOUR", str(settings.night_start_hour),
                           "night hours must satisfy 0 <= start < end <= 24")
+    if settings.tireless_hours > TIRELESS_SPAN_HOURS:
+        raise ConfigError("TIRELESS_HOURS", str(settings.tireless_hours),
+                          f"at most {TIRELESS_SPAN_HOURS} (hours of a day), or 0 for off")
     if not 0 < settings.farm_busy_share <= 1:
         raise ConfigError("FARM_BUSY_SHARE", str(settings.farm_busy_share),
                           "must be a share in (0, 1]")

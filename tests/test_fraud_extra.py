@@ -318,3 +318,30 @@ def test_end_to_end_a_farm_behind_one_address_is_flagged(
     wait_caught_up(redis_client, keys)  # the household's batch was checked and acknowledged
     assert not any(redis_client.exists(keys.flagged(p.user_id)) for p in home)
     assert all(decisions_of(backing, p.user_id) == [] for p in home)
+
+
+# ----------------------------------------------------------------------- tireless play
+# Defaults: accepts in TIRELESS_HOURS=18 of the last 24 hours flag the user.
+
+
+def test_play_through_eighteen_hours_is_tireless_a_long_day_of_play_is_not(
+        backing: Backing, keys: Keys, redis_client: SyncRedis) -> None:
+    bot, player = fresh_name("tireless"), fresh_name("longday")
+    hour = 3_600_000
+    start = NOON_MS - 12 * hour
+    # the bot: a few accepts in each of 18 hours (irregular, so cadence stays out of it)
+    bot_batches = [[play(bot, start + h * hour + random.Random(h * 10 + k).randrange(hour))
+                    for k in range(3)] for h in range(18)]
+    # the player: 12 hours in two long sessions with a night between
+    player_batches = [[play(player, start + h * hour + random.Random(h * 10 + k).randrange(hour))
+                       for k in range(3)] for h in (*range(0, 8), *range(14, 18))]
+    check_batches(backing, keys, [[e for e in sorted(b, key=lambda e: e.ts_ms)]
+                                  for b in player_batches + bot_batches[:17]])
+    assert not redis_client.exists(keys.flagged(bot))  # 17 hours so far
+    check_batches(backing, keys, [sorted(bot_batches[17], key=lambda e: e.ts_ms)])
+    assert redis_client.get(keys.flagged(bot)) == "tireless"
+    (event,) = [e for e in events_of(backing, bot) if e["action"] != "logged"]
+    assert (event["rule"], event["action"], event["evidence"]["active_hours"]) == (
+        "tireless", "flagged", 18)
+    assert not redis_client.exists(keys.flagged(player))
+    assert [e for e in events_of(backing, player) if e["action"] != "logged"] == []

@@ -10,9 +10,10 @@ import pytest
 from scoreboard.errors import ConfigError
 from scoreboard.fraud_rules import (
     farm_accounts,
-    ladder_step,
     interval_cv,
     is_night,
+    ladder_step,
+    tireless,
     over_board_max,
     regular_cadence,
     velocity_zscore,
@@ -173,3 +174,11 @@ def test_new_rule_settings_parse_and_can_be_turned_off() -> None:
 def test_new_rule_settings_refuse_nonsense(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         load_settings(env)
+
+
+def test_tireless_counts_distinct_hours_of_the_last_day() -> None:
+    assert tireless(list(range(100, 118)), span=24, threshold=18) == 18
+    assert tireless(list(range(100, 117)), span=24, threshold=18) is None
+    # hours older than the span before the newest do not count
+    assert tireless([*range(70, 80), *range(100, 110)], span=24, threshold=18) is None
+    assert tireless([1, 1, 1], span=24, threshold=0) is None

@@ -33,13 +33,14 @@ from scoreboard.fraud_rules import (
     is_night,
     over_board_max,
     regular_cadence,
+    tireless,
     velocity_zscore,
 )
 from scoreboard.keys import Keys
 from scoreboard.ladder import climb, close_expired, insert_restriction
 from scoreboard.metrics import count_fraud_event
 from scoreboard.moderation import Moderation
-from scoreboard.settings import Settings
+from scoreboard.settings import TIRELESS_SPAN_HOURS, Settings
 from scoreboard.stream_entry import StreamEntry
 
 logger = logging.getLogger(__name__)
@@ -171,17 +172,17 @@ class FraudChecks:
             await self._check_activity(players[chunk:chunk + ACTIVITY_CHUNK])
 
     async def _check_activity(self, entries: Sequence[StreamEntry]) -> None:
-        """The cadence and farm rules over ``entries``: one ``lua/fraud_batch.lua``
-        call keeps their state in Redis and returns it, the judgement is
-        :func:`regular_cadence` and :func:`farm_accounts`, and the flags go
-        through ``lua/flag_users.lua``."""
+        """The cadence, farm and tireless rules over ``entries``: one
+        ``lua/fraud_batch.lua`` call keeps their state in Redis and returns it, the
+        judgement is :func:`regular_cadence`, :func:`farm_accounts` and
+        :func:`tireless`, and the flags go through ``lua/flag_users.lua``."""
         settings, keys = self.settings, self.keys
         keep, min_accounts = settings.cadence_actions, settings.farm_min_accounts
         by_user: dict[str, list[StreamEntry]] = {}
         by_address: dict[str, dict[str, int]] = {}
         counts: dict[str, Counter[str]] = {}
         for entry in entries:
-            if keep:
+            if keep or settings.tireless_hours:
                 by_user.setdefault(entry.user_id, []).append(entry)
             if min_accounts and entry.ip:
                 seen = by_address.setdefault(entry.ip, {})
@@ -191,14 +192,18 @@ class FraudChecks:
             return
         cadence_ms, farm_ms = settings.cadence_window_s * 1000, settings.farm_window_s * 1000
         users, addresses = list(by_user), list(by_address)
+        hour_ms = settings.activity_hour_s * 1000
         data = {"keep": keep, "cadence_ttl": cadence_ms, "window": farm_ms,
                 "min_accounts": min_accounts,
                 "users": [sorted(e.ts_ms for e in own) for own in by_user.values()],
+                "hours": [sorted({e.ts_ms // hour_ms for e in own}) for own in by_user.values()],
+                "tireless": settings.tireless_hours, "span": TIRELESS_SPAN_HOURS,
+                "hour_ms": hour_ms,
                 "addresses": [[max(seen.values()), [[ts, user] for user, ts in seen.items()],
                                [[user, n] for user, n in counts[address].items()]]
                               for address, seen in by_address.items()]}
         newest = max(entry.ts_ms for entry in entries)
-        cadence, farms = await self.moderation.scripts.fraud_batch(
+        cadence, farms, hours = await self.moderation.scripts.fraud_batch(
             keys, users=users, addresses=addresses, window_index=newest // farm_ms, data=data)
         regular = []
         for index, times in cadence:
@@ -223,6 +228,15 @@ class FraudChecks:
                         "window_s": settings.farm_window_s, "sample": accounts[:10]}
             farmed += [(user_id, address, evidence) for user_id in accounts]
         await self._flag("farm", farmed)
+        tired = []
+        for index, active in hours:
+            count = tireless(active, span=TIRELESS_SPAN_HOURS, threshold=settings.tireless_hours)
+            if count is not None:
+                user_id = users[index]
+                tired.append((user_id, by_user[user_id][-1].ip, {
+                    "active_hours": count, "of_hours": TIRELESS_SPAN_HOURS,
+                    "hour_s": settings.activity_hour_s}))
+        await self._flag("tireless", tired)
 
     async def _flag(self, rule: str, decisions: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
         """Flag ``(user id, address, evidence)`` through ``lua/flag_users.lua`` (skips
