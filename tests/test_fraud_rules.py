@@ -13,9 +13,9 @@ from scoreboard.fraud_rules import (
     interval_cv,
     is_night,
     ladder_step,
-    tireless,
     over_board_max,
     regular_cadence,
+    tireless,
     velocity_zscore,
 )
 from scoreboard.settings import load_settings
