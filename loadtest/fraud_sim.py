@@ -118,7 +118,8 @@ from scoreboard.ranking import totals_by_user
 from scoreboard.settings import Settings, load_settings
 
 RECORDER_GROUP = "fraud-recorders"  # workers/fraud.py
-NEW_RULES_OFF = {"RATE_REFUSALS_TO_FLAG": "0", "CADENCE_ACTIONS": "0", "FARM_MIN_ACCOUNTS": "0"}
+NEW_RULES_OFF = {"RATE_REFUSALS_TO_FLAG": "0", "CADENCE_ACTIONS": "0", "FARM_MIN_ACCOUNTS": "0",
+                 "TIRELESS_HOURS": "0"}
 
 
 # --- After the run: wait for the worker, then read the decisions -----------------------------

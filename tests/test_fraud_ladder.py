@@ -8,18 +8,28 @@ retries of an accepted increment and tokens used late."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from scoreboard.keys import Keys
 from scoreboard.moderation import restore_restrictions
 from tests.board_support import entry, seed
 from tests.conftest import Api, Player
-from tests.servers import Backing, SyncRedis, board_totals, fresh_name, ingest_server
+from tests.servers import (
+    PROJECT_DIR,
+    Backing,
+    SyncRedis,
+    board_totals,
+    fresh_name,
+    ingest_server,
+)
 from tests.test_fraud import events_of, forged, fraud_tools, increment, record_decisions
 
 # Short rungs so that the test sees them end; the worker side gets the same values.
@@ -194,3 +204,61 @@ def test_an_expired_row_no_longer_blocks_the_next_restriction(
     assert [(r["ended_by"], r["active"]) for r in restrictions(backing, steady)] == [
         (None, True)]
     assert redis_client.get(keys.flagged(steady)) == "long"
+
+
+def test_admin_review_lists_the_evidence_and_undo_corrects_the_board(
+        ladder: Api, backing: Backing, keys: Keys, redis_client: SyncRedis) -> None:
+    player, quiet = ladder.register_and_login(), ladder.register_and_login()
+    board = fresh_name("review")
+    now = int(time.time() * 1000)
+    seed(backing, keys, [entry(player.user_id, 9, now, board=board),
+                         entry(quiet.user_id, 4, now, board=board)])
+    offence(ladder, player, backing, keys, redis_client, 3)
+    wait_for(lambda: not redis_client.exists(keys.flagged(player.user_id)))
+    offence(ladder, player, backing, keys, redis_client, 1)  # a temporary ban
+    assert board_totals(redis_client, keys, board) == {quiet.user_id: 4}
+    env = backing.env(**LADDER)
+
+    def admin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "scoreboard.cli", "admin", *args],
+                              cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    listed = admin("review", "--limit", "500")
+    assert listed.returncode == 0, listed.stderr
+    accounts = {a["user_id"]: a for a in map(orjson.loads, listed.stdout.splitlines())}
+    assert quiet.user_id not in accounts  # no evidence, not listed
+    mine = accounts[player.user_id]
+    assert mine["rules"] == {"token_manipulation": 2}
+    assert mine["points"] == 9
+    assert [(r["kind"], r["rung"]) for r in mine["restrictions"]] == [("banned", 2)]
+    ban_event = next(e for e in events_rows(backing, player.user_id) if e["action"] == "banned")
+    undone = admin("undo", str(ban_event["id"]), "--by", "bob", "--reason", "family member")
+    assert undone.returncode == 0, undone.stderr
+    assert orjson.loads(undone.stdout)["undone"] == "banned"
+    assert board_totals(redis_client, keys, board) == {player.user_id: 9, quiet.user_id: 4}
+    assert not redis_client.exists(keys.banned(player.user_id))
+    rows = restrictions(backing, player.user_id)
+    assert [(r["ended_by"], r["lift_reason"], r["appealed"]) for r in rows][-1] == (
+        "bob", "family member", True)
+    listed = [orjson.loads(line) for line in admin("review").stdout.splitlines()]
+    assert [a["restrictions"] for a in listed if a["user_id"] == player.user_id] == [[]]
+    # refused: a moderator's own decision is not an automatic one to undo
+    manual = next(e for e in events_rows(backing, player.user_id) if e["rule"] == "manual")
+    refused = admin("undo", str(manual["id"]), "--reason", "x")
+    assert refused.returncode == 1
+    assert "not an automatic flag or ban" in refused.stderr
+
+
+def events_rows(backing: Backing, user_id: str) -> list[dict[str, Any]]:
+    async def run() -> list[dict[str, Any]]:
+        connection = await asyncpg.connect(backing.database_url)
+        try:
+            rows = await connection.fetch(
+                "SELECT id, rule, action FROM fraud_events WHERE user_id = $1 ORDER BY id",
+                user_id)
+        finally:
+            await connection.close()
+        return [dict(r) for r in rows]
+
+    return asyncio.run(run())
