@@ -241,8 +241,8 @@ def test_admin_review_lists_the_evidence_and_undo_corrects_the_board(
     rows = restrictions(backing, player.user_id)
     assert [(r["ended_by"], r["lift_reason"], r["appealed"]) for r in rows][-1] == (
         "bob", "family member", True)
-    listed = [orjson.loads(line) for line in admin("review").stdout.splitlines()]
-    assert [a["restrictions"] for a in listed if a["user_id"] == player.user_id] == [[]]
+    again = [orjson.loads(line) for line in admin("review").stdout.splitlines()]
+    assert [a["restrictions"] for a in again if a["user_id"] == player.user_id] == [[]]
     # refused: a moderator's own decision is not an automatic one to undo
     manual = next(e for e in events_rows(backing, player.user_id) if e["rule"] == "manual")
     refused = admin("undo", str(manual["id"]), "--reason", "x")

@@ -105,15 +105,19 @@ def test_a_daily_habit_is_not_a_cadence() -> None:
 # ------------------------------------------------------------------------- farms
 
 
-FARM = {"window_ms": 600_000, "min_accounts": 5, "busy_actions": 30, "busy_share": 0.8}
+def farm(seen: dict[str, int], counts: dict[str, int], now: int, *,
+         min_accounts: int = 5) -> list[str]:
+    """The farm rule at its defaults (10-minute window, 30 accepts, 80%)."""
+    return farm_accounts(seen, counts, now_ms=now, window_ms=600_000, min_accounts=min_accounts,
+                         busy_actions=30, busy_share=0.8)
 
 
 def test_farm_is_five_busy_accounts_making_most_of_the_address() -> None:
     now = 1_000_000
     seen = {f"u{i}": now - i * 1000 for i in range(5)}
     busy = dict.fromkeys(seen, 40)
-    assert farm_accounts(seen, busy, now_ms=now, **FARM) == ["u0", "u1", "u2", "u3", "u4"]
-    assert farm_accounts(seen, busy, now_ms=now, **{**FARM, "min_accounts": 6}) == []
+    assert farm(seen, busy, now) == ["u0", "u1", "u2", "u3", "u4"]
+    assert farm(seen, busy, now, min_accounts=6) == []
 
 
 def test_a_campus_of_many_accounts_is_not_a_farm_by_its_count() -> None:
@@ -121,29 +125,28 @@ def test_a_campus_of_many_accounts_is_not_a_farm_by_its_count() -> None:
     now = 1_000_000
     seen = {f"u{i}": now - i for i in range(500)}
     counts = {f"u{i}": (40 if i % 5 == 0 else 12) for i in range(500)}
-    assert farm_accounts(seen, counts, now_ms=now, **FARM) == []
+    assert farm(seen, counts, now) == []
     # the same address where nearly every account keeps a machine's pace is one
     counts = {f"u{i}": (40 if i % 10 else 12) for i in range(500)}
-    assert len(farm_accounts(seen, counts, now_ms=now, **FARM)) == 450
+    assert len(farm(seen, counts, now)) == 450
 
 
 def test_a_household_of_casual_players_is_not_a_farm() -> None:
     now = 1_000_000
     seen = {f"u{i}": now - i for i in range(6)}
-    assert farm_accounts(seen, dict.fromkeys(seen, 15), now_ms=now, **FARM) == []
+    assert farm(seen, dict.fromkeys(seen, 15), now) == []
 
 
 def test_farm_accounts_forgets_accounts_outside_the_window() -> None:
     now, window = 1_000_000, 600_000
     seen = {"a": now, "b": now - 100, "c": now - 599_999, "d": now - window, "e": 0}
     busy = dict.fromkeys(seen, 40)
-    rule = {**FARM, "min_accounts": 3}
-    assert farm_accounts(seen, busy, now_ms=now, **rule) == ["a", "b", "c"]
-    assert farm_accounts(seen, busy, now_ms=now, **{**rule, "min_accounts": 4}) == []
+    assert farm(seen, busy, now, min_accounts=3) == ["a", "b", "c"]
+    assert farm(seen, busy, now, min_accounts=4) == []
 
 
 def test_farm_rule_off_at_zero() -> None:
-    assert farm_accounts({"a": 1}, {"a": 99}, now_ms=1, **{**FARM, "min_accounts": 0}) == []
+    assert farm({"a": 1}, {"a": 99}, 1, min_accounts=0) == []
 
 
 # ------------------------------------------------------------------------- the ladder
