@@ -173,6 +173,9 @@ def test_new_rule_settings_parse_and_can_be_turned_off() -> None:
 
 
 @pytest.mark.parametrize("env", [{"CADENCE_ACTIONS": "2"}, {"FARM_MIN_ACCOUNTS": "-1"},
+                                 {"FARM_BUSY_SHARE": "0"}, {"FARM_BUSY_SHARE": "1.5"},
+                                 {"TIRELESS_HOURS": "25"}, {"TIRELESS_HOURS": "-1"},
+                                 {"TEMP_BAN_S": "0"}, {"OFFENCE_WINDOW_S": "0"},
                                  {"CADENCE_WINDOW_S": "0"}, {"RATE_REFUSAL_WINDOW_S": "0"}])
 def test_new_rule_settings_refuse_nonsense(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
