@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> IngestApp:
                                               connection_class=HiredisPackingConnection)
         pool = await create_pool(database_url, max_size=10)
         keys = Keys(settings.key_prefix)
-        scripts = coalesce_hot_scripts(register_scripts(client), client)
+        scripts, batcher = coalesce_hot_scripts(register_scripts(client), client)
         board_cache = BoardCache(client, keys.board_definitions)
         await board_cache.start(pool, service_max=settings.max_points_per_increment)
         backlog = Backpressure(client, stream=keys.stream, group=settings.consumer_group,
@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None) -> IngestApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await pool.close()
+            await batcher.close()
             await client.aclose()
             forget_this_process(settings.prometheus_multiproc_dir)
             if tracing is not None:

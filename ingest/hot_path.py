@@ -44,7 +44,7 @@ from ingest.http import (
     parse_body,
     too_large,
 )
-from ingest.metrics import RequestRecord, begin_request
+from ingest.metrics import RequestRecord, begin_request, request_id_of
 from ingest.state import IngestState, client_of
 from scoreboard.client_address import forwarded_for
 from scoreboard.cors import origin_allowed, response_headers
@@ -66,14 +66,15 @@ class HotRequest:
     """What the hot handlers read of a request, from one pass over its headers."""
 
     __slots__ = ("_address", "_content_length", "_forwarded", "_peer", "_receive",
-                 "authorization", "request_id", "state")
+                 "authorization", "origin", "request_id", "state")
 
     def __init__(self, scope: Scope, receive: Receive, state: IngestState,
-                 request_id: str) -> None:
+                 request_id: str | None = None) -> None:
+        """``request_id``: the one already given to the request (through the stack);
+        None: this request's, from its ``X-Request-ID`` (``ingest.metrics``)."""
         self.state = state
-        self.request_id = request_id
         self._receive = receive
-        authorization = content_length = None
+        authorization = content_length = origin = given_id = None
         forwarded: list[str] = []
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -84,6 +85,13 @@ class HotRequest:
                     content_length = value.decode("latin-1")
             elif name == b"x-forwarded-for":
                 forwarded.append(value.decode("latin-1"))
+            elif name == b"x-request-id":
+                if given_id is None:
+                    given_id = value
+            elif name == b"origin" and origin is None:
+                origin = value.decode("latin-1")
+        self.request_id = request_id or request_id_of(given_id)
+        self.origin = origin
         self.authorization = authorization or ""
         self._content_length = content_length
         self._forwarded = forwarded
@@ -164,14 +172,6 @@ class HotRoute:
         await send_answer(send, reply, headers)
 
 
-def _origin(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"origin":
-            origin: str = value.decode("latin-1")
-            return origin
-    return None
-
-
 class IngestApp(Starlette):
     """Starlette, with POSTs to the hot paths served before its stack (see above).
     ``configure_hot_path`` is called once the app is built."""
@@ -209,15 +209,14 @@ class IngestApp(Starlette):
     async def _serve(self, handler: Handler, scope: Scope, receive: Receive,
                      send: Send) -> None:
         started = time.perf_counter()
-        request_id = begin_request(scope)
+        request = HotRequest(scope, receive, self.state.ingest)
+        request_id = begin_request(scope, request.request_id)
         path = scope["path"]
         headers: Headers = [(b"x-request-id", request_id.encode())]
-        origin = _origin(scope)
-        if origin is not None and origin_allowed(origin, self.cors_origins):
-            headers += response_headers(origin)
+        if request.origin is not None and origin_allowed(request.origin, self.cors_origins):
+            headers += response_headers(request.origin)
         status = 500
         try:
-            request = HotRequest(scope, receive, self.state.ingest, request_id)
             try:
                 reply, extra = await answer(handler, request, path)
             except Exception:

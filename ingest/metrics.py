@@ -70,12 +70,21 @@ def _route_template(scope: Scope) -> str:
     return str(getattr(scope.get("route"), "path", "unmatched"))
 
 
-def _request_id(scope: Scope) -> str:
+def _given_request_id(scope: Scope) -> bytes | None:
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
-            given: str = value.decode("latin-1")
-            if 0 < len(given) <= 64 and given.replace("-", "").replace("_", "").isalnum():
-                return given
+            given: bytes = value
+            return given
+    return None
+
+
+def request_id_of(given: bytes | None) -> str:
+    """The client's ``X-Request-ID`` when usable (1-64 letters, digits, '-', '_'),
+    else a new one."""
+    if given is not None:
+        text = given.decode("latin-1")
+        if 0 < len(text) <= 64 and text.replace("-", "").replace("_", "").isalnum():
+            return text
     # A trace id, not a secret: the process's PRNG, not a system call per request.
     return f"{random.getrandbits(64):016x}"
 
@@ -100,10 +109,11 @@ class RequestRecord:
                 peer=client[0] if client else None)
 
 
-def begin_request(scope: Scope) -> str:
-    """The request's id (the client's ``X-Request-ID`` when usable), left in
+def begin_request(scope: Scope, request_id: str | None = None) -> str:
+    """The request's id (``request_id``, else from its ``X-Request-ID``), left in
     ``scope["state"]`` and in the logging context."""
-    request_id = _request_id(scope)
+    if request_id is None:
+        request_id = request_id_of(_given_request_id(scope))
     scope.setdefault("state", {})["request_id"] = request_id
     # Not reset on the way out: each request runs in a task of its own (with
     # a copy of the context), and the server's own line about an unhandled

@@ -30,7 +30,6 @@ from scoreboard.errors import ActionTokenError, RequestError
 from scoreboard.jwt_tokens import Claims
 from scoreboard.limits import retry_after_seconds
 from scoreboard.metrics import count_fraud_event
-from scoreboard.script_calls import BatchItem
 from scoreboard.tracing import client_span
 
 BACKEND_SCOPE = "scores:write"
@@ -250,9 +249,7 @@ async def batch(request: HotRequest) -> Answer:
             keys, backend_id=claims.sub, jti=claims.jti, address=request.address,
             request_id=request.request_id, rate=settings.backend_rate,
             dedup_ttl_ms=settings.dedup_ttl_s * 1000, traceparent=traceparent,
-            items=[BatchItem(event_id=item.event_id, user_id=item.user_id, board=item.board,
-                             points=item.points, username=item.username)
-                   for item in increments])
+            items=increments)
     metrics.script_outcome("batch", reply.reason)
     if reply.reason != "ok":
         raise _refusal(reply.reason, reply.retry_after_ms)
