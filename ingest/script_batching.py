@@ -205,6 +205,8 @@ class ScriptBatcher:
         if self.connection is not None:
             await self.connection.disconnect()
             self.connection = None
+        if self.tasks:  # a dropped connection's disconnect, a NOSCRIPT rerun
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 class CoalescedScript:
