@@ -34,8 +34,18 @@ from websockets.server import ServerProtocol
 from broadcaster.admission import CAPPED, NOT_FOUND, Refusal, board_of, check_board, check_origin
 from broadcaster.frames import close_frame, text_frame
 from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
+from broadcaster.rank_feed import RankUpdate
 from broadcaster.snapshots import Snapshot
 from broadcaster.state import BroadcasterState
+from broadcaster.watch_requests import (
+    UNAVAILABLE,
+    error_frame,
+    not_watching,
+    parse_watch,
+    too_many,
+    unknown_user,
+    unwatched_frame,
+)
 from scoreboard.client_address import client_address, forwarded_for
 
 logger = logging.getLogger(__name__)
@@ -50,7 +60,8 @@ TRY_AGAIN_LATER = 1013
 PING_FRAME = b"\x89\x02sb"  # an unmasked ping with a fixed payload; any pong answers it
 INVALID_MESSAGE = text_frame(orjson.dumps({
     "type": "error", "code": "invalid_message",
-    "message": 'expected {"type": "subscribe", "board": "<board name>"}'}))
+    "message": 'expected {"type": "subscribe", "board": "<board name>"}, or "watch" or'
+               ' "unwatch" with "user_id"'}))
 
 _loading: set[asyncio.Task[None]] = set()  # first snapshots being read, kept from the GC
 
@@ -88,6 +99,9 @@ class SpectatorConnection(asyncio.Protocol):
         self.stuck_timer: asyncio.TimerHandle | None = None
         self.ping_sent_at: float | None = None
         self.fragments: list[bytes] = []
+        # The rank feed: watched user id -> version of its last update sent (-1: none yet).
+        self.watching: dict[str, int] = {}
+        self.pending_ranks: dict[str, RankUpdate] = {}  # newest unsent, per player, while paused
 
     # The transport interface (asyncio.Protocol).
 
@@ -123,10 +137,17 @@ class SpectatorConnection(asyncio.Protocol):
         pending, self.pending = self.pending, None
         if pending is not None:
             self.offer(pending)
+        pending_ranks, self.pending_ranks = self.pending_ranks, {}
+        for update in pending_ranks.values():
+            self.offer_rank(update)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
         self.pending = None
+        self.pending_ranks = {}
+        for user_id in self.watching:
+            self.state.watches.remove(self, self.board, user_id)
+        self.watching = {}
         if self.stuck_timer is not None:
             self.stuck_timer.cancel()
         self.server_connections.discard(self)
@@ -149,6 +170,19 @@ class SpectatorConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(snapshot.ws_frame)
         self.version_sent = snapshot.version
+
+    def offer_rank(self, update: RankUpdate) -> None:
+        """The rank feed's ``offer`` (broadcaster.watches.Watcher): latest wins per player."""
+        user_id = update.standing.user_id
+        sent = self.watching.get(user_id)
+        if not self.open or update.board != self.board or sent is None or update.version <= sent:
+            return
+        if self.paused:
+            self.pending_ranks[user_id] = update
+            return
+        assert self.transport is not None
+        self.transport.write(update.ws_bytes)
+        self.watching[user_id] = update.version
 
     def shut(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
         if self.open and self.transport is not None:
@@ -218,8 +252,12 @@ class SpectatorConnection(asyncio.Protocol):
         """Move to ``board`` and send its current snapshot (read first if nobody here
         watched it: the only path that awaits, once per board and not per client)."""
         snapshot = self.state.snapshots.cached(board)
+        for user_id in self.watching:  # the watched players move to the new board
+            self.state.watches.remove(self, self.board, user_id)
         self.state.hub.join(self, board)
         self.version_sent = -1
+        for user_id in self.watching:
+            self._follow(user_id)
         if snapshot is not None:
             self._offer_first(snapshot)
             return
@@ -251,11 +289,57 @@ class SpectatorConnection(asyncio.Protocol):
 
     def _message(self, message: bytes) -> None:
         board = parse_subscribe(message)
-        if board is None:
-            assert self.transport is not None
-            self.transport.write(INVALID_MESSAGE)
-        else:
+        if board is not None:
             self._watch(board)
+            return
+        request = parse_watch(message)
+        assert self.transport is not None
+        if request is None:
+            self.transport.write(INVALID_MESSAGE)
+        elif isinstance(request, Refusal):
+            self.transport.write(error_frame(request))
+        elif request.action == "watch":
+            if request.user_id in self.watching:
+                return  # already followed: its updates keep coming
+            if len(self.watching) >= self.state.settings.ws_max_watches:
+                self.transport.write(error_frame(too_many(self.state.settings.ws_max_watches),
+                                                 request.user_id))
+                return
+            self._follow(request.user_id)
+        elif request.user_id not in self.watching:
+            self.transport.write(error_frame(not_watching(request.user_id), request.user_id))
+        else:
+            del self.watching[request.user_id]
+            self.pending_ranks.pop(request.user_id, None)
+            self.state.watches.remove(self, self.board, request.user_id)
+            self.transport.write(unwatched_frame(self.board, request.user_id))
+
+    def _follow(self, user_id: str) -> None:
+        """Start following ``user_id`` on the current board: its slot is taken now, its
+        first update read (or taken from the players watched here) in a task."""
+        self.watching[user_id] = -1
+        task = asyncio.get_running_loop().create_task(self._start_following(self.board,
+                                                                             user_id))
+        _loading.add(task)
+        task.add_done_callback(_loading.discard)
+
+    async def _start_following(self, board: str, user_id: str) -> None:
+        try:
+            update = await self.state.watches.current(board, user_id)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("first standing of %s on %s failed: %r", user_id, board, exc)
+            update, refusal = None, UNAVAILABLE
+        else:
+            refusal = unknown_user(user_id)
+        if not self.open or self.board != board or self.watching.get(user_id) != -1:
+            return  # closed, moved to another board (which follows anew) or unwatched
+        if update is None:
+            del self.watching[user_id]
+            assert self.transport is not None
+            self.transport.write(error_frame(refusal, user_id))
+            return
+        self.state.watches.add(self, update)
+        self.offer_rank(update)
 
     def _flush(self) -> None:
         """Write what the protocol produced (handshake answers, pongs, close frames);

@@ -4,8 +4,10 @@
 //
 //   const api = new ScoreboardClient.Api(ScoreboardClient.apiBaseFor(location));
 //   const feed = new ScoreboardClient.LiveFeed({url: ScoreboardClient.liveUrlFor(location),
-//     board: "global", onSnapshot: (s) => ..., onStatus: (state) => ...});
+//     board: "global", onSnapshot: (s) => ..., onStatus: (state) => ...,
+//     onMessage: (m) => ...});  // the rank feed's "rank", "overtaken", errors
 //   feed.connect();
+//   feed.watch("player-id");  // follow one player (again after each reconnect); "" stops
 "use strict";
 
 (function (global) {
@@ -62,10 +64,13 @@
   // backoff plus jitter; a board switched while connecting is subscribed to
   // once the socket opens; stale or repeated versions are not handed out.
   class LiveFeed {
-    constructor({ url, board, onSnapshot, onStatus = () => {}, onSocket = () => {} }) {
+    constructor({ url, board, onSnapshot, onStatus = () => {}, onSocket = () => {},
+                  onMessage = () => {} }) {
       this.url = url;
       this.board = board;
       this.onSnapshot = onSnapshot;
+      this.onMessage = onMessage;
+      this.watching = "";
       this.onStatus = onStatus;
       this.onSocket = onSocket;
       this.attempt = 0;
@@ -82,10 +87,15 @@
         this.attempt = 0;
         this.onStatus("live");
         if (this.board !== requested) socket.send(this.subscribeMessage());
+        if (this.watching) socket.send(JSON.stringify({ type: "watch", user_id: this.watching }));
       };
       socket.onmessage = (event) => {
         const message = JSON.parse(event.data);
-        if (message.type !== "snapshot" || message.board !== this.board) return;
+        if (message.type !== "snapshot") {
+          if (!message.board || message.board === this.board) this.onMessage(message);
+          return;
+        }
+        if (message.board !== this.board) return;
         if (message.version <= this.lastVersion) return;
         this.lastVersion = message.version;
         this.onSnapshot(message);
@@ -104,6 +114,19 @@
       this.lastVersion = -1;
       if (this.socket && this.socket.readyState === WebSocket.OPEN) {
         this.socket.send(this.subscribeMessage());
+      }
+    }
+
+    // Follow one player's rank and neighbours ("rank" and "overtaken" messages on
+    // onMessage); the server keeps following them across board switches.
+    watch(userId) {
+      const previous = this.watching;
+      this.watching = userId || "";
+      if (previous === this.watching || !this.socket
+          || this.socket.readyState !== WebSocket.OPEN) return;
+      if (previous) this.socket.send(JSON.stringify({ type: "unwatch", user_id: previous }));
+      if (this.watching) {
+        this.socket.send(JSON.stringify({ type: "watch", user_id: this.watching }));
       }
     }
 
