@@ -1,4 +1,4 @@
-"""``GET /sse?board=``: the same snapshots as Server-Sent Events.
+"""``GET /sse?board=[&window=]``: the same snapshots as Server-Sent Events.
 
 A pure ASGI endpoint rather than a ``StreamingResponse``: every send is bounded
 by the send timeout (a reader that stopped reading is cut off, not waited on
@@ -16,11 +16,20 @@ import redis.exceptions
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from broadcaster.admission import CAPPED, Refusal, board_of, check_board
+from broadcaster.admission import (
+    CAPPED,
+    Refusal,
+    board_of,
+    check_board,
+    check_window,
+    window_of,
+    window_refusal,
+)
 from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
 from broadcaster.snapshots import Snapshot
 from broadcaster.state import BroadcasterState
 from scoreboard.client_address import client_address, forwarded_for
+from scoreboard.windows import ALL_TIME, TargetError
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +94,15 @@ class SseEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         state: BroadcasterState = request.app.state.broadcaster
-        board = board_of(request.url.query)
-        refusal = check_board(board)
+        board, window = board_of(request.url.query), window_of(request.url.query)
+        refusal = check_board(board) or check_window(window)
+        if refusal is None and window != ALL_TIME:
+            try:  # a window's spectators follow its current period (broadcaster.periods)
+                board = await state.periods.scope_of(board, window)
+            except TargetError as exc:
+                refusal = window_refusal(exc)
+            except redis.exceptions.RedisError:
+                refusal = UNAVAILABLE
         if refusal is not None:
             await _refuse(refusal, send)
             return

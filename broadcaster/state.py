@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broadcaster.hub import Hub
+from broadcaster.periods import PeriodFollower
 from broadcaster.snapshots import SnapshotService
 from scoreboard.settings import Settings
 
@@ -17,5 +18,6 @@ class BroadcasterState:
     redis: Any  # redis.asyncio.Redis
     hub: Hub
     snapshots: SnapshotService
+    periods: PeriodFollower
     # Open WebSocket connections (broadcaster.ws_connection), for the keepalive sweep.
     sockets: set[Any] = field(default_factory=set)

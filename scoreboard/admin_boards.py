@@ -33,6 +33,7 @@ BOARD_COMMANDS = ("create-board", "change-board", "close-board", "open-board", "
 
 def _definition_options(parser: Any, *, changing: bool) -> None:
     unless = " (default: unchanged)" if changing else ""
+    parser.add_argument("board")
     parser.add_argument("--action", action="append", default=[], metavar="NAME=POINTS",
                         help="an action players can take and its points (repeatable; the "
                              "first is the default" + (unless or "; none given: play=1") + ")")

@@ -130,7 +130,7 @@ def definition(board: str, actions: Sequence[tuple[str, int]], max_points: int |
                            spec=spec or WindowSpec(), operator=operator, is_open=is_open)
 
 
-def _row_definition(row: Mapping[str, Any], service_max: int) -> BoardDefinition:
+def row_definition(row: Mapping[str, Any], service_max: int) -> BoardDefinition:
     actions = row["actions"]
     if isinstance(actions, str):
         actions = orjson.loads(actions)
@@ -156,14 +156,14 @@ FROM boards"""
 async def load_board(pool: Any, board: str, *, service_max: int) -> BoardDefinition | None:
     """One board's definition from Postgres (the record), or None."""
     row = await pool.fetchrow(SELECT_BOARDS + " WHERE board = $1", board, timeout=10)
-    return None if row is None else _row_definition(row, service_max)
+    return None if row is None else row_definition(row, service_max)
 
 
 async def publish_boards(pool: Any, redis: Any, definitions_key: str, *,
                          service_max: int) -> int:
     """Copy every board of Postgres into the Redis HASH; returns how many."""
     rows = await pool.fetch(SELECT_BOARDS, timeout=10)
-    found = {row["board"]: _row_definition(row, service_max).to_json() for row in rows}
+    found = {row["board"]: row_definition(row, service_max).to_json() for row in rows}
     if found:
         await redis.hset(definitions_key, mapping=found)
     return len(found)
@@ -190,3 +190,41 @@ async def create_board(pool: Any, redis: Any, definitions_key: str,
         board.spec.turnover_hour, seasons_json(board.spec.seasons), board.operator,
         board.is_open, timeout=10)
     await redis.hset(definitions_key, board.board, board.to_json())
+
+
+class DefinitionCache:
+    """Board definitions for a process that must not look them up per item (the
+    worker): the whole HASH every ``refresh_s``, and a board not seen yet looked up
+    at once (HMGET of just those; a name Redis does not know is remembered as
+    unknown until the next full read)."""
+
+    def __init__(self, redis: Any, definitions_key: str, *, refresh_s: float) -> None:
+        self.redis = redis
+        self.key = definitions_key
+        self.refresh_s = refresh_s
+        self.known: dict[str, BoardDefinition] = {}
+        self.missing: set[str] = set()
+        self.read_at = float("-inf")
+
+    async def for_boards(self, boards: set[str]) -> Mapping[str, BoardDefinition]:
+        import time
+
+        now = time.monotonic()
+        if now - self.read_at >= self.refresh_s:
+            raw = await self.redis.hgetall(self.key)
+            self.known = {_text(b): from_json(_text(b), v) for b, v in raw.items()}
+            self.missing = set()
+            self.read_at = now
+        unknown = sorted(boards - self.known.keys() - self.missing)
+        if unknown:
+            for board, value in zip(unknown, await self.redis.hmget(self.key, unknown),
+                                    strict=True):
+                if value is None:
+                    self.missing.add(board)
+                else:
+                    self.known[board] = from_json(board, value)
+        return self.known
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from scoreboard.windows import (
+    Period,
     Season,
     WindowSpec,
     check_spec,
@@ -23,18 +24,24 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
+def at(spec: WindowSpec, window: str, moment: datetime) -> Period:
+    found = spec.period_at(window, moment)
+    assert found is not None
+    return found
+
+
 BERLIN = WindowSpec(windows=("all_time", "daily", "weekly", "monthly"), timezone="Europe/Berlin")
 
 
 def test_period_ids_in_the_boards_timezone() -> None:
     moment = utc("2026-11-30T22:59:59")  # 23:59:59 in Berlin (CET), a Monday
-    assert BERLIN.period_at("daily", moment).period == "2026-11-30"
-    assert BERLIN.period_at("weekly", moment).period == "2026-W49"
-    assert BERLIN.period_at("monthly", moment).period == "2026-11"
+    assert at(BERLIN, "daily", moment).period == "2026-11-30"
+    assert at(BERLIN, "weekly", moment).period == "2026-W49"
+    assert at(BERLIN, "monthly", moment).period == "2026-11"
     after = moment + timedelta(seconds=1)  # midnight in Berlin
-    assert BERLIN.period_at("daily", after).period == "2026-12-01"
-    assert BERLIN.period_at("monthly", after).period == "2026-12"
-    assert BERLIN.period_at("all_time", after).period == "all"
+    assert at(BERLIN, "daily", after).period == "2026-12-01"
+    assert at(BERLIN, "monthly", after).period == "2026-12"
+    assert at(BERLIN, "all_time", after).period == "all"
 
 
 def test_bounds_and_next_reset() -> None:
@@ -45,21 +52,22 @@ def test_bounds_and_next_reset() -> None:
     assert BERLIN.next_reset_at("all_time", utc("2026-12-02T10:00:00")) is None
     december = BERLIN.period_named("monthly", "2026-12")
     assert december.ends_at == utc("2026-12-31T23:00:00")
-    assert BERLIN.previous(december).period == "2026-11"
+    previous = BERLIN.previous(december)
+    assert previous is not None and previous.period == "2026-11"
 
 
 def test_iso_weeks_across_the_year() -> None:
     utc_board = WindowSpec(windows=("weekly",))
-    assert utc_board.period_at("weekly", utc("2026-12-31T12:00:00")).period == "2026-W53"
-    assert utc_board.period_at("weekly", utc("2027-01-04T00:00:00")).period == "2027-W01"
-    assert utc_board.period_at("weekly", utc("2025-12-29T00:00:00")).period == "2026-W01"
+    assert at(utc_board, "weekly", utc("2026-12-31T12:00:00")).period == "2026-W53"
+    assert at(utc_board, "weekly", utc("2027-01-04T00:00:00")).period == "2027-W01"
+    assert at(utc_board, "weekly", utc("2025-12-29T00:00:00")).period == "2026-W01"
 
 
 def test_turnover_hour() -> None:
     board = WindowSpec(windows=("daily",), timezone="America/New_York", turnover_hour=6)
     # 05:59 EST on 2 Dec is still 1 Dec's period; 06:00 starts 2 Dec's.
-    assert board.period_at("daily", utc("2026-12-02T10:59:59")).period == "2026-12-01"
-    assert board.period_at("daily", utc("2026-12-02T11:00:00")).period == "2026-12-02"
+    assert at(board, "daily", utc("2026-12-02T10:59:59")).period == "2026-12-01"
+    assert at(board, "daily", utc("2026-12-02T11:00:00")).period == "2026-12-02"
     assert board.period_named("daily", "2026-12-02").starts_at == utc("2026-12-02T11:00:00")
 
 
@@ -82,6 +90,7 @@ def test_every_instant_is_inside_its_period_across_dst(timezone: str, hour: int,
             period = board.period_at(window, moment)
             assert period is not None and period.contains(moment), (window, moment, period)
             assert board.period_named(window, period.period) == period
+            assert period.ends_at is not None
             following = board.period_at(window, period.ends_at)
             assert following is not None and following.starts_at == period.ends_at
             moment += timedelta(minutes=10)
@@ -91,6 +100,7 @@ def test_a_dst_day_is_23_or_25_hours() -> None:
     board = WindowSpec(windows=("daily",), timezone="Europe/Berlin")
     spring = board.period_named("daily", "2026-03-29")
     autumn = board.period_named("daily", "2026-10-25")
+    assert spring.ends_at and spring.starts_at and autumn.ends_at and autumn.starts_at
     assert spring.ends_at - spring.starts_at == timedelta(hours=23)
     assert autumn.ends_at - autumn.starts_at == timedelta(hours=25)
 
@@ -101,11 +111,12 @@ def test_seasons() -> None:
         parse_season("s1=2026-09-01T00:00:00Z/2026-12-01T00:00:00Z")])
     assert spec.windows == ("all_time", "season")
     assert [s.name for s in spec.seasons] == ["s1", "s2"]
-    assert spec.period_at("season", utc("2026-11-30T23:59:59")).period == "s1"
-    assert spec.period_at("season", utc("2026-12-01T00:00:00")).period == "s2"
-    assert spec.period_at("season", utc("2027-03-01T00:00:00")) is None
+    assert at(spec, "season", utc("2026-11-30T23:59:59")).period == "s1"
+    assert at(spec, "season", utc("2026-12-01T00:00:00")).period == "s2"
+    assert at(spec, "season", utc("2027-03-01T00:00:00")) is None
     assert spec.next_reset_at("season", utc("2026-08-01T00:00:00")) == utc("2026-09-01T00:00:00")
-    assert spec.previous(spec.period_named("season", "s2")).period == "s1"
+    first = spec.previous(spec.period_named("season", "s2"))
+    assert first is not None and first.period == "s1"
     closed = spec.closed_periods("season", since=utc("2026-01-01T00:00:00"),
                                  until=utc("2027-06-01T00:00:00"))
     assert [p.period for p in closed] == ["s1", "s2"]

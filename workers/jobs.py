@@ -12,6 +12,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from scoreboard.archives import NOT_ARCHIVED, archive_periods
 from scoreboard.board_writes import rebuild_board, reconcile_board
 from scoreboard.keys import Keys
 from scoreboard.moderation import restore_restrictions
@@ -54,7 +55,9 @@ async def trim_acknowledged(redis: Any, keys: Keys) -> str | None:
 
 async def reconcile_boards(ctx: dict[str, Any]) -> int:
     redis, pool, keys = ctx["redis"], ctx["pool"], ctx["keys"]
-    boards = [row["board"] for row in await pool.fetch("SELECT DISTINCT board FROM scores")]
+    # Archived periods are frozen and their Redis keys expire: not reconciled.
+    boards = [row["board"] for row in await pool.fetch(
+        "SELECT DISTINCT board FROM scores WHERE " + NOT_ARCHIVED.format(column="scores.board"))]
     for board in boards:
         await reconcile_board(redis, pool, ctx["scripts"], keys, board)
     return len(boards)
@@ -68,6 +71,16 @@ async def score_velocity_job(ctx: dict[str, Any]) -> int:
 async def restore_restrictions_job(ctx: dict[str, Any]) -> int:
     """Flags, bans and revoked tokens from Postgres back into Redis (idempotent)."""
     return await restore_restrictions(ctx["redis"], ctx["pool"], ctx["keys"])
+
+
+async def archive_periods_job(ctx: dict[str, Any]) -> int:
+    """Every minute: archive the windows' periods that ended (scoreboard/archives.py)."""
+    settings = ctx["settings"]
+    archived = await archive_periods(
+        ctx["redis"], ctx["pool"], ctx["keys"], now=datetime.now(UTC),
+        grace_s=settings.period_archive_grace_s, key_ttl_s=settings.period_key_ttl_s,
+        service_max=settings.max_points_per_increment)
+    return len(archived)
 
 
 async def rebuild_board_job(ctx: dict[str, Any], board: str) -> int:
