@@ -7,15 +7,22 @@ the same version to the same state). ``BROADCASTER_PROCESSES=N`` starts N
 such processes from one command; running the Procfile line N times does the
 same. uvicorn runs each with the spectator WebSocket protocol as its ``ws``
 class (broadcaster.ws_connection).
+
+A scrape of ``/metrics`` lands on any one of the processes, so the processes
+started here share a Prometheus multiprocess folder (``PROMETHEUS_MULTIPROC_DIR``
+if set, else a fresh temporary one removed at the end) and every process
+answers for all of them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from types import FrameType
 
 import uvicorn
@@ -53,6 +60,18 @@ def supervise(count: int) -> int:
     """Run ``count`` broadcaster processes; stop them all on SIGTERM/SIGINT or when
     one exits (the process manager then restarts the command). Returns the exit code."""
     env = {**os.environ, CHILD_MARK: "1"}
+    own_metrics_dir = None
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_metrics_dir = tempfile.mkdtemp(prefix="scoreboard-broadcaster-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+    try:
+        return _run_children(count, env)
+    finally:
+        if own_metrics_dir is not None:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+def _run_children(count: int, env: dict[str, str]) -> int:
     children = [subprocess.Popen([sys.executable, "-m", "broadcaster"], env=env)
                 for _ in range(count)]
 

@@ -37,18 +37,21 @@ from scoreboard.logs import configure_logging
 from scoreboard.lua import register_scripts
 from scoreboard.metrics import exposition, forget_this_process
 from scoreboard.settings import Settings, load_settings
+from scoreboard.tracing import Tracing, setup_tracing
 
 STATIC = Path(__file__).resolve().parent / "static"
 READY_TIMEOUT_S = 2.0
 
 
-def build_state(settings: Settings, client: Any) -> BroadcasterState:
+def build_state(settings: Settings, client: Any,
+                tracing: Tracing | None = None) -> BroadcasterState:
     keys = Keys(settings.key_prefix)
     hub = Hub(max_per_address=settings.ws_max_per_ip)
     snapshots = SnapshotService(
         redis=client, boards=RedisBoards(client, register_scripts(client), keys), keys=keys,
         hub=hub, size=settings.snapshot_size, interval_s=settings.snapshot_interval_ms / 1000,
-        poll_s=settings.revision_poll_ms / 1000, rank_mode=settings.rank_ties)
+        poll_s=settings.revision_poll_ms / 1000, rank_mode=settings.rank_ties,
+        tracing=tracing)
     hub.on_board_empty.append(snapshots.forget)
     periods = PeriodFollower(redis=client, keys=keys, hub=hub, snapshots=snapshots,
                              refresh_s=settings.board_refresh_s)
@@ -66,7 +69,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         client = redis_asyncio.Redis.from_url(redis_url, socket_connect_timeout=2,
                                               health_check_interval=30)
-        state = build_state(settings, client)
+        tracing = setup_tracing("broadcaster", os.environ)  # None unless OTEL_* turn it on
+        state = build_state(settings, client, tracing)
         app.state.broadcaster = state
         tasks = [asyncio.create_task(state.snapshots.listen(), name="change-notices"),
                  asyncio.create_task(state.snapshots.poll(), name="revision-poll"),
@@ -81,6 +85,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await asyncio.gather(*tasks)
             state.hub.close_all()
             await client.aclose()
+            if tracing is not None:
+                tracing.shutdown()
             forget_this_process(settings.prometheus_multiproc_dir)
 
     routes = [

@@ -21,7 +21,8 @@ from prometheus_client import Counter, Gauge
 if TYPE_CHECKING:
     from broadcaster.snapshots import Snapshot
 
-CONNECTIONS = Gauge("scoreboard_spectators", "Connected spectators", ["transport"])
+CONNECTIONS = Gauge("scoreboard_spectators", "Connected spectators", ["transport"],
+                    multiprocess_mode="livesum")  # several processes: one sum
 SNAPSHOTS_SENT = Counter("scoreboard_snapshots_sent_total", "Snapshots handed to clients")
 SNAPSHOTS_BUILT = Counter("scoreboard_snapshots_built_total", "Snapshots encoded and fanned out")
 SNAPSHOTS_SKIPPED = Counter("scoreboard_snapshots_skipped_total",

@@ -8,6 +8,10 @@ differs from the last one sent and its version is newer: versions only grow.
 Changes are noticed two ways: the workers' pub/sub notices, and a poll of
 the revisions of watched boards about once a second, so a lost notice cannot
 leave spectators stale.
+
+With tracing on, a notice carries the worker's batch span context; each
+snapshot read is a span linked to the batches noticed since the last read,
+which completes the trace of an increment up to the snapshot that shows it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from broadcaster.throttle import Throttle
 from scoreboard.boards_redis import RedisBoards
 from scoreboard.keys import Keys
 from scoreboard.ranking import ranks
+from scoreboard.tracing import Tracing, inner_span
 from scoreboard.windows import ALL_TIME, split_scope
 
 logger = logging.getLogger(__name__)
@@ -58,7 +63,8 @@ class Snapshot:
 
 class SnapshotService:
     def __init__(self, *, redis: Any, boards: RedisBoards, keys: Keys, hub: Hub, size: int,
-                 interval_s: float, poll_s: float, rank_mode: str) -> None:
+                 interval_s: float, poll_s: float, rank_mode: str,
+                 tracing: Tracing | None = None) -> None:
         self.redis = redis
         self.boards = boards
         self.keys = keys
@@ -71,6 +77,9 @@ class SnapshotService:
         self.throttles: dict[str, Throttle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loading: dict[str, asyncio.Future[Snapshot]] = {}
+        self.tracing = tracing
+        # board -> traceparents of the batches noticed since its last read (tracing on)
+        self._noticed_batches: dict[str, list[str]] = {}
 
     async def _read(self, board: str) -> tuple[int, list[dict[str, Any]]]:
         piece = await self.boards.slice(board, 0, self.size)
@@ -120,12 +129,15 @@ class SnapshotService:
         can be asked for, so per-board state lives only while it is watched)."""
         self.latest.pop(board, None)
         self.throttles.pop(board, None)
+        self._noticed_batches.pop(board, None)
 
-    def notice(self, board: str) -> None:
+    def notice(self, board: str, traceparent: str = "") -> None:
         """The board changed (a notice, or the poll saw a newer revision)."""
         if board not in self.hub.boards:
             self.latest.pop(board, None)  # nobody watching: rebuild on next connect
             return
+        if traceparent and self.tracing is not None:
+            self._noticed_batches.setdefault(board, []).append(traceparent)
         throttle = self.throttles.setdefault(board, Throttle(self.interval_s))
         delay = throttle.on_change(time.monotonic())
         if delay is None:
@@ -144,9 +156,11 @@ class SnapshotService:
             return
         throttle.on_read_start()
         try:
-            snapshot = await self.refresh(board)
-            if snapshot is not None:
-                self.hub.publish(snapshot)
+            with inner_span(self.tracing, "snapshot", self._noticed_batches.pop(board, ()),
+                            **{"scoreboard.board": board}):
+                snapshot = await self.refresh(board)
+                if snapshot is not None:
+                    self.hub.publish(snapshot)
         except redis.exceptions.RedisError as exc:
             logger.warning("snapshot of %s failed: %r", board, exc)
         finally:
@@ -163,7 +177,9 @@ class SnapshotService:
                 async for message in pubsub.listen():
                     if message and message.get("type") == "message":
                         data = message["data"]
-                        self.notice(data.decode() if isinstance(data, bytes) else str(data))
+                        text = data.decode() if isinstance(data, bytes) else str(data)
+                        board, _, traceparent = text.partition("\n")
+                        self.notice(board, traceparent)
             except redis.exceptions.RedisError as exc:
                 logger.warning("change notices interrupted: %r; resubscribing", exc)
                 await asyncio.sleep(1)

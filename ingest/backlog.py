@@ -12,12 +12,16 @@ stream can pass the maximum by what the ingest processes accept in one period
 with ``noeviction`` is the hard stop behind it.
 
 Measuring (one XINFO GROUPS, plus on Redis 6.2 one or two XRANGE pages): Redis
-7 reports the group's ``lag``; Redis 6.2 does not, so the entries after the
-group's last-delivered id are counted, exactly up to ``COUNT_CAP``. Past that,
-the workers are behind and the measure is ``XLEN - pending``, which also counts
-acknowledged entries the minutely trim job has not removed yet: an upper bound,
-so while workers are behind, writes may be refused a little early, never late.
-With no consumer group yet (no worker ever started), every entry is backlog.
+7 reports the group's ``lag``; Redis 6.2 (the embedded default) does not, so the
+entries after the group's last-delivered id are counted, exactly up to
+``COUNT_CAP``. Past that, the workers are behind and the measure is ``XLEN``
+after trimming what every group has acknowledged (scoreboard.stream_trim; the
+worker's trim job runs only once a minute, and a minute of acknowledged entries
+at full speed is more than ``MAX_BACKLOG``: left in, they refused writes while
+the workers were keeping up). What stays above the true backlog is only the
+acknowledged entries newer than the oldest pending one, so writes may be refused
+a little early, never late. With no consumer group yet (no worker ever
+started), every entry is backlog.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import redis.exceptions
 
 from scoreboard.errors import RequestError
+from scoreboard.stream_trim import trim_acknowledged
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +58,20 @@ async def measure_backlog(client: Any, stream: str, group: str) -> int:
     lag = found.get("lag")
     if lag is not None:
         return pending + int(lag)
-    start, counted = f"({_text(found['last-delivered-id'])}", 0
+    return await count_without_lag(client, stream, found, pending)
+
+
+async def count_without_lag(client: Any, stream: str, group: dict[str, Any],
+                            pending: int) -> int:
+    """The backlog on a Redis whose XINFO GROUPS has no ``lag`` (6.2)."""
+    start, counted = f"({_text(group['last-delivered-id'])}", 0
     while counted < COUNT_CAP:
         entries = await client.xrange(stream, min=start, max="+", count=1000)
         counted += len(entries)
         if len(entries) < 1000:
             return pending + counted
         start = f"({_text(entries[-1][0])}"
+    await trim_acknowledged(client, stream)
     return max(pending + counted, int(await client.xlen(stream)))
 
 

@@ -28,7 +28,7 @@ machine, load generator and duration.
 
    Sampled every 0.25 s: consumer lag, i.e. the entries the group has not
    acknowledged (pending + not yet delivered) and the age of the oldest,
-   in one Lua read (``LAG_LUA``); every 1 s: rows in ``actions``
+   in one Lua read (``loadtest.e2e_sampler.LAG_LUA``); every 1 s: rows in ``actions``
    (persisted/s) and every party's CPU (/proc, Redis INFO); at the window's
    edges the worker's own batch and freshness histograms from its metrics
    port (the worker's part of POST-to-visible: an entry's acceptance time to
@@ -91,11 +91,11 @@ from loadtest.e2e_report import (
     Increment,
     PhaseRun,
     PhaseSpec,
-    Sample,
     Workload,
     figures,
     report,
 )
+from loadtest.e2e_sampler import Sampler, dedup_markers
 from loadtest.harness.backing import (
     Backing,
     fresh_database,
@@ -105,8 +105,7 @@ from loadtest.harness.backing import (
     start_backing,
 )
 from loadtest.harness.command import benchmark_parser, command
-from loadtest.harness.cpu import background_cores, machine_times, postgres_cpu_s, process_table
-from loadtest.harness.http import scrape_async
+from loadtest.harness.cpu import background_cores
 from loadtest.harness.players import (
     HIGH_RATE,
     add_load_options,
@@ -130,32 +129,8 @@ from scoreboard.settings import load_settings
 
 PROBE_BASE = 100_000_000  # probe k scores PROBE_BASE + k: above every player, unique
 MAX_POINTS = 1_000_000_000  # MAX_POINTS_PER_INCREMENT, so that probes are valid increments
-LAG_EVERY_S = 0.25
-FULL_EVERY_S = 1.0
 DRIVER_START_S = 2.5  # the driver's imports and connections, before the first request
 TAIL_S = 2.0  # after the drain: time for the final snapshot to reach everyone
-
-# The consumer lag of group ARGV[1] on stream KEYS[1], in one atomic read (Redis 6.2
-# has no XINFO "lag"): {pending + undelivered entries, id of the oldest of them or ""}.
-# Counting the undelivered ones walks them, but they are few: the worker reads as
-# soon as entries arrive, and a large backlog is exactly what this must show.
-LAG_LUA = """
-local info = redis.call('XINFO', 'GROUPS', KEYS[1])
-for _, group in ipairs(info) do
-  local fields = {}
-  for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
-  if fields['name'] == ARGV[1] then
-    local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
-    local undelivered = redis.call('XRANGE', KEYS[1], '(' .. fields['last-delivered-id'], '+')
-    local oldest = ''
-    if pending[1] > 0 then oldest = pending[2]
-    elseif #undelivered > 0 then oldest = undelivered[1][1] end
-    return {pending[1] + #undelivered, oldest}
-  end
-end
-return {0, ''}
-"""
-
 
 # --- Action tokens: who each request is for --------------------------------------------------
 
@@ -178,113 +153,6 @@ def build_workload(players: list[dict[str, str]], requests: list[tuple[dict[str,
             {**orjson.loads(body), "points": points}).decode()))
         probe_increments.append(Increment(f"at-{nonce}", user_id, points))
     return Workload(everyone, load, probes, increments, probe_increments)
-
-
-# --- Sampling while a phase runs ---------------------------------------------------------------
-
-
-class Sampler:
-    """Consumer lag every 0.25 s; rows and CPU every 1 s and at the window's edges."""
-
-    def __init__(self, *, redis_client: Any, database_url: str, keys: Keys | None, group: str,
-                 pids: dict[str, int], postmaster: int | None, metrics_url: str | None) -> None:
-        self.metrics_url = metrics_url
-        self.redis = redis_client
-        self.database_url = database_url
-        self.keys = keys
-        self.group = group
-        self.pids = pids
-        self.postmaster = postmaster
-        self.samples: list[Sample] = []
-        self.stopping = asyncio.Event()
-
-    async def lag(self) -> tuple[int, float]:
-        """(entries not acknowledged by the group: pending + not yet delivered, age in
-        ms of the oldest of them), read atomically by LAG_LUA."""
-        assert self.keys is not None
-        try:
-            waiting, oldest = await self.redis.eval(LAG_LUA, 1, self.keys.stream, self.group)
-        except redis.ResponseError:  # no stream or group yet
-            return 0, 0.0
-        if not oldest:
-            return int(waiting), 0.0
-        return int(waiting), max(0.0, time.time() * 1000 - int(str(oldest).split("-")[0]))
-
-    async def cpu(self) -> dict[str, float]:
-        table = process_table()
-        cpu = {name: table[pid].own_s for name, pid in self.pids.items() if pid in table}
-        postgres = postgres_cpu_s(table, self.postmaster)
-        if postgres is not None:
-            cpu["postgres"] = postgres
-        info = await self.redis.info("cpu")
-        cpu["redis"] = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-        cpu.update(machine_times())
-        cpu["orchestrator"] = time.process_time()
-        return cpu
-
-    async def take(self, connection: Any, *, full: bool, edge: str = "") -> None:
-        sample = Sample(t=time.monotonic(), edge=edge)
-        if self.keys is not None:
-            sample.waiting, sample.oldest_ms = await self.lag()
-        if edge and self.metrics_url:
-            sample.worker = await worker_series(self.metrics_url)
-        if edge:
-            sample.redis_memory = int((await self.redis.info("memory"))["used_memory"])
-        if full:
-            sample.cpu = await self.cpu()
-            sample.rows = int(await connection.fetchval("SELECT count(*) FROM actions"))
-        self.samples.append(sample)
-
-    async def run(self, window_start: float, window_end: float) -> None:
-        connection = await asyncpg.connect(self.database_url, timeout=30)
-        try:
-            edges = [(window_start, "start"), (window_end, "end")]
-            next_full = time.monotonic()
-            while not self.stopping.is_set():
-                now = time.monotonic()
-                if edges and now >= edges[0][0]:
-                    await self.take(connection, full=True, edge=edges.pop(0)[1])
-                    next_full = time.monotonic() + FULL_EVERY_S
-                elif now >= next_full:
-                    await self.take(connection, full=True)
-                    next_full += FULL_EVERY_S
-                else:
-                    await self.take(connection, full=False)
-                wake = min(time.monotonic() + LAG_EVERY_S, next_full,
-                           edges[0][0] if edges else math.inf)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(),
-                                           max(0.0, wake - time.monotonic()))
-            await self.take(connection, full=True)
-        finally:
-            await connection.close()
-
-
-async def worker_series(url: str) -> dict[str, float] | None:
-    """The worker's batch histograms (scoreboard_worker_batch_seconds / _size) from its
-    metrics port: ``seconds:<le>`` cumulative counts, ``size_sum``, ``size_count``."""
-    samples = await scrape_async(url)
-    if samples is None:
-        return None
-    series: dict[str, float] = {}
-    for name, labels, value in samples:
-        if name == "scoreboard_worker_batch_seconds_bucket":
-            series[f"seconds:{labels['le']}"] = value
-        elif name == "scoreboard_worker_freshness_seconds_bucket":
-            series[f"fresh:{labels['le']}"] = value
-        elif name in ("scoreboard_worker_batch_size_sum", "scoreboard_worker_batch_size_count"):
-            series["size_" + name.rsplit("_", 1)[1]] = value
-    return series
-
-
-async def dedup_markers(client: Any, keys: Keys, sample: int = 200) -> tuple[int, float]:
-    """(event-id markers alive, their mean MEMORY USAGE over a sample of ``sample``)."""
-    alive, sizes = 0, list[int]()
-    async for key in client.scan_iter(match=keys.event("*"), count=1000):
-        alive += 1
-        if len(sizes) < sample:
-            sizes.append(int(await client.memory_usage(key) or 0))
-    return alive, (sum(sizes) / len(sizes) if sizes else 0.0)
 
 
 # --- One phase: spectators, driver, sampler, drain ------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 from scoreboard.keys import Keys
 from scoreboard.stream_entry import StreamEntry, parse_entry
-from workers.batching import stream_id_key
+from scoreboard.stream_trim import stream_id_key
 
 GROUP = "persisters"
 BOARDS = ("global", "weekly")

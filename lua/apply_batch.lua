@@ -17,7 +17,10 @@
 -- ARGV[3] JSON {"boards": [name, ...],
 --               "totals": [[board index (from 0), user id, total, reached ms, version,
 --                           username], ...],
---               "ack": [stream id, ...]}
+--               "ack": [stream id, ...],
+--               "trace": W3C traceparent (optional; tracing on)}
+--   The notice is the board's name, followed by "\n" and the traceparent when
+--   there is one (board names hold no newline).
 -- Returns the number of board entries that changed.
 
 local stream_key, usernames_key, boards_key = KEYS[1], KEYS[2], KEYS[3]
@@ -46,5 +49,6 @@ for b = 0, #boards - 1 do redis.call('INCR', KEYS[6 + 3 * b]) end
 for i = 1, #ack, CHUNK do
   redis.call('XACK', stream_key, group, unpack(ack, i, math.min(i + CHUNK - 1, #ack)))
 end
-for _, board in ipairs(boards) do redis.call('PUBLISH', channel, board) end
+local suffix = batch.trace and ('\n' .. batch.trace) or ''
+for _, board in ipairs(boards) do redis.call('PUBLISH', channel, board .. suffix) end
 return changed

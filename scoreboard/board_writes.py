@@ -51,14 +51,17 @@ async def _set_totals(pipe: Any, scripts: Scripts, keys: Keys, board: str,
 
 
 async def apply_and_ack(redis: Any, scripts: Scripts, keys: Keys, *, group: str,
-                        totals: Sequence[BoardTotal], ack_ids: Sequence[str]) -> None:
+                        totals: Sequence[BoardTotal], ack_ids: Sequence[str],
+                        traceparent: str = "") -> None:
     """Set the totals, keep the username map, acknowledge, and announce, atomically.
 
     One script call, one round trip: either the boards move and the entries
     are acknowledged and the change is announced, or none of it happens and
     the entries are redelivered (and this runs again with the same totals).
+    A ``traceparent`` (tracing on) rides along in the notices.
     """
-    await scripts.apply_batch(keys, group=group, totals=totals, ack_ids=ack_ids)
+    await scripts.apply_batch(keys, group=group, totals=totals, ack_ids=ack_ids,
+                              traceparent=traceparent)
 
 
 async def set_totals_in(redis: Any, scripts: Scripts, keys: Keys,

@@ -236,9 +236,10 @@ class ApplyBatchScript(TypedScript):
     """``lua/apply_batch.lua``: the Redis side of one persisted batch, in one call."""
 
     async def __call__(self, keys: Keys, *, group: str, totals: Sequence[BoardTotal],
-                       ack_ids: Sequence[str]) -> int:
+                       ack_ids: Sequence[str], traceparent: str = "") -> int:
         """The totals travel as one JSON argument: packing three arguments per total
         into the command cost the worker more CPU than Redis spends on the script.
+        A ``traceparent`` is appended to each notice (``board\ntraceparent``).
         Returns the number of board entries changed."""
         boards = sorted({t.board for t in totals})
         index = {board: i for i, board in enumerate(boards)}
@@ -251,7 +252,10 @@ class ApplyBatchScript(TypedScript):
             script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
             rows.append([index[total.board], total.user_id, total.score,
                          epoch_ms(total.reached_at), total.version, total.username])
-        payload = orjson.dumps({"boards": boards, "totals": rows, "ack": list(ack_ids)})
+        batch: dict[str, Any] = {"boards": boards, "totals": rows, "ack": list(ack_ids)}
+        if traceparent:
+            batch["trace"] = traceparent
+        payload = orjson.dumps(batch)
         call: Call = script_keys, [group, keys.board_changes, payload.decode()]
         return int(await self._run(call))
 

@@ -10,7 +10,9 @@ Off, nothing of OpenTelemetry is imported and every hook here is a ``None`` chec
 the hot path pays nothing. On, the trace context of the request's script span
 travels in the stream entry as a W3C ``traceparent``, and the worker's batch span
 links to the traces of its entries (one batch serves many requests: links, not
-parents).
+parents). The worker's board-change notice carries the context of its
+``apply_batch.lua`` span, and the broadcaster's snapshot span links to the
+batches noticed since its last read: increment -> batch -> snapshot.
 """
 
 from __future__ import annotations
@@ -101,15 +103,26 @@ _OFF: AbstractContextManager[str] = nullcontext("")
 def client_span(tracing: Tracing | None, name: str,
                 **attributes: Any) -> AbstractContextManager[str]:
     """A CLIENT span around a call to Redis; ``with`` gives its ``traceparent`` ('' off)."""
-    return _OFF if tracing is None else _recorded_span(tracing, name, attributes)
+    return _OFF if tracing is None else _recorded_span(tracing, name, attributes, client=True)
+
+
+def inner_span(tracing: Tracing | None, name: str, links: Sequence[str] = (),
+               **attributes: Any) -> AbstractContextManager[str]:
+    """An INTERNAL span (work of this process), linked to each of ``links``
+    (traceparents); ``with`` gives its ``traceparent`` ('' off)."""
+    if tracing is None:
+        return _OFF
+    return _recorded_span(tracing, name, attributes, client=False, links=links)
 
 
 @contextmanager
-def _recorded_span(tracing: Tracing, name: str, attributes: dict[str, Any]) -> Iterator[str]:
+def _recorded_span(tracing: Tracing, name: str, attributes: dict[str, Any], *,
+                   client: bool, links: Sequence[str] = ()) -> Iterator[str]:
     from opentelemetry.trace import SpanKind
 
-    with tracing.tracer.start_as_current_span(name, kind=SpanKind.CLIENT,
-                                              attributes=attributes) as span:
+    kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
+    with tracing.tracer.start_as_current_span(name, kind=kind, attributes=attributes,
+                                              links=links_to(links)) as span:
         yield traceparent_of(span)
 
 

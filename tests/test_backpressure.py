@@ -18,7 +18,7 @@ import pytest
 import redis
 import redis.asyncio as redis_asyncio
 
-from ingest.backlog import measure_backlog
+from ingest.backlog import COUNT_CAP, count_without_lag, measure_backlog
 from scoreboard.keys import Keys
 from tests.conftest import Api, Player
 from tests.servers import Backing, fresh_name, ingest_server
@@ -276,3 +276,45 @@ def test_a_flood_stays_bounded_and_every_accepted_increment_lands_once(
     for item in accepted:
         expected[item["user_id"]] += item["points"]
     assert found["totals"] == dict(expected)
+
+
+def test_past_the_count_cap_acknowledged_entries_are_not_counted_as_backlog(
+        backing: Backing) -> None:
+    """Redis 6.2's path (called directly, so it runs on 7 too): once the undelivered
+    entries pass the count cap, the measure trims what the group acknowledged
+    before reading XLEN; it used to count a minute of acknowledged entries in."""
+    stream = Keys(fresh_name("bpcap")).stream
+    client: Any = redis.Redis.from_url(backing.redis_url, decode_responses=True)
+
+    def add(count: int) -> None:
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(count):
+                pipe.xadd(stream, {"n": str(i)})
+            pipe.execute()
+
+    async def measure() -> int:
+        async_client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        try:
+            group = next(g for g in await async_client.xinfo_groups(stream)
+                         if g["name"] == "persisters")
+            return await count_without_lag(async_client, stream, group, int(group["pending"]))
+        finally:
+            await async_client.aclose()
+
+    try:
+        add(4000)
+        client.xgroup_create(stream, "persisters", id="0")
+        delivered = [i for _, entries in client.xreadgroup("persisters", "w", {stream: ">"},
+                                                           count=4000)
+                     for i, _ in entries]
+        client.xack(stream, "persisters", *delivered[:3500])  # 500 stay pending
+        add(COUNT_CAP + 1000)  # undelivered, past the cap
+        assert asyncio.run(measure()) == 500 + COUNT_CAP + 1000
+        assert client.xlen(stream) == 500 + COUNT_CAP + 1000  # the acknowledged are gone
+        # An old entry still pending keeps what follows it: an upper bound, never less.
+        client.xack(stream, "persisters", *delivered[3501:])
+        assert asyncio.run(measure()) == 500 + COUNT_CAP + 1000
+        assert client.xpending(stream, "persisters")["pending"] == 1
+    finally:
+        client.delete(stream)
+        client.close()

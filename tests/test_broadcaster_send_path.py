@@ -249,7 +249,7 @@ def test_sse_slots_are_released_on_early_disconnect_and_on_redis_errors(
         assert httpx.get(url + "/readyz").status_code == 503
 
 
-def test_two_processes_share_one_port_and_send_the_same_versions(
+def test_two_processes_share_one_port_their_metrics_and_the_same_versions(
         backing: Backing, keys: Keys) -> None:
     board = fresh_name("shared")
     with broadcaster_server(backing.env(BROADCASTER_PROCESSES="2",
@@ -270,6 +270,12 @@ def test_two_processes_share_one_port_and_send_the_same_versions(
                         per_process[health["pid"]] = health["spectators"]
                 assert len(per_process) == 2, per_process
                 assert sum(per_process.values()) == 40
+                # Whichever process answers a scrape answers for both.
+                async with httpx.AsyncClient() as http:
+                    for _ in range(10):
+                        text = (await http.get(url + "/metrics",
+                                               headers={"Connection": "close"})).text
+                        assert 'scoreboard_spectators{transport="websocket"} 40.0' in text, text
                 for i in range(30):
                     await writer.set(board, f"p{i % 5}", i + 2)
                 final = {f"p{i % 5}": i + 2 for i in range(25, 30)} | {"ann": 1}

@@ -1,9 +1,5 @@
-"""Operating the system: metrics endpoints, request ids in logs, deployment files,
-and a headless Locust run, all against real processes.
-
-No Docker engine runs here, so the compose file is checked by reading it:
-its commands must be the Procfile's.
-"""
+"""Operating the system: metrics endpoints, request ids in logs, and a headless
+Locust run, all against real processes (the deployment files: test_deploy_files)."""
 
 from __future__ import annotations
 
@@ -12,12 +8,10 @@ import csv
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +20,7 @@ import orjson
 import pytest
 import redis
 import redis.asyncio as redis_asyncio
-import yaml
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect as ws_connect
 
 from loadtest.harness.processes import uvicorn_command
@@ -37,13 +29,21 @@ from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.metrics import count_fraud_event
 from tests.conftest import Api, Player
+from tests.ops_support import (
+    Families,
+    family_name,
+    increments,
+    log_lines,
+    scrape,
+    system,
+    value,
+    wait_for,
+)
 from tests.servers import (
     PROJECT_DIR,
     Backing,
-    broadcaster_server,
     create_board,
     fresh_name,
-    ingest_server,
     stop_process,
     wait_until_ready,
 )
@@ -65,92 +65,6 @@ WORKER_SERIES = ["scoreboard_stream_length", "scoreboard_stream_lag",
 BROADCASTER_SERIES = ["scoreboard_spectators", "scoreboard_snapshots_sent_total",
                       "scoreboard_snapshots_built_total", "scoreboard_spectators_dropped_total"]
 
-
-# --- helpers --------------------------------------------------------------------------------
-
-
-Families = dict[str, list[tuple[str, dict[str, str], float]]]
-
-
-def scrape(url: str) -> Families:
-    """Family name -> its samples (sample name, labels, value)."""
-    response = httpx.get(url, timeout=5)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
-    return {family.name: [(s.name, s.labels, s.value) for s in family.samples]
-            for family in text_string_to_metric_families(response.text)}
-
-
-def family_name(sample_name: str) -> str:
-    """The family a sample name belongs to, as the parser names families."""
-    for suffix in ("_total", "_bucket", "_count", "_sum", "_created"):
-        if sample_name.endswith(suffix):
-            return sample_name[: -len(suffix)]
-    return sample_name
-
-
-def value(families: Families, name: str, **labels: str) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels``."""
-    return sum(v for sample, sample_labels, v in families.get(family_name(name), [])
-               if sample == name and labels.items() <= sample_labels.items())
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout_s: float = 30) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
-
-
-def log_lines(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a process's log; a line that is not JSON fails the test."""
-    lines = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            lines.append(json.loads(line))
-    return lines
-
-
-def increments(api: Api, player: Player, count: int, *, board: str = "global",
-               request_id: str | None = None) -> list[httpx.Response]:
-    responses = []
-    for _ in range(count):
-        headers = dict(player.headers)
-        if request_id is not None:
-            headers["X-Request-ID"] = request_id
-        issued = api.post("/api/actions/token", json={"board": board}, headers=headers)
-        assert issued.status_code == 200, issued.text
-        response = api.post("/api/scores/increment", headers=headers, json={
-            "action_token": issued.json()["action_token"]})
-        assert response.status_code == 202, response.text
-        responses.append(response)
-    return responses
-
-
-@contextmanager
-def system(backing: Backing, tmp_path: Path, **overrides: str) -> Iterator[dict[str, str]]:
-    """Ingest, worker (metrics on a free port) and broadcaster on a fresh key prefix.
-
-    Yields their URLs and the environment used. Logs go to ``tmp_path``."""
-    metrics_port = free_port()
-    env = backing.env(KEY_PREFIX=fresh_name("sbops"), TRUSTED_PROXIES="127.0.0.1/32",
-                      WORKER_METRICS_PORT=str(metrics_port), CONSUMER_NAME="ops-worker",
-                      **overrides)
-    with ExitStack() as stack:
-        ingest = stack.enter_context(ingest_server(env))
-        broadcaster = stack.enter_context(broadcaster_server(env))
-        os.environ["WORKER_TEST_LOG"] = str(tmp_path / "worker.log")
-        try:
-            worker = stack.enter_context(worker_process(env))
-        finally:
-            del os.environ["WORKER_TEST_LOG"]
-        worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-        wait_until_ready(worker_metrics, worker)
-        yield {"ingest": ingest, "broadcaster": broadcaster, "worker_metrics": worker_metrics,
-               "key_prefix": env["KEY_PREFIX"]}
 
 
 # --- metrics of the three processes -----------------------------------------------------------
@@ -408,78 +322,6 @@ def test_ingest_with_two_processes_merges_their_metrics(backing: Backing,
     assert value(merged, "scoreboard_http_request_duration_seconds_count",
                  route="/api/scores/top", status="200") == 40
     assert len(writers) >= 2, writers
-
-
-# --- deployment files -----------------------------------------------------------------------
-
-
-def procfile() -> dict[str, str]:
-    lines = (PROJECT_DIR / "Procfile").read_text().splitlines()
-    return dict(line.split(":", 1) for line in lines if line.strip() and not line.startswith("#"))
-
-
-def expand(command: str, environment: Mapping[str, str]) -> list[str]:
-    """A Procfile line as the shell would run it: ``${NAME:-default}`` and ``$NAME``
-    replaced from ``environment``, then split into words."""
-    def replace(match: re.Match[str]) -> str:
-        name, default = match.group(1) or match.group(3), match.group(2) or ""
-        return str(environment.get(name, default))
-    expanded = re.sub(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}|\$([A-Z_][A-Z0-9_]*)", replace,
-                      command)
-    return shlex.split(expanded)
-
-
-def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
-    return loaded
-
-
-def test_compose_runs_the_procfile_commands() -> None:
-    services = compose()["services"]
-    processes = procfile()
-    assert set(processes) == {"ingest", "worker", "broadcaster"}
-    for name, command in processes.items():
-        service = services[name]
-        environment = {k: str(v) for k, v in (service.get("environment") or {}).items()}
-        assert service["command"] == expand(command, environment), name
-        # Each runs against the compose file's Redis and Postgres, after the init.
-        assert environment["REDIS_URL"].startswith("redis://redis:")
-        assert environment["DATABASE_URL"].startswith("postgresql://")
-        assert service["depends_on"]["migrate"]["condition"] == \
-            "service_completed_successfully"
-
-
-def test_compose_has_every_service_with_health_checks() -> None:
-    document = compose()
-    services = document["services"]
-    assert set(services) >= {"redis", "postgres", "migrate", "ingest", "worker", "broadcaster",
-                             "prometheus", "grafana"}
-    for name, service in services.items():
-        if name != "migrate":  # a one-shot
-            assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
-    assert "--appendonly" in services["redis"]["command"]
-    # Prometheus reads ops/ (the scrape targets are the compose services, on the
-    # ports the processes listen on); Grafana is provisioned with the dashboard.
-    prometheus_volumes = " ".join(services["prometheus"]["volumes"])
-    assert "./ops/prometheus.yml:" in prometheus_volumes
-    assert "./ops/alerts.yml:" in prometheus_volumes
-    grafana_volumes = " ".join(services["grafana"]["volumes"])
-    assert "./ops/grafana/provisioning:/etc/grafana/provisioning" in grafana_volumes
-    assert "./ops/grafana/dashboard.json:/var/lib/grafana/dashboards/" in grafana_volumes
-    scrape_config = yaml.safe_load((OPS / "prometheus.yml").read_text())
-    targets = {job["job_name"]: job["static_configs"][0]["targets"]
-               for job in scrape_config["scrape_configs"]}
-    assert targets == {"ingest": ["ingest:8000"], "broadcaster": ["broadcaster:8001"],
-                       "worker": ["worker:9101"]}
-    worker_env = services["worker"]["environment"]
-    assert worker_env["WORKER_METRICS_PORT"] == "9101"
-    assert worker_env["WORKER_METRICS_HOST"] == "0.0.0.0"
-    dashboard = json.loads((OPS / "grafana" / "dashboard.json").read_text())
-    datasource = yaml.safe_load(
-        (OPS / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
-    uids = {panel["datasource"]["uid"] for panel in dashboard["panels"]
-            if panel["type"] != "row"}
-    assert uids == {datasource["datasources"][0]["uid"]}
 
 
 # --- Locust -----------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ from websockets.sync.client import connect as ws_connect
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from tests.conftest import Api, new_address
+from tests.ops_support import increments, scrape, system, value, wait_for
 from tests.servers import PROJECT_DIR, Backing, fresh_name, ingest_server, stop_process
-from tests.test_ops import increments, scrape, system, value, wait_for
 
 OPS = PROJECT_DIR / "ops"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

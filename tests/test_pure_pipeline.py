@@ -28,7 +28,8 @@ from scoreboard.ranking import (
     totals_by_user,
 )
 from scoreboard.stream_entry import parse_entry
-from workers.batching import backoff_s, months_of, parse_batch, safe_trim_id
+from scoreboard.stream_trim import safe_trim_id
+from workers.batching import backoff_s, months_of, parse_batch
 
 
 def fields(**overrides: str) -> dict[str, str]:

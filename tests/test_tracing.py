@@ -2,12 +2,14 @@
 SDK's own exporter, configured only by OTEL_* variables) to a receiver in this test,
 which decodes the protobuf requests. One increment must give one connected trace:
 ingest's request span, its script span as a child, the entry carrying the script
-span's context, and the worker's batch span linked to it. Off (the default), the
+span's context, the worker's batch span linked to it, and the broadcaster's
+snapshot span linked to the worker's apply_batch.lua span. Off (the default), the
 entry carries no trace context."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,13 +21,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from websockets.sync.client import connect
 
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.tracing import parse_traceparent, tracing_enabled
 from tests.conftest import Api, Player
-from tests.servers import Backing, fresh_name, ingest_server
-from tests.test_ops import increments, wait_for
+from tests.ops_support import increments, wait_for
+from tests.servers import Backing, broadcaster_server, fresh_name, ingest_server
 from tests.worker_support import worker_process
 
 Span = dict[str, Any]
@@ -95,7 +98,7 @@ def test_off_by_default_the_entry_carries_no_trace_context(
     assert "traceparent" not in entry
 
 
-def test_one_increment_is_one_connected_trace_across_ingest_and_worker(
+def test_one_increment_is_one_connected_trace_from_ingest_to_the_snapshot(
         backing: Backing, backend: Player) -> None:
     with otlp_receiver() as (endpoint, spans):
         env = backing.env(KEY_PREFIX=fresh_name("sbtrace"), TRUSTED_PROXIES="127.0.0.1/32",
@@ -105,7 +108,10 @@ def test_one_increment_is_one_connected_trace_across_ingest_and_worker(
         keys = Keys(env["KEY_PREFIX"])
         client: Any = redis.Redis.from_url(backing.redis_url, decode_responses=True)
         try:
-            with ingest_server(env) as url, worker_process(env):
+            with (ingest_server(env) as url, worker_process(env),
+                  broadcaster_server(env) as spectators,
+                  connect(spectators.replace("http://", "ws://") + "/ws?board=global") as ws):
+                assert json.loads(ws.recv(timeout=10))["type"] == "snapshot"
                 api = Api(url)
                 try:
                     response, = increments(api, api.register_and_login(), 1)
@@ -122,6 +128,17 @@ def test_one_increment_is_one_connected_trace_across_ingest_and_worker(
                             and s["name"] == "persist batch" for link in s["links"]]
 
                 wait_for(lambda: len(linked()) == 2, "the worker's batch spans exported")
+
+                def shown() -> set[tuple[str, str]]:
+                    return {link for s in spans if s["service"] == "broadcaster"
+                            and s["name"] == "snapshot" for link in s["links"]}
+
+                def applied() -> set[tuple[str, str]]:
+                    return {(s["trace"], s["span"]) for s in spans
+                            if s["service"] == "worker" and s["name"] == "apply_batch.lua"}
+
+                wait_for(lambda: applied() and applied() <= shown(),
+                         "snapshot spans linked to every batch the worker applied")
         finally:
             client.delete(keys.stream)
             client.close()
@@ -143,3 +160,10 @@ def test_one_increment_is_one_connected_trace_across_ingest_and_worker(
                                                            batch_script["span"]]
     assert sorted(linked()) == sorted([(script["trace"], script["span"]),
                                        (batch_script["trace"], batch_script["span"])])
+    # Each batch's apply_batch.lua and fraud-check spans are children of its batch
+    # span, and a snapshot span links to the apply: increment -> batch -> snapshot.
+    worker = {s["span"]: s for s in spans if s["service"] == "worker"}
+    for persisted in (s for s in worker.values() if s["name"] == "persist batch"):
+        children = {s["name"] for s in worker.values() if s["parent"] == persisted["span"]}
+        assert {"apply_batch.lua", "fraud checks"} <= children, children
+    assert shown() >= applied()

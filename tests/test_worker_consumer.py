@@ -13,9 +13,9 @@ import pytest
 from scoreboard.board_writes import rebuild_board
 from scoreboard.keys import Keys
 from scoreboard.stream_entry import parse_entry
+from scoreboard.stream_trim import trim_acknowledged
 from tests.servers import Backing, SyncRedis, board_totals, fresh_name, user_total
 from tests.worker_support import consumer_for, run_until
-from workers.jobs import trim_acknowledged
 from workers.persist import PartitionCache, persist_batch
 
 
@@ -201,7 +201,7 @@ def test_trim_keeps_pending_and_removes_acknowledged(backing: Backing,
                     for _ in range(2)]
             await consumer.redis.xreadgroup("persisters", "dead", {worker_keys.stream: ">"})
             await consumer.redis.xadd(worker_keys.stream, entry_fields(user, 1))  # undelivered
-            await trim_acknowledged(consumer.redis, worker_keys)
+            await trim_acknowledged(consumer.redis, worker_keys.stream)
             remaining = [i for i, _ in await consumer.redis.xrange(worker_keys.stream)]
             assert remaining[:2] == kept
             assert len(remaining) == 3

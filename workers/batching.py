@@ -1,4 +1,4 @@
-"""Pure helpers of the consumer: entries to rows, months, trim points, backoff.
+"""Pure helpers of the consumer: entries to rows, months, backoff.
 
 Nothing here does I/O, so each rule is unit-tested without a server.
 """
@@ -54,25 +54,6 @@ def parse_batch(raw: Sequence[tuple[str, dict[str, str] | None]]) -> ParsedBatch
         except ValueError as exc:
             malformed.append((stream_id, fields, f"malformed: {exc}"))
     return ParsedBatch(entries=entries, malformed=malformed)
-
-
-def stream_id_key(stream_id: str) -> tuple[int, int]:
-    milliseconds, _, sequence = stream_id.partition("-")
-    return int(milliseconds), int(sequence or 0)
-
-
-def safe_trim_id(groups: Sequence[tuple[str, str | None]]) -> str | None:
-    """The MINID below which every group has acknowledged every entry.
-
-    ``groups`` holds, per consumer group, its last-delivered id and its oldest
-    pending id (``None`` when nothing is pending). Entries after the
-    last-delivered id are undelivered and kept; a pending entry is kept. With no
-    group at all nothing is trimmed (no reader has taken anything yet).
-    """
-    if not groups:
-        return None
-    candidates = [oldest_pending or last_delivered for last_delivered, oldest_pending in groups]
-    return min(candidates, key=stream_id_key)
 
 
 def backoff_s(attempt: int, *, base_s: float = 0.1, cap_s: float = 5.0) -> float:

@@ -43,7 +43,7 @@ from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.stream_entry import StreamEntry
-from scoreboard.tracing import Tracing, links_to
+from scoreboard.tracing import Tracing, client_span, inner_span
 from workers.batching import ParsedBatch, backoff_s, parse_batch
 from workers.chaos import ChaosMarks
 from workers.persist import PartitionCache, persist_batch
@@ -210,9 +210,8 @@ class StreamConsumer:
             await self._persist_batch(entries)
             return
         # One batch serves many requests: its span links to each entry's trace.
-        with self.tracing.tracer.start_as_current_span(
-                "persist batch", links=links_to([e.traceparent for e in entries]),
-                attributes={"scoreboard.batch.size": len(entries)}):
+        with inner_span(self.tracing, "persist batch", [e.traceparent for e in entries],
+                        **{"scoreboard.batch.size": len(entries)}):
             await self._persist_batch(entries)
 
     async def _persist_batch(self, entries: Sequence[StreamEntry]) -> None:
@@ -263,11 +262,16 @@ class StreamConsumer:
         """Fraud checks, then the boards, XACK and notices: after the commit, in that
         order (a crash before the XACK repeats both)."""
         if self.after_batch is not None:
-            await self._side_task(self.after_batch(entries))
+            with inner_span(self.tracing, "fraud checks"):
+                await self._side_task(self.after_batch(entries))
 
         async def apply() -> bool:
-            await apply_and_ack(self.redis, self.scripts, self.keys, group=self.group,
-                                totals=result.totals, ack_ids=[e.stream_id for e in entries])
+            # The notice carries this span's context: the snapshot links to it.
+            with client_span(self.tracing, "apply_batch.lua",
+                             **{"scoreboard.batch.size": len(entries)}) as traceparent:
+                await apply_and_ack(self.redis, self.scripts, self.keys, group=self.group,
+                                    totals=result.totals, ack_ids=[e.stream_id for e in entries],
+                                    traceparent=traceparent)
             return True
 
         if not await self._retry_transient(apply):  # Redis down while stopping: stays pending

@@ -14,9 +14,8 @@ from typing import Any
 
 from scoreboard.archives import NOT_ARCHIVED, archive_periods
 from scoreboard.board_writes import rebuild_board, reconcile_board
-from scoreboard.keys import Keys
 from scoreboard.moderation import restore_restrictions
-from workers.batching import safe_trim_id
+from scoreboard.stream_trim import trim_acknowledged
 from workers.fraud import score_velocity
 
 logger = logging.getLogger(__name__)
@@ -36,21 +35,7 @@ async def ensure_partitions(ctx: dict[str, Any]) -> int:
 async def trim_stream(ctx: dict[str, Any]) -> str | None:
     """Trim the stream below the oldest entry some consumer group still needs."""
     redis, keys = ctx["redis"], ctx["keys"]
-    return await trim_acknowledged(redis, keys)
-
-
-async def trim_acknowledged(redis: Any, keys: Keys) -> str | None:
-    groups = []
-    for group in await redis.xinfo_groups(keys.stream):
-        oldest = None
-        if int(group["pending"]):
-            summary = await redis.xpending(keys.stream, group["name"])
-            oldest = summary["min"]
-        groups.append((group["last-delivered-id"], oldest))
-    min_id = safe_trim_id(groups)
-    if min_id is not None:
-        await redis.xtrim(keys.stream, minid=min_id, approximate=False)
-    return min_id
+    return await trim_acknowledged(redis, keys.stream)
 
 
 async def reconcile_boards(ctx: dict[str, Any]) -> int:

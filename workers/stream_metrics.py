@@ -35,7 +35,7 @@ from prometheus_client import Gauge, start_http_server
 
 from scoreboard.keys import Keys
 from scoreboard.metrics import sample_pool
-from workers.batching import stream_id_key
+from scoreboard.stream_trim import stream_id_key
 
 logger = logging.getLogger(__name__)
 
