@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from scoreboard.board_defs import BoardDefinition
 from scoreboard.stream_entry import StreamEntry
-from scoreboard.windows import ALL_TIME, scope
+from scoreboard.windows import ALL_TIME, Period, scope
 from workers.batching import entry_time
 
 CREATE_WINDOW_STAGING = """
@@ -33,19 +33,35 @@ WindowRow = tuple[str, str, object, str, bool]
 
 def window_rows(entries: Sequence[StreamEntry],
                 definitions: Mapping[str, BoardDefinition]) -> list[WindowRow]:
-    """The scopes of every entry of a board that is not plain (see module doc)."""
+    """The scopes of every entry of a board that is not plain (see module doc).
+    A batch of plain boards only is found so per board, not per entry."""
+    special = {board: found for board in {e.board for e in entries}
+               if (found := definitions.get(board)) is not None and not found.plain}
+    if not special:
+        return []
     rows: dict[tuple[str, str, object, str], bool] = {}
+    # A batch's entries are close in time: the period (and scope) found for one
+    # entry serves the next ones it contains, so timezone math runs about once per
+    # board, window and batch rather than per entry.
+    known: dict[tuple[str, str], tuple[Period, str]] = {}
     for entry in entries:
-        found = definitions.get(entry.board)
-        if found is None or found.plain:
+        found = special.get(entry.board)
+        if found is None:
             continue
         moment = entry_time(entry)
         best = found.operator == "best"
         rows[(entry.source, entry.event_id, moment, entry.board)] = best
-        for period in found.spec.open_periods(moment):
-            if period.window != ALL_TIME:
-                where = scope(entry.board, period.window, period.period)
-                rows[(entry.source, entry.event_id, moment, where)] = best
+        for window in found.spec.windows:
+            if window == ALL_TIME:
+                continue
+            cached = known.get((entry.board, window))
+            if cached is None or not cached[0].contains(moment):
+                period = found.spec.period_at(window, moment)
+                if period is None:  # between seasons
+                    continue
+                cached = known[(entry.board, window)] = (
+                    period, scope(entry.board, window, period.period))
+            rows[(entry.source, entry.event_id, moment, cached[1])] = best
     return [(*key, best) for key, best in rows.items()]
 
 
