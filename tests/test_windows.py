@@ -113,7 +113,7 @@ def test_seasons() -> None:
     assert [s.name for s in spec.seasons] == ["s1", "s2"]
     assert at(spec, "season", utc("2026-11-30T23:59:59")).period == "s1"
     assert at(spec, "season", utc("2026-12-01T00:00:00")).period == "s2"
-    assert at(spec, "season", utc("2027-03-01T00:00:00")) is None
+    assert spec.period_at("season", utc("2027-03-01T00:00:00")) is None
     assert spec.next_reset_at("season", utc("2026-08-01T00:00:00")) == utc("2026-09-01T00:00:00")
     first = spec.previous(spec.period_named("season", "s2"))
     assert first is not None and first.period == "s1"
