@@ -30,6 +30,7 @@ from broadcaster.periods import PeriodFollower
 from broadcaster.snapshots import SnapshotService
 from broadcaster.sse import SseEndpoint
 from broadcaster.state import BroadcasterState
+from broadcaster.watches import WatchService
 from broadcaster.ws_connection import keep_alive
 from scoreboard.boards_redis import RedisBoards
 from scoreboard.keys import Keys
@@ -47,16 +48,20 @@ def build_state(settings: Settings, client: Any,
                 tracing: Tracing | None = None) -> BroadcasterState:
     keys = Keys(settings.key_prefix)
     hub = Hub(max_per_address=settings.ws_max_per_ip)
+    scripts = register_scripts(client)
     snapshots = SnapshotService(
-        redis=client, boards=RedisBoards(client, register_scripts(client), keys), keys=keys,
+        redis=client, boards=RedisBoards(client, scripts, keys), keys=keys,
         hub=hub, size=settings.snapshot_size, interval_s=settings.snapshot_interval_ms / 1000,
         poll_s=settings.revision_poll_ms / 1000, rank_mode=settings.rank_ties,
         tracing=tracing)
     hub.on_board_empty.append(snapshots.forget)
+    watches = WatchService(scripts=scripts, keys=keys, rank_mode=settings.rank_ties,
+                           interval_s=settings.snapshot_interval_ms / 1000)
+    snapshots.change_listeners.append(watches.notice)
     periods = PeriodFollower(redis=client, keys=keys, hub=hub, snapshots=snapshots,
                              refresh_s=settings.board_refresh_s)
     return BroadcasterState(settings=settings, redis=client, hub=hub, snapshots=snapshots,
-                            periods=periods)
+                            watches=watches, periods=periods)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -80,6 +81,8 @@ class SnapshotService:
         self.tracing = tracing
         # board -> traceparents of the batches noticed since its last read (tracing on)
         self._noticed_batches: dict[str, list[str]] = {}
+        # Called with a board's name on each change noticed (the rank feed's ticks).
+        self.change_listeners: list[Callable[[str], None]] = []
 
     async def _read(self, board: str) -> tuple[int, list[dict[str, Any]]]:
         piece = await self.boards.slice(board, 0, self.size)
@@ -133,6 +136,8 @@ class SnapshotService:
 
     def notice(self, board: str, traceparent: str = "") -> None:
         """The board changed (a notice, or the poll saw a newer revision)."""
+        for listener in self.change_listeners:
+            listener(board)
         if board not in self.hub.boards:
             self.latest.pop(board, None)  # nobody watching: rebuild on next connect
             return

@@ -1,5 +1,9 @@
 """``GET /sse?board=[&window=]``: the same snapshots as Server-Sent Events.
 
+``&watch=<user id>`` (repeatable, up to ``WS_MAX_WATCHES``) adds the rank feed
+of those players as ``rank`` and ``overtaken`` events; an unknown player or a
+malformed id is refused before the stream starts.
+
 A pure ASGI endpoint rather than a ``StreamingResponse``: every send is bounded
 by the send timeout (a reader that stopped reading is cut off, not waited on
 forever), and the connection's slot is reserved, joined and released inside
@@ -26,8 +30,10 @@ from broadcaster.admission import (
     window_refusal,
 )
 from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
+from broadcaster.rank_feed import RankUpdate
 from broadcaster.snapshots import Snapshot
 from broadcaster.state import BroadcasterState
+from broadcaster.watch_requests import unknown_user, watches_of
 from scoreboard.client_address import client_address, forwarded_for
 from scoreboard.windows import ALL_TIME, TargetError
 
@@ -48,6 +54,9 @@ class SseSpectator:
         self.version_sent = -1
         self.closed = False
         self.wake = asyncio.Event()
+        # The rank feed: watched user id -> version of its newest update taken.
+        self.watching: dict[str, int] = {}
+        self.pending_ranks: dict[str, RankUpdate] = {}
 
     def offer(self, snapshot: Snapshot) -> None:
         if snapshot.version <= self.version_sent:
@@ -57,23 +66,39 @@ class SseSpectator:
         self.pending = snapshot
         self.wake.set()
 
+    def offer_rank(self, update: RankUpdate) -> None:
+        """Keep ``update`` as its player's newest unsent one (broadcaster.watches.Watcher)."""
+        user_id = update.standing.user_id
+        taken = self.watching.get(user_id)
+        if taken is None or update.version <= taken:
+            return
+        self.watching[user_id] = update.version
+        self.pending_ranks[user_id] = update
+        self.wake.set()
+
     def shut(self) -> None:
         self.closed = True
         self.wake.set()
 
     async def next_event(self, keepalive_s: float) -> bytes | None:
-        """The next bytes to send: a snapshot, a keepalive comment, or None once shut."""
-        if self.pending is None and not self.closed:
+        """The next bytes to send: a snapshot and rank events, a keepalive comment,
+        or None once shut."""
+        if self.pending is None and not self.pending_ranks and not self.closed:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), keepalive_s)
         if self.closed:
             return None
-        if self.pending is None:
+        if self.pending is None and not self.pending_ranks:
             return b": keepalive\n\n"
-        snapshot, self.pending = self.pending, None
-        self.version_sent = snapshot.version
-        return snapshot.sse_event
+        events = []
+        if self.pending is not None:
+            snapshot, self.pending = self.pending, None
+            self.version_sent = snapshot.version
+            events.append(snapshot.sse_event)
+        events += [update.sse_bytes for update in self.pending_ranks.values()]
+        self.pending_ranks = {}
+        return b"".join(events)
 
 
 async def _refuse(refusal: Refusal, send: Send) -> None:
@@ -96,6 +121,9 @@ class SseEndpoint:
         state: BroadcasterState = request.app.state.broadcaster
         board, window = board_of(request.url.query), window_of(request.url.query)
         refusal = check_board(board) or check_window(window)
+        watch_ids = watches_of(request.url.query, state.settings.ws_max_watches)
+        if isinstance(watch_ids, Refusal):
+            refusal, watch_ids = refusal or watch_ids, []
         if refusal is None and window != ALL_TIME:
             try:  # a window's spectators follow its current period (broadcaster.periods)
                 board = await state.periods.scope_of(board, window)
@@ -118,12 +146,22 @@ class SseEndpoint:
         try:
             try:
                 first = await state.snapshots.current(board)
+                standings = [await state.watches.current(board, u) for u in watch_ids]
             except redis.exceptions.RedisError as exc:
                 logger.warning("first snapshot of %s failed: %r", board, exc)
                 await _refuse(UNAVAILABLE, send)
                 return
+            for user_id, standing in zip(watch_ids, standings, strict=True):
+                if standing is None:
+                    await _refuse(unknown_user(user_id), send)
+                    return
             state.hub.join(spectator, board)
             spectator.offer(first)
+            for standing in standings:
+                assert standing is not None
+                spectator.watching[standing.standing.user_id] = -1
+                state.watches.add(spectator, standing)
+                spectator.offer_rank(standing)
             SNAPSHOTS_SENT.inc()
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
@@ -137,5 +175,7 @@ class SseEndpoint:
             pass
         finally:
             watcher.cancel()
+            for user_id in spectator.watching:
+                state.watches.remove(spectator, board, user_id)
             state.hub.leave(spectator)
             state.hub.release(address)

@@ -9,6 +9,7 @@ from typing import Any
 from broadcaster.hub import Hub
 from broadcaster.periods import PeriodFollower
 from broadcaster.snapshots import SnapshotService
+from broadcaster.watches import WatchService
 from scoreboard.settings import Settings
 
 
@@ -18,6 +19,7 @@ class BroadcasterState:
     redis: Any  # redis.asyncio.Redis
     hub: Hub
     snapshots: SnapshotService
+    watches: WatchService  # the personal rank feed
     periods: PeriodFollower
     # Open WebSocket connections (broadcaster.ws_connection), for the keepalive sweep.
     sockets: set[Any] = field(default_factory=set)

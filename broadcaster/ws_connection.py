@@ -40,11 +40,22 @@ from broadcaster.admission import (
     check_origin,
     check_window,
     window_of,
+    window_refusal,
 )
 from broadcaster.frames import close_frame, text_frame
 from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
+from broadcaster.rank_feed import RankUpdate
 from broadcaster.snapshots import Snapshot
 from broadcaster.state import BroadcasterState
+from broadcaster.watch_requests import (
+    UNAVAILABLE,
+    error_frame,
+    not_watching,
+    parse_watch,
+    too_many,
+    unknown_user,
+    unwatched_frame,
+)
 from scoreboard.client_address import client_address, forwarded_for
 from scoreboard.windows import ALL_TIME, TargetError
 
@@ -61,7 +72,8 @@ PING_FRAME = b"\x89\x02sb"  # an unmasked ping with a fixed payload; any pong an
 INVALID_MESSAGE = text_frame(orjson.dumps({
     "type": "error", "code": "invalid_message",
     "message": 'expected {"type": "subscribe", "board": "<board name>", "window"?: '
-               '"all_time"|"daily"|"weekly"|"monthly"|"season"}'}))
+               '"all_time"|"daily"|"weekly"|"monthly"|"season"}, or "watch" or "unwatch"'
+               ' with "user_id"'}))
 
 _loading: set[asyncio.Task[None]] = set()  # first snapshots being read, kept from the GC
 
@@ -81,10 +93,6 @@ def parse_subscribe(message: bytes) -> tuple[str, str] | None:
     if not isinstance(window, str) or check_window(window) is not None:
         return None
     return board, window
-
-
-def error_frame(code: str, message: str) -> bytes:
-    return text_frame(orjson.dumps({"type": "error", "code": code, "message": message}))
 
 
 class SpectatorConnection(asyncio.Protocol):
@@ -108,6 +116,9 @@ class SpectatorConnection(asyncio.Protocol):
         self.stuck_timer: asyncio.TimerHandle | None = None
         self.ping_sent_at: float | None = None
         self.fragments: list[bytes] = []
+        # The rank feed: watched user id -> version of its last update sent (-1: none yet).
+        self.watching: dict[str, int] = {}
+        self.pending_ranks: dict[str, RankUpdate] = {}  # newest unsent, per player, while paused
 
     # The transport interface (asyncio.Protocol).
 
@@ -143,10 +154,17 @@ class SpectatorConnection(asyncio.Protocol):
         pending, self.pending = self.pending, None
         if pending is not None:
             self.offer(pending)
+        pending_ranks, self.pending_ranks = self.pending_ranks, {}
+        for update in pending_ranks.values():
+            self.offer_rank(update)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
         self.pending = None
+        self.pending_ranks = {}
+        for user_id in self.watching:
+            self.state.watches.remove(self, self.board, user_id)
+        self.watching = {}
         if self.stuck_timer is not None:
             self.stuck_timer.cancel()
         self.server_connections.discard(self)
@@ -169,6 +187,19 @@ class SpectatorConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(snapshot.ws_frame)
         self.version_sent = snapshot.version
+
+    def offer_rank(self, update: RankUpdate) -> None:
+        """The rank feed's ``offer`` (broadcaster.watches.Watcher): latest wins per player."""
+        user_id = update.standing.user_id
+        sent = self.watching.get(user_id)
+        if not self.open or update.board != self.board or sent is None or update.version <= sent:
+            return
+        if self.paused:
+            self.pending_ranks[user_id] = update
+            return
+        assert self.transport is not None
+        self.transport.write(update.ws_bytes)
+        self.watching[user_id] = update.version
 
     def shut(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
         if self.open and self.transport is not None:
@@ -213,7 +244,7 @@ class SpectatorConnection(asyncio.Protocol):
         self._flush()  # the 101 goes out before any frame
         self.open = True
         self.state.sockets.add(self)
-        self._follow(board, window_of(request.path.partition("?")[2]))
+        self._subscribe(board, window_of(request.path.partition("?")[2]))
 
     def _admission(self, request: Request) -> tuple[Refusal | None, str, str]:
         path, _, query = request.path.partition("?")
@@ -234,22 +265,22 @@ class SpectatorConnection(asyncio.Protocol):
             return CAPPED, board, address
         return None, board, address
 
-    def _follow(self, board: str, window: str) -> None:
+    def _subscribe(self, board: str, window: str) -> None:
         """Watch ``board``, or the current period of its ``window`` (found first: the
         only other path that awaits; see broadcaster.periods)."""
         if window == ALL_TIME:
             self._watch(board)
             return
-        task = asyncio.get_running_loop().create_task(self._follow_window(board, window))
+        task = asyncio.get_running_loop().create_task(self._subscribe_window(board, window))
         _loading.add(task)
         task.add_done_callback(_loading.discard)
 
-    async def _follow_window(self, board: str, window: str) -> None:
+    async def _subscribe_window(self, board: str, window: str) -> None:
         try:
             scope = await self.state.periods.scope_of(board, window)
         except TargetError as exc:
             if self.open and self.transport is not None:
-                self.transport.write(error_frame(exc.code, exc.detail))
+                self.transport.write(error_frame(window_refusal(exc)))
             return
         except redis.exceptions.RedisError as exc:
             logger.warning("window %s of %s not resolved: %r", window, board, exc)
@@ -262,8 +293,12 @@ class SpectatorConnection(asyncio.Protocol):
         """Move to ``board`` and send its current snapshot (read first if nobody here
         watched it: the only path that awaits, once per board and not per client)."""
         snapshot = self.state.snapshots.cached(board)
+        for user_id in self.watching:  # the watched players move to the new board
+            self.state.watches.remove(self, self.board, user_id)
         self.state.hub.join(self, board)
         self.version_sent = -1
+        for user_id in self.watching:
+            self._follow(user_id)
         if snapshot is not None:
             self._offer_first(snapshot)
             return
@@ -295,11 +330,57 @@ class SpectatorConnection(asyncio.Protocol):
 
     def _message(self, message: bytes) -> None:
         wanted = parse_subscribe(message)
-        if wanted is None:
-            assert self.transport is not None
+        if wanted is not None:
+            self._subscribe(*wanted)
+            return
+        request = parse_watch(message)
+        assert self.transport is not None
+        if request is None:
             self.transport.write(INVALID_MESSAGE)
+        elif isinstance(request, Refusal):
+            self.transport.write(error_frame(request))
+        elif request.action == "watch":
+            if request.user_id in self.watching:
+                return  # already followed: its updates keep coming
+            if len(self.watching) >= self.state.settings.ws_max_watches:
+                self.transport.write(error_frame(too_many(self.state.settings.ws_max_watches),
+                                                 request.user_id))
+                return
+            self._follow(request.user_id)
+        elif request.user_id not in self.watching:
+            self.transport.write(error_frame(not_watching(request.user_id), request.user_id))
         else:
-            self._follow(*wanted)
+            del self.watching[request.user_id]
+            self.pending_ranks.pop(request.user_id, None)
+            self.state.watches.remove(self, self.board, request.user_id)
+            self.transport.write(unwatched_frame(self.board, request.user_id))
+
+    def _follow(self, user_id: str) -> None:
+        """Start following ``user_id`` on the current board: its slot is taken now, its
+        first update read (or taken from the players watched here) in a task."""
+        self.watching[user_id] = -1
+        task = asyncio.get_running_loop().create_task(self._start_following(self.board,
+                                                                             user_id))
+        _loading.add(task)
+        task.add_done_callback(_loading.discard)
+
+    async def _start_following(self, board: str, user_id: str) -> None:
+        try:
+            update = await self.state.watches.current(board, user_id)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("first standing of %s on %s failed: %r", user_id, board, exc)
+            update, refusal = None, UNAVAILABLE
+        else:
+            refusal = unknown_user(user_id)
+        if not self.open or self.board != board or self.watching.get(user_id) != -1:
+            return  # closed, moved to another board (which follows anew) or unwatched
+        if update is None:
+            del self.watching[user_id]
+            assert self.transport is not None
+            self.transport.write(error_frame(refusal, user_id))
+            return
+        self.state.watches.add(self, update)
+        self.offer_rank(update)
 
     def _flush(self) -> None:
         """Write what the protocol produced (handshake answers, pongs, close frames);

@@ -288,13 +288,16 @@ OPERATIONS: dict[str, Operation] = {
 # the document's text and its ``x-broadcaster`` section; tests/test_openapi.py
 # checks this table against the broadcaster's routes like OPERATIONS against
 # ingest's. Its messages are the ``Snapshot``, ``Subscribe`` and ``FeedError``
-# schemas.
+# schemas, and the rank feed's ``Watch``, ``Unwatch``, ``Unwatched``, ``Rank`` and
+# ``Overtaken``.
 BROADCASTER_ENDPOINTS: dict[str, str] = {
     "/ws": "WebSocket `GET /ws?board=global[&window=daily]`: a `Snapshot` on connect, then"
            " one whenever the board's top N changes; send `Subscribe` to switch boards or"
-           " windows (a window's current period, followed across its resets)",
+           " windows (a window's current period, followed across its resets), `Watch` to"
+           " follow one player's rank and neighbours",
     "/sse": "Server-Sent Events `GET /sse?board=global[&window=daily]`: the same snapshots"
-            " as `event: snapshot`, with `: keepalive` comments",
+            " as `event: snapshot`, with `: keepalive` comments; `&watch=<user id>` adds that"
+            " player's `event: rank` and `event: overtaken`",
     "/": "the spectator page (HTML)",
     "/spectator.js": "the spectator page's script",
     "/static": "`/static/<name>`: the page's scripts and styles, among them"

@@ -190,7 +190,44 @@ SCHEMAS: dict[str, Schema] = {
                      description="Client -> server over WebSocket: switch boards, or follow"
                                  " a window's current period."),
     "FeedError": obj({"type": {"const": "error"}, "code": {"type": "string"},
-                      "message": {"type": "string"}}, closed=False,
+                      "message": {"type": "string"},
+                      "user_id": {"type": "string", "description": "the player a refused"
+                                                                   " watch or unwatch named"}},
+                     required=["type", "code", "message"], closed=False,
                      description="Server -> client over WebSocket: a client message was"
-                                 " not understood; nothing changed."),
+                                 " not understood or refused (`invalid_message`,"
+                                 " `invalid_field`, `unknown_user`, `too_many_watches`,"
+                                 " `not_watching`, `unavailable`); nothing changed."),
+    # The personal rank feed.
+    "Watch": obj({"type": {"const": "watch"}, "user_id": USER_ID},
+                 description="Client -> server over WebSocket: follow one player on the current"
+                             " board (and on the boards switched to), up to `WS_MAX_WATCHES`"
+                             " at once. On /sse: `?watch=<user id>`, repeatable."),
+    "Unwatch": obj({"type": {"const": "unwatch"}, "user_id": USER_ID},
+                   description="Client -> server over WebSocket: stop following a player;"
+                               " answered by `Unwatched`."),
+    "Unwatched": obj({"type": {"const": "unwatched"}, "board": {"type": "string"},
+                      "user_id": {"type": "string"}}, closed=False,
+                     description="Server -> client: nothing more comes for that player."),
+    "Rank": obj({
+        "type": {"const": "rank"}, "board": {"type": "string"},
+        "version": {"type": "integer", "description": "the board's revision it was read at"},
+        "ts": {"type": "integer", "description": "server time in ms when it was built"},
+        "user_id": {"type": "string"}, "username": {"type": ["string", "null"]},
+        "rank": {"type": ["integer", "null"], "description": "null: not on the board (never"
+                 " scored here, banned or shadow-banned, as the board reads answer 404)"},
+        "score": {"type": ["integer", "null"]},
+        "above": {"oneOf": [ref("Entry"), {"type": "null"}]},
+        "below": {"oneOf": [ref("Entry"), {"type": "null"}]}}, closed=False,
+        description="Server -> client: a watched player's standing, on watch and whenever"
+                    " their rank, score or the players right above and below change, at"
+                    " most once per `SNAPSHOT_INTERVAL_MS` (WebSocket, or SSE `event: rank`)."),
+    "Overtaken": obj({
+        "type": {"const": "overtaken"}, "board": {"type": "string"},
+        "version": {"type": "integer"}, "ts": {"type": "integer"},
+        "user_id": {"type": "string", "description": "the watched player"},
+        "rank": {"type": "integer", "description": "their rank now"},
+        "by": ref("Entry")}, closed=False,
+        description="Server -> client, right after the `Rank` it explains: a player passed"
+                    " the watched one and is now right above them (SSE `event: overtaken`)."),
 }

@@ -6,7 +6,8 @@ and the ``/openapi.json`` and ``/docs`` endpoints.
 route or method without a description, or a description of a route that
 does not exist. The WebSocket and SSE feed, served by the broadcaster, is
 described in the document's ``info.description`` and its message schemas in
-``components.schemas`` (``Snapshot``, ``Subscribe``, ``FeedError``).
+``components.schemas`` (``Snapshot``, ``Subscribe``, ``FeedError``, and the rank
+feed's ``Watch``, ``Unwatch``, ``Unwatched``, ``Rank``, ``Overtaken``).
 
 The docs page is Swagger UI from the ``swagger-ui-py`` wheel, served by
 ingest itself under ``/docs/``: it works offline, without any CDN.
@@ -48,8 +49,16 @@ whose schemas are under *Schemas* below.
   is disconnected (reconnect and you get the current snapshot). A handshake from an
   Origin not in `WS_ALLOWED_ORIGINS`, for an invalid board, or beyond `WS_MAX_PER_IP`
   connections from one address is refused.
+* **Follow one player** on the same WebSocket: send [`Watch`](#model-Watch)
+  `{"type": "watch", "user_id": "..."}` and get a [`Rank`](#model-Rank) `{"type": "rank",
+  "user_id", "rank", "score", "above", "below"}` at once and whenever that player's
+  rank, score or the players right above and below change (throttled like snapshots),
+  and an [`Overtaken`](#model-Overtaken) `{"type": "overtaken", "by": {...}}` when someone
+  passes them. [`Unwatch`](#model-Unwatch) stops it. At most `WS_MAX_WATCHES` players per
+  connection; an unknown player, a malformed id or one too many is a `FeedError`.
 * **Server-Sent Events** `GET /sse?board=global`: the same snapshots as
-  `event: snapshot` with the snapshot as `data:`, and `: keepalive` comments.
+  `event: snapshot` with the snapshot as `data:`, and `: keepalive` comments;
+  `&watch=<user id>` (repeatable) adds `event: rank` and `event: overtaken`.
 * **Spectator page** `GET /`: the live board in a browser.
 
 Every endpoint of the broadcaster:
@@ -113,8 +122,9 @@ def build_openapi(routes: Iterable[BaseRoute],
         "servers": [{"url": "/"}],
         "x-broadcaster": {"default_url": "http://127.0.0.1:8001",
                           "endpoints": BROADCASTER_ENDPOINTS,
-                          "messages": {"server": ["Snapshot", "FeedError"],
-                                       "client": ["Subscribe"]}},
+                          "messages": {"server": ["Snapshot", "FeedError", "Rank",
+                                                  "Overtaken", "Unwatched"],
+                                       "client": ["Subscribe", "Watch", "Unwatch"]}},
         "tags": [{"name": "accounts"}, {"name": "me"}, {"name": "scores"},
                  {"name": "boards"}, {"name": "operations"}],
         "paths": paths,

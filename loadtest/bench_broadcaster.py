@@ -1,5 +1,6 @@
 """Broadcaster benchmark: spectators held by ONE broadcaster process at 10
-snapshots/s, and the latency from an increment's 202 to a spectator's screen.
+snapshots/s, the latency from an increment's 202 to a spectator's screen, and
+the personal rank feed at 1,000 watchers.
 
     python -m loadtest.bench_broadcaster [--quick] [--sizes 1000,5000,10000 ...]
 
@@ -60,6 +61,10 @@ commit, board update), on the board -> snapshot built (notice, throttle,
 read) and built -> received (fan-out). Postgres is durable (fsync on): the
 worker's commit is on the measured path.
 
+Part 3, the rank feed: ``--watchers`` (1,000) spectators each watching one of
+W players (``--watched``, 100 and 1,000), ours against the anchor; see
+``loadtest/broadcaster_watchers.py``.
+
 Only 127.0.0.1 is used: Redis and Postgres are embedded in a temporary folder
 (or the loopback servers of ``REDIS_URL`` / ``DATABASE_URL``, with a fresh
 database and key prefix, removed afterwards). Every process started is stopped
@@ -98,6 +103,7 @@ from loadtest.broadcaster_report import (
     report_fanout,
     report_latency,
 )
+from loadtest.broadcaster_watchers import report_watchers, run_watchers
 from loadtest.harness.backing import Backing, start_backing
 from loadtest.harness.command import benchmark_parser, command
 from loadtest.harness.cpu import background_cores, cores, cpu_seconds
@@ -341,6 +347,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-interval-ms", type=int, default=100,
                         help="part 2's SNAPSHOT_INTERVAL_MS: a board that changes all the "
                              "time waits half of it on average for its next snapshot (100)")
+    parser.add_argument("--watchers", type=int, default=1000,
+                        help="part 3: spectators each watching one player (1000)")
+    parser.add_argument("--watched", default="100,1000",
+                        help="part 3: numbers of players watched, comma-separated (100,1000)")
+    parser.add_argument("--watch-writer-rate", type=float, default=10,
+                        help="part 3: times/s every watched player's total is set (10)")
+    parser.add_argument("--skip-watchers", action="store_true")
     parser.add_argument("--skip-fanout", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args(argv)
@@ -348,8 +361,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.window, args.latency_warmup, args.latency_duration = 3, 1, 5
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+        args.watched = [int(s) for s in args.watched.split(",") if s.strip()]
     except ValueError:
-        parser.error("--sizes: comma-separated integers")
+        parser.error("--sizes and --watched: comma-separated integers")
+    if not 1 <= args.watchers <= 20_000 or not all(1 <= w <= args.watchers
+                                                    for w in args.watched):
+        parser.error("--watchers must be 1..20000 and each --watched 1..--watchers")
     if not all(1 <= s <= 50_000 for s in args.sizes) or not 1 <= args.client_procs <= 32:
         parser.error("--sizes must be 1..50000 each and --client-procs 1..32")
     if not 1 <= args.lanes <= 100 or not 1 <= args.spectators <= 50 \
@@ -377,6 +394,8 @@ def run(args: argparse.Namespace) -> int:
             contextlib.closing(redis.Redis.from_url(backing.redis_url)))
         fanout = [] if args.skip_fanout else run_fanout(args, backing, root, redis_client)
         latency = None if args.skip_latency else run_latency(args, backing, root, redis_client)
+        watchers = [] if args.skip_watchers else run_watchers(args, backing, root,
+                                                              redis_client)
         print("\n=== Broadcaster benchmark ===")
         print(f"machine     {machine_line()}")
         print(background_line(background))
@@ -385,6 +404,8 @@ def run(args: argparse.Namespace) -> int:
             report_fanout(args, fanout)
         if latency is not None:
             report_latency(args, latency)
+        if watchers:
+            report_watchers(args, watchers)
         print(f"\nwhole run {time.perf_counter() - started:.0f} s; stopping the processes "
               "started…", flush=True)
     return 0

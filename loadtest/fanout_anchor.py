@@ -1,6 +1,7 @@
 """The fan-out floor: a bare server that writes one pre-encoded frame to every socket.
 
     python -m loadtest.fanout_anchor --port P [--interval-ms 100] [--players 10]
+                                     [--epoch-ms E]
 
 What one Python process on uvloop can do at best for this job, measured in
 the same run as the broadcaster and driven by the same clients: accept a
@@ -9,6 +10,12 @@ interval build one snapshot message of the broadcaster's shape (the same
 board, players, ``ts`` and size) and ``transport.write`` the same frame to
 every socket. No Redis, no throttle, no slow-client handling, no pings. It
 answers ``GET /healthz`` with 200 so the benchmark can wait for it.
+
+It is also the floor of the rank feed: a socket whose handshake asks
+``watch=watched_<k>`` gets, every interval, a rank message of
+the broadcaster's shape for player k (built once per player and interval,
+written to each of its watchers), its score ``(ms since E) * 1000 + k`` as the
+benchmark's writer sets it (E: ``--epoch-ms``), so the clients time both servers the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import random
 import struct
 import time
 from typing import cast
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import uvloop
@@ -29,12 +37,29 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class Anchor:
-    def __init__(self, board: str, players: int) -> None:
+    def __init__(self, board: str, players: int, epoch_ms: int = 0) -> None:
         self.board = board
         self.players = players
+        self.epoch_ms = epoch_ms
         self.version = 0
         self.sockets: set[asyncio.Transport] = set()
+        self.watchers: dict[int, set[asyncio.Transport]] = {}  # watched player -> sockets
         self.frame = self.build()
+
+    def rank_frame(self, player: int, ts: int) -> bytes:
+        """A rank message of the broadcaster's shape for ``watched_<player>``."""
+        score = (ts - self.epoch_ms) * 1000 + player
+
+        def neighbour(other: int) -> dict[str, object]:
+            return {"rank": other + 1, "user_id": f"watched_{other}",
+                    "username": f"watched {other}", "score": score - player + other}
+
+        payload = orjson.dumps({
+            "type": "rank", "board": self.board, "version": self.version, "ts": ts,
+            "user_id": f"watched_{player}", "username": f"watched {player}",
+            "rank": player + 1, "score": score, "above": neighbour(player + 1),
+            "below": neighbour(max(player - 1, 0))})
+        return _header(len(payload)) + payload
 
     def build(self) -> bytes:
         """One snapshot frame: the broadcaster's message shape, a fresh ts."""
@@ -46,10 +71,7 @@ class Anchor:
         payload = orjson.dumps({"type": "snapshot", "board": self.board,
                                 "version": self.version, "ts": int(time.time() * 1000),
                                 "entries": entries})
-        length = len(payload)
-        header = (struct.pack("!BB", 0x81, length) if length < 126
-                  else struct.pack("!BBH", 0x81, 126, length))
-        return header + payload
+        return _header(len(payload)) + payload
 
     async def tick(self, interval_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -60,6 +82,16 @@ class Anchor:
             frame = self.frame = self.build()
             for transport in self.sockets:
                 transport.write(frame)
+            ts = int(time.time() * 1000)
+            for player, watchers in self.watchers.items():
+                rank = self.rank_frame(player, ts)
+                for transport in watchers:
+                    transport.write(rank)
+
+
+def _header(length: int) -> bytes:
+    return (struct.pack("!BB", 0x81, length) if length < 126
+            else struct.pack("!BBH", 0x81, 126, length))
 
 
 class AnchorConnection(asyncio.Protocol):
@@ -68,6 +100,7 @@ class AnchorConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.request = b""
         self.upgraded = False
+        self.watched: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -92,14 +125,20 @@ class AnchorConnection(asyncio.Protocol):
                               ).encode() + self.anchor.frame)
         self.upgraded = True
         self.anchor.sockets.add(self.transport)
+        watch = parse_qs(urlsplit(head.split(" ", 2)[1]).query).get("watch")
+        if watch and watch[0].startswith("watched_"):
+            self.watched = int(watch[0].removeprefix("watched_"))
+            self.anchor.watchers.setdefault(self.watched, set()).add(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
             self.anchor.sockets.discard(self.transport)
+            if self.watched is not None:
+                self.anchor.watchers.get(self.watched, set()).discard(self.transport)
 
 
-async def serve(port: int, interval_s: float, board: str, players: int) -> None:
-    anchor = Anchor(board, players)
+async def serve(port: int, interval_s: float, board: str, players: int, epoch_ms: int) -> None:
+    anchor = Anchor(board, players, epoch_ms)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: AnchorConnection(anchor), "127.0.0.1", port,
                                       backlog=4096)
@@ -113,8 +152,11 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=float, default=100)
     parser.add_argument("--board", default="spectated")
     parser.add_argument("--players", type=int, default=10)
+    parser.add_argument("--epoch-ms", type=int, default=0,
+                        help="rank messages' scores count ms from here (see above)")
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.interval_ms / 1000, args.board, args.players))
+    uvloop.run(serve(args.port, args.interval_ms / 1000, args.board, args.players,
+                     args.epoch_ms))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from scoreboard.script_calls import (
     RateRefusalScript,
     SetTotalsScript,
     TokenFailureScript,
+    WatchRanksScript,
 )
 
 LUA_DIR = Path(__file__).parent / "lua_scripts"
@@ -60,6 +61,7 @@ class Scripts:
     rate_refusal: RateRefusalScript
     flag_users: FlagUsersScript
     fraud_batch: FraudBatchScript
+    watch_ranks: WatchRanksScript
 
 
 def register_scripts(redis: Any) -> Scripts:
@@ -79,4 +81,5 @@ def register_scripts(redis: Any) -> Scripts:
         token_failure=TokenFailureScript(raw("token_failure")),
         rate_refusal=RateRefusalScript(raw("rate_refusal")),
         flag_users=FlagUsersScript(raw("flag_users")),
-        fraud_batch=FraudBatchScript(raw("fraud_batch")))
+        fraud_batch=FraudBatchScript(raw("fraud_batch")),
+        watch_ranks=WatchRanksScript(raw("watch_ranks")))

@@ -215,6 +215,37 @@ class BoardPageScript(TypedScript):
         return BoardPage(int(revision), int(size), int(higher), rows)
 
 
+class WatchedRow(NamedTuple):
+    user_id: str
+    total: int
+    username: str
+    higher: int  # entries with a strictly higher total (competition rank - 1)
+
+
+class WatchedPlayer(NamedTuple):
+    known: bool  # has a display name: has scored on some board
+    position: int | None  # 0-based; None when not on the board
+    rows: list[WatchedRow]  # positions position - 1 .. position + 1 that exist
+
+
+class WatchRanksScript(TypedScript):
+    """``lua/watch_ranks.lua``: where each watched player stands, read-only."""
+
+    async def __call__(self, keys: Keys, *, board: str, user_ids: Sequence[str]
+                       ) -> tuple[int, list[WatchedPlayer]]:
+        """The board's revision and one reply per user id, in order."""
+        call: Call = [keys.board(board), keys.board_entries(board), keys.board_revision(board),
+                      keys.usernames], list(user_ids)
+        revision, *replies = await self._run(call)
+        players = []
+        for known, position, *flat in replies:  # integers come back as int
+            rows = [WatchedRow(_text(flat[i]), flat[i + 1], _text(flat[i + 2]), flat[i + 3])
+                    for i in range(0, len(flat), 4)]
+            players.append(WatchedPlayer(bool(int(known)),
+                                         None if int(position) < 0 else int(position), rows))
+        return int(revision), players
+
+
 class SetTotalsScript(TypedScript):
     """``lua/set_totals.lua``: users' totals on one board, each only if newer."""
 

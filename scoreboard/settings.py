@@ -102,6 +102,8 @@ class Settings:
     # Unsent bytes a spectator's socket may hold before it skips to the newest
     # snapshot (about 16 snapshots of 1 KB: a client this far behind is stale).
     ws_write_buffer_bytes: int = 16 * 1024
+    # Players one spectator connection may follow at once (the rank feed).
+    ws_max_watches: int = 10
     # Broadcaster processes sharing one port (SO_REUSEPORT); each reads the boards itself.
     broadcaster_processes: int = 1
 
@@ -243,7 +245,8 @@ def _check(settings: Settings) -> None:
                  "action_token_ttl_s", "access_token_ttl_s", "refresh_token_ttl_s", "dedup_ttl_s",
                  "worker_batch_max", "worker_block_ms", "claim_idle_ms", "max_deliveries",
                  "snapshot_size", "snapshot_interval_ms", "revision_poll_ms", "ws_max_per_ip",
-                 "ws_max_message_bytes", "ws_write_buffer_bytes", "broadcaster_processes",
+                 "ws_max_message_bytes", "ws_write_buffer_bytes", "ws_max_watches",
+                 "broadcaster_processes",
                  "rapid_max_actions", "rapid_window_ms",
                  "flag_duration_s", "token_failure_window_s", "token_failures_to_ban",
                  "token_failures_to_limit_address", "address_limit_s", "token_ban_s",

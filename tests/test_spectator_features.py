@@ -1,7 +1,7 @@
 """The spectator page's features in headless Chromium against a real ingest and
 broadcaster: the board picker from the board list, the number of players,
 rank movement, top-3 styling, the empty state, truncated names, following a
-player (their rank and neighbours from the API), and the layout at phone and
+player (their rank and neighbours from the broadcaster's rank feed), and the layout at phone and
 desktop widths (screenshots kept in pytest's temporary folder)."""
 
 from __future__ import annotations
@@ -117,15 +117,29 @@ def test_following_a_player_shows_their_rank_and_neighbours(
     panel = page.locator("#following")
     expect(panel).to_be_visible()
     expect(page.locator("#following-name")).to_have_text("Player 11")
-    expect(page.locator("#following-place")).to_have_text("Rank 12 of 15 with 89")
-    expect(page.locator("#neighbours li")).to_have_count(5)
+    expect(page.locator("#following-place")).to_have_text("Rank 12 with 89")
+    # the players right above and below, from the broadcaster's rank feed
+    expect(page.locator("#neighbours li .name")).to_have_text(["Player 10", "Player 11",
+                                                               "Player 12"])
     expect(page.locator("#neighbours li.me .name")).to_have_text("Player 11")
 
     page.click(row("p03"))  # follow someone in the top instead
     expect(page.locator("#following-name")).to_have_text("Player 3")
     expect(page.locator(row("p03"))).to_have_attribute("data-following", "true")
     put_scores(backing, keys, [entry("p03", 50, now_ms(), board=board, username="Player 3")])
-    expect(page.locator("#following-place")).to_have_text("Rank 1 of 15 with 147")
+    expect(page.locator("#following-place")).to_have_text("Rank 1 with 147")
+    expect(page.locator("#neighbours li .name")).to_have_text(["Player 3", "Player 0"])
+    # Player 0 passes them: the panel says so, live
+    put_scores(backing, keys, [entry("p00", 60, now_ms(), board=board, username="Player 0")])
+    expect(page.locator("#following-news")).to_have_text("Overtaken by Player 0")
+    expect(page.locator("#following-place")).to_have_text("Rank 2 with 147")
+    expect(page.locator("#neighbours li .name")).to_have_text(["Player 0", "Player 3",
+                                                               "Player 1"])
+    # after a reconnect the page watches them again by itself
+    page.evaluate("socket.close()")
+    expect(page.locator("#status")).to_have_text("live")
+    put_scores(backing, keys, [entry("p03", 20, now_ms(), board=board, username="Player 3")])
+    expect(page.locator("#following-place")).to_have_text("Rank 1 with 167")
     page.click("#unfollow")
     expect(panel).to_be_hidden()
     assert page.evaluate("localStorage.getItem('scoreboard.follow')") is None
@@ -150,7 +164,7 @@ def test_layout_at_phone_and_desktop_widths(backing: Backing, keys: Keys, browse
     try:
         open_board(tab, servers, board, follow="l11")
         expect(tab.locator("#rows tr")).to_have_count(10)
-        expect(tab.locator("#following-place")).to_have_text("Rank 12 of 12 with 923")
+        expect(tab.locator("#following-place")).to_have_text("Rank 12 with 923")
         layout: dict[str, Any] = tab.evaluate("""() => {
             const box = (el) => el.getBoundingClientRect();
             const table = box(document.querySelector('table'));

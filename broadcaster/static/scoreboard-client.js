@@ -4,8 +4,10 @@
 //
 //   const api = new ScoreboardClient.Api(ScoreboardClient.apiBaseFor(location));
 //   const feed = new ScoreboardClient.LiveFeed({url: ScoreboardClient.liveUrlFor(location),
-//     board: "global", window: "daily", onSnapshot: (s) => ..., onStatus: (state) => ...});
+//     board: "global", window: "daily", onSnapshot: (s) => ..., onStatus: (state) => ...,
+//     onMessage: (m) => ...});  // the rank feed's "rank", "overtaken", errors
 //   feed.connect();
+//   feed.watch("player-id");  // follow one player (again after each reconnect); "" stops
 //
 // A feed of a window (daily, weekly, ...) follows its current period: at the
 // period's end the server sends the next period's first snapshot (its
@@ -78,12 +80,14 @@
   // once the socket opens; stale or repeated versions are not handed out.
   class LiveFeed {
     constructor({ url, board, window = "all_time", onSnapshot, onStatus = () => {},
-                  onSocket = () => {} }) {
+                  onSocket = () => {}, onMessage = () => {} }) {
       this.url = url;
       this.board = board;
       this.window = window;
       this.period = null; // of the last snapshot handed out (a window's feed)
       this.onSnapshot = onSnapshot;
+      this.onMessage = onMessage;
+      this.watching = "";
       this.onStatus = onStatus;
       this.onSocket = onSocket;
       this.attempt = 0;
@@ -106,10 +110,17 @@
         if (this.board !== requested || this.window !== requestedWindow) {
           socket.send(this.subscribeMessage());
         }
+        if (this.watching) socket.send(JSON.stringify({ type: "watch", user_id: this.watching }));
       };
       socket.onmessage = (event) => {
         const message = JSON.parse(event.data);
-        if (message.type !== "snapshot" || message.board !== this.board) return;
+        if (message.type !== "snapshot") {
+          // (a window's rank messages name its period's scope, "<board>/<window>/<period>")
+          if (!message.board || message.board === this.board
+              || message.board.startsWith(`${this.board}/`)) this.onMessage(message);
+          return;
+        }
+        if (message.board !== this.board) return;
         if ((message.window || "all_time") !== this.window) return;
         if ((message.period || null) !== this.period) { // a new period: versions restart
           this.period = message.period || null;
@@ -135,6 +146,19 @@
       this.lastVersion = -1;
       if (this.socket && this.socket.readyState === WebSocket.OPEN) {
         this.socket.send(this.subscribeMessage());
+      }
+    }
+
+    // Follow one player's rank and neighbours ("rank" and "overtaken" messages on
+    // onMessage); the server keeps following them across board switches.
+    watch(userId) {
+      const previous = this.watching;
+      this.watching = userId || "";
+      if (previous === this.watching || !this.socket
+          || this.socket.readyState !== WebSocket.OPEN) return;
+      if (previous) this.socket.send(JSON.stringify({ type: "unwatch", user_id: previous }));
+      if (this.watching) {
+        this.socket.send(JSON.stringify({ type: "watch", user_id: this.watching }));
       }
     }
 

@@ -1,7 +1,7 @@
 // The spectator page: the live top of a board (through scoreboard-client.js),
 // rows built as text (never HTML: usernames are whatever players chose), rank
 // movement, top-3 styling, the board list and player count from the API, an
-// empty state, and "follow a player" (their rank and neighbours).
+// empty state, and "follow a player" (their rank and neighbours, follow.js).
 // Top-level names (socket, connect, boardInput) are globals on purpose: the
 // browser tests drive the page through them.
 "use strict";
@@ -21,7 +21,6 @@ const boardInput = document.getElementById("board");
 const boardList = document.getElementById("board-list");
 const playersEl = document.getElementById("players");
 const emptyEl = document.getElementById("empty");
-const followPanel = document.getElementById("following");
 boardInput.value = board;
 
 function setStatus(text, kind) {
@@ -36,7 +35,9 @@ const feed = new ScoreboardClient.LiveFeed({
   onStatus: (state) => (state === "live" ? setStatus("live", "live")
                                          : setStatus("reconnecting", "down")),
   onSocket: (ws) => { socket = ws; },
+  onMessage: (message) => followPanel.handle(message),
 });
+const followPanel = new FollowPanel(feed);
 
 function connect() {
   return feed.connect();
@@ -101,7 +102,6 @@ function render(snapshot) {
   emptyEl.hidden = snapshot.entries.length > 0;
   meta.textContent = `version ${snapshot.version} · ${new Date(snapshot.ts).toLocaleTimeString()}`;
   refreshBoards();
-  refreshFollowing();
 }
 
 // The board list and this board's number of players, at most every 3 s. The
@@ -126,53 +126,6 @@ async function loadBoards() {
   }
 }
 
-function neighbour(entry) {
-  const li = document.createElement("li");
-  const rank = document.createElement("span");
-  rank.className = "rank";
-  rank.textContent = String(entry.rank);
-  const name = document.createElement("span");
-  name.className = "name";
-  name.textContent = entry.username;
-  name.title = entry.username;
-  const score = document.createElement("span");
-  score.className = "score";
-  score.textContent = String(entry.score);
-  if (entry.user_id === following) li.className = "me";
-  li.dataset.userId = entry.user_id;
-  li.append(rank, name, score);
-  return li;
-}
-
-// The followed player's rank and neighbours, from the API (they may be far
-// below the live top), at most once a second.
-const refreshFollowing = throttled(loadFollowing, 1000);
-async function loadFollowing() {
-  followPanel.hidden = !following;
-  if (!following) return;
-  const nameEl = document.getElementById("following-name");
-  const placeEl = document.getElementById("following-place");
-  const list = document.getElementById("neighbours");
-  const shown = lastSnapshot?.entries.find((e) => e.user_id === following);
-  nameEl.textContent = shown ? shown.username : following;
-  try {
-    const around = await api.around(following, board, 2);
-    const me = around.entries.find((e) => e.user_id === following);
-    nameEl.textContent = me ? me.username : following;
-    placeEl.textContent = me ? `Rank ${me.rank} of ${around.size} with ${me.score}` : "";
-    list.replaceChildren(...around.entries.map(neighbour));
-  } catch (error) {
-    if (shown) {
-      placeEl.textContent = `Rank ${shown.rank} with ${shown.score}`;
-      list.replaceChildren(neighbour(shown));
-    } else {
-      placeEl.textContent = error.code === "not_ranked" ? "Not on this board yet."
-                                                        : "Their place cannot be read now.";
-      list.replaceChildren();
-    }
-  }
-}
-
 function follow(userId) {
   following = userId;
   if (userId) localStorage.setItem("scoreboard.follow", userId);
@@ -181,7 +134,7 @@ function follow(userId) {
     if (tr.dataset.userId === following) tr.dataset.following = "true";
     else delete tr.dataset.following;
   }
-  refreshFollowing(true);
+  followPanel.follow(following);
 }
 
 rows.addEventListener("click", (event) => {
@@ -215,4 +168,4 @@ function switchBoard(wanted) {
 
 connect();
 refreshBoards(true);
-refreshFollowing(true);
+followPanel.follow(following);

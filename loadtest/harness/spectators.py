@@ -3,7 +3,9 @@
 A client process (``python -m loadtest.harness.spectators WS_URL [--client
 raw|websockets] [--keep]``) holds a :class:`Crowd` and takes one JSON command
 per stdin line, answering one JSON reply per stdout line:
-``{"op": "connect", "count", "parallel", "deadline_s"}``, ``{"op": "start"}``
+``{"op": "connect", "count", "parallel", "deadline_s"}`` (with ``"watch_players": W,
+"watch_offset", "epoch_ms"``: spectator i also watches ``watched_{(offset + i) % W}``,
+see below), ``{"op": "start"}``
 (count from now on), ``{"op": "stop"}`` (reply with what was counted) and
 ``{"op": "close"}``. :class:`ClientProcess` is the orchestrator's handle on
 one; ``loadtest.e2e_spectators`` speaks the same protocol.
@@ -14,6 +16,14 @@ reads ``ts`` without decoding the JSON), because on 2 cores every client µs
 is taken from the server: measured at 1,000 spectators, the ``websockets``
 library's asyncio client cost about 49 µs of CPU per message received, this
 one about 24 µs. ``websockets`` runs the library's client, for comparison.
+
+Watching spectators (the rank feed part of the broadcaster benchmark) put
+``&watch=<user id>`` in their URL and send ``{"type": "watch", "user_id"}``
+once upgraded (a server uses whichever it understands). Rank messages are
+counted apart, and their freshness binned: the benchmark's writer sets each
+watched player's total to ``(ms since epoch_ms) * 1000 + index``, so the
+receipt time minus the write time is read from the score without decoding the
+JSON (a rank message's own ``score`` is its first).
 """
 
 from __future__ import annotations
@@ -76,8 +86,10 @@ class RawSpectator(Spectator, asyncio.Protocol):
     """A minimal RFC 6455 client: enough for a server that sends unfragmented text
     frames, pings and a close; costs a few µs per message."""
 
-    def __init__(self, crowd: Crowd, index: int, host: str, path: str) -> None:
+    def __init__(self, crowd: Crowd, index: int, host: str, path: str,
+                 watch: str | None = None) -> None:
         super().__init__(crowd, index)
+        self.watch = watch
         key = base64.b64encode(os.urandom(16)).decode()
         self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -105,6 +117,8 @@ class RawSpectator(Spectator, asyncio.Protocol):
                 return
             del buffer[:end + 4]
             self.upgraded = True
+            if self.watch is not None:
+                self._send(0x1, orjson.dumps({"type": "watch", "user_id": self.watch}))
         position, size = 0, len(buffer)
         while size - position >= 2:
             length, header = buffer[position + 1] & 0x7F, 2
@@ -133,7 +147,7 @@ class RawSpectator(Spectator, asyncio.Protocol):
         del buffer[:position]
 
     def _send(self, opcode: int, payload: bytes) -> None:
-        """A masked (client) frame; only ever a short control frame here."""
+        """A masked (client) frame; only ever a short one here (< 126 bytes)."""
         if self.transport is None or self.transport.is_closing():
             return
         mask = os.urandom(4)
@@ -158,10 +172,12 @@ class LibrarySpectator(Spectator):
     connection: ClientConnection
     reader: asyncio.Task[None]
 
-    async def open(self, url: str) -> None:
+    async def open(self, url: str, watch: str | None = None) -> None:
         self.connection = await connect(url, compression=None, ping_interval=None,
                                         max_size=2**20, open_timeout=CONNECT_TIMEOUT_S)
         self.reader = asyncio.create_task(self._read())
+        if watch is not None:
+            await self.connection.send(orjson.dumps({"type": "watch", "user_id": watch}))
 
     async def _read(self) -> None:
         try:
@@ -191,6 +207,9 @@ class Crowd:
         self.bins: dict[int, int] = {}
         self.kept: list[tuple[int, float, str]] = []
         self.closed_in_window: Counter[int] = Counter()
+        self.watch_players, self.watch_offset, self.epoch_ms = 0, 0, 0
+        self.ranks = 0
+        self.fresh_bins: dict[int, int] = {}
 
     def on_snapshot(self, spectator: Spectator, payload: bytes, now_ms: float) -> None:
         if not spectator.first.done():
@@ -201,6 +220,12 @@ class Crowd:
         start = payload.find(b'"ts":') + 5
         latency_bin = int((now_ms - int(payload[start:payload.find(b",", start)])) * BIN_PER_MS)
         self.bins[latency_bin] = self.bins.get(latency_bin, 0) + 1
+        if payload.startswith(b'{"type":"rank"'):
+            self.ranks += 1
+            start = payload.find(b'"score":') + 8
+            written_ms = self.epoch_ms + int(payload[start:payload.find(b",", start)]) // 1000
+            fresh_bin = int((now_ms - written_ms) * BIN_PER_MS)
+            self.fresh_bins[fresh_bin] = self.fresh_bins.get(fresh_bin, 0) + 1
         if self.keep:
             self.kept.append((spectator.index, now_ms, payload.decode()))
 
@@ -209,14 +234,18 @@ class Crowd:
             self.closed_in_window[code] += 1
 
     async def _open(self, index: int) -> Spectator:
+        watch, url = None, self.url
+        if self.watch_players:
+            watch = f"watched_{(self.watch_offset + index) % self.watch_players}"
+            url += ("&" if "?" in url else "?") + f"watch={watch}"
         if self.kind == "websockets":
             library = LibrarySpectator(self, index)
-            await library.open(self.url)
+            await library.open(url, watch)
             await library.first
             return library
-        parts = urlsplit(self.url)
+        parts = urlsplit(url)
         path = parts.path + ("?" + parts.query if parts.query else "")
-        raw = RawSpectator(self, index, parts.netloc, path)
+        raw = RawSpectator(self, index, parts.netloc, path, watch)
         await asyncio.get_running_loop().create_connection(
             lambda: raw, parts.hostname or "127.0.0.1", parts.port or 80)
         try:
@@ -256,6 +285,7 @@ class Crowd:
         for spectator in self.spectators:
             spectator.in_window = 0
         self.bins, self.kept, self.closed_in_window = {}, [], Counter()
+        self.ranks, self.fresh_bins = 0, {}
         self.counting, self.window_started = True, time.perf_counter()
         return {"ok": True}
 
@@ -266,7 +296,8 @@ class Crowd:
                 "bins": {str(k): v for k, v in self.bins.items()},
                 "closed": {str(k): v for k, v in self.closed_in_window.items()},
                 "open": sum(1 for s in self.spectators if s.close_code is None),
-                "kept": self.kept}
+                "kept": self.kept, "ranks": self.ranks,
+                "fresh_bins": {str(k): v for k, v in self.fresh_bins.items()}}
 
     async def close(self) -> dict[str, Any]:
         await asyncio.gather(*(s.close() for s in self.spectators if s.close_code is None),
@@ -284,6 +315,9 @@ async def serve_commands(url: str, kind: str, keep: bool) -> int:
     while line := await reader.readline():
         command: dict[str, Any] = orjson.loads(line)
         if command["op"] == "connect":
+            crowd.watch_players = command.get("watch_players", 0)
+            crowd.watch_offset = command.get("watch_offset", 0)
+            crowd.epoch_ms = command.get("epoch_ms", 0)
             reply = await crowd.connect(command["count"], command["parallel"],
                                         command["deadline_s"])
         elif command["op"] == "start":
