@@ -62,9 +62,13 @@ class PeriodFollower:
                 continue
             snapshot = await self.snapshots.current(new)
             for spectator in list(self.hub.boards.get(old, ())):
-                self.hub.join(spectator, new)
-                spectator.version_sent = -1
-                spectator.offer(snapshot)
+                move_to = getattr(spectator, "move_to", None)
+                if move_to is not None:  # a WebSocket: its watched players move too
+                    move_to(new)
+                else:
+                    self.hub.join(spectator, new)
+                    spectator.version_sent = -1
+                    spectator.offer(snapshot)
                 moved += 1
         return moved
 

@@ -289,6 +289,12 @@ class SpectatorConnection(asyncio.Protocol):
         if self.open:
             self._watch(scope)
 
+    def move_to(self, board: str) -> None:
+        """The period this spectator followed has ended (broadcaster.periods): watch
+        the next one, with the players it follows."""
+        if self.open:
+            self._watch(board)
+
     def _watch(self, board: str) -> None:
         """Move to ``board`` and send its current snapshot (read first if nobody here
         watched it: the only path that awaits, once per board and not per client)."""

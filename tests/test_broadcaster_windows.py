@@ -136,3 +136,36 @@ def test_at_the_end_of_a_period_spectators_move_to_the_next_one_empty(
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_season_ends_while_watched_and_the_next_one_starts_empty(
+        broadcaster_url: str, backing: Backing, keys: Keys) -> None:
+    """End to end: a season that ends a few seconds after the spectator connects;
+    the broadcaster moves it to the next season (empty) by itself."""
+    board = fresh_name("seasons")
+    now = datetime.now(UTC).replace(microsecond=0)
+    switch = now + timedelta(seconds=4)
+
+    def iso(moment: datetime) -> str:
+        return moment.isoformat().replace("+00:00", "Z")
+
+    make_board(backing, board, seasons=(f"s1={iso(now - timedelta(hours=1))}/{iso(switch)}",
+                                        f"s2={iso(switch)}/{iso(now + timedelta(hours=1))}"))
+
+    async def scenario() -> None:
+        writer = Writer(backing, keys)
+        try:
+            await writer.set(scope(board, "season", "s1"), "ann", 3)
+            async with connect(ws_url(broadcaster_url, board) + "&window=season") as ws:
+                first = await next_snapshot(ws)
+                assert (first["period"], scores(first)) == ("s1", {"ann": 3})
+                following = await next_snapshot(ws, timeout_s=30)
+                assert (following["window"], following["period"]) == ("season", "s2")
+                assert following["entries"] == []
+                await writer.set(scope(board, "season", "s2"), "bob", 1)
+                update = await next_snapshot(ws)
+                assert (update["period"], scores(update)) == ("s2", {"bob": 1})
+        finally:
+            await writer.close()
+
+    asyncio.run(scenario())
