@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser prometheus run test lint bench-ingest bench-worker bench-e2e bench-broadcaster clean
+.PHONY: install browser prometheus run test lint bench-ingest bench-worker bench-e2e bench-broadcaster bench-history clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed (set PYTHON=...)")'
@@ -49,6 +49,9 @@ bench-e2e: install
 
 bench-broadcaster: install
 	$(PY) -m loadtest.bench_broadcaster $(BENCH_ARGS)
+
+bench-history: install
+	$(PY) -m loadtest.bench_history $(BENCH_ARGS)
 
 .PHONY: fraud-sim
 fraud-sim: install

@@ -63,6 +63,9 @@ def path_user() -> dict[str, Any]:
 BOARD_Q = query("board", BOARD, "board name (default `global`)")
 LIMIT_Q = query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
                 "how many entries")
+AS_OF_Q = query("as_of", {"type": "string", "format": "date-time",
+                          "examples": ["2026-11-30T12:00:00Z"]},
+                "ISO 8601 time with a zone: the board as it stood then (not in the future)")
 RADIUS_Q = query("radius", {"type": "integer", "minimum": 0, "maximum": 50, "default": 5},
                  "entries on each side")
 WINDOW_Q = query("window", {"enum": ["all_time", "daily", "weekly", "monthly", "season"],
@@ -212,12 +215,20 @@ OPERATIONS: dict[str, Operation] = {
                       "422": refusal("`invalid_field`: a query parameter is invalid or"
                                      " unknown"), "503": UNAVAILABLE}},
     "GET /api/scores/top": {
-        "tags": ["boards"], "summary": "The top of a board",
+        "tags": ["boards"], "summary": "The top of a board, now or at a past moment",
         "description": "Higher score first; ties by who reached the score first. Cached"
-                       " `TOP_CACHE_MS` per process.",
-        "parameters": [BOARD_Q, LIMIT_Q, *WINDOWED],
+                       " `TOP_CACHE_MS` per process. With `as_of`: the board as it stood"
+                       " at that moment, replayed from the `actions` log in Postgres"
+                       " (`version` null, no cursor, `as_of` echoed in UTC); moderation as"
+                       " it stands now (removed actions not counted, players banned now"
+                       " left out). Only `board` and `limit` go with `as_of`.",
+        "parameters": [BOARD_Q, LIMIT_Q, AS_OF_Q, *WINDOWED],
         "responses": {"200": answer("the top", "BoardPage", headers=FROM_POSTGRES),
-                      **BOARD_READ}},
+                      **BOARD_READ,
+                      "422": refusal("`invalid_field` (a query parameter is invalid or"
+                                     " unknown, or `as_of` is not a time with a zone);"
+                                     " `as_of_in_future`; `as_of_before_retention` (the"
+                                     " actions of that time were dropped: RETENTION_MONTHS)")}},
     "GET /api/scores/page": {
         "tags": ["boards"], "summary": "Walk a whole board page by page",
         "description": "The page after `cursor` (a `next_cursor` from a previous page);"

@@ -153,6 +153,8 @@ SCHEMAS: dict[str, Schema] = {
                       "entries": ENTRIES,
                       "next_cursor": {"type": ["string", "null"],
                                       "description": "pass as cursor= to /api/scores/page"},
+                      "as_of": {"type": "string", "format": "date-time",
+                                "description": "only with `as_of`: the moment, in UTC"},
                       **WINDOWED_READ},
                      required=["board", "version", "size", "entries", "next_cursor"],
                      closed=False),

@@ -22,6 +22,7 @@ import redis.exceptions
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingest import history_routes
 from ingest.bearer import authenticate, ensure_not_revoked, unauthorized
 from ingest.http import JSONResponse
 from ingest.state import IngestState, state_of
@@ -73,6 +74,8 @@ def not_ranked(user_id: str, board: str) -> RequestError:
 
 
 async def top(request: Request) -> Response:
+    if "as_of" in request.query_params:  # the past: from Postgres's event log
+        return await history_routes.top_at(request)
     state = state_of(request)
     query = parse_board_query(request.query_params)
     target = await target_of(state, query)

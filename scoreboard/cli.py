@@ -27,6 +27,7 @@ from scoreboard.admin import UnknownName, add_admin_parser, main_admin, require_
 from scoreboard.console import start_banner
 from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
+from scoreboard.history_cli import add_history_parsers, main_history
 from scoreboard.logs import configure_logging
 from scoreboard.migrate import ensure_database, migrate
 from scoreboard.running import running_file as _running_file
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                                   help="recompute a board from Postgres and swap it in")
     rebuild.add_argument("board")
     add_admin_parser(commands)
+    add_history_parsers(commands)
     _describe_subcommands(commands)
     args = parser.parse_args(argv)
     configure_logging()
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"board {args.board!r} rebuilt from Postgres: {members} members")
         elif args.command == "admin":
             return main_admin(args, ready)
+        elif args.command in ("history", "history-checkpoints"):
+            return main_history(args, ready)
     return 0
 
 

@@ -145,6 +145,17 @@ class Settings:
     chaos_marker_file: str = ""
     chaos_hold_after_commits: int = 0
 
+    # History (scoreboard/history.py): ``as_of`` starts from a checkpoint of every
+    # (board, user) total written this often, and replays the actions after it.
+    history_checkpoint_hours: int = 24
+    # A checkpoint covers only actions older than this margin below the point
+    # where every stream entry is acknowledged (committed): none still in flight.
+    history_checkpoint_lag_s: int = 300
+    history_checkpoints_per_run: int = 100  # a long history is caught up over runs
+    # Partitions of ``actions`` older than this many months (besides the current
+    # one) are dropped by a scheduled job; 0 keeps everything.
+    retention_months: int = 0
+
     # Observability.
     log_level: str = "INFO"
     access_log: bool = True  # ingest: one JSON line per request, at INFO
@@ -252,7 +263,8 @@ def _check(settings: Settings) -> None:
                  "token_failures_to_limit_address", "address_limit_s", "token_ban_s",
                  "max_backlog", "backlog_check_ms", "board_refresh_s",
                  "period_archive_grace_s", "period_key_ttl_s",
-                 "rate_refusal_window_s", "cadence_window_s", "farm_window_s"):
+                 "rate_refusal_window_s", "cadence_window_s", "farm_window_s",
+                 "history_checkpoint_hours", "history_checkpoints_per_run"):
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
     for name in ("rate_refusals_to_flag", "cadence_actions", "cadence_max_cv",
@@ -260,6 +272,10 @@ def _check(settings: Settings) -> None:
         if getattr(settings, name) < 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)),
                               "must be zero (rule off) or positive")
+    for name in ("retention_months", "history_checkpoint_lag_s"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(name.upper(), str(getattr(settings, name)),
+                              "must be zero or positive (RETENTION_MONTHS 0: keep everything)")
     if settings.dedup_ttl_s < settings.action_token_ttl_s:
         raise ConfigError("DEDUP_TTL_S", str(settings.dedup_ttl_s),
                           f"must be at least ACTION_TOKEN_TTL_S ({settings.action_token_ttl_s}):"

@@ -1,20 +1,26 @@
-"""arq jobs: partitions ahead of time, stream trimming, board reconciliation, rebuild.
+"""arq jobs: partitions ahead of time, stream trimming, board reconciliation, rebuild,
+history checkpoints and retention.
 
 Each is safe to run on two workers at once or to be killed half-way:
 partition creation is serialised in Postgres and skips existing months; the
 trim point only ever covers acknowledged entries; reconciliation only raises
-scores to committed totals; a rebuild swaps in a complete copy or nothing.
+scores to committed totals; a rebuild swaps in a complete copy or nothing;
+a checkpoint is written whole under an advisory lock or not at all;
+retention drops a partition only after the checkpoint at its end exists.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from scoreboard.archives import NOT_ARCHIVED, archive_periods
 from scoreboard.board_writes import rebuild_board, reconcile_board
+from scoreboard.history import retention_cutoff
+from scoreboard.history_checkpoints import committed_horizon, write_due_checkpoints
 from scoreboard.moderation import restore_restrictions
+from scoreboard.retention import drop_expired_partitions
 from scoreboard.stream_trim import trim_acknowledged
 from workers.fraud import score_velocity
 
@@ -66,6 +72,26 @@ async def archive_periods_job(ctx: dict[str, Any]) -> int:
         grace_s=settings.period_archive_grace_s, key_ttl_s=settings.period_key_ttl_s,
         service_max=settings.max_points_per_increment)
     return len(archived)
+
+
+async def history_checkpoints_job(ctx: dict[str, Any]) -> int:
+    """Hourly: the checkpoints ``as_of`` starts from, up to where the stream is all
+    committed (scoreboard/history.py: ``checkpoint_horizon``)."""
+    settings = ctx["settings"]
+    horizon = await committed_horizon(ctx["redis"], ctx["keys"], now=datetime.now(UTC),
+                                      lag=timedelta(seconds=settings.history_checkpoint_lag_s))
+    written = await write_due_checkpoints(
+        ctx["pool"], horizon=horizon, interval=timedelta(hours=settings.history_checkpoint_hours),
+        limit=settings.history_checkpoints_per_run)
+    return len(written)
+
+
+async def retention_job(ctx: dict[str, Any]) -> int:
+    """Daily: drop the partitions of ``actions`` older than ``RETENTION_MONTHS``."""
+    cutoff = retention_cutoff(datetime.now(UTC), ctx["settings"].retention_months)
+    if cutoff is None:
+        return 0
+    return len(await drop_expired_partitions(ctx["pool"], cutoff))
 
 
 async def rebuild_board_job(ctx: dict[str, Any], board: str) -> int:

@@ -121,6 +121,8 @@ class WorkerSettings:
         cron(jobs.score_velocity_job, minute={2}),
         cron(jobs.restore_restrictions_job, minute={20}),
         cron(jobs.archive_periods_job, second={40}),
+        cron(jobs.history_checkpoints_job, minute={7}, timeout=3600),
+        cron(jobs.retention_job, hour={3}, minute={37}, timeout=3600),
     ]
     on_startup = startup
     on_shutdown = shutdown

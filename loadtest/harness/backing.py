@@ -124,14 +124,17 @@ def fresh_prefixes(stack: contextlib.ExitStack, servers: Servers,
 
 
 def start_backing(stack: contextlib.ExitStack, root: Path, *, durable_postgres: bool = False,
-                  other_prefixes: Sequence[str] = ()) -> Backing:
+                  other_prefixes: Sequence[str] = (), database_name: str | None = None
+                  ) -> Backing:
     """Redis and Postgres (see :func:`start_servers`), a fresh migrated database,
     development keys in ``root`` and a fresh key prefix; on given servers the
     database and the keys of the prefix (and of ``key_prefix + s`` for each
-    ``s`` in ``other_prefixes``) are removed at the end."""
+    ``s`` in ``other_prefixes``) are removed at the end. ``database_name``
+    names the database instead (kept if it exists, migrated): with a ``root``
+    that outlives the run, a benchmark can reuse the data it loaded before."""
     servers = start_servers(stack, root, durable_postgres=durable_postgres)
     run_id = secrets.token_hex(4)
-    backing = Backing(**vars(servers), database_name=f"bench_{run_id}",
+    backing = Backing(**vars(servers), database_name=database_name or f"bench_{run_id}",
                       key_prefix=f"bench_{run_id}", keys_dir=root / "keys")
     fresh_prefixes(stack, servers, [backing.key_prefix,
                                     *(backing.key_prefix + s for s in other_prefixes)])
