@@ -204,5 +204,6 @@ class SnapshotService:
                 logger.warning("revision poll failed: %r", exc)
                 continue
             for board, revision in zip(watched, revisions, strict=True):
-                if revision is not None and int(revision) > self.latest[board].version:
+                kept = self.latest.get(board)  # None: forgotten while the read was out
+                if kept is not None and revision is not None and int(revision) > kept.version:
                     self.notice(board)

@@ -68,16 +68,18 @@ TOKEN_FAILURES = {"token_foreign": "action_token_foreign"}
 
 async def record_token_failure(state: IngestState, *, user_id: str, address: str,
                                failure: str) -> None:
-    """Count a token-manipulation failure (lua/token_failure.lua decides bans and
-    address limits). ``user_id`` is empty when the subject is not authenticated."""
+    """Count a token-manipulation failure (lua/token_failure.lua decides flags and
+    address limits; the worker's recorder escalates a repeat offence). ``user_id`` is
+    empty when the subject is not authenticated."""
     settings, keys = state.settings, state.keys
     reply = await state.scripts.token_failure(
         keys, user_id=user_id, address=address, failure=failure,
         window_ms=settings.token_failure_window_s * 1000,
-        to_ban=settings.token_failures_to_ban,
+        to_flag=settings.token_failures_to_flag,
         to_limit_address=settings.token_failures_to_limit_address,
-        address_limit_ms=settings.address_limit_s * 1000, ban_ms=settings.token_ban_s * 1000)
-    if reply.banned_now:
+        address_limit_ms=settings.address_limit_s * 1000,
+        flag_ms=settings.flag_duration_s * 1000)
+    if reply.flagged_now:
         count_fraud_event("token_manipulation", "critical")
     if reply.limited_now:
         count_fraud_event("token_manipulation", "high")

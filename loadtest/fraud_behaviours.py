@@ -1,8 +1,8 @@
 """The fraud simulator's accounts and how each class behaves, over the public API.
 
-``loadtest.fraud_sim`` lists the classes and what each does; every request
-goes through one shared ``httpx`` client, from the account's own address
-(``X-Forwarded-For``).
+``loadtest.fraud_sim`` lists the classes and what each does; the HTTP side and
+the simulated clock are ``loadtest.fraud_client``. Every pause here is in
+simulated seconds.
 """
 
 from __future__ import annotations
@@ -10,24 +10,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import random
 import secrets
-import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from time import time as time_now
 from typing import Any
 
 import httpx
 import orjson
 
 from loadtest import BenchError
+from loadtest.fraud_client import Account, Refused, Sim, honest_choice
 from loadtest.harness.players import expect, unpadded_b64decode
 
-BOARD = "global"
 P_RETRY_USED = 0.05  # honest: re-sends an increment whose answer was lost
 P_EXPIRED = 0.03  # honest: uses a token after being away for more than its lifetime
 
@@ -38,6 +36,7 @@ class ClassSpec:
     honest: bool
     default_count: int
     what: str
+    members: tuple[int, int] = (1, 1)  # accounts per address
 
 
 CLASSES = (
@@ -45,181 +44,103 @@ CLASSES = (
     ClassSpec("grinder", True, 25, "honest players"),
     ClassSpec("night_owl", True, 25, "honest players"),
     ClassSpec("bursty", True, 25, "honest players"),
-    ClassSpec("household", True, 10, "addresses of 2-3 honest players"),
+    ClassSpec("household", True, 10, "addresses of 2-6 honest players", (2, 6)),
+    ClassSpec("campus", True, 2, "campus / carrier-NAT addresses of 50-500 honest players in "
+              "sessions", (50, 500)),
     ClassSpec("fixed_cadence", False, 20, "bots"),
     ClassSpec("max_rate", False, 10, "bots"),
     ClassSpec("replayer", False, 10, "accounts"),
     ClassSpec("forger", False, 10, "accounts"),
-    ClassSpec("farm", False, 4, "farms (addresses)"),
+    ClassSpec("farm", False, 4, "farms (addresses)", (5, 8)),
+    ClassSpec("slow", False, 10, "bots at a human pace, the board's top action every time"),
 )
 SPEC = {spec.name: spec for spec in CLASSES}
-
-
-@dataclass
-class Account:
-    label: str
-    username: str
-    password: str
-    address: str
-    group: int  # household / farm number, else the account's own number
-    user_id: str = ""
-    access_token: str = ""
-    refresh_token: str = ""
-    first_request: float | None = None  # wall-clock time
-    statuses: Counter[str] = field(default_factory=Counter)
-    stopped: str = ""
-
-    @property
-    def honest(self) -> bool:
-        return SPEC[self.label].honest
-
-
-class Refused(Exception):
-    """The account was refused for good (banned): its behaviour stops."""
-
-
-# --- The HTTP side: one shared client, every request on behalf of an account --------------
-
-
-class Sim:
-    def __init__(self, url: str, *, end: float, hammer_pause: float) -> None:
-        self.http = httpx.AsyncClient(base_url=url, timeout=30,
-                                      limits=httpx.Limits(max_connections=256,
-                                                          max_keepalive_connections=256))
-        self.end = end
-        self.hammer_pause = hammer_pause
-        self.stolen: list[str] = []  # tokens replayers hand to each other
-        self.user_ids: list[str] = []
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep, or stop the behaviour when the run ends first."""
-        if seconds >= self.left():
-            await asyncio.sleep(max(0.0, self.left()))
-            raise TimeoutError
-        await asyncio.sleep(max(0.0, seconds))
-
-    async def sleep_until(self, at: float) -> None:
-        await self.sleep(at - time.monotonic())
-
-    async def request(self, account: Account, path: str, *, body: dict[str, Any] | None = None,
-                      bearer: str | None = None) -> tuple[int, str, float]:
-        """POST as ``account``; returns (status, error code, Retry-After s). A 401 for an
-        expired access token refreshes it once; 403 user_banned stops the account."""
-        if account.first_request is None:
-            account.first_request = time.time()
-        for _ in range(2):
-            headers = {"X-Forwarded-For": account.address,
-                       "Authorization": f"Bearer {bearer or account.access_token}"}
-            response = await self.http.post(path, json=body or {}, headers=headers)
-            code = ""
-            if response.status_code >= 400:
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    code = response.json()["error"]["code"]
-            account.statuses[f"{response.status_code} {code}".strip()] += 1
-            if response.status_code == 401 and code == "token_expired" and bearer is None:
-                await self.refresh(account)
-                continue
-            if code == "user_banned":
-                account.stopped = "banned"
-                raise Refused
-            retry_after = float(response.headers.get("retry-after", "0") or 0)
-            return response.status_code, code, retry_after
-        return 401, "token_expired", 0.0
-
-    async def refresh(self, account: Account) -> None:
-        response = await self.http.post("/api/auth/refresh",
-                                         json={"refresh_token": account.refresh_token},
-                                         headers={"X-Forwarded-For": account.address})
-        body = expect(response, 200)
-        account.access_token, account.refresh_token = body["access_token"], body["refresh_token"]
-
-    async def token(self, account: Account) -> tuple[str | None, float]:
-        """A fresh action token, or (None, Retry-After) when refused."""
-        if account.first_request is None:
-            account.first_request = time.time()
-        response = await self.http.post("/api/actions/token", headers={
-            "X-Forwarded-For": account.address, "Authorization": f"Bearer {account.access_token}"})
-        if response.status_code == 200:
-            account.statuses["200 token"] += 1
-            token: str = response.json()["action_token"]
-            return token, 0.0
-        code = response.json().get("error", {}).get("code", "")
-        account.statuses[f"{response.status_code} {code} (token)"] += 1
-        if response.status_code == 401 and code == "token_expired":
-            await self.refresh(account)
-            return await self.token(account)
-        if code == "user_banned":
-            account.stopped = "banned"
-            raise Refused
-        return None, float(response.headers.get("retry-after", "0") or 0)
-
-    async def token_when_allowed(self, account: Account) -> str:
-        """A fresh action token, waiting out every refusal (Retry-After), as a human
-        would; the run's end stops the behaviour (:meth:`sleep`)."""
-        while True:
-            token, wait = await self.token(account)
-            if token is not None:
-                return token
-            await self.sleep(wait)
-
-    async def increment(self, account: Account, token: str, points: int) -> tuple[int, str, float]:
-        # The server decides the points now (the token's action: global's play = 1);
-        # ``points`` is what the account would have asked for, kept for its class's pace.
-        return await self.request(account, "/api/scores/increment",
-                                  body={"action_token": token})
 
 
 # --- Behaviours ---------------------------------------------------------------------------
 
 
+async def rest_between_sessions(sim: Sim, account: Account, rng: random.Random) -> None:
+    """Sessions of play: after a session (15-120 min) a rest of 1-8 h. Used by every
+    honest class when the run has ``--sessions``, and always by campus players."""
+    if sim.now() < account.session_end:
+        return
+    if account.session_end:  # a session ended: rest
+        await sim.sleep(rng.uniform(3600, 8 * 3600))
+    account.session_end = sim.now() + rng.uniform(15 * 60, 120 * 60)
+
+
+async def first_session(sim: Sim, account: Account, rng: random.Random) -> None:
+    """Where the run finds a player in sessions: a third of them playing already,
+    the rest starting within the next 8 h."""
+    if rng.random() < 1 / 3:
+        account.session_end = sim.now() + rng.uniform(0, 120 * 60)
+    else:
+        await sim.sleep(rng.uniform(0, 8 * 3600))
+        account.session_end = sim.now() + rng.uniform(15 * 60, 120 * 60)
+
+
 async def honest_action(sim: Sim, account: Account, rng: random.Random) -> None:
     """One action of a human: fetch a token, post it; a 429 is waited out (Retry-After)."""
-    token, wait = await sim.token(account)
+    action = honest_choice(rng)
+    token, wait = await sim.token(account, action)
     if token is None:
         await sim.sleep(wait)
-        token, _ = await sim.token(account)
+        token, _ = await sim.token(account, action)
         if token is None:
             return
-    points = rng.randint(1, 10)
     if rng.random() < P_EXPIRED:  # away for longer than the token lives
         await sim.sleep(rng.uniform(61, 68))
-        status, _, _ = await sim.increment(account, token, points)
+        status, _, _ = await sim.increment(account, token)
         if status != 403:
             return
-        token, _ = await sim.token(account)
+        token, _ = await sim.token(account, action)
         if token is None:
             return
-    status, _, wait = await sim.increment(account, token, points)
+    status, _, wait = await sim.increment(account, token)
     for _ in range(2):
         if status != 429:
             break
         await sim.sleep(wait)
-        status, _, wait = await sim.increment(account, token, points)
+        status, _, wait = await sim.increment(account, token)
     if status == 202 and rng.random() < P_RETRY_USED:  # the answer was lost: send again
-        await sim.increment(account, token, points)
+        await sim.increment(account, token)
+
+
+def sessions_of(sim: Sim, account: Account) -> bool:
+    return account.label == "campus" or sim.sessions
 
 
 async def casual(sim: Sim, account: Account, rng: random.Random) -> None:
+    if sessions_of(sim, account):
+        await first_session(sim, account, rng)
     await sim.sleep(rng.uniform(0, 30))
     while True:
+        if sessions_of(sim, account):
+            await rest_between_sessions(sim, account, rng)
         await honest_action(sim, account, rng)
         await sim.sleep(rng.uniform(20, 60))
 
 
 async def grinder(sim: Sim, account: Account, rng: random.Random) -> None:
-    next_at = time.monotonic() + rng.uniform(0, 15)
+    if sessions_of(sim, account):
+        await first_session(sim, account, rng)
+    next_at = sim.now() + rng.uniform(0, 15)
     while True:
         await sim.sleep_until(next_at)
+        if sessions_of(sim, account):
+            await rest_between_sessions(sim, account, rng)
         await honest_action(sim, account, rng)
-        next_at = max(next_at + rng.uniform(13, 15), time.monotonic())
+        next_at = max(next_at + rng.uniform(13, 15), sim.now())
 
 
 async def bursty(sim: Sim, account: Account, rng: random.Random) -> None:
+    if sessions_of(sim, account):
+        await first_session(sim, account, rng)
     await sim.sleep(rng.uniform(0, 60))
     while True:
+        if sessions_of(sim, account):
+            await rest_between_sessions(sim, account, rng)
         for index in range(rng.randint(3, 5)):
             if index:
                 await sim.sleep(rng.uniform(0.5, 2.0))
@@ -227,15 +148,22 @@ async def bursty(sim: Sim, account: Account, rng: random.Random) -> None:
         await sim.sleep(rng.uniform(60, 150))
 
 
+async def campus_player(sim: Sim, account: Account, rng: random.Random) -> None:
+    """A campus or carrier-NAT player: casual, grinder or bursty (70/20/10), in sessions."""
+    kind = rng.random()
+    behaviour = casual if kind < 0.7 else grinder if kind < 0.9 else bursty
+    await behaviour(sim, account, rng)
+
+
 async def fixed_cadence(sim: Sim, account: Account, rng: random.Random) -> None:
     period = rng.uniform(10, 15)
-    tick = time.monotonic() + rng.uniform(1, 15)
+    tick = sim.now() + rng.uniform(1, 15)
     while True:
         await sim.sleep_until(tick - 1.0)
         token, _ = await sim.token(account)
         await sim.sleep_until(tick)
         if token is not None:
-            await sim.increment(account, token, rng.randint(1, 10))
+            await sim.increment(account, token)
         tick += period
 
 
@@ -248,7 +176,7 @@ async def max_rate(sim: Sim, account: Account, rng: random.Random) -> None:
             if token is None:
                 await sim.sleep(sim.hammer_pause)
                 continue
-        status, code, _ = await sim.increment(account, token, rng.randint(1, 10))
+        status, code, _ = await sim.increment(account, token)
         if status == 202 or code.startswith("action_token"):
             token = None
         if status != 202:
@@ -261,14 +189,13 @@ async def replayer(sim: Sim, account: Account, rng: random.Random) -> None:
     while True:
         action += 1
         token = await sim.token_when_allowed(account)
-        points = rng.randint(1, 10)
         # the same token three times at once: one counts, two are replays
-        await asyncio.gather(*(sim.increment(account, token, points) for _ in range(3)),
+        await asyncio.gather(*(sim.increment(account, token) for _ in range(3)),
                              return_exceptions=True)
         spare, _ = await sim.token(account)
         if action % 2 == 0 and sim.stolen:
             stolen = sim.stolen.pop(rng.randrange(len(sim.stolen)))
-            await sim.increment(account, stolen, points)  # issued to someone else
+            await sim.increment(account, stolen)  # issued to someone else
         if spare is not None:
             sim.stolen.append(spare)
         await sim.sleep(rng.uniform(10, 16))
@@ -310,11 +237,11 @@ async def forger(sim: Sim, account: Account, rng: random.Random) -> None:
         token = await sim.token_when_allowed(account)
         other = rng.choice(sim.user_ids)
         for _ in range(rng.randint(1, 2)):
-            await sim.increment(account, forgeries(token, other, rng), 1000)
+            await sim.increment(account, forgeries(token, other, rng))
         if rng.random() < 0.2:
             await sim.request(account, "/api/actions/token",
                               bearer=forged_jwt(account.access_token, other))
-        await sim.increment(account, token, rng.randint(1, 10))
+        await sim.increment(account, token)
         await sim.sleep(rng.uniform(10, 16))
 
 
@@ -322,14 +249,25 @@ async def farm_member(sim: Sim, account: Account, rng: random.Random) -> None:
     await sim.sleep(rng.uniform(0, 20))
     while True:
         token = await sim.token_when_allowed(account)
-        status, _, wait = await sim.increment(account, token, rng.randint(1, 10))
+        status, _, wait = await sim.increment(account, token)
         await sim.sleep(max(wait if status == 429 else 0.0, rng.uniform(10, 20)))
+
+
+async def slow(sim: Sim, account: Account, rng: random.Random) -> None:
+    """A bot at a human pace with a human's jitter (13-25 s between actions), taking
+    the board's top action every time, never resting; honours Retry-After."""
+    await sim.sleep(rng.uniform(0, 30))
+    while True:
+        token = await sim.token_when_allowed(account, "jackpot")
+        status, _, wait = await sim.increment(account, token)
+        await sim.sleep(max(wait if status == 429 else 0.0, rng.uniform(13, 25)))
 
 
 BEHAVIOURS: dict[str, Callable[[Sim, Account, random.Random], Awaitable[None]]] = {
     "casual": casual, "grinder": grinder, "night_owl": casual, "bursty": bursty,
-    "household": casual, "fixed_cadence": fixed_cadence, "max_rate": max_rate,
-    "replayer": replayer, "forger": forger, "farm": farm_member,
+    "household": casual, "campus": campus_player, "fixed_cadence": fixed_cadence,
+    "max_rate": max_rate, "replayer": replayer, "forger": forger, "farm": farm_member,
+    "slow": slow,
 }
 
 
@@ -345,8 +283,10 @@ async def run_behaviour(sim: Sim, account: Account, rng: random.Random) -> None:
 # --- Accounts -------------------------------------------------------------------------------
 
 
-def make_accounts(counts: dict[str, int], farm_size: tuple[int, int],
+def make_accounts(counts: dict[str, int], sizes: dict[str, tuple[int, int]],
                   rng: random.Random) -> list[Account]:
+    """``counts``: class -> how many (addresses, for the shared ones); ``sizes``:
+    class -> accounts per address, overriding the class's own."""
     run = secrets.token_hex(3)
     accounts: list[Account] = []
     address_number = 0
@@ -358,28 +298,29 @@ def make_accounts(counts: dict[str, int], farm_size: tuple[int, int],
 
     for spec in CLASSES:
         for group in range(counts[spec.name]):
-            if spec.name == "household":
-                members = rng.randint(2, 3)
-            elif spec.name == "farm":
-                members = rng.randint(*farm_size)
-            else:
-                members = 1
+            members = rng.randint(*sizes.get(spec.name, spec.members))
             shared = address()
             for member in range(members):
                 accounts.append(Account(
-                    label=spec.name, username=f"{spec.name}_{run}_{group}_{member}",
+                    label=spec.name, honest=spec.honest,
+                    username=f"{spec.name}_{run}_{group}_{member}",
                     password=secrets.token_urlsafe(12), address=shared, group=group))
     return accounts
 
 
 async def register(http: httpx.AsyncClient, accounts: Sequence[Account]) -> None:
+    """Register and log in every account, each from an address of its own (not its
+    playing address: registering 500 campus accounts from one address would meet
+    the sign-up limit, which is not what the simulation is about)."""
     semaphore = asyncio.Semaphore(16)
+    signup = {id(a): f"2001:db8:5167:{i >> 16:x}:{i & 0xFFFF:x}::1"
+              for i, a in enumerate(accounts)}
 
     async def auth(path: str, account: Account, body: dict[str, str],
                    status: int) -> dict[str, Any]:
         for _ in range(5):
             response = await http.post(path, json=body,
-                                       headers={"X-Forwarded-For": account.address})
+                                       headers={"X-Forwarded-For": signup[id(account)]})
             if response.status_code == 429:
                 await asyncio.sleep(float(response.headers.get("retry-after", "1")))
                 continue
@@ -403,14 +344,16 @@ async def simulate(url: str, accounts: list[Account], args: argparse.Namespace) 
     the wall-clock time the behaviours started."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         await register(http, accounts)
-    sim = Sim(url, end=time.monotonic() + args.duration, hammer_pause=args.hammer_pause)
+    sim = Sim(url, duration=args.duration, hammer_pause=args.hammer_pause,
+              scale=args.time_scale)
+    sim.sessions = args.sessions
     sim.user_ids = [a.user_id for a in accounts]
-    started = time.time()
+    started = time_now()
     try:
         tasks = [asyncio.create_task(run_behaviour(sim, account,
                                                    random.Random(f"{args.seed}:{i}")))
                  for i, account in enumerate(accounts)]
-        await asyncio.sleep(args.duration)
+        await asyncio.sleep(args.duration / args.time_scale)
         await asyncio.sleep(2)  # behaviours end by themselves; a request in flight finishes
         for task in tasks:
             task.cancel()

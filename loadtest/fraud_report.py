@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from loadtest.fraud_behaviours import CLASSES, Account
+from loadtest.fraud_behaviours import CLASSES
+from loadtest.fraud_client import Account
 from loadtest.harness.backing import Backing
 from scoreboard.fraud_rules import interval_cv
 from scoreboard.limits import Rate
@@ -21,11 +22,12 @@ from scoreboard.settings import Settings, load_settings
 SHOWN_SETTINGS = (
     "action_token_ttl_s", "action_token_rate", "increment_rate", "flagged_increment_rate",
     "ip_rate", "auth_ip_rate", "rapid_max_actions", "rapid_window_ms", "flag_duration_s",
-    "token_failure_window_s", "token_failures_to_ban", "token_failures_to_limit_address",
+    "token_failure_window_s", "token_failures_to_flag", "temp_ban_s", "offence_window_s",
+    "farm_busy_actions", "farm_busy_share", "token_failures_to_limit_address",
     "address_limit_s", "night_start_hour", "night_end_hour", "fraud_timezone",
     "velocity_z_threshold", "velocity_min_history_hours", "rate_refusals_to_flag",
     "rate_refusal_window_s", "cadence_actions", "cadence_max_cv", "cadence_window_s",
-    "farm_min_accounts", "farm_window_s")
+    "farm_min_accounts", "farm_window_s", "tireless_hours", "activity_hour_s", "dedup_ttl_s")
 
 
 @dataclass
@@ -36,6 +38,13 @@ class Outcome:
     pg_points: int = 0
     board_points: int = 0
     accepted_ms: list[int] = field(default_factory=list)  # Postgres actions, ascending
+    accepted_points: list[int] = field(default_factory=list)  # the same actions' points
+
+    def points_before(self, at_s: float | None) -> int:
+        """Points accepted before wall time ``at_s`` (all of them when None)."""
+        return sum(points for ms, points in zip(self.accepted_ms, self.accepted_points,
+                                                strict=True)
+                   if at_s is None or ms < at_s * 1000)
 
     @property
     def caught(self) -> bool:
@@ -72,6 +81,7 @@ class ClassResult:
     logged: Counter[str]
     statuses: Counter[str]
     lowest_cv: list[float]  # per account with enough accepts: its most regular window
+    before_caught: int = 0  # points accepted before the account was caught (all if never)
 
     def as_json(self) -> dict[str, Any]:
         # not dataclasses.asdict: it rebuilds a Counter from (key, count) pairs
@@ -79,6 +89,7 @@ class ClassResult:
                 "caught": self.caught, "by_rule": dict(self.by_rule),
                 "detect_s": self.detect_s, "detect_s_median": median(self.detect_s),
                 "pg_points": self.pg_points, "board_points": self.board_points,
+                "points_before_caught": self.before_caught,
                 "other_events": dict(self.logged), "statuses": dict(self.statuses),
                 "lowest_cadence_cv": self.lowest_cv}
 
@@ -99,7 +110,8 @@ def lowest_cv(times_ms: Sequence[int], actions: int, window_ms: int) -> float | 
 
 
 def summarise(accounts: Sequence[Account], outcomes: dict[str, Outcome],
-              settings: Settings) -> list[ClassResult]:
+              settings: Settings, scale: int = 1) -> list[ClassResult]:
+    """Per class; times to catch in simulated seconds (wall seconds times ``scale``)."""
     actions = settings.cadence_actions or Settings().cadence_actions
     window_ms = settings.cadence_window_s * 1000
     results = []
@@ -109,7 +121,7 @@ def summarise(accounts: Sequence[Account], outcomes: dict[str, Outcome],
         logged: Counter[str] = Counter()
         detect: list[float] = []
         statuses: Counter[str] = Counter()
-        caught = 0
+        caught = before = 0
         for account in own:
             outcome = outcomes[account.user_id]
             statuses.update(account.statuses)
@@ -118,12 +130,13 @@ def summarise(accounts: Sequence[Account], outcomes: dict[str, Outcome],
             for rule, action, _ in outcome.rules:
                 if action not in ("flagged", "banned"):
                     logged[f"{rule}:{action}"] += 1
+            before += outcome.points_before(deciding[0][1] if deciding else None)
             if outcome.caught:
                 caught += 1
                 if deciding:
                     by_rule[deciding[0][0]] += 1
                     if account.first_request is not None:
-                        detect.append(deciding[0][1] - account.first_request)
+                        detect.append((deciding[0][1] - account.first_request) * scale)
                 else:
                     by_rule["(no event yet)"] += 1
         cvs = [lowest_cv(outcomes[a.user_id].accepted_ms, actions, window_ms) for a in own]
@@ -132,7 +145,7 @@ def summarise(accounts: Sequence[Account], outcomes: dict[str, Outcome],
             by_rule=by_rule, detect_s=detect,
             pg_points=sum(outcomes[a.user_id].pg_points for a in own),
             board_points=sum(outcomes[a.user_id].board_points for a in own),
-            logged=logged, statuses=statuses,
+            logged=logged, statuses=statuses, before_caught=before,
             lowest_cv=sorted(round(cv, 5) for cv in cvs if cv is not None)))
     return results
 
@@ -159,14 +172,16 @@ def report(args: argparse.Namespace, results: Sequence[ClassResult], env: dict[s
     honest = [r for r in results if r.honest]
     cheating = [r for r in results if not r.honest]
     print()
-    print(f"FRAUD SIMULATOR  {args.duration:g} s of behaviour from "
+    print(f"FRAUD SIMULATOR  {args.duration:g} simulated s of behaviour (time scale "
+          f"{args.time_scale}, sessions {'on' if args.sessions else 'campus only'}) from "
           f"{datetime.fromtimestamp(started).astimezone():%Y-%m-%d %H:%M %Z}, seed {args.seed}, "
           f"Redis {'embedded' if backing.redis_embedded else 'given'}, Postgres "
           f"{'embedded' if backing.database_embedded else 'given'}")
     for line in settings_lines(env, forced):
         print(line)
     header = (f"{'class':<14} {'label':<7} {'accts':>5} {'caught':>6} {'share':>7}  "
-              f"{'median s to catch':>17}  {'points PG':>9} {'on board':>8}  caught by")
+              f"{'median s to catch':>17}  {'points PG':>9} {'on board':>8} "
+              f"{'before caught':>13}  caught by")
     print()
     print(header)
     print("-" * len(header))
@@ -176,7 +191,7 @@ def report(args: argparse.Namespace, results: Sequence[ClassResult], env: dict[s
         print(f"{r.name:<14} {'honest' if r.honest else 'cheat':<7} {r.accounts:>5} "
               f"{r.caught:>6} {pct(r.caught / r.accounts if r.accounts else math.nan):>7}  "
               f"{'-' if detect is None else f'{detect:.1f}':>17}  {r.pg_points:>9} "
-              f"{r.board_points:>8}  {rules}")
+              f"{r.board_points:>8} {r.before_caught:>13}  {rules}")
     h_n, h_k = sum(r.accounts for r in honest), sum(r.caught for r in honest)
     c_n, c_k = sum(r.accounts for r in cheating), sum(r.caught for r in cheating)
     print("-" * len(header))
@@ -206,14 +221,15 @@ def report(args: argparse.Namespace, results: Sequence[ClassResult], env: dict[s
         or "no account had enough accepts"))
     if mismatches:
         print(f"WARNING: {mismatches} accounts flagged/banned in Redis and Postgres differently")
-    print("not covered: the hourly score-velocity job (needs hours of history) never fires "
-          "within the run; token-failure counters last an hour, so a run shorter than that "
-          "sees only part of an honest player's mistakes accumulating.")
+    print("not covered: the hourly score-velocity job and the unusual-time hours follow the "
+          "wall clock (not scaled); a run shorter than an hour (simulated) sees only part "
+          "of the hour-long token-failure window.")
     print()
     print("requests by class (status and error code):")
     for r in results:
         print(f"  {r.name:<14} " + ", ".join(f"{k}: {v}" for k, v in sorted(r.statuses.items())))
     return {"duration_s": args.duration, "seed": args.seed, "started": started,
+            "time_scale": args.time_scale, "sessions": args.sessions,
             "overrides": args.set, "issue_rules_only": args.issue_rules_only,
             "classes": [r.as_json() for r in results],
             "honest": {"accounts": h_n, "caught": h_k},

@@ -8,17 +8,28 @@
 -- returned once there are `keep` of them.
 -- Farms: per address, each account's latest accept (a ZSET, ZADD GT), accounts
 -- older than `window` before the chunk's newest accept from that address
--- dropped, living `window` ms; the accounts are returned once there are
--- `min_accounts`.
+-- dropped, living `window` ms; and each account's accepts in the current window
+-- (a HASH per address and fixed window, the caller names it, living two
+-- windows). Both are returned once there are `min_accounts` accounts.
 --
--- KEYS[1..U] cadence ZSET of each user, KEYS[U+1..U+A] accounts ZSET of each address
+-- Tireless play: per user, the "hours" (numbers of `hour_ms` periods) with an
+-- accept, a ZSET living `span` hours; returned once there are `tireless` of them
+-- in the last `span` hours (`tireless` 0: off).
+--
+-- KEYS[1..U] cadence string of each user, KEYS[U+1..2U] active-hours ZSET of each
+-- user, KEYS[2U+1..2U+A] accounts ZSET of each address, KEYS[2U+A+1..2U+2A] activity
+-- HASH (account -> accepts) of each address's current window
 -- ARGV[1] JSON (one argument: packing thousands of small ones costs the caller more
 -- than the whole script costs Redis): {"keep": n, "cadence_ttl": ms, "window": ms,
 --   "min_accounts": n, "users": [[ms, ...], ...] (ascending; U of them, in KEYS order),
---   "addresses": [[newest ms, [[ms, user id], ...]], ...] (A of them)}
+--   "hours": [[hour, ...], ...] (U of them), "tireless": n, "span": hours, "hour_ms": ms,
+--   "addresses": [[newest ms, [[ms, user id], ...], [[user id, accepts], ...]], ...]
+--   (A of them)}
 --
--- Returns {cadence, farms}: cadence a list of {user index (from 1), {ms, ...}},
--- farms a list of {address index (from 1), {user id, latest ms, ...}}.
+-- Returns {cadence, farms, tireless}: cadence a list of {user index (from 1), {ms, ...}},
+-- tireless a list of {user index (from 1), {hour, ...}},
+-- farms a list of {address index (from 1), {user id, latest ms, ...},
+-- {user id, accepts in the window, ...}}.
 
 local data = cjson.decode(ARGV[1])
 local keep, cadence_ttl = data.keep, data.cadence_ttl
@@ -34,8 +45,24 @@ local function zadd_args(pairs_list)
   return args
 end
 
+local tireless = {}
+if data.tireless > 0 then
+  for i = 1, users do
+    local key, newest = KEYS[users + i], 0
+    for _, hour in ipairs(data.hours[i]) do
+      redis.call('ZADD', key, hour, hour)
+      if hour > newest then newest = hour end
+    end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', newest - data.span)
+    redis.call('PEXPIRE', key, data.span * data.hour_ms)
+    if redis.call('ZCARD', key) >= data.tireless then
+      tireless[#tireless + 1] = {i, redis.call('ZRANGE', key, 0, -1)}
+    end
+  end
+end
+
 local cadence = {}
-for i = 1, users do
+for i = 1, (keep > 0 and users or 0) do
   local key = KEYS[i]
   local times = {}
   local stored = redis.call('GET', key)
@@ -59,13 +86,19 @@ for i = 1, users do
 end
 
 local farms = {}
+local addresses = #data.addresses
 for j, address in ipairs(data.addresses) do
-  local key = KEYS[users + j]
+  local key, activity_key = KEYS[2 * users + j], KEYS[2 * users + addresses + j]
   redis.call('ZADD', key, 'GT', unpack(zadd_args(address[2])))
   redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', address[1] - window))
   redis.call('PEXPIRE', key, window)
+  for _, counted in ipairs(address[3]) do
+    redis.call('HINCRBY', activity_key, counted[1], counted[2])
+  end
+  redis.call('PEXPIRE', activity_key, 2 * window)
   if redis.call('ZCARD', key) >= min_accounts then
-    farms[#farms + 1] = {j, redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')}
+    farms[#farms + 1] = {j, redis.call('ZRANGE', key, 0, -1, 'WITHSCORES'),
+                         redis.call('HGETALL', activity_key)}
   end
 end
-return {cadence, farms}
+return {cadence, farms, tireless}

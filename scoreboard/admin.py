@@ -1,5 +1,5 @@
 """``scoreboard admin ...``: boards, fraud events, a user's actions, flags, bans,
-shadow-bans, removing an action.
+shadow-bans, removing an action, the review list and undoing an automatic decision.
 
 A command about a user or a board that does not exist says so on stderr and
 exits 1: a typo must not look like a ban that worked. Listings print one JSON
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 from typing import Any
 
@@ -49,9 +50,21 @@ def add_admin_parser(commands: Any) -> None:
         restrict.add_argument("--reason", default="manual decision")
         if name == "flag":
             restrict.add_argument("--hours", type=int, default=24)
-        lift = command(f"un{name}", f"lift a {name}")
+        lift = command(f"un{name}", f"lift a {name}, recording who and why")
         lift.add_argument("user_id")
         lift.add_argument("--reason", default="manual decision")
+        lift.add_argument("--by", default=getpass.getuser(), help="who lifts it (default: you)")
+        lift.add_argument("--appeal", action="store_true",
+                          help="the automatic decision was wrong: reset the user's ladder")
+    listing = command("review", "accounts with automatic evidence (rules fired, anomaly score,"
+                                " points, restrictions), newest first")
+    listing.add_argument("--hours", type=int, default=24, help="evidence of the last HOURS (24)")
+    listing.add_argument("--limit", type=int, default=50, help="this many accounts (50)")
+    undoing = command("undo", "undo an automatic flag or ban (a fraud event id from `admin"
+                              " events`) on appeal: lifted with who and why, board corrected")
+    undoing.add_argument("fraud_event_id", type=int)
+    undoing.add_argument("--reason", required=True)
+    undoing.add_argument("--by", default=getpass.getuser(), help="who undoes it (default: you)")
     remove = command("remove-action", "delete one action (an event id from `admin actions`);"
                                       " correct the score everywhere")
     remove.add_argument("event_id")
@@ -119,6 +132,7 @@ def _print_rows(rows: list[Any]) -> None:
 
 async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     from scoreboard.moderation import Moderation, restore_restrictions
+    from scoreboard.review import NotUndoable, review, undo
 
     assert settings.redis_url is not None and settings.database_url is not None
     client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
@@ -139,10 +153,21 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
                                       ttl_s=ttl)
             print(f"{args.user_id}: {KIND_OF[command]}")
         elif command.startswith("un") and command[2:] in KIND_OF:
-            await moderation.lift(args.user_id, KIND_OF[command[2:]], reason=args.reason)
+            await moderation.lift(args.user_id, KIND_OF[command[2:]], reason=args.reason,
+                                  by=args.by, appeal=args.appeal)
             if command == "unban":  # the appeal path: a fresh start, not one failure from a ban
                 await client.delete(keys.token_failures_user(args.user_id))
             print(f"{args.user_id}: {KIND_OF[command[2:]]} lifted")
+        elif command == "review":
+            for account in await review(pool, hours=args.hours, limit=args.limit):
+                print(orjson.dumps(account).decode())
+        elif command == "undo":
+            try:
+                print(orjson.dumps(await undo(moderation, args.fraud_event_id, by=args.by,
+                                              reason=args.reason)).decode())
+            except NotUndoable as exc:
+                print(exc, file=sys.stderr)
+                return 1
         elif command == "remove-action":
             totals = await moderation.remove_action(args.event_id, reason=args.reason)
             if not totals:

@@ -76,11 +76,50 @@ def regular_cadence(times_ms: Sequence[int], *, actions: int, window_ms: int,
     return cv if cv is not None and cv < max_cv else None
 
 
-def farm_accounts(last_seen_ms: Mapping[str, int], *, now_ms: int, window_ms: int,
-                  min_accounts: int) -> list[str]:
-    """The farm rule: the accounts seen accepted from one address within
-    ``window_ms`` before ``now_ms`` (``last_seen_ms``: account -> its latest
-    accepted action from that address), when there are at least ``min_accounts``
-    of them; otherwise an empty list. Sorted, so the decision is deterministic."""
-    recent = sorted(user for user, seen in last_seen_ms.items() if seen > now_ms - window_ms)
-    return recent if min_accounts > 0 and len(recent) >= min_accounts else []
+def farm_accounts(last_seen_ms: Mapping[str, int], counts: Mapping[str, int], *, now_ms: int,
+                  window_ms: int, min_accounts: int, busy_actions: int,
+                  busy_share: float) -> list[str]:
+    """The farm rule, judged by what an address's accounts do, not how many there
+    are: of the accounts seen accepted from one address within ``window_ms``
+    before ``now_ms`` (``last_seen_ms``: account -> its latest accept there), the
+    busy ones (``counts``: at least ``busy_actions`` accepts in the current
+    window, a pace a person keeps up for minutes, not for hours) when there are
+    at least ``min_accounts`` of them AND they make at least ``busy_share`` of the
+    address's active accounts. A campus or carrier NAT mixes every kind of player,
+    so its busy share stays low; a farm's accounts are all busy. Returns the busy
+    accounts (sorted), else an empty list."""
+    if min_accounts <= 0:
+        return []
+    recent = [user for user, seen in last_seen_ms.items() if seen > now_ms - window_ms]
+    busy = sorted(user for user in recent if counts.get(user, 0) >= busy_actions)
+    if len(busy) < min_accounts or len(busy) < busy_share * len(recent):
+        return []
+    return busy
+
+
+def tireless(hours: Sequence[int], *, span: int, threshold: int) -> int | None:
+    """The tireless rule: the number of distinct hours with an accept among the
+    last ``span`` hours before the newest of ``hours``, when it reaches
+    ``threshold``; None when the rule does not fire. People sleep: a bot at a
+    human pace does not (the slow cheater's tell, whatever its jitter)."""
+    if threshold <= 0 or not hours:
+        return None
+    newest = max(hours)
+    active = len({hour for hour in hours if hour > newest - span})
+    return active if active >= threshold else None
+
+
+# The automatic ladder: rung -> restriction. A rule that fires makes an offence;
+# offences of the offence window climb it one rung each.
+LADDER = ("flagged", "banned", "banned")
+
+
+def ladder_step(prior_offences: int, *, flag_s: int,
+                temp_ban_s: int) -> tuple[str, int, int | None]:
+    """What a new offence does, given the user's ``prior_offences`` still counted
+    (within the offence window, not undone on appeal): (kind, rung from 1, duration
+    in seconds or None for good). First a flag, then a temporary ban, then a ban."""
+    rung = min(prior_offences + 1, len(LADDER))
+    kind = LADDER[rung - 1]
+    duration = flag_s if rung == 1 else temp_ban_s if rung == 2 else None
+    return kind, rung, duration

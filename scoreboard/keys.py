@@ -72,10 +72,19 @@ class Keys:
         """The user's latest accepted ms, "ms,ms,...", oldest first (cadence rule)."""
         return f"{self.tag}:cadence:{user_id}"
 
+    def active_hours(self, user_id: str) -> str:
+        """ZSET of the hour numbers in which the user had an accept (tireless rule)."""
+        return f"{self.tag}:active-hours:{user_id}"
+
     def address_accounts(self, address: str) -> str:
         """ZSET user id -> latest accepted ms of the accounts acting from ``address``
         (farm rule)."""
         return f"{self.tag}:address-accounts:{address}"
+
+    def address_activity(self, address: str, window_index: int) -> str:
+        """HASH user id -> accepts from ``address`` in fixed farm window number
+        ``window_index`` (farm rule: how busy each account is)."""
+        return f"{self.tag}:address-activity:{address}:{window_index}"
 
     @property
     def fraud_stream(self) -> str:

@@ -20,6 +20,7 @@ from scoreboard.archives import NOT_ARCHIVED
 from scoreboard.board_defs import load_board
 from scoreboard.board_writes import BoardTotal, set_totals_in
 from scoreboard.keys import Keys
+from scoreboard.ladder import insert_restriction
 from scoreboard.lua import Scripts
 from scoreboard.metrics import count_fraud_event
 from scoreboard.window_moderation import correct_scopes
@@ -35,7 +36,8 @@ class Moderation:
     scripts: Scripts
     keys: Keys
 
-    def _key(self, kind: str, user_id: str) -> str:
+    def key_of(self, kind: str, user_id: str) -> str:
+        """The Redis key the hot path reads for a restriction of ``kind``."""
         return {"flagged": self.keys.flagged, "banned": self.keys.banned,
                 "shadow_banned": self.keys.shadow_banned}[kind](user_id)
 
@@ -58,28 +60,41 @@ class Moderation:
                        evidence: dict[str, Any] | None = None) -> None:
         expires = datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s else None
         async with self.pool.acquire() as connection, connection.transaction():
-            await connection.execute(
-                "INSERT INTO user_restrictions (user_id, kind, reason, expires_at)"
-                " VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (user_id, kind) WHERE lifted_at IS NULL DO NOTHING",
-                user_id, kind, reason, expires)
+            await insert_restriction(connection, user_id=user_id, kind=kind, reason=reason,
+                                     expires=expires, level=None)
             await self.record_event(connection, user_id=user_id, rule=rule, severity=severity,
                                     action=kind, evidence=evidence or {"reason": reason})
-        await self.redis.set(self._key(kind, user_id), reason,
+        await self.redis.set(self.key_of(kind, user_id), reason,
                              px=ttl_s * 1000 if ttl_s else None)
         if kind in ("banned", "shadow_banned"):
             await self.hide_everywhere(user_id)
 
-    async def lift(self, user_id: str, kind: str, *, reason: str) -> None:
+    async def lift(self, user_id: str, kind: str, *, reason: str, by: str = "moderator",
+                   appeal: bool = False) -> int:
+        """Lift the user's active restriction of ``kind``, recording who and why.
+        ``appeal``: the automatic decision was wrong, so it is undone: the user's
+        automatic restrictions no longer count towards the ladder's next rung.
+        Returns how many rows it lifted."""
         async with self.pool.acquire() as connection, connection.transaction():
-            await connection.execute(
-                "UPDATE user_restrictions SET lifted_at = now()"
-                " WHERE user_id = $1 AND kind = $2 AND lifted_at IS NULL", user_id, kind)
-            await self.record_event(connection, user_id=user_id, rule="manual", severity="low",
-                                    action=f"lifted_{kind}", evidence={"reason": reason})
-        await self.redis.delete(self._key(kind, user_id))
+            lifted = await connection.fetch(
+                "UPDATE user_restrictions SET lifted_at = now(), ended_by = $3,"
+                " lift_reason = $4, appealed = $5"
+                " WHERE user_id = $1 AND kind = $2 AND lifted_at IS NULL"
+                " RETURNING id, reason, level", user_id, kind, by, reason, appeal)
+            if appeal:  # an accepted appeal resets the user's ladder
+                await connection.execute(
+                    "UPDATE user_restrictions SET appealed = true WHERE user_id = $1"
+                    " AND level IS NOT NULL", user_id)
+            await self.record_event(
+                connection, user_id=user_id, rule="manual", severity="low",
+                action=f"lifted_{kind}",
+                evidence={"reason": reason, "by": by, "appeal": appeal,
+                          "lifted": [{"id": r["id"], "rule": r["reason"], "rung": r["level"]}
+                                     for r in lifted]})
+        await self.redis.delete(self.key_of(kind, user_id))
         if kind in ("banned", "shadow_banned"):
             await self.show_everywhere(user_id)
+        return len(lifted)
 
     async def _announce(self, boards: list[str]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:

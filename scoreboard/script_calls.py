@@ -158,25 +158,26 @@ class RateLimitScript(TypedScript):
 class TokenFailureReply(NamedTuple):
     user_failures: int
     address_failures: int
-    banned_now: bool
+    flagged_now: bool
     limited_now: bool
 
 
 class TokenFailureScript(TypedScript):
-    """``lua/token_failure.lua``: count a token-manipulation failure; ban or limit."""
+    """``lua/token_failure.lua``: count a token-manipulation failure; flag or limit."""
 
     async def __call__(self, keys: Keys, *, user_id: str, address: str, failure: str,
-                       window_ms: int, to_ban: int, to_limit_address: int, address_limit_ms: int,
-                       ban_ms: int) -> TokenFailureReply:
+                       window_ms: int, to_flag: int, to_limit_address: int,
+                       address_limit_ms: int, flag_ms: int) -> TokenFailureReply:
         """(``user_id`` '' for none)."""
         user_key = keys.token_failures_user(user_id) if user_id else keys.token_failures_ip(
             address)
         call: Call = ([user_key, keys.token_failures_ip(address), keys.banned(user_id or "-"),
-                       keys.address_limited(address), keys.fraud_stream],
-                      [user_id, address, failure, window_ms, to_ban, to_limit_address,
-                       address_limit_ms, ban_ms])
-        users, addresses, banned, limited = await self._run(call)
-        return TokenFailureReply(int(users), int(addresses), bool(int(banned)),
+                       keys.address_limited(address), keys.fraud_stream,
+                       keys.flagged(user_id or "-")],
+                      [user_id, address, failure, window_ms, to_flag, to_limit_address,
+                       address_limit_ms, flag_ms])
+        users, addresses, flagged, limited = await self._run(call)
+        return TokenFailureReply(int(users), int(addresses), bool(int(flagged)),
                                  bool(int(limited)))
 
 
@@ -312,21 +313,29 @@ class FlagUsersScript(TypedScript):
 
 class FraudBatchReply(NamedTuple):
     cadence: list[tuple[int, list[int]]]  # (user index from 0, kept accept times)
-    farms: list[tuple[int, dict[str, int]]]  # (address index from 0, user id -> latest ms)
+    # (address index from 0, user id -> latest ms, user id -> accepts in the window)
+    farms: list[tuple[int, dict[str, int], dict[str, int]]]
+    tireless: list[tuple[int, list[int]]]  # (user index from 0, hours with an accept)
 
 
 class FraudBatchScript(TypedScript):
     """``lua/fraud_batch.lua``: the Redis state of the cadence and farm rules."""
 
     async def __call__(self, keys: Keys, *, users: Sequence[str], addresses: Sequence[str],
-                       data: dict[str, Any]) -> FraudBatchReply:
+                       window_index: int, data: dict[str, Any]) -> FraudBatchReply:
         """``data``: the JSON argument the script's header describes, its ``users``
-        and ``addresses`` lists in the order of ``users`` and ``addresses``."""
-        call: Call = ([keys.cadence(u) for u in users]
-                      + [keys.address_accounts(a) for a in addresses], [orjson.dumps(data)])
-        cadence, farms = await self._run(call)
+        and ``addresses`` lists in the order of ``users`` and ``addresses``;
+        ``window_index``: the fixed farm window the chunk's accepts are counted in."""
+        call: Call = ([keys.cadence(u) for u in users] + [keys.active_hours(u) for u in users]
+                      + [keys.address_accounts(a) for a in addresses]
+                      + [keys.address_activity(a, window_index) for a in addresses],
+                      [orjson.dumps(data)])
+        cadence, farms, tireless = await self._run(call)
+
+        def pairs(flat: Sequence[Any]) -> dict[str, int]:
+            return {_text(m): int(float(v)) for m, v in zip(flat[::2], flat[1::2], strict=True)}
+
         return FraudBatchReply(
             [(int(index) - 1, [int(t) for t in times]) for index, times in cadence],
-            [(int(index) - 1, {_text(m): int(float(score))
-                               for m, score in zip(flat[::2], flat[1::2], strict=True)})
-             for index, flat in farms])
+            [(int(index) - 1, pairs(seen), pairs(counts)) for index, seen, counts in farms],
+            [(int(index) - 1, [int(h) for h in hours]) for index, hours in tireless])

@@ -20,6 +20,7 @@ from scoreboard.errors import ConfigError
 from scoreboard.limits import Rate
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+TIRELESS_SPAN_HOURS = 24  # the tireless rule looks at the last this many hours
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,15 @@ class Settings:
     # Fraud rules (docs/fraud.md).
     rapid_max_actions: int = 8  # more than this many accepted ...
     rapid_window_ms: int = 10_000  # ... within this window flags the user
-    flag_duration_s: int = 24 * 3600
+    # The automatic ladder: a user's first offence within OFFENCE_WINDOW_S is a flag
+    # for FLAG_DURATION_S, the second a ban for TEMP_BAN_S, the third a ban for good.
+    flag_duration_s: int = 3600
+    temp_ban_s: int = 24 * 3600
+    offence_window_s: int = 30 * 24 * 3600
     token_failure_window_s: int = 3600
-    token_failures_to_ban: int = 10  # per user, within the window
+    token_failures_to_flag: int = 10  # per user, within the window: an offence
     token_failures_to_limit_address: int = 30  # per address, within the window
     address_limit_s: int = 900
-    token_ban_s: int = 7 * 24 * 3600  # how long an automatic token-manipulation ban lasts
     night_start_hour: int = 2
     night_end_hour: int = 5
     fraud_timezone: str = "UTC"
@@ -128,7 +132,11 @@ class Settings:
     cadence_max_cv: float = 0.003  # ... vary less than this (std/mean), flag the user
     cadence_window_s: int = 900  # ... and they all fall within this window
     farm_min_accounts: int = 5  # this many accounts accepted from one address ...
-    farm_window_s: int = 600  # ... within this window flag each of them
+    farm_window_s: int = 600  # ... within this window, each with at least ...
+    farm_busy_actions: int = 30  # ... this many accepts in the window (a machine's pace), ...
+    farm_busy_share: float = 0.8  # ... making this share of the address's active accounts
+    tireless_hours: int = 18  # accepts in this many of the last 24 hours flag the user
+    activity_hour_s: int = 3600  # the hour of the tireless rule (a simulator scales it)
 
     # Workers.
     consumer_group: str = "persisters"
@@ -259,8 +267,9 @@ def _check(settings: Settings) -> None:
                  "ws_max_message_bytes", "ws_write_buffer_bytes", "ws_max_watches",
                  "broadcaster_processes",
                  "rapid_max_actions", "rapid_window_ms",
-                 "flag_duration_s", "token_failure_window_s", "token_failures_to_ban",
-                 "token_failures_to_limit_address", "address_limit_s", "token_ban_s",
+                 "flag_duration_s", "token_failure_window_s", "token_failures_to_flag",
+                 "token_failures_to_limit_address", "address_limit_s", "temp_ban_s",
+                 "offence_window_s", "farm_busy_actions", "activity_hour_s",
                  "max_backlog", "backlog_check_ms", "board_refresh_s",
                  "period_archive_grace_s", "period_key_ttl_s",
                  "rate_refusal_window_s", "cadence_window_s", "farm_window_s",
@@ -268,7 +277,7 @@ def _check(settings: Settings) -> None:
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
     for name in ("rate_refusals_to_flag", "cadence_actions", "cadence_max_cv",
-                 "farm_min_accounts"):
+                 "farm_min_accounts", "tireless_hours"):
         if getattr(settings, name) < 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)),
                               "must be zero (rule off) or positive")
@@ -290,6 +299,12 @@ def _check(settings: Settings) -> None:
     if not 0 <= settings.night_start_hour < settings.night_end_hour <= 24:
         raise ConfigError("NIGHT_START_HOUR", str(settings.night_start_hour),
                           "night hours must satisfy 0 <= start < end <= 24")
+    if settings.tireless_hours > TIRELESS_SPAN_HOURS:
+        raise ConfigError("TIRELESS_HOURS", str(settings.tireless_hours),
+                          f"at most {TIRELESS_SPAN_HOURS} (hours of a day), or 0 for off")
+    if not 0 < settings.farm_busy_share <= 1:
+        raise ConfigError("FARM_BUSY_SHARE", str(settings.farm_busy_share),
+                          "must be a share in (0, 1]")
     if settings.rank_ties not in ("competition", "ordinal"):
         raise ConfigError("RANK_TIES", settings.rank_ties, "must be competition or ordinal")
     if not settings.key_prefix or any(c in settings.key_prefix for c in "{} "):

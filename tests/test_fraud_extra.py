@@ -6,6 +6,7 @@ honest pattern next to it; docs/fraud.md describes them."""
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -92,12 +93,13 @@ def test_hammering_through_429s_flags_the_user(api: Api, redis_client: SyncRedis
         refused = api.post(INCREMENT, headers=player.headers, json={"action_token": token})
         assert refused.status_code == 429
     assert redis_client.get(keys.flagged(player.user_id)) == "rate_hammering"
-    assert 86_000_000 < redis_client.pttl(keys.flagged(player.user_id)) <= 86_400_000
+    assert 3_500_000 < redis_client.pttl(keys.flagged(player.user_id)) <= 3_600_000
     record_decisions(backing, keys)
     (event,) = events_of(backing, player.user_id)
     assert (event["rule"], event["severity"], event["action"]) == (
         "rate_hammering", "high", "flagged")
-    assert event["evidence"] == {"refusals": 20, "window_ms": 60_000, "last": "increment"}
+    assert event["evidence"] == {"refusals": 20, "window_ms": 60_000, "last": "increment",
+                                 "rung": 1}
     assert restrictions_of(backing, player.user_id) == [("flagged", "rate_hammering")]
 
 
@@ -184,19 +186,27 @@ def test_seven_regular_actions_are_not_enough_and_backends_are_not_judged(
 
 
 # ----------------------------------------------------------------------- farms
-# Defaults: FARM_MIN_ACCOUNTS=5 accounts accepted from one address within FARM_WINDOW_S=600.
+# Defaults: FARM_MIN_ACCOUNTS=5 busy accounts (FARM_BUSY_ACTIONS=30 accepts within the
+# fixed FARM_WINDOW_S=600 window) making FARM_BUSY_SHARE=0.8 of the address's active
+# accounts. NOON_MS starts a window (a multiple of 600 s).
 
 
-def test_five_accounts_from_one_address_are_all_flagged_a_household_of_four_is_not(
+def busy(users: Sequence[str], ip: str, actions: int) -> list[StreamEntry]:
+    """``actions`` accepts of each of ``users`` from ``ip``, 12-16 s apart (irregular:
+    the cadence rule stays out of it), in one window."""
+    return [play(u, NOON_MS + 1000 + i * 12_000 + random.Random(i * 1000 + j).randrange(4000),
+                 ip=ip)
+            for i in range(actions) for j, u in enumerate(users)]
+
+
+def test_five_busy_accounts_of_one_address_are_a_farm_a_household_is_not(
         backing: Backing, keys: Keys, redis_client: SyncRedis) -> None:
     farm_ip, home_ip = new_address(), new_address()
     farm = [fresh_name("farm") for _ in range(5)]
-    home = [fresh_name("home") for _ in range(4)]
-    first = [play(u, NOON_MS + i * 20_000, ip=farm_ip) for i, u in enumerate(farm[:4])]
-    first += [play(u, NOON_MS + i * 20_000, ip=home_ip) for i, u in enumerate(home)]
-    check_batches(backing, keys, [first])
+    home = [fresh_name("home") for _ in range(6)]  # six casual players, 15 actions each
+    check_batches(backing, keys, [busy(farm[:4], farm_ip, 30) + busy(home, home_ip, 15)])
     assert not any(redis_client.exists(keys.flagged(u)) for u in farm + home)  # four so far
-    check_batches(backing, keys, [[play(farm[4], NOON_MS + 300_000, ip=farm_ip)]])
+    check_batches(backing, keys, [busy(farm[4:], farm_ip, 30)])
     for user in farm:
         assert redis_client.get(keys.flagged(user)) == "farm"
         (event,) = events_of(backing, user)
@@ -207,13 +217,26 @@ def test_five_accounts_from_one_address_are_all_flagged_a_household_of_four_is_n
     assert all(events_of(backing, u) == [] for u in home)
 
 
+def test_a_campus_address_is_judged_by_its_accounts_not_their_number(
+        backing: Backing, keys: Keys, redis_client: SyncRedis) -> None:
+    """80 players behind one address, 12 of them at a grinder's pace: not a farm."""
+    campus_ip = new_address()
+    grinders = [fresh_name("grind") for _ in range(12)]
+    casuals = [fresh_name("casual") for _ in range(68)]
+    played = busy(grinders, campus_ip, 40) + busy(casuals, campus_ip, 10)
+    check_batches(backing, keys, [sorted(played, key=lambda e: e.ts_ms)])  # as they happen
+    assert not any(redis_client.exists(keys.flagged(u)) for u in grinders + casuals)
+    assert all(events_of(backing, u) == [] for u in grinders[:3] + casuals[:3])
+
+
 def test_accounts_spread_beyond_the_window_or_sent_by_a_backend_are_not_a_farm(
         backing: Backing, keys: Keys, redis_client: SyncRedis) -> None:
     address, backend_address = new_address(), new_address()
     spread = [fresh_name("spread") for _ in range(5)]
     # one account every 151 s: never five within 600 s
-    check_batches(backing, keys, [[play(u, NOON_MS + i * 151_000, ip=address)]
-                                  for i, u in enumerate(spread)])
+    check_batches(backing, keys, [[play(u, NOON_MS + i * 151_000 + j * 3000
+                                        + random.Random(j).randrange(1000), ip=address)
+                                   for j in range(30)] for i, u in enumerate(spread)])
     players = [fresh_name("gp") for _ in range(20)]
     check_batches(backing, keys, [[play(u, NOON_MS, ip=backend_address, source="backend:g")
                                    for u in players]])
@@ -237,6 +260,7 @@ def compressed(backing: Backing) -> Iterator[System]:
     env = backing.env(KEY_PREFIX=prefix, TRUSTED_PROXIES="127.0.0.1/32",
                       INCREMENT_RATE="1000/60", ACTION_TOKEN_RATE="1000/60",
                       RAPID_MAX_ACTIONS="1000", CADENCE_ACTIONS="6", CADENCE_MAX_CV="0.2",
+                      FARM_BUSY_ACTIONS="2",
                       CONSUMER_NAME="fraud-extra-worker", WORKER_METRICS_PORT="0",
                       WORKER_BLOCK_MS="200")
     with ingest_server(env) as url, worker_process(env):
@@ -286,7 +310,7 @@ def test_end_to_end_a_farm_behind_one_address_is_flagged(
         player.address = farm_ip
     for player in home:
         player.address = home_ip
-    for player in [*farm, *home]:
+    for player in [*farm, *farm, *home]:  # two each (FARM_BUSY_ACTIONS=2 here), one each
         assert increment(api, player).status_code == 202
     wait_for(lambda: all(redis_client.exists(keys.flagged(p.user_id)) for p in farm))
     wait_for(lambda: all(decisions_of(backing, p.user_id) for p in farm))
@@ -294,3 +318,30 @@ def test_end_to_end_a_farm_behind_one_address_is_flagged(
     wait_caught_up(redis_client, keys)  # the household's batch was checked and acknowledged
     assert not any(redis_client.exists(keys.flagged(p.user_id)) for p in home)
     assert all(decisions_of(backing, p.user_id) == [] for p in home)
+
+
+# ----------------------------------------------------------------------- tireless play
+# Defaults: accepts in TIRELESS_HOURS=18 of the last 24 hours flag the user.
+
+
+def test_play_through_eighteen_hours_is_tireless_a_long_day_of_play_is_not(
+        backing: Backing, keys: Keys, redis_client: SyncRedis) -> None:
+    bot, player = fresh_name("tireless"), fresh_name("longday")
+    hour = 3_600_000
+    start = NOON_MS - 12 * hour
+    # the bot: a few accepts in each of 18 hours (irregular, so cadence stays out of it)
+    bot_batches = [[play(bot, start + h * hour + random.Random(h * 10 + k).randrange(hour))
+                    for k in range(3)] for h in range(18)]
+    # the player: 12 hours in two long sessions with a night between
+    player_batches = [[play(player, start + h * hour + random.Random(h * 10 + k).randrange(hour))
+                       for k in range(3)] for h in (*range(0, 8), *range(14, 18))]
+    check_batches(backing, keys, [[e for e in sorted(b, key=lambda e: e.ts_ms)]
+                                  for b in player_batches + bot_batches[:17]])
+    assert not redis_client.exists(keys.flagged(bot))  # 17 hours so far
+    check_batches(backing, keys, [sorted(bot_batches[17], key=lambda e: e.ts_ms)])
+    assert redis_client.get(keys.flagged(bot)) == "tireless"
+    (event,) = [e for e in events_of(backing, bot) if e["action"] != "logged"]
+    assert (event["rule"], event["action"], event["evidence"]["active_hours"]) == (
+        "tireless", "flagged", 18)
+    assert not redis_client.exists(keys.flagged(player))
+    assert [e for e in events_of(backing, player) if e["action"] != "logged"] == []

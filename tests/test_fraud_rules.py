@@ -12,8 +12,10 @@ from scoreboard.fraud_rules import (
     farm_accounts,
     interval_cv,
     is_night,
+    ladder_step,
     over_board_max,
     regular_cadence,
+    tireless,
     velocity_zscore,
 )
 from scoreboard.settings import load_settings
@@ -103,23 +105,57 @@ def test_a_daily_habit_is_not_a_cadence() -> None:
 # ------------------------------------------------------------------------- farms
 
 
-def test_farm_accounts_counts_recent_accounts_of_one_address() -> None:
-    now, window = 1_000_000, 600_000
+def farm(seen: dict[str, int], counts: dict[str, int], now: int, *,
+         min_accounts: int = 5) -> list[str]:
+    """The farm rule at its defaults (10-minute window, 30 accepts, 80%)."""
+    return farm_accounts(seen, counts, now_ms=now, window_ms=600_000, min_accounts=min_accounts,
+                         busy_actions=30, busy_share=0.8)
+
+
+def test_farm_is_five_busy_accounts_making_most_of_the_address() -> None:
+    now = 1_000_000
     seen = {f"u{i}": now - i * 1000 for i in range(5)}
-    assert farm_accounts(seen, now_ms=now, window_ms=window, min_accounts=5) == [
-        "u0", "u1", "u2", "u3", "u4"]
-    assert farm_accounts(seen, now_ms=now, window_ms=window, min_accounts=6) == []
+    busy = dict.fromkeys(seen, 40)
+    assert farm(seen, busy, now) == ["u0", "u1", "u2", "u3", "u4"]
+    assert farm(seen, busy, now, min_accounts=6) == []
+
+
+def test_a_campus_of_many_accounts_is_not_a_farm_by_its_count() -> None:
+    """500 accounts on one address, a fifth of them at a grinder's pace: not a farm."""
+    now = 1_000_000
+    seen = {f"u{i}": now - i for i in range(500)}
+    counts = {f"u{i}": (40 if i % 5 == 0 else 12) for i in range(500)}
+    assert farm(seen, counts, now) == []
+    # the same address where nearly every account keeps a machine's pace is one
+    counts = {f"u{i}": (40 if i % 10 else 12) for i in range(500)}
+    assert len(farm(seen, counts, now)) == 450
+
+
+def test_a_household_of_casual_players_is_not_a_farm() -> None:
+    now = 1_000_000
+    seen = {f"u{i}": now - i for i in range(6)}
+    assert farm(seen, dict.fromkeys(seen, 15), now) == []
 
 
 def test_farm_accounts_forgets_accounts_outside_the_window() -> None:
     now, window = 1_000_000, 600_000
     seen = {"a": now, "b": now - 100, "c": now - 599_999, "d": now - window, "e": 0}
-    assert farm_accounts(seen, now_ms=now, window_ms=window, min_accounts=3) == ["a", "b", "c"]
-    assert farm_accounts(seen, now_ms=now, window_ms=window, min_accounts=4) == []
+    busy = dict.fromkeys(seen, 40)
+    assert farm(seen, busy, now, min_accounts=3) == ["a", "b", "c"]
+    assert farm(seen, busy, now, min_accounts=4) == []
 
 
 def test_farm_rule_off_at_zero() -> None:
-    assert farm_accounts({"a": 1}, now_ms=1, window_ms=10, min_accounts=0) == []
+    assert farm({"a": 1}, {"a": 99}, 1, min_accounts=0) == []
+
+
+# ------------------------------------------------------------------------- the ladder
+
+
+def test_the_ladder_flags_then_bans_for_a_while_then_bans() -> None:
+    rungs = [ladder_step(n, flag_s=3600, temp_ban_s=86400) for n in range(5)]
+    assert rungs == [("flagged", 1, 3600), ("banned", 2, 86400), ("banned", 3, None),
+                     ("banned", 3, None), ("banned", 3, None)]
 
 
 # ------------------------------------------------------------------------- settings
@@ -137,7 +173,18 @@ def test_new_rule_settings_parse_and_can_be_turned_off() -> None:
 
 
 @pytest.mark.parametrize("env", [{"CADENCE_ACTIONS": "2"}, {"FARM_MIN_ACCOUNTS": "-1"},
+                                 {"FARM_BUSY_SHARE": "0"}, {"FARM_BUSY_SHARE": "1.5"},
+                                 {"TIRELESS_HOURS": "25"}, {"TIRELESS_HOURS": "-1"},
+                                 {"TEMP_BAN_S": "0"}, {"OFFENCE_WINDOW_S": "0"},
                                  {"CADENCE_WINDOW_S": "0"}, {"RATE_REFUSAL_WINDOW_S": "0"}])
 def test_new_rule_settings_refuse_nonsense(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         load_settings(env)
+
+
+def test_tireless_counts_distinct_hours_of_the_last_day() -> None:
+    assert tireless(list(range(100, 118)), span=24, threshold=18) == 18
+    assert tireless(list(range(100, 117)), span=24, threshold=18) is None
+    # hours older than the span before the newest do not count
+    assert tireless([*range(70, 80), *range(100, 110)], span=24, threshold=18) is None
+    assert tireless([1, 1, 1], span=24, threshold=0) is None

@@ -58,8 +58,8 @@ CALLS: dict[str, tuple[Scenario, type]] = {
                    Refusal),
     "token_failure": (lambda s, k: s(
         k, user_id="u1", address="192.0.2.1", failure="action_token_foreign",
-        window_ms=60_000, to_ban=10, to_limit_address=30, address_limit_ms=60_000,
-        ban_ms=60_000), TokenFailureReply),
+        window_ms=60_000, to_flag=10, to_limit_address=30, address_limit_ms=60_000,
+        flag_ms=60_000), TokenFailureReply),
     "rate_refusal": (lambda s, k: s(
         k, user_id="u1", address="192.0.2.1", endpoint="increment", window_ms=60_000,
         to_flag=20, flag_duration_ms=60_000), bool),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,12 +33,14 @@ from scoreboard.fraud_rules import (
     is_night,
     over_board_max,
     regular_cadence,
+    tireless,
     velocity_zscore,
 )
 from scoreboard.keys import Keys
+from scoreboard.ladder import climb, close_expired, insert_restriction
 from scoreboard.metrics import count_fraud_event
 from scoreboard.moderation import Moderation
-from scoreboard.settings import Settings
+from scoreboard.settings import TIRELESS_SPAN_HOURS, Settings
 from scoreboard.stream_entry import StreamEntry
 
 logger = logging.getLogger(__name__)
@@ -77,28 +80,61 @@ class FraudChecks:
                     await self._record(stream_id, fields)
                 await client.xack(keys.fraud_stream, RECORDER_GROUP, stream_id)
                 recorded += 1
+        await self.expire_restrictions()
         return recorded
 
     async def _record(self, stream_id: str, fields: dict[str, str]) -> None:
+        """One decision of a script: its ``fraud_events`` row, and for a flag (an
+        offence) the rung of the ladder it earns (scoreboard/ladder.py): the flag
+        itself, a temporary ban or a ban, each with its ``user_restrictions`` row."""
         user_id = fields.get("user_id") or None
         action = fields["action"]
         evidence = orjson.loads(fields.get("evidence") or "{}")
-        async with self.moderation.pool.acquire() as connection, connection.transaction():
-            new = await self.moderation.record_event(
-                connection, user_id=user_id, rule=fields["rule"], severity=fields["severity"],
-                action=action, evidence=evidence, client_addr=fields.get("client_addr") or None,
-                event_key=stream_id)
-            if new and user_id and action in ("flagged", "banned"):
+        settings, moderation = self.settings, self.moderation
+        banned_until: datetime | None = None
+        banned = False
+        async with moderation.pool.acquire() as connection, connection.transaction():
+            if await connection.fetchval("SELECT 1 FROM fraud_events WHERE event_key = $1",
+                                         stream_id):
+                return  # recorded already (a redelivery after a crash)
+            if user_id and action in ("flagged", "banned"):
                 expires = None
                 if fields.get("expires_ms"):
                     expires = datetime.fromtimestamp(int(fields["expires_ms"]) / 1000, UTC)
-                await connection.execute(
-                    "INSERT INTO user_restrictions (user_id, kind, reason, expires_at)"
-                    " VALUES ($1, $2, $3, $4)"
-                    " ON CONFLICT (user_id, kind) WHERE lifted_at IS NULL DO NOTHING",
-                    user_id, action, fields["rule"], expires)
-        if user_id and action == "banned":
-            await self.moderation.hide_everywhere(user_id)
+                action, rung, expires = await climb(
+                    connection, user_id, flag_s=settings.flag_duration_s,
+                    temp_ban_s=settings.temp_ban_s, window_s=settings.offence_window_s,
+                    flag_expires=expires if action == "flagged" else None)
+                evidence = {**evidence, "rung": rung}
+                await insert_restriction(connection, user_id=user_id, kind=action,
+                                         reason=fields["rule"], expires=expires, level=rung)
+                banned, banned_until = action == "banned", expires
+            await moderation.record_event(
+                connection, user_id=user_id, rule=fields["rule"], severity=fields["severity"],
+                action=action, evidence=evidence, client_addr=fields.get("client_addr") or None,
+                event_key=stream_id)
+        if user_id and banned:
+            ttl_ms = None
+            if banned_until is not None:
+                ttl_ms = max(1, int((banned_until - datetime.now(UTC)).total_seconds() * 1000))
+            await moderation.redis.set(self.keys.banned(user_id), fields["rule"], px=ttl_ms)
+            await moderation.hide_everywhere(user_id)
+
+    async def expire_restrictions(self) -> int:
+        """Close the restrictions whose end has passed; a ban that ended puts the
+        user back on every board at once (not at their next increment). Returns
+        how many ended."""
+        moderation = self.moderation
+        async with moderation.pool.acquire() as connection:
+            ended = await close_expired(connection)
+        for user_id, kind in ended:
+            if kind in ("banned", "shadow_banned"):
+                # Postgres says it ended: so does Redis (the key's own expiry may lag)
+                await moderation.redis.delete(moderation.key_of(kind, user_id))
+                if not await moderation.redis.exists(self.keys.banned(user_id),
+                                                     self.keys.shadow_banned(user_id)):
+                    await moderation.show_everywhere(user_id)
+        return len(ended)
 
     async def _board_maximums(self) -> dict[str, int | None]:
         if time.monotonic() - self._board_limits_at > BOARD_LIMITS_TTL_S:
@@ -136,31 +172,39 @@ class FraudChecks:
             await self._check_activity(players[chunk:chunk + ACTIVITY_CHUNK])
 
     async def _check_activity(self, entries: Sequence[StreamEntry]) -> None:
-        """The cadence and farm rules over ``entries``: one ``lua/fraud_batch.lua``
-        call keeps their state in Redis and returns it, the judgement is
-        :func:`regular_cadence` and :func:`farm_accounts`, and the flags go
-        through ``lua/flag_users.lua``."""
+        """The cadence, farm and tireless rules over ``entries``: one
+        ``lua/fraud_batch.lua`` call keeps their state in Redis and returns it, the
+        judgement is :func:`regular_cadence`, :func:`farm_accounts` and
+        :func:`tireless`, and the flags go through ``lua/flag_users.lua``."""
         settings, keys = self.settings, self.keys
         keep, min_accounts = settings.cadence_actions, settings.farm_min_accounts
         by_user: dict[str, list[StreamEntry]] = {}
         by_address: dict[str, dict[str, int]] = {}
+        counts: dict[str, Counter[str]] = {}
         for entry in entries:
-            if keep:
+            if keep or settings.tireless_hours:
                 by_user.setdefault(entry.user_id, []).append(entry)
             if min_accounts and entry.ip:
                 seen = by_address.setdefault(entry.ip, {})
                 seen[entry.user_id] = max(seen.get(entry.user_id, 0), entry.ts_ms)
+                counts.setdefault(entry.ip, Counter())[entry.user_id] += 1
         if not by_user and not by_address:
             return
         cadence_ms, farm_ms = settings.cadence_window_s * 1000, settings.farm_window_s * 1000
         users, addresses = list(by_user), list(by_address)
+        hour_ms = settings.activity_hour_s * 1000
         data = {"keep": keep, "cadence_ttl": cadence_ms, "window": farm_ms,
                 "min_accounts": min_accounts,
                 "users": [sorted(e.ts_ms for e in own) for own in by_user.values()],
-                "addresses": [[max(seen.values()), [[ts, user] for user, ts in seen.items()]]
-                              for seen in by_address.values()]}
-        cadence, farms = await self.moderation.scripts.fraud_batch(
-            keys, users=users, addresses=addresses, data=data)
+                "hours": [sorted({e.ts_ms // hour_ms for e in own}) for own in by_user.values()],
+                "tireless": settings.tireless_hours, "span": TIRELESS_SPAN_HOURS,
+                "hour_ms": hour_ms,
+                "addresses": [[max(seen.values()), [[ts, user] for user, ts in seen.items()],
+                               [[user, n] for user, n in counts[address].items()]]
+                              for address, seen in by_address.items()]}
+        newest = max(entry.ts_ms for entry in entries)
+        cadence, farms, hours = await self.moderation.scripts.fraud_batch(
+            keys, users=users, addresses=addresses, window_index=newest // farm_ms, data=data)
         regular = []
         for index, times in cadence:
             cv = regular_cadence(times, actions=keep, window_ms=cadence_ms,
@@ -173,14 +217,26 @@ class FraudChecks:
                     "max_cv": settings.cadence_max_cv}))
         await self._flag("cadence_regularity", regular)
         farmed = []
-        for index, last_seen in farms:
+        for index, last_seen, accepts in farms:
             address = addresses[index]
-            accounts = farm_accounts(last_seen, now_ms=max(by_address[address].values()),
-                                     window_ms=farm_ms, min_accounts=min_accounts)
+            accounts = farm_accounts(last_seen, accepts, now_ms=max(by_address[address].values()),
+                                     window_ms=farm_ms, min_accounts=min_accounts,
+                                     busy_actions=settings.farm_busy_actions,
+                                     busy_share=settings.farm_busy_share)
             evidence = {"address": address, "accounts": len(accounts),
+                        "active_accounts": len(last_seen),
                         "window_s": settings.farm_window_s, "sample": accounts[:10]}
             farmed += [(user_id, address, evidence) for user_id in accounts]
         await self._flag("farm", farmed)
+        tired = []
+        for index, active in hours:
+            count = tireless(active, span=TIRELESS_SPAN_HOURS, threshold=settings.tireless_hours)
+            if count is not None:
+                user_id = users[index]
+                tired.append((user_id, by_user[user_id][-1].ip, {
+                    "active_hours": count, "of_hours": TIRELESS_SPAN_HOURS,
+                    "hour_s": settings.activity_hour_s}))
+        await self._flag("tireless", tired)
 
     async def _flag(self, rule: str, decisions: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
         """Flag ``(user id, address, evidence)`` through ``lua/flag_users.lua`` (skips
