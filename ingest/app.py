@@ -21,7 +21,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import auth_routes, health, me_routes, metrics, openapi, read_routes, score_routes
+from ingest import (
+    auth_routes,
+    board_routes,
+    health,
+    me_routes,
+    metrics,
+    openapi,
+    read_routes,
+    score_routes,
+)
 from ingest.backlog import Backpressure
 from ingest.board_cache import BoardCache
 from ingest.failures import INTERNAL_ERROR, UNAVAILABLE, dependency_down, redis_full
@@ -154,7 +163,9 @@ def create_app(settings: Settings | None = None) -> IngestApp:
         Route("/api/scores/ranks", read_routes.ranks, methods=["GET"]),
         Route("/api/scores/users/{user_id}", read_routes.user, methods=["GET"]),
         Route("/api/scores/around/{user_id}", read_routes.around, methods=["GET"]),
-        Route("/api/boards", read_routes.boards, methods=["GET"]),
+        Route("/api/boards", board_routes.boards, methods=["GET"]),
+        Route("/api/boards/{board}", board_routes.board, methods=["GET"]),
+        Route("/api/boards/{board}/periods", board_routes.periods, methods=["GET"]),
         Route("/api/me", me_routes.me, methods=["GET"]),
         Route("/api/me/rank", me_routes.my_rank, methods=["GET"]),
         Route("/api/me/around", me_routes.my_around, methods=["GET"]),

@@ -114,7 +114,7 @@ async def issue_action_token(request: HotRequest) -> Answer:
     settings, keys = state.settings, state.keys
     wanted = parse_action_token_request(
         await request.json(max_bytes=settings.max_body_bytes, empty=None))
-    board = await state.board_cache.get(wanted.board)
+    board = await state.board_cache.get_open(wanted.board)
     action = wanted.action or board.default_action
     points = board.points_of(action)
     if points is None:
@@ -172,7 +172,7 @@ async def _points_of(state: IngestState, token: action_tokens.ActionToken,
                      body: IncrementRequest) -> int:
     """The points the token's action is worth; a ``points`` or ``board`` sent along
     that disagrees is refused (422), so an old client learns the contract changed."""
-    board = await state.board_cache.get(token.board)
+    board = await state.board_cache.get_open(token.board)
     points = board.points_of(token.action)
     if points is None:
         raise invalid("action_token",
@@ -225,11 +225,12 @@ async def increment(request: HotRequest) -> Answer:
 
 
 async def _check_board_maxima(state: IngestState, increments: list[BatchIncrement]) -> None:
-    """Every board of the batch exists (404) and no ``points`` passes its maximum (422)."""
+    """Every board of the batch exists (404) and is open (409), and no ``points`` passes
+    its maximum (422)."""
     maxima: dict[str, int] = {}
     for index, item in enumerate(increments):
         if item.board not in maxima:
-            maxima[item.board] = (await state.board_cache.get(item.board)).max_points
+            maxima[item.board] = (await state.board_cache.get_open(item.board)).max_points
         if item.points > maxima[item.board]:
             raise invalid(f"increments[{index}].points",
                           f"must be at most {maxima[item.board]} on board {item.board!r}")

@@ -17,6 +17,7 @@ from scoreboard.errors import RequestError
 from scoreboard.names import BOARD_PATTERN, BOARD_RULE, DEFAULT_BOARD, ID_PATTERN
 from scoreboard.ranking import decode_cursor
 from scoreboard.script_calls import BatchItem
+from scoreboard.windows import ALL_TIME, PERIOD_PATTERN, WINDOW_NAMES
 
 EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{3,32}")
@@ -218,6 +219,8 @@ class BoardQuery:
     radius: int
     cursor: tuple[int, str] | None
     user_ids: list[str]
+    window: str = "all_time"
+    period: str | None = None  # None: the window's current period
 
 
 def _query_int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -232,7 +235,8 @@ def _query_int(params: Mapping[str, str], name: str, default: int, low: int, hig
 def parse_board_query(params: Mapping[str, str], *, max_limit: int = 100,
                       max_radius: int = 50, max_users: int = 100) -> BoardQuery:
     """The query string of the read endpoints (unknown parameters are refused)."""
-    unknown = sorted(set(params) - {"board", "limit", "radius", "cursor", "user_ids"})
+    unknown = sorted(set(params) - {"board", "limit", "radius", "cursor", "user_ids", "window",
+                                    "period"})
     if unknown:
         raise invalid(unknown[0], "unknown parameter")
     board = params.get("board", DEFAULT_BOARD)
@@ -250,9 +254,16 @@ def parse_board_query(params: Mapping[str, str], *, max_limit: int = 100,
     for user_id in user_ids:
         if not ID_PATTERN.fullmatch(user_id):
             raise invalid("user_ids", f"{user_id[:70]!r} is not a valid user id")
+    window = params.get("window", ALL_TIME)
+    if window not in WINDOW_NAMES:
+        raise invalid("window", f"must be one of {', '.join(WINDOW_NAMES)}")
+    period = params.get("period")
+    if period is not None and not PERIOD_PATTERN.fullmatch(period):
+        raise invalid("period", "must be a period id (like 2026-12-02, 2026-W48, 2026-12 or a "
+                                "season's name)")
     return BoardQuery(board=board, limit=_query_int(params, "limit", 10, 1, max_limit),
                       radius=_query_int(params, "radius", 5, 0, max_radius), cursor=cursor,
-                      user_ids=user_ids)
+                      user_ids=user_ids, window=window, period=period)
 
 
 def parse_user_id(value: str) -> str:

@@ -12,14 +12,21 @@ leaderboard up to the committed totals.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from scoreboard.board_defs import BoardDefinition
 from scoreboard.board_writes import BoardTotal
 from scoreboard.stream_entry import StreamEntry
 from workers.batching import STAGING_COLUMNS, months_of, staging_record
+from workers.window_fanout import (
+    CREATE_WINDOW_STAGING,
+    PERSIST_WINDOWED,
+    WINDOW_COLUMNS,
+    window_rows,
+)
 
 CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS actions_staging (
@@ -122,20 +129,32 @@ class PartitionCache:
 
 
 async def persist_batch(connection: Any, entries: Sequence[StreamEntry],
-                        partitions: PartitionCache) -> PersistResult:
+                        partitions: PartitionCache,
+                        definitions: Mapping[str, BoardDefinition] | None = None
+                        ) -> PersistResult:
     """Write ``entries`` in one transaction; returns what was inserted and the totals.
 
     A missing partition is created first (in its own short transaction, so the
     batch never waits on another worker's partition lock while holding rows).
+    ``definitions`` (board -> definition) spreads the entries of boards with
+    windows or the ``best`` operator over their scopes (``workers.window_fanout``);
+    a batch of plain boards only runs exactly what it ran before windows.
     """
     await partitions.ensure(connection, months_of(entries))
+    windowed = window_rows(entries, definitions) if definitions else []
     async with connection.transaction():
         await connection.execute(CREATE_STAGING)
         await connection.copy_records_to_table(
             "actions_staging", records=[staging_record(e) for e in entries],
             columns=STAGING_COLUMNS)
         await connection.execute(UPSERT_USERS)
-        rows = await connection.fetch(PERSIST)
+        if windowed:
+            await connection.execute(CREATE_WINDOW_STAGING)
+            await connection.copy_records_to_table("window_staging", records=windowed,
+                                                   columns=WINDOW_COLUMNS)
+            rows = await connection.fetch(PERSIST_WINDOWED)
+        else:
+            rows = await connection.fetch(PERSIST)
     return PersistResult(inserted=rows[0]["inserted_rows"] if rows else 0, totals=[
         BoardTotal(board=r["board"], user_id=r["user_id"], score=r["score"],
                    reached_at=r["reached_at"], version=r["version"], username=r["username"])
