@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from scoreboard.names import BOARD_PATTERN, BOARD_RULE, DEFAULT_BOARD
+from scoreboard.windows import ALL_TIME, WINDOW_NAMES, TargetError
 
 RETRY_AFTER_CAPPED_S = 5
 
@@ -45,6 +46,23 @@ def board_of(query_string: str) -> str:
     """The ``board`` query parameter (the default board when absent)."""
     values = parse_qs(query_string, keep_blank_values=True).get("board")
     return values[0] if values else DEFAULT_BOARD
+
+
+def window_of(query_string: str) -> str:
+    """The ``window`` query parameter (``all_time`` when absent)."""
+    values = parse_qs(query_string, keep_blank_values=True).get("window")
+    return values[0] if values else ALL_TIME
+
+
+def check_window(window: str) -> Refusal | None:
+    if window in WINDOW_NAMES:
+        return None
+    return Refusal(422, "invalid_field", f"window: must be one of {', '.join(WINDOW_NAMES)}")
+
+
+def window_refusal(error: TargetError) -> Refusal:
+    """A window that cannot be followed: 404 (unknown board or window, no period now)."""
+    return Refusal(404, error.code, error.detail)
 
 
 def check_board(board: str) -> Refusal | None:

@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from broadcaster.hub import Hub
+from broadcaster.periods import PeriodFollower
 from broadcaster.snapshots import SnapshotService
 from broadcaster.sse import SseEndpoint
 from broadcaster.state import BroadcasterState
@@ -57,8 +58,10 @@ def build_state(settings: Settings, client: Any,
     watches = WatchService(scripts=scripts, keys=keys, rank_mode=settings.rank_ties,
                            interval_s=settings.snapshot_interval_ms / 1000)
     snapshots.change_listeners.append(watches.notice)
+    periods = PeriodFollower(redis=client, keys=keys, hub=hub, snapshots=snapshots,
+                             refresh_s=settings.board_refresh_s)
     return BroadcasterState(settings=settings, redis=client, hub=hub, snapshots=snapshots,
-                            watches=watches)
+                            watches=watches, periods=periods)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -76,7 +79,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.broadcaster = state
         tasks = [asyncio.create_task(state.snapshots.listen(), name="change-notices"),
                  asyncio.create_task(state.snapshots.poll(), name="revision-poll"),
-                 asyncio.create_task(keep_alive(state), name="keepalive")]
+                 asyncio.create_task(keep_alive(state), name="keepalive"),
+                 asyncio.create_task(state.periods.rollover_forever(), name="period-rollover")]
         try:
             yield {"broadcaster": state}  # uvicorn hands this to each WebSocket connection
         finally:

@@ -35,6 +35,7 @@ class Spectator(Protocol):
 
     board: str
     kind: str  # "websocket" or "sse", the label of its metrics
+    version_sent: int  # of its current board (a period's rollover starts it again)
 
     def offer(self, snapshot: Snapshot) -> None:
         """Take ``snapshot`` now, or keep it as the newest unsent one; never waits."""

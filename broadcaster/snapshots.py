@@ -33,6 +33,7 @@ from scoreboard.boards_redis import RedisBoards
 from scoreboard.keys import Keys
 from scoreboard.ranking import ranks
 from scoreboard.tracing import Tracing, inner_span
+from scoreboard.windows import ALL_TIME, split_scope
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,14 @@ class Snapshot:
 
     @classmethod
     def build(cls, board: str, version: int, entries: list[dict[str, Any]]) -> Snapshot:
-        payload = orjson.dumps({"type": "snapshot", "board": board, "version": version,
-                                "ts": int(time.time() * 1000), "entries": entries})
+        """``board`` is what the hub keys spectators by: a board, or a window's period
+        (its scope, see scoreboard/windows.py), sent as board, window and period."""
+        name, window, period = split_scope(board)
+        message: dict[str, Any] = {"type": "snapshot", "board": name, "version": version,
+                                   "ts": int(time.time() * 1000), "entries": entries}
+        if window != ALL_TIME:
+            message["window"], message["period"] = window, period
+        payload = orjson.dumps(message)
         return cls(board, version, entries, payload, text_frame(payload), sse_event(payload))
 
 

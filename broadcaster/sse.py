@@ -1,4 +1,4 @@
-"""``GET /sse?board=``: the same snapshots as Server-Sent Events.
+"""``GET /sse?board=[&window=]``: the same snapshots as Server-Sent Events.
 
 ``&watch=<user id>`` (repeatable, up to ``WS_MAX_WATCHES``) adds the rank feed
 of those players as ``rank`` and ``overtaken`` events; an unknown player or a
@@ -20,13 +20,22 @@ import redis.exceptions
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from broadcaster.admission import CAPPED, Refusal, board_of, check_board
+from broadcaster.admission import (
+    CAPPED,
+    Refusal,
+    board_of,
+    check_board,
+    check_window,
+    window_of,
+    window_refusal,
+)
 from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
 from broadcaster.rank_feed import RankUpdate
 from broadcaster.snapshots import Snapshot
 from broadcaster.state import BroadcasterState
 from broadcaster.watch_requests import unknown_user, watches_of
 from scoreboard.client_address import client_address, forwarded_for
+from scoreboard.windows import ALL_TIME, TargetError
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +119,18 @@ class SseEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         state: BroadcasterState = request.app.state.broadcaster
-        board = board_of(request.url.query)
-        refusal = check_board(board)
+        board, window = board_of(request.url.query), window_of(request.url.query)
+        refusal = check_board(board) or check_window(window)
         watch_ids = watches_of(request.url.query, state.settings.ws_max_watches)
         if isinstance(watch_ids, Refusal):
             refusal, watch_ids = refusal or watch_ids, []
+        if refusal is None and window != ALL_TIME:
+            try:  # a window's spectators follow its current period (broadcaster.periods)
+                board = await state.periods.scope_of(board, window)
+            except TargetError as exc:
+                refusal = window_refusal(exc)
+            except redis.exceptions.RedisError:
+                refusal = UNAVAILABLE
         if refusal is not None:
             await _refuse(refusal, send)
             return

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broadcaster.hub import Hub
+from broadcaster.periods import PeriodFollower
 from broadcaster.snapshots import SnapshotService
 from broadcaster.watches import WatchService
 from scoreboard.settings import Settings
@@ -19,5 +20,6 @@ class BroadcasterState:
     hub: Hub
     snapshots: SnapshotService
     watches: WatchService  # the personal rank feed
+    periods: PeriodFollower
     # Open WebSocket connections (broadcaster.ws_connection), for the keepalive sweep.
     sockets: set[Any] = field(default_factory=set)

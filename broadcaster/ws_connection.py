@@ -31,7 +31,17 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from broadcaster.admission import CAPPED, NOT_FOUND, Refusal, board_of, check_board, check_origin
+from broadcaster.admission import (
+    CAPPED,
+    NOT_FOUND,
+    Refusal,
+    board_of,
+    check_board,
+    check_origin,
+    check_window,
+    window_of,
+    window_refusal,
+)
 from broadcaster.frames import close_frame, text_frame
 from broadcaster.hub import DROPPED, SNAPSHOTS_SENT, SNAPSHOTS_SKIPPED
 from broadcaster.rank_feed import RankUpdate
@@ -47,6 +57,7 @@ from broadcaster.watch_requests import (
     unwatched_frame,
 )
 from scoreboard.client_address import client_address, forwarded_for
+from scoreboard.windows import ALL_TIME, TargetError
 
 logger = logging.getLogger(__name__)
 # websockets logs every open and close at INFO: thousands a second here.
@@ -60,22 +71,28 @@ TRY_AGAIN_LATER = 1013
 PING_FRAME = b"\x89\x02sb"  # an unmasked ping with a fixed payload; any pong answers it
 INVALID_MESSAGE = text_frame(orjson.dumps({
     "type": "error", "code": "invalid_message",
-    "message": 'expected {"type": "subscribe", "board": "<board name>"}, or "watch" or'
-               ' "unwatch" with "user_id"'}))
+    "message": 'expected {"type": "subscribe", "board": "<board name>", "window"?: '
+               '"all_time"|"daily"|"weekly"|"monthly"|"season"}, or "watch" or "unwatch"'
+               ' with "user_id"'}))
 
 _loading: set[asyncio.Task[None]] = set()  # first snapshots being read, kept from the GC
 
 
-def parse_subscribe(message: bytes) -> str | None:
-    """The board of ``{"type": "subscribe", "board": ...}``, or None for anything else."""
+def parse_subscribe(message: bytes) -> tuple[str, str] | None:
+    """The board and window (default ``all_time``) of ``{"type": "subscribe", "board":
+    ..., "window": ...}``, or None for anything else."""
     try:
         parsed = orjson.loads(message)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(parsed, dict) or parsed.get("type") != "subscribe":
         return None
-    board = parsed.get("board")
-    return board if isinstance(board, str) and check_board(board) is None else None
+    board, window = parsed.get("board"), parsed.get("window", ALL_TIME)
+    if not isinstance(board, str) or check_board(board) is not None:
+        return None
+    if not isinstance(window, str) or check_window(window) is not None:
+        return None
+    return board, window
 
 
 class SpectatorConnection(asyncio.Protocol):
@@ -227,7 +244,7 @@ class SpectatorConnection(asyncio.Protocol):
         self._flush()  # the 101 goes out before any frame
         self.open = True
         self.state.sockets.add(self)
-        self._watch(board)
+        self._subscribe(board, window_of(request.path.partition("?")[2]))
 
     def _admission(self, request: Request) -> tuple[Refusal | None, str, str]:
         path, _, query = request.path.partition("?")
@@ -236,7 +253,7 @@ class SpectatorConnection(asyncio.Protocol):
             return NOT_FOUND, board, ""
         settings = self.state.settings
         refusal = (check_origin(request.headers.get("Origin"), settings.allowed_origins)
-                   or check_board(board))
+                   or check_board(board) or check_window(window_of(query)))
         if refusal is not None:
             return refusal, board, ""
         assert self.transport is not None
@@ -247,6 +264,36 @@ class SpectatorConnection(asyncio.Protocol):
         if not self.state.hub.admit(address):
             return CAPPED, board, address
         return None, board, address
+
+    def _subscribe(self, board: str, window: str) -> None:
+        """Watch ``board``, or the current period of its ``window`` (found first: the
+        only other path that awaits; see broadcaster.periods)."""
+        if window == ALL_TIME:
+            self._watch(board)
+            return
+        task = asyncio.get_running_loop().create_task(self._subscribe_window(board, window))
+        _loading.add(task)
+        task.add_done_callback(_loading.discard)
+
+    async def _subscribe_window(self, board: str, window: str) -> None:
+        try:
+            scope = await self.state.periods.scope_of(board, window)
+        except TargetError as exc:
+            if self.open and self.transport is not None:
+                self.transport.write(error_frame(window_refusal(exc)))
+            return
+        except redis.exceptions.RedisError as exc:
+            logger.warning("window %s of %s not resolved: %r", window, board, exc)
+            self.shut(TRY_AGAIN_LATER, "board unavailable, try again")
+            return
+        if self.open:
+            self._watch(scope)
+
+    def move_to(self, board: str) -> None:
+        """The period this spectator followed has ended (broadcaster.periods): watch
+        the next one, with the players it follows."""
+        if self.open:
+            self._watch(board)
 
     def _watch(self, board: str) -> None:
         """Move to ``board`` and send its current snapshot (read first if nobody here
@@ -288,9 +335,9 @@ class SpectatorConnection(asyncio.Protocol):
                 self._message(message)
 
     def _message(self, message: bytes) -> None:
-        board = parse_subscribe(message)
-        if board is not None:
-            self._watch(board)
+        wanted = parse_subscribe(message)
+        if wanted is not None:
+            self._subscribe(*wanted)
             return
         request = parse_watch(message)
         assert self.transport is not None

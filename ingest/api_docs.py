@@ -43,6 +43,7 @@ BAD_BODY = {"400": refusal("`invalid_json`: the body is not JSON"),
                            " (`field` names it)")}
 NEEDS_TOKEN = {"401": refusal("`missing_token`, `invalid_token`, `token_expired` or"
                               " `token_revoked`")}
+CLOSED = {"409": refusal("`board_closed`: the board takes no more increments")}
 LIMITED = {"429": refusal("`rate_limited` (or `address_limited`)", retry=True)}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
@@ -50,6 +51,9 @@ BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 def query(name: str, schema: Schema, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema,
             "description": description}
+
+
+PATH_BOARD = {"name": "board", "in": "path", "required": True, "schema": BOARD}
 
 
 def path_user() -> dict[str, Any]:
@@ -64,7 +68,18 @@ AS_OF_Q = query("as_of", {"type": "string", "format": "date-time",
                 "ISO 8601 time with a zone: the board as it stood then (not in the future)")
 RADIUS_Q = query("radius", {"type": "integer", "minimum": 0, "maximum": 50, "default": 5},
                  "entries on each side")
-BOARD_READ = {"404": refusal("`board_not_found` (where boards are registered) or"
+WINDOW_Q = query("window", {"enum": ["all_time", "daily", "weekly", "monthly", "season"],
+                            "default": "all_time"},
+                 "one of the board's windows; its current period unless `period` names one")
+PERIOD_Q = query("period", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",
+                            "examples": ["2026-12-02", "2026-W48", "2026-12", "s1"]},
+                 "a period of `window` (`2026-12-02`, ISO week `2026-W48`, `2026-12`, a"
+                 " season's name; `all` for all_time); an ended one is read from its"
+                 " archive in Postgres")
+WINDOWED = [WINDOW_Q, PERIOD_Q]
+BOARD_READ = {"404": refusal("`board_not_found` (where boards are registered),"
+                             " `window_not_found` (not a window of the board),"
+                             " `period_not_found` (not begun, or no season running) or"
                              " `not_ranked`"),
               "422": refusal("`invalid_field`: a query parameter is invalid or unknown"),
               "503": UNAVAILABLE}
@@ -117,13 +132,13 @@ OPERATIONS: dict[str, Operation] = {
     "GET /api/me/rank": {
         "tags": ["me"], "summary": "The caller's own entry on a board", "security": BEARER,
         "description": "As `/api/scores/users/{user_id}` for the caller.",
-        "parameters": [BOARD_Q],
+        "parameters": [BOARD_Q, *WINDOWED],
         "responses": {"200": answer("the caller's entry", "UserRank", headers=FROM_POSTGRES),
                       **NEEDS_TOKEN, **BOARD_READ}},
     "GET /api/me/around": {
         "tags": ["me"], "summary": "The entries around the caller", "security": BEARER,
         "description": "As `/api/scores/around/{user_id}` for the caller.",
-        "parameters": [BOARD_Q, RADIUS_Q],
+        "parameters": [BOARD_Q, RADIUS_Q, *WINDOWED],
         "responses": {"200": answer("the neighbourhood", "Around", headers=FROM_POSTGRES),
                       **NEEDS_TOKEN, **BOARD_READ}},
     "POST /api/actions/token": {
@@ -135,6 +150,7 @@ OPERATIONS: dict[str, Operation] = {
         "responses": {"200": answer("the token", "ActionToken"), **BAD_BODY, **NEEDS_TOKEN,
                       "403": refusal("`user_banned`"),
                       "404": refusal("`board_not_found`"),
+                      **CLOSED,
                       **LIMITED, "503": UNAVAILABLE}},
     "POST /api/scores/increment": {
         "tags": ["scores"], "summary": "Spend an action token: one increment",
@@ -148,7 +164,8 @@ OPERATIONS: dict[str, Operation] = {
                       "403": refusal("`action_token_invalid`, `action_token_expired`,"
                                      " `action_token_used`, `action_token_foreign` or"
                                      " `user_banned`"),
-                      "404": refusal("`board_not_found`"), **LIMITED,
+                      "404": refusal("`board_not_found`"),
+                      **CLOSED, **LIMITED,
                       "503": refusal("`unavailable`, or `overloaded` (the backlog is full)",
                                      retry=True)}},
     "POST /api/scores/batch": {
@@ -159,15 +176,44 @@ OPERATIONS: dict[str, Operation] = {
         "requestBody": body("BatchRequest"),
         "responses": {"202": answer("accepted", "BatchResult"), **BAD_BODY, **NEEDS_TOKEN,
                       "403": refusal("`insufficient_scope`"),
-                      "404": refusal("`board_not_found`"), **LIMITED,
+                      "404": refusal("`board_not_found`"),
+                      **CLOSED, **LIMITED,
                       "503": refusal("`unavailable`, or `overloaded` (the backlog is full)",
                                      retry=True)}},
     "GET /api/boards": {
         "tags": ["boards"], "summary": "The boards and their number of players",
         "description": "Every board that exists or has scores, with how many players are on"
-                       " it (banned and shadow-banned players not counted).",
+                       " it (banned and shadow-banned players not counted), and the"
+                       " definition of each registered one: its windows with their current"
+                       " period and `next_reset_at`.",
         "responses": {"200": answer("the boards", "Boards", headers=FROM_POSTGRES),
                       "503": UNAVAILABLE}},
+    "GET /api/boards/{board}": {
+        "tags": ["boards"], "summary": "One board's definition",
+        "description": "Title, actions, operator (`sum` or `best`), open or closed, timezone"
+                       " and turnover hour, seasons, and each window's current period and"
+                       " `next_reset_at` (null: never, or no season ahead).",
+        "parameters": [PATH_BOARD],
+        "responses": {"200": answer("the board", "BoardDefinition"),
+                      "404": refusal("`board_not_found`"), "503": UNAVAILABLE}},
+    "GET /api/boards/{board}/periods": {
+        "tags": ["boards"], "summary": "A window's archived periods, newest first",
+        "description": "Closed periods are frozen archives in Postgres (readable with"
+                       " `period=` on every read after their Redis keys expire); each with"
+                       " its number of players when archived and its top 3 as read now"
+                       " (banned and shadow-banned players left out while their ban holds)."
+                       " `current` is the running period.",
+        "parameters": [PATH_BOARD, {**query("window", WINDOW_Q["schema"] | {"default": None},
+                                            "the window"), "required": True},
+                       query("limit", {"type": "integer", "minimum": 1, "maximum": 100,
+                                       "default": 20}, "how many periods"),
+                       query("before", {"type": "string", "format": "date-time"},
+                             "only periods that ended before this time (the next page:"
+                             " the last `ends_at` seen)")],
+        "responses": {"200": answer("the periods", "Periods"),
+                      "404": refusal("`board_not_found` or `window_not_found`"),
+                      "422": refusal("`invalid_field`: a query parameter is invalid or"
+                                     " unknown"), "503": UNAVAILABLE}},
     "GET /api/scores/top": {
         "tags": ["boards"], "summary": "The top of a board, now or at a past moment",
         "description": "Higher score first; ties by who reached the score first. Cached"
@@ -176,7 +222,7 @@ OPERATIONS: dict[str, Operation] = {
                        " (`version` null, no cursor, `as_of` echoed in UTC); moderation as"
                        " it stands now (removed actions not counted, players banned now"
                        " left out). Only `board` and `limit` go with `as_of`.",
-        "parameters": [BOARD_Q, LIMIT_Q, AS_OF_Q],
+        "parameters": [BOARD_Q, LIMIT_Q, AS_OF_Q, *WINDOWED],
         "responses": {"200": answer("the top", "BoardPage", headers=FROM_POSTGRES),
                       **BOARD_READ,
                       "422": refusal("`invalid_field` (a query parameter is invalid or"
@@ -188,7 +234,8 @@ OPERATIONS: dict[str, Operation] = {
         "description": "The page after `cursor` (a `next_cursor` from a previous page);"
                        " stable while scores change.",
         "parameters": [BOARD_Q, LIMIT_Q, query("cursor", {"type": "string"},
-                                               "`next_cursor` of the previous page")],
+                                               "`next_cursor` of the previous page"),
+                       *WINDOWED],
         "responses": {"200": answer("a page", "BoardPage", headers=FROM_POSTGRES),
                       **BOARD_READ}},
     "GET /api/scores/ranks": {
@@ -198,20 +245,20 @@ OPERATIONS: dict[str, Operation] = {
                                                       "^[A-Za-z0-9_.:-]{1,64}"
                                                       "(,[A-Za-z0-9_.:-]{1,64}){0,99}$"},
                                          "comma-separated user ids, at most 100"),
-                                 "required": True}],
+                                 "required": True}, *WINDOWED],
         "responses": {"200": answer("their entries", "Ranks", headers=FROM_POSTGRES),
                       **BOARD_READ}},
     "GET /api/scores/users/{user_id}": {
         "tags": ["boards"], "summary": "One user's entry",
         "description": "With the user's own Bearer token, a shadow-banned user sees their"
                        " entry as before; everyone else gets `404 not_ranked`.",
-        "parameters": [path_user(), BOARD_Q],
+        "parameters": [path_user(), BOARD_Q, *WINDOWED],
         "responses": {"200": answer("the entry", "UserRank", headers=FROM_POSTGRES),
                       "401": NEEDS_TOKEN["401"], **BOARD_READ}},
     "GET /api/scores/around/{user_id}": {
         "tags": ["boards"], "summary": "The entries around a user",
         "description": "Clamped at both ends of the board.",
-        "parameters": [path_user(), BOARD_Q, RADIUS_Q],
+        "parameters": [path_user(), BOARD_Q, RADIUS_Q, *WINDOWED],
         "responses": {"200": answer("the neighbourhood", "Around", headers=FROM_POSTGRES),
                       "401": NEEDS_TOKEN["401"], **BOARD_READ}},
     "GET /healthz": {
@@ -255,11 +302,12 @@ OPERATIONS: dict[str, Operation] = {
 # schemas, and the rank feed's ``Watch``, ``Unwatch``, ``Unwatched``, ``Rank`` and
 # ``Overtaken``.
 BROADCASTER_ENDPOINTS: dict[str, str] = {
-    "/ws": "WebSocket `GET /ws?board=global`: a `Snapshot` on connect, then one whenever"
-           " the board's top N changes; send `Subscribe` to switch boards, `Watch` to"
+    "/ws": "WebSocket `GET /ws?board=global[&window=daily]`: a `Snapshot` on connect, then"
+           " one whenever the board's top N changes; send `Subscribe` to switch boards or"
+           " windows (a window's current period, followed across its resets), `Watch` to"
            " follow one player's rank and neighbours",
-    "/sse": "Server-Sent Events `GET /sse?board=global`: the same snapshots as"
-            " `event: snapshot`, with `: keepalive` comments; `&watch=<user id>` adds that"
+    "/sse": "Server-Sent Events `GET /sse?board=global[&window=daily]`: the same snapshots"
+            " as `event: snapshot`, with `: keepalive` comments; `&watch=<user id>` adds that"
             " player's `event: rank` and `event: overtaken`",
     "/": "the spectator page (HTML)",
     "/spectator.js": "the spectator page's script",

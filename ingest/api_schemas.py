@@ -39,6 +39,31 @@ VERSION: Schema = {"type": ["integer", "null"],
                    "description": "the board's revision (grows with every committed change);"
                                   " null when read from Postgres"}
 
+WINDOW: Schema = {"enum": ["all_time", "daily", "weekly", "monthly", "season"]}
+PERIOD_BOUNDS = obj({"period": {"type": "string"},
+                     "starts_at": {"type": ["string", "null"], "format": "date-time"},
+                     "ends_at": {"type": ["string", "null"], "format": "date-time"}},
+                    closed=False)
+WINDOW_STATE = obj({"window": WINDOW,
+                    "current": {"anyOf": [PERIOD_BOUNDS, {"type": "null"}],
+                                "description": "the running period (null: no season now)"},
+                    "next_reset_at": {"type": ["string", "null"], "format": "date-time",
+                                      "description": "when the next period starts"}},
+                   closed=False)
+DEFINITION: dict[str, Schema] = {
+    "board": {"type": "string"}, "title": {"type": "string"},
+    "actions": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "max_points": {"type": "integer"}, "operator": {"enum": ["sum", "best"]},
+    "open": {"type": "boolean"}, "timezone": {"type": "string"},
+    "turnover_hour": {"type": "integer", "minimum": 0, "maximum": 23},
+    "seasons": {"type": "array", "items": obj({"name": {"type": "string"},
+                                               "starts_at": {"type": "string"},
+                                               "ends_at": {"type": "string"}}, closed=False)},
+    "windows": {"type": "array", "items": WINDOW_STATE}}
+WINDOWED_READ: dict[str, Schema] = {
+    "window": {**WINDOW, "description": "present when not all_time"},
+    "period": {"type": "string", "description": "present when window is"}}
+
 ENTRY = obj({"rank": {"type": "integer", "minimum": 1}, "user_id": {"type": "string"},
              "username": {"type": "string"}, "score": {"type": "integer"}}, closed=False)
 ENTRIES: Schema = {"type": "array", "items": ref("Entry")}
@@ -107,24 +132,43 @@ SCHEMAS: dict[str, Schema] = {
                                                   closed=False)}}, closed=False),
     "Entry": ENTRY,
     "Boards": obj({"boards": {"type": "array", "items": obj({
-        "board": {"type": "string"}, "size": {"type": "integer", "minimum": 0}},
-        closed=False)}}, closed=False),
+        "board": {"type": "string"}, "size": {"type": "integer", "minimum": 0},
+        **DEFINITION}, required=["board", "size"], closed=False)}}, closed=False),
+    "BoardDefinition": obj(DEFINITION, closed=False),
+    "Periods": obj({
+        "board": {"type": "string"}, "window": WINDOW,
+        "current": WINDOW_STATE["properties"]["current"],
+        "next_reset_at": WINDOW_STATE["properties"]["next_reset_at"],
+        "periods": {"type": "array", "items": obj({
+            "period": {"type": "string"}, "starts_at": {"type": "string", "format": "date-time"},
+            "ends_at": {"type": "string", "format": "date-time"},
+            "archived_at": {"type": "string", "format": "date-time"},
+            "players": {"type": "integer", "minimum": 0},
+            "winners": {"type": "array", "maxItems": 3, "items": obj({
+                "user_id": {"type": "string"}, "username": {"type": "string"},
+                "score": {"type": "integer"}}, closed=False)}}, closed=False)}},
+        closed=False),
     "BoardPage": obj({"board": {"type": "string"}, "version": VERSION,
                       "size": {"type": "integer", "description": "entries on the board"},
                       "entries": ENTRIES,
                       "next_cursor": {"type": ["string", "null"],
                                       "description": "pass as cursor= to /api/scores/page"},
                       "as_of": {"type": "string", "format": "date-time",
-                                "description": "only with `as_of`: the moment, in UTC"}},
+                                "description": "only with `as_of`: the moment, in UTC"},
+                      **WINDOWED_READ},
                      required=["board", "version", "size", "entries", "next_cursor"],
                      closed=False),
     "Around": obj({"board": {"type": "string"}, "version": VERSION, "size": {"type": "integer"},
-                   "user_id": {"type": "string"}, "entries": ENTRIES}, closed=False),
+                   "user_id": {"type": "string"}, "entries": ENTRIES, **WINDOWED_READ},
+                  required=["board", "version", "size", "user_id", "entries"], closed=False),
     "Ranks": obj({"board": {"type": "string"}, "version": VERSION, "size": {"type": "integer"},
-                  "entries": ENTRIES}, closed=False),
+                  "entries": ENTRIES, **WINDOWED_READ},
+                 required=["board", "version", "size", "entries"], closed=False),
     "UserRank": obj({"board": {"type": "string"}, "version": VERSION,
                      "user_id": {"type": "string"}, "username": {"type": "string"},
-                     "rank": {"type": "integer", "minimum": 1}, "score": {"type": "integer"}},
+                     "rank": {"type": "integer", "minimum": 1}, "score": {"type": "integer"},
+                     **WINDOWED_READ},
+                    required=["board", "version", "user_id", "username", "rank", "score"],
                     closed=False),
     "Health": obj({"status": {"const": "ok"}}, closed=False),
     "NotReady": obj({"status": {"const": "unavailable"},
@@ -135,11 +179,18 @@ SCHEMAS: dict[str, Schema] = {
         "type": {"const": "snapshot"}, "board": {"type": "string"},
         "version": {"type": "integer", "description": "only grows"},
         "ts": {"type": "integer", "description": "server time in ms when it was built"},
-        "entries": ENTRIES}, closed=False,
+        "entries": ENTRIES,
+        "window": {**WINDOW, "description": "present when a window is followed"},
+        "period": {"type": "string", "description": "the window's current period; a new"
+                                                    " period starts its versions again"}},
+        required=["type", "board", "version", "ts", "entries"], closed=False,
         description="Sent on connect and whenever the board's top N changes"
                     " (WebSocket text message, or SSE `event: snapshot`)."),
-    "Subscribe": obj({"type": {"const": "subscribe"}, "board": BOARD},
-                     description="Client -> server over WebSocket: switch boards."),
+    "Subscribe": obj({"type": {"const": "subscribe"}, "board": BOARD,
+                      "window": {**WINDOW, "default": "all_time"}},
+                     required=["type", "board"],
+                     description="Client -> server over WebSocket: switch boards, or follow"
+                                 " a window's current period."),
     "FeedError": obj({"type": {"const": "error"}, "code": {"type": "string"},
                       "message": {"type": "string"},
                       "user_id": {"type": "string", "description": "the player a refused"

@@ -13,7 +13,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncpg
 import redis.asyncio as redis_asyncio
 import redis.exceptions
 from starlette.applications import Starlette
@@ -22,9 +21,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingest import auth_routes, health, me_routes, metrics, openapi, read_routes, score_routes
+from ingest import (
+    auth_routes,
+    board_routes,
+    health,
+    me_routes,
+    metrics,
+    openapi,
+    read_routes,
+    score_routes,
+)
 from ingest.backlog import Backpressure
 from ingest.board_cache import BoardCache
+from ingest.failures import INTERNAL_ERROR, UNAVAILABLE, dependency_down, redis_full
+from ingest.hot_path import HotRoute, IngestApp
 from ingest.http import error_response
 from ingest.redis_packing import HiredisPackingConnection
 from ingest.script_batching import coalesce_hot_scripts
@@ -45,8 +55,6 @@ from scoreboard.tracing import setup_tracing
 
 logger = logging.getLogger(__name__)
 
-RETRY_AFTER_UNAVAILABLE_S = 1
-
 
 async def _request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
@@ -54,19 +62,11 @@ async def _request_error(request: Request, exc: Exception) -> Response:
 
 
 async def _dependency_down(request: Request, exc: Exception) -> Response:
-    """Redis or Postgres did not answer: 503, the client retries, nothing was half-written."""
-    logger.warning("dependency unavailable on %s: %r", request.url.path, exc)
-    return error_response(RequestError(503, "unavailable",
-                                       "a storage dependency is unavailable; retry shortly",
-                                       retry_after_s=RETRY_AFTER_UNAVAILABLE_S))
+    return error_response(dependency_down(request.url.path, exc))
 
 
 async def _redis_full(request: Request, exc: Exception) -> Response:
-    """Redis is at its ``maxmemory`` (``noeviction``): it refused the write, so nothing
-    was written; the same answer as a backlog over ``MAX_BACKLOG``."""
-    logger.warning("redis refused a write (maxmemory) on %s", request.url.path)
-    return error_response(RequestError(503, "overloaded", "storage is full; retry shortly",
-                                       retry_after_s=RETRY_AFTER_UNAVAILABLE_S))
+    return error_response(redis_full(request.url.path))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -89,7 +89,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """An unexpected failure: the envelope, nothing more (the traceback is logged)."""
-    return error_response(RequestError(500, "internal_error", "the server failed unexpectedly"))
+    return error_response(INTERNAL_ERROR)
 
 
 def cors_origins(settings: Settings) -> frozenset[str] | None:
@@ -104,7 +104,7 @@ def cors_origins(settings: Settings) -> frozenset[str] | None:
                       for host in {settings.broadcaster_host, "127.0.0.1", "localhost"}}
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> IngestApp:
     settings = settings or load_settings()
     if settings.redis_url is None or settings.database_url is None:
         raise RuntimeError("REDIS_URL and DATABASE_URL must be set (the run command sets them)")
@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                                               connection_class=HiredisPackingConnection)
         pool = await create_pool(database_url, max_size=10)
         keys = Keys(settings.key_prefix)
-        scripts = coalesce_hot_scripts(register_scripts(client), client)
+        scripts, batcher = coalesce_hot_scripts(register_scripts(client), client)
         board_cache = BoardCache(client, keys.board_definitions)
         await board_cache.start(pool, service_max=settings.max_points_per_increment)
         backlog = Backpressure(client, stream=keys.stream, group=settings.consumer_group,
@@ -141,26 +141,31 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await pool.close()
+            await batcher.close()
             await client.aclose()
             forget_this_process(settings.prometheus_multiproc_dir)
             if tracing is not None:
                 tracing.shutdown()
 
+    # Served by ingest.hot_path ahead of the stack (POST only); routed too, see there.
+    hot = {"/api/actions/token": score_routes.issue_action_token,
+           "/api/scores/increment": score_routes.increment,
+           "/api/scores/batch": score_routes.batch}
     routes = [
         Route("/api/auth/register", auth_routes.register, methods=["POST"]),
         Route("/api/auth/login", auth_routes.login, methods=["POST"]),
         Route("/api/auth/refresh", auth_routes.refresh, methods=["POST"]),
         Route("/api/auth/logout", auth_routes.logout, methods=["POST"]),
         Route("/.well-known/jwks.json", auth_routes.jwks, methods=["GET"]),
-        Route("/api/actions/token", score_routes.issue_action_token, methods=["POST"]),
-        Route("/api/scores/increment", score_routes.increment, methods=["POST"]),
-        Route("/api/scores/batch", score_routes.batch, methods=["POST"]),
+        *(Route(path, HotRoute(handler), methods=["POST"]) for path, handler in hot.items()),
         Route("/api/scores/top", read_routes.top, methods=["GET"]),
         Route("/api/scores/page", read_routes.page, methods=["GET"]),
         Route("/api/scores/ranks", read_routes.ranks, methods=["GET"]),
         Route("/api/scores/users/{user_id}", read_routes.user, methods=["GET"]),
         Route("/api/scores/around/{user_id}", read_routes.around, methods=["GET"]),
-        Route("/api/boards", read_routes.boards, methods=["GET"]),
+        Route("/api/boards", board_routes.boards, methods=["GET"]),
+        Route("/api/boards/{board}", board_routes.board, methods=["GET"]),
+        Route("/api/boards/{board}/periods", board_routes.periods, methods=["GET"]),
         Route("/api/me", me_routes.me, methods=["GET"]),
         Route("/api/me/rank", me_routes.my_rank, methods=["GET"]),
         Route("/api/me/around", me_routes.my_around, methods=["GET"]),
@@ -171,17 +176,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/docs", openapi.docs_page, methods=["GET"]),
         Route("/docs/{asset}", openapi.docs_asset, methods=["GET"]),
     ]
-    unavailable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                   asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-                   asyncpg.InterfaceError, ConnectionError, TimeoutError)
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+    app = IngestApp(routes=routes, lifespan=lifespan, exception_handlers={
         RequestError: _request_error, HTTPException: _http_error, Exception: _internal_error,
         redis.exceptions.OutOfMemoryError: _redis_full,
-        **{kind: _dependency_down for kind in unavailable}})
-    app.add_middleware(CORSMiddleware, allowed_origins=cors_origins(settings))
-    app.add_middleware(metrics.ObservabilityMiddleware, router=app.router,
-                       access_log=settings.access_log)
+        **{kind: _dependency_down for kind in UNAVAILABLE}})
+    origins = cors_origins(settings)
+    record = metrics.RequestRecord(access_log=settings.access_log)
+    app.add_middleware(CORSMiddleware, allowed_origins=origins)
+    app.add_middleware(metrics.ObservabilityMiddleware, record=record)
     if tracing is not None:  # outermost: its span covers the whole request
         app.add_middleware(metrics.TracingMiddleware, tracing=tracing)
+    app.configure_hot_path(hot, record=record, cors_origins=origins, tracing=tracing)
     configure_logging(settings.log_level)
     return app

@@ -19,7 +19,11 @@ def authenticate(request: Request, state: IngestState) -> Claims:
     Whether its ``jti`` is revoked is answered by Redis: inside the request's
     Lua script on the hot endpoints, by :func:`ensure_not_revoked` elsewhere.
     """
-    header = request.headers.get("authorization", "")
+    return verify_bearer(request.headers.get("authorization", ""), state)
+
+
+def verify_bearer(header: str, state: IngestState) -> Claims:
+    """:func:`authenticate` of an ``Authorization`` header's value."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("missing_token", "Authorization: Bearer <access token> is required")

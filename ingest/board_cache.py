@@ -26,6 +26,11 @@ def board_not_found(board: str) -> RequestError:
                         f"board {board!r} does not exist (boards are created by an operator)")
 
 
+def board_closed(board: str) -> RequestError:
+    return RequestError(409, "board_closed",
+                        f"board {board!r} is closed: it takes no more increments")
+
+
 class BoardCache:
     def __init__(self, redis: Any, definitions_key: str) -> None:
         self.redis = redis
@@ -64,4 +69,12 @@ class BoardCache:
         if raw is None:
             raise board_not_found(board)
         found = self.known[board] = from_json(board, raw)
+        return found
+
+    async def get_open(self, board: str) -> BoardDefinition:
+        """The definition of an open board: 404 ``board_not_found``, or 409
+        ``board_closed`` for a closed one (its boards stay readable)."""
+        found = await self.get(board)
+        if not found.is_open:
+            raise board_closed(board)
         return found

@@ -20,6 +20,7 @@ from ingest.read_routes import (
     rank_body,
     reader_id,
     respond,
+    target_of,
 )
 from ingest.state import state_of
 from ingest.validation import parse_board_query
@@ -45,16 +46,19 @@ async def me(request: Request) -> Response:
 async def my_rank(request: Request) -> Response:
     user_id = await _caller(request)
     query = parse_board_query(request.query_params)
-    result, source = await own_view(state_of(request), query.board, user_id, 0)
+    target = await target_of(state_of(request), query)
+    result, source = await own_view(state_of(request), target.scope, user_id, 0, target)
     if result is None or not result.entries:
         raise not_ranked(user_id, query.board)
-    return respond(rank_body(result, user_id), source)
+    return respond(rank_body(result, user_id, target), source)
 
 
 async def my_around(request: Request) -> Response:
     user_id = await _caller(request)
     query = parse_board_query(request.query_params)
-    result, source = await own_view(state_of(request), query.board, user_id, query.radius)
+    target = await target_of(state_of(request), query)
+    result, source = await own_view(state_of(request), target.scope, user_id, query.radius,
+                                    target)
     if result is None:
         raise not_ranked(user_id, query.board)
-    return respond(around_body(result, user_id), source)
+    return respond(around_body(result, user_id, target), source)

@@ -70,33 +70,69 @@ def _route_template(scope: Scope) -> str:
     return str(getattr(scope.get("route"), "path", "unmatched"))
 
 
-def _request_id(scope: Scope) -> str:
+def _given_request_id(scope: Scope) -> bytes | None:
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
-            given: str = value.decode("latin-1")
-            if 0 < len(given) <= 64 and given.replace("-", "").replace("_", "").isalnum():
-                return given
+            given: bytes = value
+            return given
+    return None
+
+
+def request_id_of(given: bytes | None) -> str:
+    """The client's ``X-Request-ID`` when usable (1-64 letters, digits, '-', '_'),
+    else a new one."""
+    if given is not None:
+        text = given.decode("latin-1")
+        if 0 < len(text) <= 64 and text.replace("-", "").replace("_", "").isalnum():
+            return text
     # A trace id, not a secret: the process's PRNG, not a system call per request.
     return f"{random.getrandbits(64):016x}"
 
 
-class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, *, router: Any = None, access_log: bool = True) -> None:
-        self.app = app
+class RequestRecord:
+    """What every request leaves behind, whichever path served it (the middleware
+    below, or ``ingest.hot_path``): its latency by route template, its access line."""
+
+    def __init__(self, *, access_log: bool = True) -> None:
         self.access_log = access_log
         self.access_lines = AccessLog()
+
+    def finish(self, scope: Scope, *, route: str, request_id: str, status: int,
+               started: float) -> None:
+        elapsed = time.perf_counter() - started
+        _observe_latency(route, scope["method"], status, elapsed)
+        if self.access_log and access_logger.isEnabledFor(logging.INFO):
+            client = scope.get("client")
+            self.access_lines.write(
+                request_id=request_id, method=scope["method"], path=scope["path"],
+                route=route, status=status, duration_ms=round(elapsed * 1000, 3),
+                peer=client[0] if client else None)
+
+
+def begin_request(scope: Scope, request_id: str | None = None) -> str:
+    """The request's id (``request_id``, else from its ``X-Request-ID``), left in
+    ``scope["state"]`` and in the logging context."""
+    if request_id is None:
+        request_id = request_id_of(_given_request_id(scope))
+    scope.setdefault("state", {})["request_id"] = request_id
+    # Not reset on the way out: each request runs in a task of its own (with
+    # a copy of the context), and the server's own line about an unhandled
+    # error, written after this returns, should carry the id too.
+    REQUEST_ID.set(request_id)
+    return request_id
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app: ASGIApp, *, record: RequestRecord) -> None:
+        self.app = app
+        self.record = record
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
-        # Not reset on the way out: each request runs in a task of its own (with
-        # a copy of the context), and the server's own line about an unhandled
-        # error, written after this returns, should carry the id too.
-        REQUEST_ID.set(request_id)
+        request_id = begin_request(scope)
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -110,15 +146,8 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
-            route = _route_template(scope)
-            _observe_latency(route, scope["method"], status, elapsed)
-            if self.access_log and access_logger.isEnabledFor(logging.INFO):
-                client = scope.get("client")
-                self.access_lines.write(
-                    request_id=request_id, method=scope["method"], path=scope["path"],
-                    route=route, status=status, duration_ms=round(elapsed * 1000, 3),
-                    peer=client[0] if client else None)
+            self.record.finish(scope, route=_route_template(scope), request_id=request_id,
+                               status=status, started=started)
 
 
 class TracingMiddleware:

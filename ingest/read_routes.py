@@ -4,12 +4,18 @@ Served from Redis; when Redis does not answer, from Postgres with the same
 shape and order (``version`` is then null and ``X-Board-Source: postgres`` is
 set). The top of a board is cached in the process for ``TOP_CACHE_MS``, so a
 change is never hidden longer than that.
+
+Every read takes ``window`` (default ``all_time``) and ``period`` (default: the
+window's current one). A period that has ended is read from Postgres (its
+``scores`` rows under the period's scope; its Redis keys expire once it is
+archived), so an archive reads the same before and after that.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis.exceptions
@@ -20,25 +26,43 @@ from ingest import history_routes
 from ingest.bearer import authenticate, ensure_not_revoked, unauthorized
 from ingest.http import JSONResponse
 from ingest.state import IngestState, state_of
-from ingest.validation import parse_board_query, parse_user_id
+from ingest.validation import BoardQuery, parse_board_query, parse_user_id
 from scoreboard.board_reads import BoardReader, Page, Row
-from scoreboard.boards_postgres import VISIBLE, PostgresBoards
+from scoreboard.boards_postgres import PostgresBoards
 from scoreboard.errors import RequestError
 from scoreboard.ranking import encode_member, epoch_ms
+from scoreboard.windows import ALL_TIME, Target, TargetError, all_time_target, resolve_target
 
 T = TypeVar("T")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 TOP_CACHE_ENTRIES = 1024
 
 
-async def _read(state: IngestState, operation: Callable[[BoardReader], Awaitable[T]]
-                ) -> tuple[T, str]:
-    """``operation`` on Redis, or on Postgres if Redis is unreachable."""
+async def _read(state: IngestState, operation: Callable[[BoardReader], Awaitable[T]],
+                target: Target | None = None) -> tuple[T, str]:
+    """``operation`` on Redis, or on Postgres if Redis is unreachable or ``target``
+    is a period that has ended."""
+    fallback = BoardReader(PostgresBoards(state.pool), rank_mode=state.settings.rank_ties)
+    if target is not None and target.closed:
+        return await operation(fallback), "postgres"
     try:
         return await operation(state.boards), "redis"
     except REDIS_DOWN:
-        fallback = BoardReader(PostgresBoards(state.pool), rank_mode=state.settings.rank_ties)
         return await operation(fallback), "postgres"
+
+
+async def target_of(state: IngestState, query: BoardQuery) -> Target:
+    """The board, window and period a read names (see scoreboard.windows.resolve_target).
+    An all_time read of the current period needs no look-up, as before windows."""
+    if query.window == ALL_TIME and query.period is None:
+        return all_time_target(query.board)
+    definition = await state.board_cache.get(query.board)
+    try:
+        return resolve_target(query.board, definition.spec, query.window, query.period,
+                              datetime.now(UTC))
+    except TargetError as exc:
+        status = 422 if exc.code == "invalid_field" else 404
+        raise RequestError(status, exc.code, exc.detail, field=exc.field) from None
 
 
 def respond(body: dict[str, Any], source: str) -> Response:
@@ -54,12 +78,14 @@ async def top(request: Request) -> Response:
         return await history_routes.top_at(request)
     state = state_of(request)
     query = parse_board_query(request.query_params)
-    key = (query.board, query.limit)
+    target = await target_of(state, query)
+    key = (target.scope, query.limit)
     cached = state.top_cache.get(key)
     if cached is not None and cached[0] > time.monotonic():
         return respond(cached[1], "redis")
-    page, source = await _read(state, lambda reader: reader.top(query.board, query.limit))
-    body = page.as_json()
+    page, source = await _read(state, lambda reader: reader.top(target.scope, query.limit),
+                               target)
+    body = target.label(page.as_json())
     if source == "redis":
         if len(state.top_cache) >= TOP_CACHE_ENTRIES:  # any board name can be asked for
             state.top_cache.clear()
@@ -71,15 +97,16 @@ async def page(request: Request) -> Response:
     """Keyset pagination through a whole board: pass back ``next_cursor``."""
     state = state_of(request)
     query = parse_board_query(request.query_params)
+    target = await target_of(state, query)
     cursor = query.cursor
 
     async def read(reader: BoardReader) -> Page:
         if cursor is None:
-            return await reader.top(query.board, query.limit)
-        return await reader.after(query.board, cursor, query.limit)
+            return await reader.top(target.scope, query.limit)
+        return await reader.after(target.scope, cursor, query.limit)
 
-    result, source = await _read(state, read)
-    return respond(result.as_json(), source)
+    result, source = await _read(state, read, target)
+    return respond(target.label(result.as_json()), source)
 
 
 SHADOW_ROW = """
@@ -101,8 +128,8 @@ async def _shadow_row(state: IngestState, board: str, user_id: str) -> Row | Non
                username=row["username"])
 
 
-async def own_view(state: IngestState, board: str, user_id: str, radius: int
-                   ) -> tuple[Page | None, str]:
+async def own_view(state: IngestState, board: str, user_id: str, radius: int,
+                   target: Target | None = None) -> tuple[Page | None, str]:
     """The entries around the caller themself. A shadow-banned player is off the
     board for everyone else; here they see their place as before, and must not
     notice anything."""
@@ -114,7 +141,7 @@ async def own_view(state: IngestState, board: str, user_id: str, radius: int
         row = await _shadow_row(state, board, user_id)
         return None if row is None else await reader.as_if_present(board, row, radius)
 
-    return await _read(state, read)
+    return await _read(state, read, target)
 
 
 async def viewer(request: Request, state: IngestState) -> str | None:
@@ -139,44 +166,48 @@ async def reader_id(request: Request, state: IngestState) -> str:
     return claims.sub
 
 
-def rank_body(page: Page, user_id: str) -> dict[str, Any]:
+def rank_body(page: Page, user_id: str, target: Target) -> dict[str, Any]:
     entry = next(e for e in page.entries if e.user_id == user_id)
-    return {"board": page.board, "version": page.version, "user_id": user_id,
-            "username": entry.username, "rank": entry.rank, "score": entry.score}
+    return target.label({"board": page.board, "version": page.version, "user_id": user_id,
+                         "username": entry.username, "rank": entry.rank,
+                         "score": entry.score})
 
 
-def around_body(page: Page, user_id: str) -> dict[str, Any]:
+def around_body(page: Page, user_id: str, target: Target) -> dict[str, Any]:
     body = page.as_json()
     body["user_id"] = user_id
     del body["next_cursor"]
-    return body
+    return target.label(body)
 
 
 async def user(request: Request) -> Response:
     state = state_of(request)
     user_id = parse_user_id(request.path_params["user_id"])
     query = parse_board_query(request.query_params)
+    target = await target_of(state, query)
     if await viewer(request, state) == user_id:
-        result, source = await own_view(state, query.board, user_id, 0)
+        result, source = await own_view(state, target.scope, user_id, 0, target)
     else:
-        result, source = await _read(state, lambda reader: reader.user(query.board, user_id))
+        result, source = await _read(state, lambda reader: reader.user(target.scope, user_id),
+                                     target)
     if result is None or not result.entries:
         raise not_ranked(user_id, query.board)
-    return respond(rank_body(result, user_id), source)
+    return respond(rank_body(result, user_id, target), source)
 
 
 async def around(request: Request) -> Response:
     state = state_of(request)
     user_id = parse_user_id(request.path_params["user_id"])
     query = parse_board_query(request.query_params)
+    target = await target_of(state, query)
     if await viewer(request, state) == user_id:
-        result, source = await own_view(state, query.board, user_id, query.radius)
+        result, source = await own_view(state, target.scope, user_id, query.radius, target)
     else:
         result, source = await _read(
-            state, lambda reader: reader.around(query.board, user_id, query.radius))
+            state, lambda reader: reader.around(target.scope, user_id, query.radius), target)
     if result is None:
         raise not_ranked(user_id, query.board)
-    return respond(around_body(result, user_id), source)
+    return respond(around_body(result, user_id, target), source)
 
 
 async def ranks(request: Request) -> Response:
@@ -185,40 +216,9 @@ async def ranks(request: Request) -> Response:
     query = parse_board_query(request.query_params)
     if not query.user_ids:
         raise RequestError(422, "invalid_field", "user_ids: is required", field="user_ids")
-    result, source = await _read(state, lambda reader: reader.ranks_of(query.board,
-                                                                        query.user_ids))
+    target = await target_of(state, query)
+    result, source = await _read(state, lambda reader: reader.ranks_of(target.scope,
+                                                                        query.user_ids), target)
     body = result.as_json()
     del body["next_cursor"]
-    return respond(body, source)
-
-
-BOARD_NAMES = f"""
-SELECT board, count(*) AS size FROM scores WHERE {VISIBLE} GROUP BY board
-UNION ALL
-SELECT board, 0 FROM boards b WHERE NOT EXISTS (SELECT 1 FROM scores s WHERE s.board = b.board)
-ORDER BY board
-"""
-
-
-async def boards(request: Request) -> Response:
-    """The boards and how many players each has (a spectator page's board picker)."""
-    state = state_of(request)
-    try:
-        names = sorted(_text(name) for name in await state.redis.smembers(state.keys.boards))
-        async with state.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.zcard(state.keys.board(name))
-            sizes = await pipe.execute()
-        listed, source = [{"board": n, "size": int(s)} for n, s in zip(names, sizes,
-                                                                        strict=True)], "redis"
-        known = {entry["board"] for entry in listed}
-        listed += [{"board": row["board"], "size": 0} for row in await state.pool.fetch(
-            "SELECT board FROM boards ORDER BY board") if row["board"] not in known]
-    except REDIS_DOWN:
-        rows = await state.pool.fetch(BOARD_NAMES)
-        listed, source = [{"board": r["board"], "size": r["size"]} for r in rows], "postgres"
-    return respond({"boards": sorted(listed, key=lambda entry: entry["board"])}, source)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return respond(target.label(body), source)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import secrets
 import time
 
-from starlette.requests import Request
-from starlette.responses import Response
+import orjson
 
 from ingest import metrics
-from ingest.bearer import authenticate, unauthorized
-from ingest.http import JSONResponse, read_json
-from ingest.state import IngestState, request_client, state_of
+from ingest.bearer import unauthorized, verify_bearer
+from ingest.hot_path import Answer, HotRequest
+from ingest.state import IngestState
 from ingest.validation import (
     BatchIncrement,
     IncrementRequest,
@@ -31,7 +30,6 @@ from scoreboard.errors import ActionTokenError, RequestError
 from scoreboard.jwt_tokens import Claims
 from scoreboard.limits import retry_after_seconds
 from scoreboard.metrics import count_fraud_event
-from scoreboard.script_calls import BatchItem
 from scoreboard.tracing import client_span
 
 BACKEND_SCOPE = "scores:write"
@@ -98,30 +96,31 @@ async def record_rate_refusal(state: IngestState, *, user_id: str, address: str,
         flag_duration_ms=settings.flag_duration_s * 1000)
 
 
-async def authenticate_counted(request: Request, state: IngestState) -> Claims:
-    """:func:`authenticate`, counting forged access tokens against the address."""
+async def authenticate_counted(request: HotRequest, state: IngestState) -> Claims:
+    """The bearer token's claims (``ingest.bearer``), counting forged access tokens
+    against the address."""
     try:
-        return authenticate(request, state)
+        return verify_bearer(request.authorization, state)
     except RequestError as exc:
         if exc.code == "invalid_token":
-            await record_token_failure(state, user_id="", address=request_client(request, state),
+            await record_token_failure(state, user_id="", address=request.address,
                                        failure=exc.code)
         raise
 
 
-async def issue_action_token(request: Request) -> Response:
-    state = state_of(request)
+async def issue_action_token(request: HotRequest) -> Answer:
+    state = request.state
     claims = await authenticate_counted(request, state)
     settings, keys = state.settings, state.keys
     wanted = parse_action_token_request(
-        await read_json(request, max_bytes=settings.max_body_bytes, empty=None))
-    board = await state.board_cache.get(wanted.board)
+        await request.json(max_bytes=settings.max_body_bytes, empty=None))
+    board = await state.board_cache.get_open(wanted.board)
     action = wanted.action or board.default_action
     points = board.points_of(action)
     if points is None:
         raise invalid("action", f"{action!r} is not an action of board {board.board!r}")
     nonce = secrets.token_hex(16)
-    address = request_client(request, state)
+    address = request.address
     reason, retry_ms = await state.scripts.action_token(
         keys, user_id=claims.sub, jti=claims.jti, nonce=nonce, address=address,
         user_rate=settings.action_token_rate, ip_rate=settings.ip_rate,
@@ -132,22 +131,22 @@ async def issue_action_token(request: Request) -> Response:
                                   endpoint="action_token")
     if reason != "ok":
         raise _refusal(reason, int(retry_ms))
-    key_id, key = list(state.action_keys.items())[-1]
+    key_id, key = next(reversed(state.action_keys.items()))  # the last one signs
     issued_ms = int(time.time() * 1000)
     token = action_tokens.encode(
         action_tokens.ActionToken(user_id=claims.sub, board=board.board, action=action,
                                   issued_ms=issued_ms, nonce=nonce, key_id=key_id), key)
-    return JSONResponse({"action_token": token, "board": board.board, "action": action,
-                         "points": points,
-                         "expires_at": (issued_ms + settings.action_token_ttl_s * 1000) / 1000})
+    return Answer(200, orjson.dumps({
+        "action_token": token, "board": board.board, "action": action, "points": points,
+        "expires_at": (issued_ms + settings.action_token_ttl_s * 1000) / 1000}))
 
 
-def _accepted(event_id: str) -> Response:
-    return JSONResponse({"event_id": event_id, "status": "accepted"}, status_code=202)
+def _accepted(event_id: str) -> Answer:
+    return Answer(202, b'{"event_id":' + orjson.dumps(event_id) + b',"status":"accepted"}')
 
 
 async def _verified_token(state: IngestState, claims: Claims, text: str,
-                          address: str) -> action_tokens.ActionToken | Response:
+                          address: str) -> action_tokens.ActionToken | Answer:
     """The verified action token, or the original 202 of a late retry (an expired
     token whose increment was accepted in time). Forged and foreign tokens count as
     token manipulation; an expired one does not (a slow client is not an attacker)."""
@@ -173,7 +172,7 @@ async def _points_of(state: IngestState, token: action_tokens.ActionToken,
                      body: IncrementRequest) -> int:
     """The points the token's action is worth; a ``points`` or ``board`` sent along
     that disagrees is refused (422), so an old client learns the contract changed."""
-    board = await state.board_cache.get(token.board)
+    board = await state.board_cache.get_open(token.board)
     points = board.points_of(token.action)
     if points is None:
         raise invalid("action_token",
@@ -186,15 +185,15 @@ async def _points_of(state: IngestState, token: action_tokens.ActionToken,
     return points
 
 
-async def increment(request: Request) -> Response:
-    state = state_of(request)
+async def increment(request: HotRequest) -> Answer:
+    state = request.state
     claims = await authenticate_counted(request, state)
     settings, keys = state.settings, state.keys
-    body = parse_increment(await read_json(request, max_bytes=settings.max_body_bytes),
+    body = parse_increment(await request.json(max_bytes=settings.max_body_bytes),
                            max_points=settings.max_points_per_increment)
-    address = request_client(request, state)
+    address = request.address
     token = await _verified_token(state, claims, body.action_token, address)
-    if isinstance(token, Response):
+    if isinstance(token, Answer):
         return token
     points = await _points_of(state, token, body)
     state.backlog.check()
@@ -204,7 +203,7 @@ async def increment(request: Request) -> Response:
         reason, retry_ms, flagged_now = await state.scripts.increment(
             keys, user_id=claims.sub, jti=claims.jti, nonce=token.nonce, address=address,
             event_id=event_id, board=token.board, points=points, username=claims.name,
-            source="player", request_id=request.scope["state"]["request_id"],
+            source="player", request_id=request.request_id,
             user_rate=settings.increment_rate, flagged_rate=settings.flagged_increment_rate,
             ip_rate=settings.ip_rate, dedup_ttl_ms=settings.dedup_ttl_s * 1000,
             rapid_max=settings.rapid_max_actions, rapid_window_ms=settings.rapid_window_ms,
@@ -226,38 +225,37 @@ async def increment(request: Request) -> Response:
 
 
 async def _check_board_maxima(state: IngestState, increments: list[BatchIncrement]) -> None:
-    """Every board of the batch exists (404) and no ``points`` passes its maximum (422)."""
+    """Every board of the batch exists (404) and is open (409), and no ``points`` passes
+    its maximum (422)."""
     maxima: dict[str, int] = {}
     for index, item in enumerate(increments):
         if item.board not in maxima:
-            maxima[item.board] = (await state.board_cache.get(item.board)).max_points
+            maxima[item.board] = (await state.board_cache.get_open(item.board)).max_points
         if item.points > maxima[item.board]:
             raise invalid(f"increments[{index}].points",
                           f"must be at most {maxima[item.board]} on board {item.board!r}")
 
 
-async def batch(request: Request) -> Response:
-    state = state_of(request)
+async def batch(request: HotRequest) -> Answer:
+    state = request.state
     claims = await authenticate_counted(request, state)
     if BACKEND_SCOPE not in claims.scopes:
         raise RequestError(403, "insufficient_scope", f"this endpoint needs scope {BACKEND_SCOPE}")
     settings, keys = state.settings, state.keys
-    increments = parse_batch(await read_json(request, max_bytes=settings.max_body_bytes),
+    increments = parse_batch(await request.json(max_bytes=settings.max_body_bytes),
                              max_points=settings.max_points_per_increment,
                              max_increments=settings.max_batch_increments)
     await _check_board_maxima(state, increments)
     state.backlog.check()
     with client_span(state.tracing, "batch.lua", **{"db.system": "redis"}) as traceparent:
         reply = await state.scripts.batch(
-            keys, backend_id=claims.sub, jti=claims.jti, address=request_client(request, state),
-            request_id=request.scope["state"]["request_id"], rate=settings.backend_rate,
+            keys, backend_id=claims.sub, jti=claims.jti, address=request.address,
+            request_id=request.request_id, rate=settings.backend_rate,
             dedup_ttl_ms=settings.dedup_ttl_s * 1000, traceparent=traceparent,
-            items=[BatchItem(event_id=item.event_id, user_id=item.user_id, board=item.board,
-                             points=item.points, username=item.username)
-                   for item in increments])
+            items=increments)
     metrics.script_outcome("batch", reply.reason)
     if reply.reason != "ok":
         raise _refusal(reply.reason, reply.retry_after_ms)
-    return JSONResponse({"accepted": reply.accepted, "duplicates": reply.duplicates,
-                         "refused": [{"event_id": e, "reason": "user_banned"}
-                                     for e in reply.refused]}, status_code=202)
+    return Answer(202, orjson.dumps({
+        "accepted": reply.accepted, "duplicates": reply.duplicates,
+        "refused": [{"event_id": e, "reason": "user_banned"} for e in reply.refused]}))

@@ -16,6 +16,8 @@ from scoreboard.board_defs import ACTION_PATTERN, ACTION_RULE
 from scoreboard.errors import RequestError
 from scoreboard.names import BOARD_PATTERN, BOARD_RULE, DEFAULT_BOARD, ID_PATTERN
 from scoreboard.ranking import decode_cursor
+from scoreboard.script_calls import BatchItem
+from scoreboard.windows import ALL_TIME, PERIOD_PATTERN, WINDOW_NAMES
 
 EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{3,32}")
@@ -153,16 +155,17 @@ def parse_increment(body: Any, *, max_points: int) -> IncrementRequest:
                else _string(fields, "board", BOARD_PATTERN, BOARD_RULE)))
 
 
-@dataclass(frozen=True)
-class BatchIncrement:
-    user_id: str
-    points: int
-    event_id: str
-    board: str
-    username: str  # empty: keep the known display name
+# One increment of a batch: the script's own item (its fields: user_id, points,
+# event_id, board, username; username empty: keep the known display name).
+BatchIncrement = BatchItem
+BATCH_FIELDS = frozenset({"user_id", "points", "event_id", "board", "username"})
 
 
 def parse_batch(body: Any, *, max_points: int, max_increments: int) -> list[BatchIncrement]:
+    """The batch's increments. An item that is plainly valid (the usual one) is
+    taken by one test of each field; any other goes through the field checks that
+    name what is wrong (a batch of a thousand made that a measurable share of its
+    CPU per increment)."""
     fields = _object(body, {"increments"})
     items = fields.get("increments")
     if items is None:
@@ -172,24 +175,41 @@ def parse_batch(body: Any, *, max_points: int, max_increments: int) -> list[Batc
     if len(items) > max_increments:
         raise invalid("increments", f"must hold at most {max_increments} increments")
     parsed = []
+    id_ok, event_ok, board_ok = (ID_PATTERN.fullmatch, EVENT_ID_PATTERN.fullmatch,
+                                 BOARD_PATTERN.fullmatch)
     for index, item in enumerate(items):
-        where = f"increments[{index}]"
-        entry = _object(item, {"user_id", "points", "event_id", "board", "username"}, where)
-        username = entry.get("username")
-        parsed.append(BatchIncrement(
-            user_id=_string(entry, "user_id", ID_PATTERN,
-                            "must be 1 to 64 letters, digits, '_', '.', ':' or '-'",
-                            name=f"{where}.user_id"),
-            points=_points(entry, "points", max_points, default=None, name=f"{where}.points"),
-            event_id=_string(entry, "event_id", EVENT_ID_PATTERN,
-                             "must be 1 to 128 letters, digits, '_', '.', ':' or '-'",
-                             name=f"{where}.event_id"),
-            board=_string(entry, "board", BOARD_PATTERN,
-                          "must be 1 to 64 letters, digits, '_', '.', ':' or '-'",
-                          name=f"{where}.board", default=DEFAULT_BOARD),
-            username="" if username is None else _display_name(username, f"{where}.username"),
-        ))
+        if type(item) is dict and item.keys() <= BATCH_FIELDS:
+            user_id, points, event_id = item.get("user_id"), item.get("points"), item.get(
+                "event_id")
+            board, username = item.get("board", DEFAULT_BOARD), item.get("username")
+            if (type(user_id) is str and id_ok(user_id) and type(points) is int
+                    and 1 <= points <= max_points and type(event_id) is str
+                    and event_ok(event_id) and type(board) is str and board_ok(board)
+                    and username is None):
+                parsed.append(BatchItem(event_id=event_id, user_id=user_id, board=board,
+                                        points=points, username=""))
+                continue
+        parsed.append(_batch_item(item, index, max_points))
     return parsed
+
+
+def _batch_item(item: Any, index: int, max_points: int) -> BatchIncrement:
+    where = f"increments[{index}]"
+    entry = _object(item, set(BATCH_FIELDS), where)
+    username = entry.get("username")
+    return BatchItem(
+        user_id=_string(entry, "user_id", ID_PATTERN,
+                        "must be 1 to 64 letters, digits, '_', '.', ':' or '-'",
+                        name=f"{where}.user_id"),
+        points=_points(entry, "points", max_points, default=None, name=f"{where}.points"),
+        event_id=_string(entry, "event_id", EVENT_ID_PATTERN,
+                         "must be 1 to 128 letters, digits, '_', '.', ':' or '-'",
+                         name=f"{where}.event_id"),
+        board=_string(entry, "board", BOARD_PATTERN,
+                      "must be 1 to 64 letters, digits, '_', '.', ':' or '-'",
+                      name=f"{where}.board", default=DEFAULT_BOARD),
+        username="" if username is None else _display_name(username, f"{where}.username"),
+    )
 
 
 @dataclass(frozen=True)
@@ -199,6 +219,8 @@ class BoardQuery:
     radius: int
     cursor: tuple[int, str] | None
     user_ids: list[str]
+    window: str = "all_time"
+    period: str | None = None  # None: the window's current period
 
 
 def _query_int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -213,7 +235,8 @@ def _query_int(params: Mapping[str, str], name: str, default: int, low: int, hig
 def parse_board_query(params: Mapping[str, str], *, max_limit: int = 100,
                       max_radius: int = 50, max_users: int = 100) -> BoardQuery:
     """The query string of the read endpoints (unknown parameters are refused)."""
-    unknown = sorted(set(params) - {"board", "limit", "radius", "cursor", "user_ids"})
+    unknown = sorted(set(params) - {"board", "limit", "radius", "cursor", "user_ids", "window",
+                                    "period"})
     if unknown:
         raise invalid(unknown[0], "unknown parameter")
     board = params.get("board", DEFAULT_BOARD)
@@ -231,9 +254,16 @@ def parse_board_query(params: Mapping[str, str], *, max_limit: int = 100,
     for user_id in user_ids:
         if not ID_PATTERN.fullmatch(user_id):
             raise invalid("user_ids", f"{user_id[:70]!r} is not a valid user id")
+    window = params.get("window", ALL_TIME)
+    if window not in WINDOW_NAMES:
+        raise invalid("window", f"must be one of {', '.join(WINDOW_NAMES)}")
+    period = params.get("period")
+    if period is not None and not PERIOD_PATTERN.fullmatch(period):
+        raise invalid("period", "must be a period id (like 2026-12-02, 2026-W48, 2026-12 or a "
+                                "season's name)")
     return BoardQuery(board=board, limit=_query_int(params, "limit", 10, 1, max_limit),
                       radius=_query_int(params, "radius", 5, 0, max_radius), cursor=cursor,
-                      user_ids=user_ids)
+                      user_ids=user_ids, window=window, period=period)
 
 
 def parse_user_id(value: str) -> str:

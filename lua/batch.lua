@@ -7,6 +7,12 @@
 -- refused. Nothing is written unless the whole call passes its checks; then
 -- each new increment marks its event id and is XADDed.
 --
+-- The usual batch has no duplicate and no banned user: one EXISTS over all its
+-- event keys and one over all its banned keys (in chunks, within Lua's stack)
+-- answer that with two calls instead of two per increment, which was a third
+-- of Redis's CPU per batched increment; only a batch where either counts more
+-- than 0 is checked item by item.
+--
 -- KEYS[1] revoked jti key   KEYS[2] backend rate key   KEYS[3] stream
 -- KEYS[4] banned key of the backend account
 -- KEYS[5 + 2i], KEYS[6 + 2i] event id key and banned key of increment i (i from 0)
@@ -28,13 +34,28 @@ local n = (#KEYS - 4) / 2
 if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
 if redis.call('EXISTS', backend_banned_key) == 1 then return {'banned', 0} end
 
+-- How many of KEYS[first], KEYS[first + 2], ... exist (a key listed twice counts twice).
+local CHUNK = 500
+local function existing(first)
+  local found, chunk = 0, {}
+  for i = 0, n - 1 do
+    chunk[#chunk + 1] = KEYS[first + 2 * i]
+    if #chunk == CHUNK or i == n - 1 then
+      found = found + redis.call('EXISTS', unpack(chunk))
+      chunk = {}
+    end
+  end
+  return found
+end
+
 local fresh, refused, seen = {}, {}, {}
 local duplicates = 0
+local per_item = existing(5) > 0 or existing(6) > 0
 for i = 0, n - 1 do
   local event_key, banned_key = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
-  if seen[event_key] or redis.call('EXISTS', event_key) == 1 then
+  if seen[event_key] or (per_item and redis.call('EXISTS', event_key) == 1) then
     duplicates = duplicates + 1
-  elseif redis.call('EXISTS', banned_key) == 1 then
+  elseif per_item and redis.call('EXISTS', banned_key) == 1 then
     refused[#refused + 1] = ARGV[8 + 5 * i]
   else
     fresh[#fresh + 1] = i

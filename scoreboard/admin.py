@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 import redis.asyncio as redis_asyncio
 
-from scoreboard.board_defs import create_board, definition, from_json, parse_actions, publish_boards
+from scoreboard.admin_boards import BOARD_COMMANDS, add_board_parsers, run_board_command
+from scoreboard.board_defs import publish_boards
 from scoreboard.db import create_pool
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
@@ -69,15 +70,7 @@ def add_admin_parser(commands: Any) -> None:
     remove.add_argument("event_id")
     remove.add_argument("--reason", default="manual decision")
     command("restore", "put flags, bans, revoked tokens and board definitions back into Redis")
-    board = command("create-board", "create a board (or replace its actions and maximum)")
-    board.add_argument("board")
-    board.add_argument("--action", action="append", default=[], metavar="NAME=POINTS",
-                       help="an action players can take and its points (repeatable; the "
-                            "first is the default; none given: play=1)")
-    board.add_argument("--max-points", type=int, default=None,
-                       help="largest explicit points of a game backend's increment "
-                            "(default MAX_POINTS_PER_INCREMENT)")
-    command("boards", "list the boards ingest knows, one JSON object a line")
+    add_board_parsers(command)
 
 
 KIND_OF = {"flag": "flagged", "ban": "banned", "shadow-ban": "shadow_banned"}
@@ -188,21 +181,10 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
             boards = await publish_boards(pool, client, keys.board_definitions,
                                           service_max=service_max)
             print(f"published {boards} board definitions")
-        elif command == "create-board":
-            try:
-                created = definition(args.board, parse_actions(args.action, max_points=service_max),
-                                     args.max_points, service_max=service_max)
-            except ValueError as exc:
-                print(f"refused: {exc}")
-                return 2
-            await create_board(pool, client, keys.board_definitions, created)
-            print(orjson.dumps({"board": created.board, "actions": dict(created.actions),
-                                "max_points": created.max_points}).decode())
-        elif command == "boards":
-            for name, raw in sorted((await client.hgetall(keys.board_definitions)).items()):
-                found = from_json(name, raw)
-                print(orjson.dumps({"board": name, "actions": dict(found.actions),
-                                    "max_points": found.max_points}).decode())
+        elif command in BOARD_COMMANDS:
+            return await run_board_command(args, pool=pool, client=client,
+                                           definitions_key=keys.board_definitions,
+                                           service_max=service_max)
     except UnknownName as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -4,7 +4,9 @@ Postgres (``user_restrictions``, ``fraud_events``) is the durable record;
 Redis keys are what the hot path reads, restored from Postgres by
 :func:`restore_restrictions`. A ban or shadow-ban takes the user off every
 board at once (spectators get the new board through the usual change
-notice); lifting it puts the user back with their committed totals.
+notice); lifting it puts the user back with their committed totals. Windows'
+periods are boards here too; archived periods are frozen (their Redis keys
+are not recreated; reads filter bans at read time; see scoreboard/archives.py).
 Shared by the admin command, the worker's fraud recorder and the tests.
 """
 
@@ -14,13 +16,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from scoreboard.archives import NOT_ARCHIVED
+from scoreboard.board_defs import load_board
 from scoreboard.board_writes import BoardTotal, set_totals_in
 from scoreboard.keys import Keys
 from scoreboard.ladder import insert_restriction
 from scoreboard.lua import Scripts
 from scoreboard.metrics import count_fraud_event
+from scoreboard.window_moderation import correct_scopes
 
 KINDS = ("flagged", "banned", "shadow_banned")
+SERVICE_MAX_UNUSED = 2**31 - 1  # a definition's max points plays no part in moderation
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,8 @@ class Moderation:
         """Put the user back on every board with their committed totals."""
         rows = await self.pool.fetch(
             "SELECT s.board, s.score, s.reached_at, s.version, u.username"
-            " FROM scores s JOIN users u USING (user_id) WHERE s.user_id = $1", user_id)
+            " FROM scores s JOIN users u USING (user_id) WHERE s.user_id = $1"
+            f" AND {NOT_ARCHIVED.format(column='s.board')}", user_id)
         for row in rows:
             total = BoardTotal(board=row["board"], user_id=user_id, score=row["score"],
                                reached_at=row["reached_at"], version=row["version"],
@@ -137,6 +144,18 @@ class Moderation:
                 "DELETE FROM actions WHERE event_id = $1"
                 " RETURNING user_id, board, points, created_at", event_id)
             for action in removed:
+                username = await connection.fetchval(
+                    "SELECT username FROM users WHERE user_id = $1", action["user_id"])
+                definition = await load_board(connection, action["board"],
+                                              service_max=SERVICE_MAX_UNUSED)
+                if definition is not None and not definition.plain:
+                    # its windows' open periods (and a best board's total) are
+                    # computed again; archived periods stay frozen
+                    totals.extend(await correct_scopes(
+                        connection, definition, user_id=action["user_id"], username=username,
+                        accepted_at=action["created_at"]))
+                if definition is not None and definition.operator == "best":
+                    continue
                 row = await connection.fetchrow(
                     "UPDATE scores SET score = score - $3, version = version + 1,"
                     " reached_at = COALESCE((SELECT max(created_at) FROM actions"
@@ -144,8 +163,6 @@ class Moderation:
                     " WHERE board = $1 AND user_id = $2"
                     " RETURNING score, reached_at, version",
                     action["board"], action["user_id"], action["points"])
-                username = await connection.fetchval(
-                    "SELECT username FROM users WHERE user_id = $1", action["user_id"])
                 totals.append(BoardTotal(board=action["board"], user_id=action["user_id"],
                                          score=row["score"], reached_at=row["reached_at"],
                                          version=row["version"], username=username))

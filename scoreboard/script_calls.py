@@ -104,9 +104,9 @@ class ActionTokenScript(TypedScript):
         return Refusal(_text(reason), int(retry_ms))
 
 
-@dataclass(frozen=True)
-class BatchItem:
-    """One increment of a game backend's batch, as ``lua/batch.lua`` takes it."""
+class BatchItem(NamedTuple):
+    """One increment of a game backend's batch, as ``lua/batch.lua`` takes it (a
+    tuple: a batch makes a thousand of them per request)."""
 
     event_id: str
     user_id: str
@@ -133,9 +133,11 @@ class BatchScript(TypedScript):
                        keys.banned(backend_id)]
         args: list[Any] = [*rate.as_args(), dedup_ttl_ms, f"backend:{backend_id}", address,
                            request_id, traceparent]
+        event_key, banned_key = keys.event, keys.banned
+        add_keys, add_args = script_keys.extend, args.extend
         for item in items:
-            script_keys += [keys.event(item.event_id), keys.banned(item.user_id)]
-            args += [item.event_id, item.user_id, item.board, item.points, item.username]
+            add_keys((event_key(item.event_id), banned_key(item.user_id)))
+            add_args((item.event_id, item.user_id, item.board, item.points, item.username))
         call: Call = script_keys, args
         reason, *rest = await self._run(call)
         reason = _text(reason)

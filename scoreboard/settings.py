@@ -63,6 +63,11 @@ class Settings:
     # accepted increment for the window: 66 MB at 1,000/s, where 7 days was 66 GB.
     dedup_ttl_s: int = 600
     board_refresh_s: float = 2.0  # how often ingest re-reads the board definitions
+    # Windows' periods (scoreboard/archives.py): a period is archived (frozen in
+    # Postgres) this long after its end, time for entries accepted before the
+    # end to be persisted; its Redis keys expire this long after that.
+    period_archive_grace_s: int = 300
+    period_key_ttl_s: int = 3600
     # Backpressure: writes are refused (503 overloaded) while the consumer group
     # has more than this many entries not acknowledged. About 115 MB of Redis at
     # ~230 bytes an entry, and a bit over a minute of one worker's drain rate:
@@ -266,6 +271,7 @@ def _check(settings: Settings) -> None:
                  "token_failures_to_limit_address", "address_limit_s", "temp_ban_s",
                  "offence_window_s", "farm_busy_actions", "activity_hour_s",
                  "max_backlog", "backlog_check_ms", "board_refresh_s",
+                 "period_archive_grace_s", "period_key_ttl_s",
                  "rate_refusal_window_s", "cadence_window_s", "farm_window_s",
                  "history_checkpoint_hours", "history_checkpoints_per_run"):
         if getattr(settings, name) <= 0:

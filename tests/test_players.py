@@ -91,7 +91,8 @@ def test_names_follow_the_backend_and_the_boards_get_the_name_in_postgres(
                    [entry(ann, "")]]  # no name: keeps the known one
         results = []
         for batch in batches:
-            results.append(names_of(await persist_batch(connection, batch, partitions, known)))
+            result = await persist_batch(connection, batch, partitions, players=known)
+            results.append(names_of(result))
         return results
 
     assert on_database(backing, scenario) == [{ann: "Ann", account: "Own name"},
@@ -112,9 +113,10 @@ def test_a_rolled_back_batch_leaves_its_new_players_unknown(backing: Backing) ->
     async def scenario(connection: Any) -> tuple[int, int]:
         # points 0 passes the staging table but not the CHECK of actions
         with pytest.raises(asyncpg.CheckViolationError):
-            await persist_batch(connection, [entry(bea, "Bea", points=0)], partitions, known)
+            await persist_batch(connection, [entry(bea, "Bea", points=0)], partitions,
+                                players=known)
         assert known.name(bea) is None
-        result = await persist_batch(connection, [entry(bea, "Bea")], partitions, known)
+        result = await persist_batch(connection, [entry(bea, "Bea")], partitions, players=known)
         assert names_of(result) == {bea: "Bea"} and known.name(bea) == "Bea"
         users = await connection.fetchval("SELECT count(*) FROM users WHERE user_id = $1", bea)
         return users, result.inserted
@@ -132,7 +134,7 @@ def test_two_processes_creating_the_same_new_player_both_get_its_row(backing: Ba
         second = await asyncpg.connect(backing.database_url)
         try:
             batches = [persist_batch(connection, [entry(cid, "Cid")], PartitionCache(),
-                                     KnownPlayers()) for connection in (first, second)]
+                                     players=KnownPlayers()) for connection in (first, second)]
             return [names_of(r) for r in await asyncio.gather(*batches)]
         finally:
             await first.close()

@@ -109,6 +109,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.board = ""
+        self.version_sent = -1
         self.received: list[Snapshot] = []
         self.shut_down = False
 
@@ -278,8 +279,11 @@ def test_admission_refusals() -> None:
 
 
 def test_parse_subscribe_takes_only_a_well_formed_subscribe() -> None:
-    assert parse_subscribe(b'{"type": "subscribe", "board": "arena"}') == "arena"
+    assert parse_subscribe(b'{"type": "subscribe", "board": "arena"}') == ("arena", "all_time")
+    assert parse_subscribe(b'{"type": "subscribe", "board": "arena", "window": "daily"}') == (
+        "arena", "daily")
     for message in (b"not json", b"[]", b'{"type": "watch", "board": "arena"}',
                     b'{"type": "subscribe", "board": "bad board"}',
-                    b'{"type": "subscribe", "board": 7}', b'{"type": "subscribe"}'):
+                    b'{"type": "subscribe", "board": 7}', b'{"type": "subscribe"}',
+                    b'{"type": "subscribe", "board": "arena", "window": "hourly"}'):
         assert parse_subscribe(message) is None

@@ -116,8 +116,10 @@ def test_create_board_command_makes_a_board_players_can_use(
          "--action", "kill=3", "--action", "win=10", "--max-points", "100"],
         cwd=PROJECT_DIR, env=backing.env(), capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
-    assert orjson.loads(made.stdout.strip().splitlines()[-1]) == {
-        "board": board, "actions": {"kill": 3, "win": 10}, "max_points": 100}
+    shown = orjson.loads(made.stdout.strip().splitlines()[-1])
+    assert {k: shown[k] for k in ("board", "actions", "max_points", "operator", "open")} == {
+        "board": board, "actions": {"kill": 3, "win": 10}, "max_points": 100,
+        "operator": "sum", "open": True}
     issued = issue(api, player, board=board)  # the first action is the default
     assert {k: issued.json()[k] for k in ("action", "points")} == {"action": "kill", "points": 3}
     accepted = increment(api, player, action_token=issued.json()["action_token"])

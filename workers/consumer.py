@@ -38,6 +38,7 @@ import asyncpg
 import redis.exceptions
 from prometheus_client import Counter, Histogram
 
+from scoreboard.board_defs import DefinitionCache
 from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
@@ -99,7 +100,7 @@ class StreamConsumer:
                  chaos_marks: ChaosMarks | None = None,
                  after_batch: Callable[[Sequence[StreamEntry]], Awaitable[None]] | None = None,
                  every_second: Callable[[], Awaitable[Any]] | None = None,
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None, board_refresh_s: float = 2.0) -> None:
         self.redis = redis
         self.pool = pool
         self.keys = keys
@@ -113,6 +114,8 @@ class StreamConsumer:
             1.0, claim_idle_ms / 2000)
         self.partitions = PartitionCache()
         self.players = KnownPlayers()
+        self.definitions = DefinitionCache(redis, keys.board_definitions,
+                                           refresh_s=board_refresh_s)
         self.scripts = register_scripts(redis)
         self.chaos_exit_after_commit = chaos_exit_after_commit
         self.chaos_marks = chaos_marks
@@ -217,8 +220,12 @@ class StreamConsumer:
         started = time.perf_counter()
 
         async def write() -> Any:
+            # Boards with windows spread each increment over their periods; the
+            # definitions come from Redis (a Redis error is retried like Postgres's).
+            definitions = await self.definitions.for_boards({e.board for e in entries})
             async with self.pool.acquire() as connection:
-                return await persist_batch(connection, entries, self.partitions, self.players)
+                return await persist_batch(connection, entries, self.partitions, definitions,
+                                           players=self.players)
 
         try:
             result = await self._retry_transient(write)

@@ -15,6 +15,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from scoreboard.archives import NOT_ARCHIVED, archive_periods
 from scoreboard.board_writes import rebuild_board, reconcile_board
 from scoreboard.history import retention_cutoff
 from scoreboard.history_checkpoints import committed_horizon, write_due_checkpoints
@@ -45,7 +46,9 @@ async def trim_stream(ctx: dict[str, Any]) -> str | None:
 
 async def reconcile_boards(ctx: dict[str, Any]) -> int:
     redis, pool, keys = ctx["redis"], ctx["pool"], ctx["keys"]
-    boards = [row["board"] for row in await pool.fetch("SELECT DISTINCT board FROM scores")]
+    # Archived periods are frozen and their Redis keys expire: not reconciled.
+    boards = [row["board"] for row in await pool.fetch(
+        "SELECT DISTINCT board FROM scores WHERE " + NOT_ARCHIVED.format(column="scores.board"))]
     for board in boards:
         await reconcile_board(redis, pool, ctx["scripts"], keys, board)
     return len(boards)
@@ -59,6 +62,16 @@ async def score_velocity_job(ctx: dict[str, Any]) -> int:
 async def restore_restrictions_job(ctx: dict[str, Any]) -> int:
     """Flags, bans and revoked tokens from Postgres back into Redis (idempotent)."""
     return await restore_restrictions(ctx["redis"], ctx["pool"], ctx["keys"])
+
+
+async def archive_periods_job(ctx: dict[str, Any]) -> int:
+    """Every minute: archive the windows' periods that ended (scoreboard/archives.py)."""
+    settings = ctx["settings"]
+    archived = await archive_periods(
+        ctx["redis"], ctx["pool"], ctx["keys"], now=datetime.now(UTC),
+        grace_s=settings.period_archive_grace_s, key_ttl_s=settings.period_key_ttl_s,
+        service_max=settings.max_points_per_increment)
+    return len(archived)
 
 
 async def history_checkpoints_job(ctx: dict[str, Any]) -> int:

@@ -80,7 +80,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         chaos_exit_after_commit=SETTINGS.chaos_exit_after_commit,
         chaos_marks=ChaosMarks.from_settings(SETTINGS),
         after_batch=fraud.check_batch, every_second=fraud.record_decisions,
-        tracing=ctx["tracing"])
+        tracing=ctx["tracing"], board_refresh_s=SETTINGS.board_refresh_s)
     task = asyncio.create_task(consumer.run(), name="stream-consumer")
     task.add_done_callback(lambda t: _supervise(t, consumer))
     ctx["consumer"], ctx["consumer_task"] = consumer, task
@@ -120,6 +120,7 @@ class WorkerSettings:
         cron(jobs.reconcile_boards, minute={0, 15, 30, 45}),
         cron(jobs.score_velocity_job, minute={2}),
         cron(jobs.restore_restrictions_job, minute={20}),
+        cron(jobs.archive_periods_job, second={40}),
         cron(jobs.history_checkpoints_job, minute={7}, timeout=3600),
         cron(jobs.retention_job, hour={3}, minute={37}, timeout=3600),
     ]

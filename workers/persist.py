@@ -17,15 +17,22 @@ write none, and their statement is then the whole transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from scoreboard.board_defs import BoardDefinition
 from scoreboard.board_writes import BoardTotal
 from scoreboard.stream_entry import StreamEntry
 from workers.batching import STAGING_COLUMNS, months_of, staging_record
 from workers.players import KnownPlayers, requested_names
+from workers.window_fanout import (
+    CREATE_WINDOW_STAGING,
+    PERSIST_WINDOWED,
+    WINDOW_COLUMNS,
+    window_rows,
+)
 
 CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS actions_staging (
@@ -158,6 +165,7 @@ async def write_players(connection: Any, writes: dict[str, str]) -> list[tuple[s
 
 async def persist_batch(connection: Any, entries: Sequence[StreamEntry],
                         partitions: PartitionCache,
+                        definitions: Mapping[str, BoardDefinition] | None = None, *,
                         players: KnownPlayers | None = None) -> PersistResult:
     """Write ``entries`` in one transaction; returns what was inserted and the totals.
 
@@ -165,6 +173,9 @@ async def persist_batch(connection: Any, entries: Sequence[StreamEntry],
     of the batch is written). It learns only once the transaction committed.
     A missing partition is created first (in its own short transaction, so the
     batch never waits on another worker's partition lock while holding rows).
+    ``definitions`` (board -> definition) spreads the entries of boards with
+    windows or the ``best`` operator over their scopes (``workers.window_fanout``);
+    a batch of plain boards only runs exactly what it ran before windows.
     """
     known = players if players is not None else KnownPlayers()
     await partitions.ensure(connection, months_of(entries))
@@ -173,6 +184,7 @@ async def persist_batch(connection: Any, entries: Sequence[StreamEntry],
     names = {user_id: known.name(user_id) or name for user_id, name in requested.items()
              if user_id not in writes}
     records = [staging_record(e) for e in entries]
+    windowed = window_rows(entries, definitions) if definitions else []
     written: list[tuple[str, str, bool]] = []
     async with connection.transaction():
         await connection.execute(CREATE_STAGING)
@@ -180,7 +192,13 @@ async def persist_batch(connection: Any, entries: Sequence[StreamEntry],
                                                columns=STAGING_COLUMNS)
         if writes:
             written = await write_players(connection, writes)
-        rows = await connection.fetch(PERSIST)
+        if windowed:
+            await connection.execute(CREATE_WINDOW_STAGING)
+            await connection.copy_records_to_table("window_staging", records=windowed,
+                                                   columns=WINDOW_COLUMNS)
+            rows = await connection.fetch(PERSIST_WINDOWED)
+        else:
+            rows = await connection.fetch(PERSIST)
     known.learn(written)
     names.update((user_id, name) for user_id, name, _ in written)
     return PersistResult(inserted=rows[0]["inserted_rows"] if rows else 0, totals=[

@@ -4,10 +4,14 @@
 //
 //   const api = new ScoreboardClient.Api(ScoreboardClient.apiBaseFor(location));
 //   const feed = new ScoreboardClient.LiveFeed({url: ScoreboardClient.liveUrlFor(location),
-//     board: "global", onSnapshot: (s) => ..., onStatus: (state) => ...,
+//     board: "global", window: "daily", onSnapshot: (s) => ..., onStatus: (state) => ...,
 //     onMessage: (m) => ...});  // the rank feed's "rank", "overtaken", errors
 //   feed.connect();
 //   feed.watch("player-id");  // follow one player (again after each reconnect); "" stops
+//
+// A feed of a window (daily, weekly, ...) follows its current period: at the
+// period's end the server sends the next period's first snapshot (its
+// ``period`` changes and its versions start again).
 "use strict";
 
 (function (global) {
@@ -51,12 +55,23 @@
     }
 
     async boards() { return (await this.get("/api/boards")).boards; }
-    top(board, limit = 10) { return this.get("/api/scores/top", { board, limit }); }
-    user(userId, board) {
-      return this.get(`/api/scores/users/${encodeURIComponent(userId)}`, { board });
+    // One board's definition: its windows with their current period and next_reset_at.
+    board(board) { return this.get(`/api/boards/${encodeURIComponent(board)}`); }
+    // A window's archived periods, newest first, with their winners.
+    periods(board, window, limit = 20) {
+      return this.get(`/api/boards/${encodeURIComponent(board)}/periods`, { window, limit });
     }
-    around(userId, board, radius = 2) {
-      return this.get(`/api/scores/around/${encodeURIComponent(userId)}`, { board, radius });
+    // ``window`` and ``period`` are optional (all_time; the window's current period).
+    top(board, limit = 10, window = undefined, period = undefined) {
+      return this.get("/api/scores/top", { board, limit, window, period });
+    }
+    user(userId, board, window = undefined, period = undefined) {
+      return this.get(`/api/scores/users/${encodeURIComponent(userId)}`,
+                      { board, window, period });
+    }
+    around(userId, board, radius = 2, window = undefined, period = undefined) {
+      return this.get(`/api/scores/around/${encodeURIComponent(userId)}`,
+                      { board, radius, window, period });
     }
   }
 
@@ -64,10 +79,12 @@
   // backoff plus jitter; a board switched while connecting is subscribed to
   // once the socket opens; stale or repeated versions are not handed out.
   class LiveFeed {
-    constructor({ url, board, onSnapshot, onStatus = () => {}, onSocket = () => {},
-                  onMessage = () => {} }) {
+    constructor({ url, board, window = "all_time", onSnapshot, onStatus = () => {},
+                  onSocket = () => {}, onMessage = () => {} }) {
       this.url = url;
       this.board = board;
+      this.window = window;
+      this.period = null; // of the last snapshot handed out (a window's feed)
       this.onSnapshot = onSnapshot;
       this.onMessage = onMessage;
       this.watching = "";
@@ -80,22 +97,35 @@
 
     connect() {
       const requested = this.board;
-      const socket = new WebSocket(`${this.url}/ws?board=${encodeURIComponent(requested)}`);
+      const requestedWindow = this.window;
+      const windowQuery = requestedWindow === "all_time" ? ""
+        : `&window=${encodeURIComponent(requestedWindow)}`;
+      const socket = new WebSocket(
+        `${this.url}/ws?board=${encodeURIComponent(requested)}${windowQuery}`);
       this.socket = socket;
       this.onSocket(socket);
       socket.onopen = () => {
         this.attempt = 0;
         this.onStatus("live");
-        if (this.board !== requested) socket.send(this.subscribeMessage());
+        if (this.board !== requested || this.window !== requestedWindow) {
+          socket.send(this.subscribeMessage());
+        }
         if (this.watching) socket.send(JSON.stringify({ type: "watch", user_id: this.watching }));
       };
       socket.onmessage = (event) => {
         const message = JSON.parse(event.data);
         if (message.type !== "snapshot") {
-          if (!message.board || message.board === this.board) this.onMessage(message);
+          // (a window's rank messages name its period's scope, "<board>/<window>/<period>")
+          if (!message.board || message.board === this.board
+              || message.board.startsWith(`${this.board}/`)) this.onMessage(message);
           return;
         }
         if (message.board !== this.board) return;
+        if ((message.window || "all_time") !== this.window) return;
+        if ((message.period || null) !== this.period) { // a new period: versions restart
+          this.period = message.period || null;
+          this.lastVersion = -1;
+        }
         if (message.version <= this.lastVersion) return;
         this.lastVersion = message.version;
         this.onSnapshot(message);
@@ -109,8 +139,10 @@
       return socket;
     }
 
-    switchTo(board) {
+    switchTo(board, window = this.window) {
       this.board = board;
+      this.window = window;
+      this.period = null;
       this.lastVersion = -1;
       if (this.socket && this.socket.readyState === WebSocket.OPEN) {
         this.socket.send(this.subscribeMessage());
@@ -131,7 +163,7 @@
     }
 
     subscribeMessage() {
-      return JSON.stringify({ type: "subscribe", board: this.board });
+      return JSON.stringify({ type: "subscribe", board: this.board, window: this.window });
     }
   }
 

@@ -27,7 +27,8 @@ local function apply_total(board_key, entries_key, hidden, user_id, total, reach
   end
   if version <= current_version then return 0 end
   local member = string.format('%013d|%s', reached, user_id)
-  if current_member and current_member ~= member then
+  -- (a total down to 0 leaves the board even when its member is unchanged)
+  if current_member and (current_member ~= member or total <= 0) then
     redis.call('ZREM', board_key, current_member)
   end
   if total > 0 then

@@ -1,0 +1,171 @@
+"""Spectators of a window (real broadcaster, real Redis): subscribe and SSE name a
+window and get its current period; at the period's end they move to the next one,
+which starts empty."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis.asyncio as redis_asyncio
+from websockets.asyncio.client import connect
+
+from broadcaster.app import build_state
+from broadcaster.snapshots import Snapshot
+from scoreboard.keys import Keys
+from scoreboard.settings import load_settings
+from scoreboard.windows import scope
+from tests.servers import Backing, broadcaster_server, fresh_name
+from tests.test_broadcaster import Writer, next_snapshot, scores, ws_url
+from tests.window_support import make_board
+
+
+@pytest.fixture(scope="module")
+def broadcaster_url(backing: Backing) -> Iterator[str]:
+    with broadcaster_server(backing.env(SNAPSHOT_INTERVAL_MS="100")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def daily_board(backing: Backing) -> dict[str, str]:
+    board = fresh_name("daily")
+    made = make_board(backing, board, windows=("all_time", "daily"))
+    today = made.spec.period_at("daily", datetime.now(UTC))
+    assert today is not None
+    return {"board": board, "today": today.period,
+            "scope": scope(board, "daily", today.period)}
+
+
+def test_subscribe_to_a_window_gets_its_current_period(
+        broadcaster_url: str, backing: Backing, keys: Keys, daily_board: dict[str, str]) -> None:
+    board = daily_board["board"]
+
+    async def scenario() -> None:
+        writer = Writer(backing, keys)
+        try:
+            await writer.set(board, "ann", 50)  # all_time
+            await writer.set(daily_board["scope"], "ann", 5)  # today's period
+            async with connect(ws_url(broadcaster_url, board) + "&window=daily") as ws:
+                first = await next_snapshot(ws)
+                assert (first["board"], first["window"], first["period"]) == (
+                    board, "daily", daily_board["today"])
+                assert scores(first) == {"ann": 5}
+                await ws.send(orjson.dumps({"type": "subscribe", "board": board}).decode())
+                all_time = await next_snapshot(ws)
+                assert "window" not in all_time and scores(all_time) == {"ann": 50}
+                await ws.send(orjson.dumps({"type": "subscribe", "board": board,
+                                            "window": "weekly"}).decode())
+                refused = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert (refused["type"], refused["code"]) == ("error", "window_not_found")
+                await ws.send(orjson.dumps({"type": "subscribe", "board": board,
+                                            "window": "daily"}).decode())
+                again = await next_snapshot(ws)
+                assert again["period"] == daily_board["today"]
+                await writer.set(daily_board["scope"], "bob", 9)
+                update = await next_snapshot(ws)
+                assert scores(update) == {"bob": 9, "ann": 5} and update["window"] == "daily"
+        finally:
+            await writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_sse_follows_a_window(broadcaster_url: str, daily_board: dict[str, str]) -> None:
+    async def first_event() -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=10) as client, client.stream(
+                "GET", broadcaster_url + "/sse",
+                params={"board": daily_board["board"], "window": "daily"}) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    found: dict[str, Any] = orjson.loads(line[6:])
+                    return found
+        raise AssertionError("no snapshot")
+
+    snapshot = asyncio.run(first_event())
+    assert (snapshot["window"], snapshot["period"]) == ("daily", daily_board["today"])
+    for params, status in [({"board": daily_board["board"], "window": "monthly"}, 404),
+                           ({"board": fresh_name("nope"), "window": "daily"}, 404),
+                           ({"board": daily_board["board"], "window": "hourly"}, 422)]:
+        assert httpx.get(broadcaster_url + "/sse", params=params).status_code == status
+
+
+class Recorder:
+    kind = "websocket"
+
+    def __init__(self) -> None:
+        self.board = ""
+        self.version_sent = -1
+        self.received: list[Snapshot] = []
+
+    def offer(self, snapshot: Snapshot) -> None:
+        if snapshot.version > self.version_sent:
+            self.received.append(snapshot)
+            self.version_sent = snapshot.version
+
+    def shut(self) -> None:
+        pass
+
+
+def test_at_the_end_of_a_period_spectators_move_to_the_next_one_empty(
+        backing: Backing, keys: Keys, daily_board: dict[str, str]) -> None:
+    board = daily_board["board"]
+
+    async def scenario() -> None:
+        writer = Writer(backing, keys)
+        client = redis_asyncio.Redis.from_url(backing.redis_url)
+        state = build_state(load_settings(backing.env()), client)
+        try:
+            await writer.set(daily_board["scope"], "ann", 7)
+            spectator = Recorder()
+            state.hub.join(spectator, daily_board["scope"])
+            spectator.offer(await state.snapshots.current(daily_board["scope"]))
+            assert await state.periods.rollover() == 0  # nothing ended yet
+            tomorrow = datetime.now(UTC) + timedelta(days=1)
+            assert await state.periods.rollover(tomorrow) == 1
+            following = scope(board, "daily", tomorrow.date().isoformat())
+            assert spectator.board == following and daily_board["scope"] not in state.hub.boards
+            moved = orjson.loads(spectator.received[-1].payload)
+            assert (moved["period"], moved["entries"]) == (tomorrow.date().isoformat(), [])
+        finally:
+            await writer.close()
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_season_ends_while_watched_and_the_next_one_starts_empty(
+        broadcaster_url: str, backing: Backing, keys: Keys) -> None:
+    """End to end: a season that ends a few seconds after the spectator connects;
+    the broadcaster moves it to the next season (empty) by itself."""
+    board = fresh_name("seasons")
+    now = datetime.now(UTC).replace(microsecond=0)
+    switch = now + timedelta(seconds=4)
+
+    def iso(moment: datetime) -> str:
+        return moment.isoformat().replace("+00:00", "Z")
+
+    make_board(backing, board, seasons=(f"s1={iso(now - timedelta(hours=1))}/{iso(switch)}",
+                                        f"s2={iso(switch)}/{iso(now + timedelta(hours=1))}"))
+
+    async def scenario() -> None:
+        writer = Writer(backing, keys)
+        try:
+            await writer.set(scope(board, "season", "s1"), "ann", 3)
+            async with connect(ws_url(broadcaster_url, board) + "&window=season") as ws:
+                first = await next_snapshot(ws)
+                assert (first["period"], scores(first)) == ("s1", {"ann": 3})
+                following = await next_snapshot(ws, timeout_s=30)
+                assert (following["window"], following["period"]) == ("season", "s2")
+                assert following["entries"] == []
+                await writer.set(scope(board, "season", "s2"), "bob", 1)
+                update = await next_snapshot(ws)
+                assert (update["period"], scores(update)) == ("s2", {"bob": 1})
+        finally:
+            await writer.close()
+
+    asyncio.run(scenario())
