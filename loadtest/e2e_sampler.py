@@ -142,7 +142,7 @@ async def worker_series(url: str) -> dict[str, float] | None:
 async def dedup_markers(client: Any, keys: Keys, sample: int = 200) -> tuple[int, float]:
     """(event-id markers alive, their mean MEMORY USAGE over a sample of ``sample``)."""
     alive, sizes = 0, list[int]()
-    async for key in client.scan_iter(match=keys.event("*"), count=1000):
+    async for key in client.scan_iter(match=keys.event("*", source="*"), count=1000):
         alive += 1
         if len(sizes) < sample:
             sizes.append(int(await client.memory_usage(key) or 0))

@@ -35,9 +35,10 @@ class Keys:
     def flagged(self, user_id: str) -> str:
         return f"{self.tag}:flagged:{user_id}"
 
-    def event(self, event_id: str) -> str:
-        """Idempotency marker of an accepted event id (expires after the dedup TTL)."""
-        return f"{self.tag}:event:{event_id}"
+    def event(self, event_id: str, source: str = "player") -> str:
+        """Idempotency marker of an accepted event id (expires after the dedup TTL),
+        per source as in ``counted_events``: two game backends may both send "e1"."""
+        return f"{self.tag}:event:{source}:{event_id}"
 
     def user_rate(self, limit_name: str, user_id: str) -> str:
         return f"{self.tag}:rate:{limit_name}:user:{user_id}"

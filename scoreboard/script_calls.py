@@ -76,7 +76,7 @@ class IncrementScript(TypedScript):
                        keys.flagged(user_id), keys.user_rate("increment", user_id),
                        keys.user_rate("increment_flagged", user_id),
                        keys.ip_rate("increment", address),
-                       keys.event(event_id), keys.stream, keys.address_limited(address),
+                       keys.event(event_id, source), keys.stream, keys.address_limited(address),
                        keys.recent_actions(user_id), keys.fraud_stream,
                        keys.token_failures_user(user_id)],
                       [user_id, *user_rate.as_args(), *flagged_rate.as_args(), *ip_rate.as_args(),
@@ -131,12 +131,13 @@ class BatchScript(TypedScript):
                        items: Sequence[BatchItem], traceparent: str = "") -> BatchReply:
         script_keys = [keys.revoked_jti(jti), keys.user_rate("backend", backend_id), keys.stream,
                        keys.banned(backend_id)]
-        args: list[Any] = [*rate.as_args(), dedup_ttl_ms, f"backend:{backend_id}", address,
-                           request_id, traceparent]
+        source = f"backend:{backend_id}"
+        args: list[Any] = [*rate.as_args(), dedup_ttl_ms, source, address, request_id,
+                           traceparent]
         event_key, banned_key = keys.event, keys.banned
         add_keys, add_args = script_keys.extend, args.extend
         for item in items:
-            add_keys((event_key(item.event_id), banned_key(item.user_id)))
+            add_keys((event_key(item.event_id, source), banned_key(item.user_id)))
             add_args((item.event_id, item.user_id, item.board, item.points, item.username))
         call: Call = script_keys, args
         reason, *rest = await self._run(call)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import httpx
 import redis
 
+from scoreboard.accounts import create_backend_account
 from scoreboard.keys import Keys
-from tests.conftest import Api, Player
+from tests.conftest import Api, Player, new_address
 from tests.servers import Backing, create_board, fresh_name, ingest_server
 
 BATCH = "/api/scores/batch"
@@ -37,6 +39,26 @@ def entries_by_event(redis_client: redis.Redis, keys: Keys,
         if fields["event_id"] in found:
             found[fields["event_id"]].append(fields)
     return found
+
+
+def test_two_backends_may_send_the_same_event_id(
+        api: Api, backend: Player, backing: Backing, redis_client: redis.Redis,
+        keys: Keys) -> None:
+    """Event ids are the backend's own: another backend's "e1" is another event
+    (Postgres counts per source too), while each backend's retry is a duplicate."""
+    name = fresh_name("backend")
+    other_id, password = asyncio.run(create_backend_account(
+        backing.database_url, name, scrypt_n=1024, scrypt_r=8, scrypt_p=1))
+    other = api.login(other_id, name, password, new_address())
+    shared = item(points=3)
+    for sender in (backend, other):
+        response = post_batch(api, sender, [shared])
+        assert response.json() == {"accepted": 1, "duplicates": 0, "refused": []}, sender
+    for sender in (backend, other):
+        assert post_batch(api, sender, [shared]).json()["duplicates"] == 1
+    found = entries_by_event(redis_client, keys, {shared["event_id"]})[shared["event_id"]]
+    assert sorted(e["source"] for e in found) == sorted(
+        [f"backend:{backend.user_id}", f"backend:{other_id}"])
 
 
 def test_batch_is_accepted_into_the_stream(api: Api, backend: Player, backing: Backing,
@@ -152,7 +174,8 @@ def test_backend_limit_refuses_the_whole_batch(backing: Backing, backend: Player
             assert limited.json()["error"]["code"] == "rate_limited"
             assert 1 <= int(limited.headers["retry-after"]) <= 12  # one every 12 s
             assert stream_length() == before
-            assert not redis_client.exists(keys.event(over["event_id"]))
+            assert not redis_client.exists(keys.event(over["event_id"],
+                                                      f"backend:{backend.user_id}"))
 
             # Duplicates cost nothing: a retried batch is still answered.
             retried = post_batch(client, backend, first)

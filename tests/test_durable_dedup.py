@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import jwt
 import pytest
 
 from scoreboard.errors import ConfigError
@@ -51,7 +52,9 @@ def increments(users: list[str]) -> list[dict[str, Any]]:
 
 
 def forget_markers(redis_client: SyncRedis, sys_: System, batch: list[dict[str, Any]]) -> None:
-    removed = redis_client.delete(*[sys_.keys.event(i["event_id"]) for i in batch])
+    backend = jwt.decode(sys_.load.token, options={"verify_signature": False})["sub"]
+    removed = redis_client.delete(*[sys_.keys.event(i["event_id"], f"backend:{backend}")
+                                    for i in batch])
     assert removed == len(batch)  # the markers were there, and now they are gone
 
 
