@@ -247,6 +247,9 @@ class BatchTimings:
     batch_s: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
     postgres_s: list[float] = field(default_factory=list)
+    # (start, end) of each persist_batch: the gaps between them are the time the
+    # one serial step waits on everything else (the pipelining's check)
+    postgres_spans: list[tuple[float, float]] = field(default_factory=list)
     redis_s: list[float] = field(default_factory=list)
     fraud_s: list[float] = field(default_factory=list)
 
@@ -274,14 +277,17 @@ class TimedConsumer(StreamConsumer):
         self.timings.batch_sizes.append(len(parsed.entries) + len(parsed.malformed))
 
 
-def timed(function: Callable[..., Awaitable[Any]], into: list[float]) -> Callable[
-        ..., Awaitable[Any]]:
+def timed(function: Callable[..., Awaitable[Any]], into: list[float],
+          spans: list[tuple[float, float]] | None = None) -> Callable[..., Awaitable[Any]]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return await function(*args, **kwargs)
         finally:
-            into.append(time.perf_counter() - started)
+            ended = time.perf_counter()
+            into.append(ended - started)
+            if spans is not None:
+                spans.append((started, ended))
     return wrapper
 
 
@@ -309,7 +315,8 @@ async def run_latency_pass(backing: WorkerBacking, workload: Workload, ids: Sequ
                              after_batch=timed(fraud.check_batch, timings.fraud_s),
                              every_second=fraud.record_decisions)
     # The Postgres and Redis halves of each batch, timed where the consumer calls them.
-    with mock.patch("workers.consumer.persist_batch", timed(persist_batch, timings.postgres_s)), \
+    with mock.patch("workers.consumer.persist_batch", timed(persist_batch, timings.postgres_s,
+                                                                   timings.postgres_spans)), \
             mock.patch("workers.consumer.apply_and_ack", timed(apply_and_ack, timings.redis_s)):
         before = meter.snapshot(os.getpid())
         task = asyncio.create_task(consumer.run())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -195,6 +196,14 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     print(f"    Postgres        persist_batch p50 {1000 * percentile(pg_s, 0.5):.1f} ms, p99 "
           f"{1000 * percentile(pg_s, 0.99):.1f} ms (COPY to staging, INSERT .. ON CONFLICT, "
           "users and scores upserts, totals, commit)")
+    spans = latency.timings.postgres_spans
+    idle_s = sorted(later[0] - earlier[1] for earlier, later in itertools.pairwise(spans))
+    if idle_s:
+        share = sum(idle_s) / (spans[-1][1] - spans[0][0])
+        print(f"    between         Postgres idle from one persist_batch's end to the next's "
+              f"start p50 {1000 * percentile(idle_s, 0.5):.1f} ms, p99 "
+              f"{1000 * percentile(idle_s, 0.99):.1f} ms; {share:.0%} of the time from the "
+              "first transaction to the last")
     print(f"    Redis           apply_and_ack p50 {1000 * percentile(redis_s, 0.5):.1f} ms, "
           f"p99 {1000 * percentile(redis_s, 0.99):.1f} ms (one lua/apply_batch.lua call: "
           "boards, usernames, revisions, XACK, notices)")

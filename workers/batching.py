@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime
 
 from scoreboard.stream_entry import StreamEntry, parse_entry
 
+MS_PER_DAY = 86_400_000
 STAGING_COLUMNS = ("event_id", "created_at", "user_id", "board", "points", "source",
                    "client_addr", "request_id", "stream_id", "username")
 
@@ -27,8 +28,13 @@ def staging_record(entry: StreamEntry) -> tuple[object, ...]:
 
 
 def months_of(entries: Iterable[StreamEntry]) -> set[date]:
-    """First days of the months the entries' rows fall in (their partitions)."""
-    return {entry_time(e).date().replace(day=1) for e in entries}
+    """First days of the months the entries' rows fall in (their partitions).
+
+    Per distinct UTC day, not per entry: a batch is a few days at most, and a
+    datetime per entry cost the worker about 1 ms per 1,000 entries."""
+    days = {e.ts_ms // MS_PER_DAY for e in entries}
+    return {datetime.fromtimestamp(day * (MS_PER_DAY // 1000), UTC).date().replace(day=1)
+            for day in days}
 
 
 @dataclass(frozen=True)

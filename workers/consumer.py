@@ -47,6 +47,7 @@ from scoreboard.tracing import Tracing, client_span, inner_span
 from workers.batching import ParsedBatch, backoff_s, parse_batch
 from workers.chaos import ChaosMarks
 from workers.persist import PartitionCache, persist_batch
+from workers.players import KnownPlayers
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class StreamConsumer:
         self.reclaim_every_s = reclaim_every_s if reclaim_every_s is not None else max(
             1.0, claim_idle_ms / 2000)
         self.partitions = PartitionCache()
+        self.players = KnownPlayers()
         self.definitions = DefinitionCache(redis, keys.board_definitions,
                                            refresh_s=board_refresh_s)
         self.scripts = register_scripts(redis)
@@ -222,7 +224,8 @@ class StreamConsumer:
             # definitions come from Redis (a Redis error is retried like Postgres's).
             definitions = await self.definitions.for_boards({e.board for e in entries})
             async with self.pool.acquire() as connection:
-                return await persist_batch(connection, entries, self.partitions, definitions)
+                return await persist_batch(connection, entries, self.partitions, definitions,
+                                           players=self.players)
 
         try:
             result = await self._retry_transient(write)
