@@ -113,8 +113,9 @@ def _entry(source: str, event_id: str, user_id: str, ts_ms: int) -> StreamEntry:
 
 def test_the_record_is_per_source_and_survives_a_later_acceptance_time(
         backing: Backing) -> None:
-    """Two backends may use the same event id; one backend's replay a day later
-    (a new ``created_at``, so a new ``actions`` key) still counts nothing."""
+    """Two backends may use the same event id, even accepted in the same millisecond
+    (migration 006); one backend's replay a day later (a new ``created_at``, so a
+    new ``actions`` key) still counts nothing."""
     user, event_id = fresh_name("player"), "ev-" + secrets.token_hex(6)
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
 
@@ -124,7 +125,7 @@ def test_the_record_is_per_source_and_survives_a_later_acceptance_time(
         try:
             results = []
             for source, ts_ms in (("backend:a", now_ms), ("backend:a", now_ms + 86_400_000),
-                                  ("backend:b", now_ms + 1)):
+                                  ("backend:b", now_ms)):
                 result = await persist_batch(connection, [_entry(source, event_id, user, ts_ms)],
                                              partitions)
                 results.append((result.inserted, [t.score for t in result.totals]))
