@@ -68,6 +68,8 @@ def add_admin_parser(commands: Any) -> None:
     remove = command("remove-action", "delete one action (an event id from `admin actions`);"
                                       " correct the score everywhere")
     remove.add_argument("event_id")
+    remove.add_argument("--source", help="the action's source (player, backend:<id>), needed"
+                                         " when several sources used the event id")
     remove.add_argument("--reason", default="manual decision")
     command("restore", "put flags, bans, revoked tokens and board definitions back into Redis")
     add_board_parsers(command)
@@ -131,7 +133,7 @@ def _print_rows(rows: list[Any]) -> None:
 
 
 async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
-    from scoreboard.moderation import Moderation, restore_restrictions
+    from scoreboard.moderation import AmbiguousAction, Moderation, restore_restrictions
     from scoreboard.review import NotUndoable, review, undo
 
     assert settings.redis_url is not None and settings.database_url is not None
@@ -169,7 +171,12 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
                 print(exc, file=sys.stderr)
                 return 1
         elif command == "remove-action":
-            totals = await moderation.remove_action(args.event_id, reason=args.reason)
+            try:
+                totals = await moderation.remove_action(args.event_id, reason=args.reason,
+                                                        source=args.source)
+            except AmbiguousAction as exc:
+                print(exc, file=sys.stderr)
+                return 1
             if not totals:
                 print(f"no action {args.event_id!r} (see: scoreboard admin actions USER)",
                       file=sys.stderr)

@@ -29,6 +29,15 @@ KINDS = ("flagged", "banned", "shadow_banned")
 SERVICE_MAX_UNUSED = 2**31 - 1  # a definition's max points plays no part in moderation
 
 
+class AmbiguousAction(Exception):
+    """An event id that several sources used, named without its source."""
+
+    def __init__(self, event_id: str, sources: list[str]) -> None:
+        super().__init__(f"event id {event_id!r} was used by {len(sources)} sources"
+                         f" ({', '.join(sources)}): say which with --source")
+        self.sources = sources
+
+
 @dataclass(frozen=True)
 class Moderation:
     redis: Any
@@ -136,13 +145,24 @@ class Moderation:
         await self._announce(boards)
         return boards
 
-    async def remove_action(self, event_id: str, *, reason: str) -> list[BoardTotal]:
-        """Delete one action and correct its user's total in Postgres and on the board."""
+    async def remove_action(self, event_id: str, *, reason: str,
+                            source: str | None = None) -> list[BoardTotal]:
+        """Delete one action and correct its user's total in Postgres and on the board.
+
+        Event ids are each source's own: when two sources used ``event_id``,
+        ``source`` must say which (:class:`AmbiguousAction` otherwise, nothing
+        removed)."""
         totals = []
         async with self.pool.acquire() as connection, connection.transaction():
+            if source is None:
+                sources = [row["source"] for row in await connection.fetch(
+                    "SELECT DISTINCT source FROM actions WHERE event_id = $1 ORDER BY source",
+                    event_id)]
+                if len(sources) > 1:
+                    raise AmbiguousAction(event_id, sources)
             removed = await connection.fetch(
-                "DELETE FROM actions WHERE event_id = $1"
-                " RETURNING user_id, board, points, created_at", event_id)
+                "DELETE FROM actions WHERE event_id = $1 AND ($2::text IS NULL OR source = $2)"
+                " RETURNING user_id, board, points, created_at", event_id, source)
             for action in removed:
                 username = await connection.fetchval(
                     "SELECT username FROM users WHERE user_id = $1", action["user_id"])

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -412,7 +413,16 @@ def test_admin_command_bans_lists_and_unbans(backing: Backing, keys: Keys,
                     admin("actions", user, "--board", "no-such-board")):
         assert refused.returncode == 1
         assert refused.stderr.startswith("unknown "), refused.stderr
-    assert admin("remove-action", second.event_id).returncode == 0
+    # The same event id from another source: the command must be told which.
+    other = replace(second, source="backend:other", points=5, user_id=user + "-b")
+    seed(backing, keys, [other])
+    ambiguous = admin("remove-action", second.event_id)
+    assert ambiguous.returncode == 1
+    assert "say which with --source" in ambiguous.stderr, ambiguous.stderr
+    assert admin("actions", user).stdout.count("\n") == 2  # nothing removed
+    assert admin("remove-action", second.event_id, "--source", "test").returncode == 0
+    assert [orjson.loads(line)["event_id"] for line in admin("actions", user + "-b").stdout
+            .splitlines()] == [second.event_id]  # the other source's action stays
     assert [orjson.loads(line)["event_id"] for line in admin("actions", user).stdout
             .splitlines()] == [first.event_id]
     assert admin("ban", user, "--reason", "chargeback fraud").returncode == 0
