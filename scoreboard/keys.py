@@ -1,20 +1,78 @@
 """Every Redis key name, in one place; nothing else spells a key.
 
-All keys of a deployment carry one hash tag, ``{<prefix>}``, so that every
-script's keys hash to the same slot and each script runs unchanged on Redis
-Cluster. The prefix separates deployments and test runs sharing a server.
-Sharding the stream by user (several tags) is the documented next step when
-one slot is no longer enough; only this module and the worker's stream list
-would change.
+Single node (the default, ``REDIS_SHARDS=1`` without ``REDIS_CLUSTER``): every key
+of a deployment carries one hash tag, ``{<prefix>}``, as it always has. The prefix
+separates deployments and test runs sharing a server.
+
+Sharded (``REDIS_CLUSTER=1`` or ``REDIS_SHARDS`` > 1): the same names under other
+tags, so that every script call touches one slot of a Redis Cluster:
+
+- a player's keys (action tokens, per-user limits, dedup markers, revoked access
+  tokens, bans and flags, the rapid-actions window, cadence, ...) and its shard's
+  streams (increments, fraud events, dead letters) carry ``{<prefix>:s<N>}``, N the
+  player's shard (:meth:`Keys.shard_of`, a CRC32 of the user id: stable across
+  processes and restarts; changing ``REDIS_SHARDS`` moves players, so it is set
+  once per deployment);
+- an address's keys (per-address limits, token-failure counts, the farm rule's
+  sets) carry ``{<prefix>:a:<address>}``, a slot per address;
+- everything else (boards, board definitions, names, arq) keeps ``{<prefix>}``.
+
+A view (:meth:`Keys.player`, :meth:`Keys.shard`, :meth:`Keys.at_address`) is a
+``Keys`` with another tag: ``keys.player(user_id).banned(user_id)``. Unsharded,
+every view is the ``Keys`` itself, so the names are today's.
 """
 
 from __future__ import annotations
 
+import zlib
+
 
 class Keys:
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, shards: int = 1, cluster: bool = False,
+                 tag: str | None = None) -> None:
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
         self.prefix = prefix
-        self.tag = "{" + prefix + "}"
+        self.shards = shards
+        self.sharded = cluster or shards > 1
+        self.cluster = cluster
+        self.tag = tag or "{" + prefix + "}"
+
+    def _view(self, tag: str) -> Keys:
+        return Keys(self.prefix, shards=self.shards, cluster=self.cluster, tag=tag)
+
+    # Sharding (see the module docstring).
+    def shard_of(self, user_id: str) -> int:
+        """The player's shard: stable (CRC32), 0 when unsharded."""
+        if self.shards == 1:
+            return 0
+        return zlib.crc32(user_id.encode()) % self.shards
+
+    def shard(self, index: int) -> Keys:
+        """The keys of shard ``index`` (this ``Keys`` when unsharded)."""
+        if not self.sharded:
+            return self
+        return self._view("{" + f"{self.prefix}:s{index}" + "}")
+
+    def player(self, user_id: str) -> Keys:
+        """The keys of ``user_id``'s shard."""
+        return self.shard(self.shard_of(user_id))
+
+    def at_address(self, address: str) -> Keys:
+        """The keys of a client address (a slot per address when sharded)."""
+        if not self.sharded:
+            return self
+        return self._view("{" + f"{self.prefix}:a:{address}" + "}")
+
+    @property
+    def every_shard(self) -> list[Keys]:
+        """One view per shard, in shard order (``[self]`` when unsharded)."""
+        return [self.shard(index) for index in range(self.shards)]
+
+    @property
+    def streams(self) -> list[str]:
+        """The increment stream of every shard, in shard order."""
+        return [view.stream for view in self.every_shard]
 
     # The hand-off from ingest to workers.
     @property

@@ -1,0 +1,38 @@
+"""The one place that builds an asyncio Redis client: a plain ``Redis`` on a single
+node, a ``RedisCluster`` (redis-py 5.3) when ``REDIS_CLUSTER`` is on.
+
+What the cluster client does differently, and what the code relies on:
+
+- EVALSHA is routed by the slot of its keys and refused client-side when they
+  span slots; ``SCRIPT LOAD`` (a ``Script`` reloading on NOSCRIPT) goes to every
+  primary. Hence every script call's keys share one tag (scoreboard/keys.py).
+- ``pipeline()`` batches commands per node but has no MULTI/EXEC
+  (``transaction=True`` raises): what must be atomic is a script.
+- PUBLISH on any node reaches subscribers on every node, so pub/sub needs no
+  cluster client: :func:`pubsub_client` is a plain connection to the first node.
+- After a failover the client re-reads the slot map on MOVED and on connection
+  errors (``cluster_error_retry_attempts``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as redis_asyncio
+from redis.asyncio.cluster import RedisCluster
+
+
+def redis_client(url: str, *, cluster: bool, **options: Any) -> Any:
+    """An asyncio client of ``url``. On a cluster, options a node connection does
+    not take (``connection_class``, ``health_check_interval``) are dropped."""
+    if not cluster:
+        return redis_asyncio.Redis.from_url(url, **options)
+    options.pop("connection_class", None)
+    options.pop("health_check_interval", None)
+    return RedisCluster.from_url(url, **options)
+
+
+def pubsub_client(url: str, **options: Any) -> Any:
+    """A plain client of the node at ``url``, for SUBSCRIBE/PUBLISH (in a cluster,
+    a message published on any node is delivered to subscribers of every node)."""
+    return redis_asyncio.Redis.from_url(url, **options)
