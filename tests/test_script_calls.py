@@ -71,6 +71,18 @@ CALLS: dict[str, tuple[Scenario, type]] = {
     "backend_gate": (lambda s, k: s(k, backend_id="b1", jti="j1", rate=RATE, cost=3), Refusal),
 }
 VERDICT = AddressVerdict(0, 0)
+
+
+def _token_failure_part(part: str) -> Scenario:
+    def call(script: Any, keys: Keys) -> Awaitable[Any]:
+        sent: Awaitable[Any] = script(
+            keys, user_id="u1", address="192.0.2.1", failure="action_token_foreign",
+            window_ms=60_000, to_flag=10, to_limit_address=30, address_limit_ms=60_000,
+            flag_ms=60_000, part=part)
+        return sent
+    return call
+
+
 # The same wrappers as a sharded deployment calls them (scoreboard/sharded_calls.py):
 # name -> (script, call); their arguments past the unsharded ones are sharded-only.
 SHARDED_CALLS: dict[str, tuple[str, Scenario]] = {
@@ -82,10 +94,8 @@ SHARDED_CALLS: dict[str, tuple[str, Scenario]] = {
     "action_token (sharded)": ("action_token", lambda s, k: s(
         k, user_id="u1", jti="j1", nonce="n1", address="192.0.2.1", user_rate=RATE,
         ip_rate=RATE, token_ttl_ms=60_000, address_verdict=VERDICT)),
-    **{f"token_failure ({part}, sharded)": ("token_failure", lambda s, k, part=part: s(
-        k, user_id="u1", address="192.0.2.1", failure="action_token_foreign",
-        window_ms=60_000, to_flag=10, to_limit_address=30, address_limit_ms=60_000,
-        flag_ms=60_000, part=part)) for part in ("user", "address")},
+    **{f"token_failure ({part}, sharded)": ("token_failure", _token_failure_part(part))
+       for part in ("user", "address")},
 }
 # Arguments only a sharded call sends (the unsharded one sends that many fewer).
 SHARDED_ONLY_ARGS = {"increment": 2, "action_token": 2, "token_failure": 1}
