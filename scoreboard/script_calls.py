@@ -338,15 +338,19 @@ class SetTotalsScript(TypedScript):
     """``lua/set_totals.lua``: users' totals on one board, each only if newer."""
 
     async def __call__(self, keys: Keys, *, board: str, totals: Sequence[BoardTotal],
-                            board_key: str | None = None, entries_key: str | None = None,
-                            client: Any = None) -> Any:
+                       board_key: str | None = None, entries_key: str | None = None,
+                       client: Any = None, hidden: Sequence[bool] | None = None) -> Any:
         """The number of entries changed; on a pipeline (``client``) awaiting only
-        queues the call."""
+        queues the call. ``hidden`` (sharded: one per total, read in the players'
+        slots) replaces the users' banned keys."""
         script_keys = [board_key or keys.board(board), entries_key or keys.board_entries(board)]
         args: list[Any] = []
-        for total in totals:
-            script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
+        for index, total in enumerate(totals):
             args += [total.user_id, total.score, epoch_ms(total.reached_at), total.version]
+            if hidden is None:
+                script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
+            else:
+                args.append(int(hidden[index]))
         call: Call = script_keys, args
         return await self._run(call, client)
 
@@ -355,23 +359,33 @@ class ApplyBatchScript(TypedScript):
     """``lua/apply_batch.lua``: the Redis side of one persisted batch, in one call."""
 
     async def __call__(self, keys: Keys, *, group: str, totals: Sequence[BoardTotal],
-                       ack_ids: Sequence[str], traceparent: str = "") -> int:
+                       ack_ids: Sequence[str], traceparent: str = "",
+                       hidden: Sequence[bool] | None = None) -> int:
         """The totals travel as one JSON argument: packing three arguments per total
         into the command cost the worker more CPU than Redis spends on the script.
         A ``traceparent`` is appended to each notice (``board\ntraceparent``).
-        Returns the number of board entries changed."""
+        ``hidden`` (sharded: one per total, read in the players' slot) replaces the
+        users' banned keys, and nothing is acknowledged (``ack_ids`` must be empty;
+        the caller XACKs in the stream's slot). Returns the number of board
+        entries changed."""
         boards = sorted({t.board for t in totals})
         index = {board: i for i, board in enumerate(boards)}
-        script_keys = [keys.stream, keys.usernames, keys.boards]
+        stream = keys.usernames if hidden is not None else keys.stream
+        script_keys = [stream, keys.usernames, keys.boards]
         for board in boards:
             script_keys += [keys.board(board), keys.board_entries(board),
                             keys.board_revision(board)]
         rows = []
         for total in totals:
-            script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
+            if hidden is None:
+                script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
             rows.append([index[total.board], total.user_id, total.score,
                          epoch_ms(total.reached_at), total.version, total.username])
         batch: dict[str, Any] = {"boards": boards, "totals": rows, "ack": list(ack_ids)}
+        if hidden is not None:
+            if ack_ids:
+                raise ValueError("with hidden flags the caller acknowledges")
+            batch["hidden"] = [int(flag) for flag in hidden]
         if traceparent:
             batch["trace"] = traceparent
         payload = orjson.dumps(batch)
@@ -388,14 +402,22 @@ class FlagUsersScript(TypedScript):
     async def __call__(self, keys: Keys, *, rule: str, severity: str, flag_duration_ms: int,
                        decisions: Sequence[tuple[str, str, str]]) -> list[str]:
         """``decisions``: (user id, client address, evidence as JSON text). Returns
-        the user ids this call flagged."""
-        script_keys = [keys.fraud_stream]
-        args: list[Any] = [rule, severity, flag_duration_ms]
-        for user_id, address, evidence in decisions:
-            script_keys += [keys.flagged(user_id), keys.banned(user_id)]
-            args += [user_id, address, evidence]
-        call: Call = script_keys, args
-        return [_text(user) for user in await self._run(call)]
+        the user ids this call flagged. Sharded, one call per shard of the users
+        (each records on its shard's fraud stream)."""
+        by_shard: dict[int, list[tuple[str, str, str]]] = {}
+        for decision in decisions:
+            by_shard.setdefault(keys.shard_of(decision[0]), []).append(decision)
+        flagged: list[str] = []
+        for shard, own in sorted(by_shard.items()):
+            view = keys.shard(shard)
+            script_keys = [view.fraud_stream]
+            args: list[Any] = [rule, severity, flag_duration_ms]
+            for user_id, address, evidence in own:
+                script_keys += [view.flagged(user_id), view.banned(user_id)]
+                args += [user_id, address, evidence]
+            call: Call = script_keys, args
+            flagged += [_text(user) for user in await self._run(call)]
+        return flagged
 
 
 class FraudBatchReply(NamedTuple):
@@ -412,10 +434,38 @@ class FraudBatchScript(TypedScript):
                        window_index: int, data: dict[str, Any]) -> FraudBatchReply:
         """``data``: the JSON argument the script's header describes, its ``users``
         and ``addresses`` lists in the order of ``users`` and ``addresses``;
-        ``window_index``: the fixed farm window the chunk's accepts are counted in."""
-        call: Call = ([keys.cadence(u) for u in users] + [keys.active_hours(u) for u in users]
-                      + [keys.address_accounts(a) for a in addresses]
-                      + [keys.address_activity(a, window_index) for a in addresses],
+        ``window_index``: the fixed farm window the chunk's accepts are counted in.
+
+        Sharded, the users' keys are in their shards' slots and each address's in
+        its own: one call per shard (its users) and one per address, the replies
+        merged with the indexes of ``users`` and ``addresses``."""
+        if not keys.sharded:
+            return await self._call(keys, keys, users, addresses, window_index, data)
+        cadence, farms, tireless = [], [], []
+        by_shard: dict[int, list[int]] = {}
+        for index, user_id in enumerate(users):
+            by_shard.setdefault(keys.shard_of(user_id), []).append(index)
+        for shard, indexes in sorted(by_shard.items()):
+            part = {**data, "users": [data["users"][i] for i in indexes],
+                    "hours": [data["hours"][i] for i in indexes], "addresses": []}
+            reply = await self._call(keys.shard(shard), keys, [users[i] for i in indexes], [],
+                                     window_index, part)
+            cadence += [(indexes[i], times) for i, times in reply.cadence]
+            tireless += [(indexes[i], hours) for i, hours in reply.tireless]
+        for index, address in enumerate(addresses):
+            part = {**data, "users": [], "hours": [], "addresses": [data["addresses"][index]]}
+            reply = await self._call(keys, keys.at_address(address), [], [address],
+                                     window_index, part)
+            farms += [(index, seen, counts) for _, seen, counts in reply.farms]
+        return FraudBatchReply(cadence, farms, tireless)
+
+    async def _call(self, user_keys: Keys, address_keys: Keys, users: Sequence[str],
+                    addresses: Sequence[str], window_index: int,
+                    data: dict[str, Any]) -> FraudBatchReply:
+        call: Call = ([user_keys.cadence(u) for u in users]
+                      + [user_keys.active_hours(u) for u in users]
+                      + [address_keys.address_accounts(a) for a in addresses]
+                      + [address_keys.address_activity(a, window_index) for a in addresses],
                       [orjson.dumps(data)])
         cadence, farms, tireless = await self._run(call)
 
