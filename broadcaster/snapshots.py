@@ -65,8 +65,12 @@ class Snapshot:
 class SnapshotService:
     def __init__(self, *, redis: Any, boards: RedisBoards, keys: Keys, hub: Hub, size: int,
                  interval_s: float, poll_s: float, rank_mode: str,
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None,
+                 pubsub: Callable[[], Any] | None = None) -> None:
+        """``pubsub``: makes the PubSub of the change notices (default the client's;
+        on a cluster, one of a node's: scoreboard/redis_clients.py)."""
         self.redis = redis
+        self.pubsub = pubsub or (lambda: redis.pubsub(ignore_subscribe_messages=True))
         self.boards = boards
         self.keys = keys
         self.hub = hub
@@ -176,7 +180,7 @@ class SnapshotService:
     async def listen(self) -> None:
         """Follow the workers' change notices, reconnecting after any failure."""
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.pubsub()
             try:
                 await pubsub.subscribe(self.keys.board_changes)
                 async for message in pubsub.listen():

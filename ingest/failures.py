@@ -18,7 +18,10 @@ logger = logging.getLogger("ingest.app")
 RETRY_AFTER_UNAVAILABLE_S = 1
 
 # Redis or Postgres did not answer: 503, the client retries, nothing was half-written.
+# On a cluster, also a slot without a master for a moment (a failover under way).
 UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+               redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+               redis.exceptions.SlotNotCoveredError,
                asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
                asyncpg.InterfaceError, ConnectionError, TimeoutError)
 

@@ -9,13 +9,14 @@ What the cluster client does differently, and what the code relies on:
 - ``pipeline()`` batches commands per node but has no MULTI/EXEC
   (``transaction=True`` raises): what must be atomic is a script.
 - PUBLISH on any node reaches subscribers on every node, so pub/sub needs no
-  cluster client: :func:`pubsub_client` is a plain connection to the first node.
+  cluster client: :func:`cluster_pubsub` is a plain connection to one node.
 - After a failover the client re-reads the slot map on MOVED and on connection
   errors (``cluster_error_retry_attempts``).
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import redis.asyncio as redis_asyncio
@@ -32,7 +33,27 @@ def redis_client(url: str, *, cluster: bool, **options: Any) -> Any:
     return RedisCluster.from_url(url, **options)
 
 
-def pubsub_client(url: str, **options: Any) -> Any:
-    """A plain client of the node at ``url``, for SUBSCRIBE/PUBLISH (in a cluster,
-    a message published on any node is delivered to subscribers of every node)."""
-    return redis_asyncio.Redis.from_url(url, **options)
+def cluster_pubsub(client: Any) -> Any:
+    """A PubSub on one node of ``client``'s cluster, picked at random among those it
+    knows (redis-py 5.3's asyncio ``RedisCluster`` has no ``pubsub()``). In a cluster
+    a message published on any node reaches subscribers on every node; when the node
+    goes away the caller's reconnect asks again, and gets another node."""
+    nodes = client.get_nodes() or client.get_primaries()
+    node = random.choice(nodes)
+    connection = redis_asyncio.Redis(host=node.host, port=node.port, socket_connect_timeout=2)
+    return _OwningPubSub(connection)
+
+
+class _OwningPubSub:
+    """A PubSub that closes its own client with it."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._pubsub = connection.pubsub(ignore_subscribe_messages=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pubsub, name)
+
+    async def aclose(self) -> None:
+        await self._pubsub.aclose()
+        await self._connection.aclose()

@@ -53,11 +53,15 @@ def backing() -> Iterator[Backing]:
     admin_url = os.environ.get("DATABASE_URL") or None
     cluster = os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes", "on")
     shards = int(os.environ.get("REDIS_SHARDS") or (3 if cluster else 1))
+    arq_url = os.environ.get("ARQ_REDIS_URL", "")
     try:
         if redis_url is None and cluster:
             embedded_cluster = EmbeddedCluster(root / "redis-cluster", masters=3)
             redis_url = embedded_cluster.start()
             stops.append(embedded_cluster.stop)
+            arq_redis = EmbeddedRedis(root / "arq-redis")  # arq speaks to one node only
+            arq_url = arq_redis.start()
+            stops.append(arq_redis.stop)
         elif redis_url is None:
             embedded_redis = EmbeddedRedis(root / "redis")
             redis_url = embedded_redis.start()
@@ -77,7 +81,7 @@ def backing() -> Iterator[Backing]:
                       admin_database_url=admin_url, key_prefix=fresh_name("sbtest"),
                       jwt_keys_dir=keys_dir / "jwt",
                       action_keys_file=keys_dir / "action-token-keys",
-                      redis_cluster=cluster, redis_shards=shards)
+                      redis_cluster=cluster, redis_shards=shards, arq_redis_url=arq_url)
     finally:
         for stop in reversed(stops):
             stop()

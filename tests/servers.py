@@ -50,6 +50,7 @@ class Backing:
     # A Redis Cluster (``make test-cluster``): ``redis_url`` is one of its nodes.
     redis_cluster: bool = False
     redis_shards: int = 1
+    arq_redis_url: str = ""  # arq's plain Redis beside a cluster ("": redis_url)
 
     @property
     def keys(self) -> Keys:
@@ -69,7 +70,7 @@ class Backing:
         """Environment for a process of the system under test."""
         env = {**os.environ, "REDIS_URL": self.redis_url, "DATABASE_URL": self.database_url,
                "REDIS_CLUSTER": "1" if self.redis_cluster else "0",
-               "REDIS_SHARDS": str(self.redis_shards),
+               "REDIS_SHARDS": str(self.redis_shards), "ARQ_REDIS_URL": self.arq_redis_url,
                "KEY_PREFIX": self.key_prefix, "JWT_KEYS_DIR": str(self.jwt_keys_dir),
                "ACTION_KEYS_FILE": str(self.action_keys_file),
                # Cheap hashes keep registration fast in tests; production keeps the default.

@@ -80,16 +80,35 @@ class ReadBatch:
     parsed: ParsedBatch
 
 
+def _inside_redis_connection(exc: BaseException) -> bool:
+    """The exception was raised in redis-py's asyncio connection code."""
+    traceback, last = exc.__traceback__, None
+    while traceback is not None:
+        last, traceback = traceback.tb_frame.f_code.co_filename, traceback.tb_next
+    return last is not None and last.replace("\\", "/").endswith("redis/asyncio/connection.py")
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True when retrying the same batch later can succeed (the server, not the data)."""
+    """True when retrying the same batch later can succeed (the server, not the data).
+
+    On a cluster, redis-py 5.3's asyncio ``RedisCluster`` answers a connection error
+    of one command by closing every connection of the client (to re-read the slot
+    map), so a command of another task in flight on one of them fails with an
+    ``AttributeError`` (its writer or reader gone) from the connection code: that
+    too is the server's moment, not the data, and is retried."""
     if isinstance(exc, asyncpg.DataError):  # client-side encoding: the data is bad
         return False
+    if isinstance(exc, (AttributeError, TypeError)) and _inside_redis_connection(exc):
+        return True
     return isinstance(exc, (
         OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
         asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
         asyncpg.TooManyConnectionsError, asyncpg.DeadlockDetectedError,
         asyncpg.SerializationError, asyncpg.AdminShutdownError,
-        redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
+        redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+        # a cluster's slot without a master for a moment (a failover under way)
+        redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+        redis.exceptions.SlotNotCoveredError))
 
 
 class StreamConsumer:
