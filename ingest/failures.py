@@ -12,6 +12,7 @@ import asyncpg
 import redis.exceptions
 
 from scoreboard.errors import RequestError
+from scoreboard.redis_clients import closed_under_a_command
 
 logger = logging.getLogger("ingest.app")
 
@@ -49,6 +50,6 @@ def answer_for(exc: BaseException, path: str) -> RequestError | None:
         return exc
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         return redis_full(path)
-    if isinstance(exc, UNAVAILABLE):
+    if isinstance(exc, UNAVAILABLE) or closed_under_a_command(exc):
         return dependency_down(path, exc)
     return None

@@ -33,6 +33,23 @@ def redis_client(url: str, *, cluster: bool, **options: Any) -> Any:
     return RedisCluster.from_url(url, **options)
 
 
+def closed_under_a_command(exc: BaseException) -> bool:
+    """True for the failure of a command whose connection was closed under it.
+
+    redis-py 5.3's asyncio ``RedisCluster`` answers a connection error of one
+    command by closing every connection of the client (to re-read the slot map
+    after a failover); a command of another task in flight on one of them then
+    fails with an ``AttributeError`` or ``TypeError`` (its writer or reader gone)
+    raised in the connection code. That is the server's moment, like a
+    ConnectionError: ingest answers 503, the worker retries."""
+    if not isinstance(exc, (AttributeError, TypeError)):
+        return False
+    traceback, last = exc.__traceback__, None
+    while traceback is not None:
+        last, traceback = traceback.tb_frame.f_code.co_filename, traceback.tb_next
+    return last is not None and last.replace("\\", "/").endswith("redis/asyncio/connection.py")
+
+
 def cluster_pubsub(client: Any) -> Any:
     """A PubSub on one node of ``client``'s cluster, picked at random among those it
     knows (redis-py 5.3's asyncio ``RedisCluster`` has no ``pubsub()``). In a cluster

@@ -42,6 +42,7 @@ from scoreboard.board_defs import DefinitionCache
 from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
+from scoreboard.redis_clients import closed_under_a_command
 from scoreboard.stream_entry import StreamEntry
 from scoreboard.tracing import Tracing, client_span, inner_span
 from workers.batching import ParsedBatch, backoff_s, parse_batch
@@ -80,25 +81,14 @@ class ReadBatch:
     parsed: ParsedBatch
 
 
-def _inside_redis_connection(exc: BaseException) -> bool:
-    """The exception was raised in redis-py's asyncio connection code."""
-    traceback, last = exc.__traceback__, None
-    while traceback is not None:
-        last, traceback = traceback.tb_frame.f_code.co_filename, traceback.tb_next
-    return last is not None and last.replace("\\", "/").endswith("redis/asyncio/connection.py")
-
-
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same batch later can succeed (the server, not the data).
 
-    On a cluster, redis-py 5.3's asyncio ``RedisCluster`` answers a connection error
-    of one command by closing every connection of the client (to re-read the slot
-    map), so a command of another task in flight on one of them fails with an
-    ``AttributeError`` (its writer or reader gone) from the connection code: that
-    too is the server's moment, not the data, and is retried."""
+    On a cluster, a command whose connection the client closed under it
+    (scoreboard.redis_clients.closed_under_a_command) is retried too."""
     if isinstance(exc, asyncpg.DataError):  # client-side encoding: the data is bad
         return False
-    if isinstance(exc, (AttributeError, TypeError)) and _inside_redis_connection(exc):
+    if closed_under_a_command(exc):
         return True
     return isinstance(exc, (
         OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
