@@ -250,7 +250,8 @@ async def batch(request: HotRequest) -> Answer:
     state.backlog.check()
     with client_span(state.tracing, "batch.lua", **{"db.system": "redis"}) as traceparent:
         reply = await sharded_calls.batch(
-            state.scripts, keys, backend_id=claims.sub, jti=claims.jti, address=request.address,
+            state.scripts, state.redis, keys, backend_id=claims.sub, jti=claims.jti,
+            address=request.address,
             request_id=request.request_id, rate=settings.backend_rate,
             dedup_ttl_ms=settings.dedup_ttl_s * 1000, traceparent=traceparent,
             items=increments)

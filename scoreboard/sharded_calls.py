@@ -12,8 +12,9 @@ made in steps, each one script in one slot:
   flight at the same moment may both pass its limit's last unit (the check and
   the charge are two calls), so the per-address limit can be passed by the
   requests in flight at once from that address.
-- a game backend's batch: the backend's checks, read-only
-  (``lua/backend_gate.lua``, against the batch's size), then one ``lua/batch.lua``
+- a game backend's batch: how many of its event ids are new (read in the players'
+  slots), the backend's checks, read-only (``lua/backend_gate.lua``, its limit
+  against that count), then one ``lua/batch.lua``
   per player shard with that shard's items (each part atomic), then the
   backend's limit charged with the increments accepted. If a part fails (its
   node unreachable: a 503 to the client), the parts before it are in; the
@@ -82,13 +83,29 @@ def items_by_shard(keys: Keys, items: Sequence[BatchItem]) -> dict[int, list[Bat
     return dict(sorted(parts.items()))
 
 
-async def batch(scripts: Scripts, keys: Keys, *, backend_id: str, jti: str, rate: Rate,
-                items: Sequence[BatchItem], **common: Any) -> BatchReply:
+async def new_increments(client: Any, keys: Keys, backend_id: str,
+                         items: Sequence[BatchItem]) -> int:
+    """How many of the batch's event ids are new (no marker yet, first in the batch):
+    what the backend's limit is checked against, as on a single node, where
+    duplicates cost nothing. One pipeline of EXISTS, each in its player's slot."""
+    source = f"backend:{backend_id}"
+    distinct = list(dict.fromkeys(item.event_id for item in items))
+    shard_of = {item.event_id: keys.shard_of(item.user_id) for item in items}
+    async with client.pipeline(transaction=False) as pipe:
+        for event_id in distinct:
+            pipe.exists(keys.shard(shard_of[event_id]).event(event_id, source))
+        known = await pipe.execute()
+    return sum(1 for found in known if not int(found))
+
+
+async def batch(scripts: Scripts, client: Any, keys: Keys, *, backend_id: str, jti: str,
+                rate: Rate, items: Sequence[BatchItem], **common: Any) -> BatchReply:
     if not keys.sharded:
         return await scripts.batch(keys, backend_id=backend_id, jti=jti, rate=rate,
                                    items=items, **common)
+    cost = await new_increments(client, keys, backend_id, items)
     gate = await scripts.backend_gate(keys, backend_id=backend_id, jti=jti, rate=rate,
-                                      cost=len(items))
+                                      cost=cost)
     if gate.reason != "ok":
         return BatchReply(gate.reason, gate.retry_after_ms, 0, 0, [])
     accepted, duplicates, refused = 0, 0, []

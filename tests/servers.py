@@ -127,6 +127,14 @@ def board_totals(client: SyncRedis, keys: Keys, board: str) -> dict[str, int]:
     return totals_by_user(client.zrange(keys.board(board), 0, -1, withscores=True))
 
 
+def stream_entries(client: SyncRedis, keys: Keys) -> list[tuple[str, dict[str, str]]]:
+    """Every entry of the increment streams (each shard's, in shard order)."""
+    entries: list[tuple[str, dict[str, str]]] = []
+    for stream in keys.streams:
+        entries += client.xrange(stream)
+    return entries
+
+
 def user_total(client: SyncRedis, keys: Keys, board: str, user_id: str) -> int | None:
     return board_totals(client, keys, board).get(user_id)
 

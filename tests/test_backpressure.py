@@ -15,7 +15,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import redis
 import redis.asyncio as redis_asyncio
 
 from ingest.backlog import COUNT_CAP, count_without_lag, measure_backlog
@@ -245,7 +244,7 @@ def test_a_flood_stays_bounded_and_every_accepted_increment_lands_once(
                     assert time.monotonic() < deadline + 60, "writes never resumed"
                     time.sleep(0.05)
                 flood.stop()
-                wait_caught_up(redis.Redis.from_url(backing.redis_url), keys)
+                wait_caught_up(backing.sync_redis(), keys)
         finally:
             flood.stop()
 
@@ -284,7 +283,7 @@ def test_past_the_count_cap_acknowledged_entries_are_not_counted_as_backlog(
     entries pass the count cap, the measure trims what the group acknowledged
     before reading XLEN; it used to count a minute of acknowledged entries in."""
     stream = Keys(fresh_name("bpcap")).stream
-    client: Any = redis.Redis.from_url(backing.redis_url, decode_responses=True)
+    client: Any = backing.sync_redis(decode_responses=True)
 
     def add(count: int) -> None:
         with client.pipeline(transaction=False) as pipe:
@@ -293,7 +292,7 @@ def test_past_the_count_cap_acknowledged_entries_are_not_counted_as_backlog(
             pipe.execute()
 
     async def measure() -> int:
-        async_client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        async_client = backing.async_redis(decode_responses=True)
         try:
             group = next(g for g in await async_client.xinfo_groups(stream)
                          if g["name"] == "persisters")

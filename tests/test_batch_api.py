@@ -11,7 +11,7 @@ import redis
 from scoreboard.accounts import create_backend_account
 from scoreboard.keys import Keys
 from tests.conftest import Api, Player, new_address
-from tests.servers import Backing, create_board, fresh_name, ingest_server
+from tests.servers import Backing, create_board, fresh_name, ingest_server, stream_entries
 
 BATCH = "/api/scores/batch"
 
@@ -34,7 +34,7 @@ def entries_by_event(redis_client: redis.Redis, keys: Keys,
     """The stream entries carrying one of ``event_ids``, grouped by event id."""
     found: dict[str, list[dict[str, str]]] = {event_id: [] for event_id in event_ids}
     # redis-py types a sync client's replies as "Awaitable | Any".
-    stream = cast(list[tuple[str, dict[str, str]]], redis_client.xrange(keys.stream))
+    stream = cast(list[tuple[str, dict[str, str]]], stream_entries(redis_client, keys))
     for _, fields in stream:
         if fields["event_id"] in found:
             found[fields["event_id"]].append(fields)

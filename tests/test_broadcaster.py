@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import redis.asyncio as redis_asyncio
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Origin
@@ -42,7 +41,7 @@ class Writer:
     revision, publish the notice), without Postgres: fast enough for bursts."""
 
     def __init__(self, backing: Backing, keys: Keys) -> None:
-        self.client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        self.client = backing.async_redis(decode_responses=True)
         self.scripts = register_scripts(self.client)
         self.keys = keys
         self.versions: dict[tuple[str, str], int] = {}

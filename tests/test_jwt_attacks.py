@@ -37,7 +37,7 @@ from scoreboard.keys import Keys
 from scoreboard.settings import Settings, load_settings
 from scoreboard.signing_keys import load_jwt_keys
 from tests.conftest import Api, Player
-from tests.servers import Backing
+from tests.servers import Backing, stream_entries
 
 ENDPOINTS = ["/api/actions/token", "/api/scores/increment"]
 
@@ -245,6 +245,6 @@ def test_correctly_signed_token_for_a_new_subject_is_accepted(
     assert response.status_code == 202, response.text
     assert stream_length() == before + 1
     event_id = response.json()["event_id"]
-    stream: Any = redis_client.xrange(keys.stream)
+    stream: Any = stream_entries(redis_client, keys)
     entry = next(fields for _, fields in stream if fields["event_id"] == event_id)
     assert (entry["user_id"], entry["username"], entry["points"]) == (new_sub, "crafted", "1")

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis.asyncio as redis_asyncio
 
 from scoreboard.db import create_pool
 from scoreboard.embedded import free_port
@@ -78,7 +77,7 @@ def test_my_rank_and_around(api: Api, backing: Backing, keys: Keys, player: Play
 
 def shadow_ban(backing: Backing, keys: Keys, user_id: str) -> None:
     async def run() -> None:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         pool = await create_pool(backing.database_url, max_size=2)
         try:
             await Moderation(redis=client, pool=pool, scripts=register_scripts(client),

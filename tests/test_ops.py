@@ -18,8 +18,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import redis
-import redis.asyncio as redis_asyncio
 from prometheus_client import REGISTRY
 from websockets.sync.client import connect as ws_connect
 
@@ -45,6 +43,7 @@ from tests.servers import (
     create_board,
     fresh_name,
     stop_process,
+    stream_entries,
     wait_until_ready,
 )
 from tests.worker_support import worker_process
@@ -154,7 +153,7 @@ def test_lag_counts_undelivered_entries_on_redis_6_and_7(backing: Backing) -> No
     cap; on Redis 7 it also agrees with XINFO GROUPS ``lag``."""
 
     async def scenario() -> None:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         pool = await create_pool(backing.database_url, max_size=2)
         keys = Keys(fresh_name("sblag"))
         try:
@@ -237,9 +236,9 @@ def test_request_id_travels_from_ingest_logs_to_the_entry_and_worker_logs(
     assert all("request_id" in line for line in access)
 
     # The stream entry carries it; the worker persists it with the action.
-    client: Any = redis.Redis.from_url(backing.redis_url, decode_responses=True)
+    client: Any = backing.sync_redis(decode_responses=True)
     try:
-        entries = client.xrange(keys.stream)
+        entries = stream_entries(client, keys)
         assert [fields["request_id"] for _, fields in entries] == ["trace-0001", generated_id]
         # An entry the worker cannot use is dead-lettered, and its error line
         # names the request it came from.

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 import websockets.exceptions
 import yaml
 from websockets.sync.client import connect as ws_connect
@@ -209,7 +208,7 @@ def test_alerts_and_dashboard_evaluate_against_scraped_series(backing: Backing,
             ingest_server(redisless, ready_path="/healthz") as broken_ingest:
         assert httpx.get(broken_ingest + "/readyz", timeout=10).status_code == 503
         keys = Keys(urls["key_prefix"])
-        client: Any = redis.Redis.from_url(backing.redis_url, decode_responses=True)
+        client: Any = backing.sync_redis(decode_responses=True)
         api = Api(urls["ingest"])
         ws_url = urls["broadcaster"].replace("http", "ws") + "/ws?board=global"
         try:

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as redis_asyncio
 from redis.crc import key_slot
 
 from scoreboard.keys import Keys
@@ -107,7 +106,7 @@ def test_each_wrapper_sends_what_its_script_reads(name: str, backing: Backing) -
     keys = Keys(fresh_name("calls"))
 
     async def scenario() -> tuple[Recording, Any]:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         try:
             wrapper: TypedScript = getattr(register_scripts(client), name)
             recording = Recording(wrapper.script)
@@ -133,7 +132,7 @@ def test_each_sharded_call_sends_what_its_script_reads_in_one_slot(
     keys = Keys(fresh_name("calls"), shards=3)
 
     async def scenario() -> Recording:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         try:
             wrapper: TypedScript = getattr(register_scripts(client), script)
             recording = Recording(wrapper.script)
@@ -153,7 +152,7 @@ def test_the_increment_reply_is_read_by_position_only_in_its_wrapper(backing: Ba
     keys = Keys(fresh_name("calls"))
 
     async def scenario() -> list[IncrementReply]:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         try:
             await client.set(keys.action_token("n1"), "u1")
             increment = register_scripts(client).increment

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import redis.asyncio as redis_asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 
@@ -20,7 +19,7 @@ ECHO = "return {KEYS[1], ARGV[1], tonumber(ARGV[2]) * 2}"
 
 def run(backing: Backing, scenario: Any, max_calls: int = 4) -> Any:
     async def main() -> Any:
-        client = redis_asyncio.Redis.from_url(backing.redis_url)
+        client = backing.async_redis()
         batcher = ScriptBatcher(client, max_calls=max_calls)
         try:
             return await scenario(client, batcher)

@@ -40,6 +40,12 @@ def test_a_players_keys_share_its_shards_slot() -> None:
     assert keys.at_address("192.0.2.1").ip_rate("increment", "192.0.2.1") == \
         "{sb:a:192.0.2.1}:rate:increment:ip:192.0.2.1"
     assert keys.board("global") == "{sb}:board:global"  # boards keep the deployment's tag
+    # Names of a user or an address route themselves; on a view they keep its tag.
+    assert keys.banned("u1") == player.banned("u1")
+    assert keys.ip_rate("auth", "192.0.2.1") == keys.at_address("192.0.2.1").ip_rate(
+        "auth", "192.0.2.1")
+    other = keys.shard((keys.shard_of("u1") + 1) % 3)
+    assert other.banned("u1").startswith(other.tag)
 
 
 def test_the_shard_of_a_player_is_stable_and_spread() -> None:
