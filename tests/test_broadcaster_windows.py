@@ -1,10 +1,11 @@
 """Spectators of a window (real broadcaster, real Redis): subscribe and SSE name a
 window and get its current period; at the period's end they move to the next one,
-which starts empty."""
+which starts empty. The rank feed works on a window's current period too."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from scoreboard.settings import load_settings
 from scoreboard.windows import scope
 from tests.servers import Backing, broadcaster_server, fresh_name
 from tests.test_broadcaster import Writer, next_snapshot, scores, ws_url
+from tests.test_watch_feed import neighbour, next_message, of_type, send, sse_events
 from tests.window_support import make_board
 
 
@@ -169,3 +171,52 @@ def test_a_season_ends_while_watched_and_the_next_one_starts_empty(
             await writer.close()
 
     asyncio.run(scenario())
+
+
+def test_the_rank_feed_watches_a_player_on_a_windows_current_period(
+        broadcaster_url: str, backing: Backing, keys: Keys) -> None:
+    """Watching on ``?window=weekly`` reads the week's standings (the period's scope,
+    ``board/weekly/<period>``), not all_time's; every rank, overtaken and unwatched
+    message names the board, window and period as snapshots do."""
+    board = fresh_name("arena")
+    made = make_board(backing, board, windows=("all_time", "weekly"))
+    week = made.spec.period_at("weekly", datetime.now(UTC))
+    assert week is not None
+    period, where = week.period, {"board": board, "window": "weekly", "period": week.period}
+    period_scope = scope(board, "weekly", period)
+
+    async def scenario() -> None:
+        writer = Writer(backing, keys)
+        try:
+            for user_id, score in (("ann", 500), ("bob", 900)):  # all_time: bob leads
+                await writer.set(board, user_id, score)
+            for user_id, score in (("ann", 30), ("bob", 20), ("cyd", 10)):  # this week
+                await writer.set(period_scope, user_id, score)
+            async with connect(ws_url(broadcaster_url, board) + "&window=weekly") as ws:
+                assert (await next_snapshot(ws))["period"] == period
+                await send(ws, type="watch", user_id="bob")
+                first = await next_message(ws, of_type("rank"))
+                assert {k: first.get(k) for k in (*where, "user_id", "rank", "score", "above",
+                                                  "below")} == {
+                    **where, "user_id": "bob", "rank": 2, "score": 20,
+                    "above": neighbour(1, "ann", 30), "below": neighbour(3, "cyd", 10)}
+                await writer.set(period_scope, "cyd", 25)  # cyd passes bob this week
+                passed = await next_message(ws, of_type("rank", rank=3))
+                assert passed["above"] == neighbour(2, "cyd", 25)
+                assert {k: passed.get(k) for k in where} == where
+                overtaken = await next_message(ws, lambda m: m["type"] != "snapshot")
+                assert overtaken["type"] == "overtaken"
+                assert overtaken["by"] == neighbour(2, "cyd", 25)
+                assert {k: overtaken.get(k) for k in where} == where
+                await send(ws, type="unwatch", user_id="bob")
+                unwatched = await next_message(ws, of_type("unwatched"))
+                assert {k: unwatched.get(k) for k in where} == {**where}
+        finally:
+            await writer.close()
+
+    asyncio.run(scenario())
+    started = threading.Event()
+    events = sse_events(broadcaster_url, f"/sse?board={board}&window=weekly&watch=bob", 1,
+                        started, 1)
+    assert [kind for kind, _ in events] == ["rank"]
+    assert {k: events[0][1].get(k) for k in (*where, "rank")} == {**where, "rank": 3}
