@@ -220,3 +220,44 @@ def test_the_rank_feed_watches_a_player_on_a_windows_current_period(
                         started, 1)
     assert [kind for kind, _ in events] == ["rank"]
     assert {k: events[0][1].get(k) for k in (*where, "rank")} == {**where, "rank": 3}
+
+
+def test_watched_players_move_to_the_next_period_with_their_spectators(
+        broadcaster_url: str, backing: Backing, keys: Keys) -> None:
+    """A season that ends a few seconds after the watchers connect: on the WebSocket
+    and on SSE, the watched player's next rank message is their standing in the
+    next season, without asking again."""
+    board = fresh_name("seasonwatch")
+    now = datetime.now(UTC).replace(microsecond=0)
+    switch = now + timedelta(seconds=4)
+
+    def iso(moment: datetime) -> str:
+        return moment.isoformat().replace("+00:00", "Z")
+
+    make_board(backing, board, seasons=(f"s1={iso(now - timedelta(hours=1))}/{iso(switch)}",
+                                        f"s2={iso(switch)}/{iso(now + timedelta(hours=1))}"))
+    started = threading.Event()
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
+        writer = Writer(backing, keys)
+        try:
+            await writer.set(scope(board, "season", "s1"), "bob", 3)
+            await writer.set(scope(board, "season", "s2"), "ann", 9)  # s2 begins with these
+            await writer.set(scope(board, "season", "s2"), "bob", 4)
+            sse = asyncio.create_task(asyncio.to_thread(
+                sse_events, broadcaster_url, f"/sse?board={board}&window=season&watch=bob", 2,
+                started, 1))
+            async with connect(ws_url(broadcaster_url, board) + "&window=season") as ws:
+                await send(ws, type="watch", user_id="bob")
+                ranks = [await next_message(ws, of_type("rank"))]
+                ranks.append(await next_message(ws, of_type("rank", period="s2"),
+                                                timeout_s=30))
+            return ranks, await asyncio.wait_for(sse, 30)
+        finally:
+            await writer.close()
+
+    ranks, events = asyncio.run(scenario())
+    for standings in (ranks, [data for _, data in events]):
+        assert [(m["period"], m["rank"], m["score"]) for m in standings] == [
+            ("s1", 1, 3), ("s2", 2, 4)]
+        assert standings[1]["above"] == neighbour(1, "ann", 9)
