@@ -140,11 +140,9 @@ def test_at_the_end_of_a_period_spectators_move_to_the_next_one_empty(
     asyncio.run(scenario())
 
 
-def test_a_season_ends_while_watched_and_the_next_one_starts_empty(
-        broadcaster_url: str, backing: Backing, keys: Keys) -> None:
-    """End to end: a season that ends a few seconds after the spectator connects;
-    the broadcaster moves it to the next season (empty) by itself."""
-    board = fresh_name("seasons")
+def seasons_switching_soon(backing: Backing, board: str) -> str:
+    """``board`` with season s1 ending 4 s from now and s2 starting then: a
+    period's end that a test can wait for."""
     now = datetime.now(UTC).replace(microsecond=0)
     switch = now + timedelta(seconds=4)
 
@@ -153,6 +151,14 @@ def test_a_season_ends_while_watched_and_the_next_one_starts_empty(
 
     make_board(backing, board, seasons=(f"s1={iso(now - timedelta(hours=1))}/{iso(switch)}",
                                         f"s2={iso(switch)}/{iso(now + timedelta(hours=1))}"))
+    return board
+
+
+def test_a_season_ends_while_watched_and_the_next_one_starts_empty(
+        broadcaster_url: str, backing: Backing, keys: Keys) -> None:
+    """End to end: a season that ends a few seconds after the spectator connects;
+    the broadcaster moves it to the next season (empty) by itself."""
+    board = seasons_switching_soon(backing, fresh_name("seasons"))
 
     async def scenario() -> None:
         writer = Writer(backing, keys)
@@ -227,15 +233,7 @@ def test_watched_players_move_to_the_next_period_with_their_spectators(
     """A season that ends a few seconds after the watchers connect: on the WebSocket
     and on SSE, the watched player's next rank message is their standing in the
     next season, without asking again."""
-    board = fresh_name("seasonwatch")
-    now = datetime.now(UTC).replace(microsecond=0)
-    switch = now + timedelta(seconds=4)
-
-    def iso(moment: datetime) -> str:
-        return moment.isoformat().replace("+00:00", "Z")
-
-    make_board(backing, board, seasons=(f"s1={iso(now - timedelta(hours=1))}/{iso(switch)}",
-                                        f"s2={iso(switch)}/{iso(now + timedelta(hours=1))}"))
+    board = seasons_switching_soon(backing, fresh_name("seasonwatch"))
     started = threading.Event()
 
     async def scenario() -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
