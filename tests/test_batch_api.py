@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import redis
@@ -33,8 +33,7 @@ def entries_by_event(redis_client: redis.Redis, keys: Keys,
                      event_ids: set[str]) -> dict[str, list[dict[str, str]]]:
     """The stream entries carrying one of ``event_ids``, grouped by event id."""
     found: dict[str, list[dict[str, str]]] = {event_id: [] for event_id in event_ids}
-    # redis-py types a sync client's replies as "Awaitable | Any".
-    stream = cast(list[tuple[str, dict[str, str]]], stream_entries(redis_client, keys))
+    stream = stream_entries(redis_client, keys)
     for _, fields in stream:
         if fields["event_id"] in found:
             found[fields["event_id"]].append(fields)
