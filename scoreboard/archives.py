@@ -76,7 +76,8 @@ async def _archive(redis: Any, pool: Any, keys: Keys, board: str, period: Period
     name = scope(board, period.window, period.period)
     await pool.execute(RECORD, name, board, period.window, period.period, period.starts_at,
                        period.ends_at, timeout=10)
-    async with redis.pipeline(transaction=True) as pipe:
+    # (no MULTI on a cluster: there one pipeline, not atomic; a retry repeats it)
+    async with redis.pipeline(transaction=not keys.cluster) as pipe:
         for key in (keys.board(name), keys.board_entries(name), keys.board_revision(name)):
             pipe.expire(key, key_ttl_s)
         pipe.srem(keys.boards, name)

@@ -20,6 +20,7 @@ from typing import Any
 
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
+from scoreboard.redis_clients import publish
 
 PAGE_SIZE = 5_000
 
@@ -172,8 +173,8 @@ async def rebuild_board(redis: Any, pool: Any, scripts: Scripts, keys: Keys, boa
                     await pipe.execute()
             members += len(rows)
             after = rows[-1]["user_id"]
-        # (a cluster has no MULTI: there the two renames, the revision and the
-        # notice are sent in one pipeline, not atomically; all keys are the board's)
+        # (a cluster has no MULTI and cannot pipeline PUBLISH: there the renames and
+        # the revision are one pipeline, not atomic, and the notice follows)
         async with redis.pipeline(transaction=not keys.cluster) as pipe:
             if members:
                 pipe.rename(staging_board, keys.board(board))
@@ -181,8 +182,11 @@ async def rebuild_board(redis: Any, pool: Any, scripts: Scripts, keys: Keys, boa
             else:
                 pipe.delete(keys.board(board), keys.board_entries(board))
             pipe.incr(keys.board_revision(board))
-            pipe.publish(keys.board_changes, board)
+            if not keys.cluster:
+                pipe.publish(keys.board_changes, board)
             await pipe.execute()
+        if keys.cluster:
+            await publish(redis, keys.board_changes, board)
     finally:
         await redis.delete(staging_board, staging_entries)
     await reconcile_board(redis, pool, scripts, keys, board)

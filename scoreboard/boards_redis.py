@@ -38,7 +38,9 @@ class RedisBoards:
 
     async def position_after(self, board: str, total: int, member: str) -> int:
         key, score = self.keys.board(board), zset_score(total)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        # (no MULTI on a cluster: the four reads may straddle a write there, which
+        # the search below tolerates as it does an entry that moved)
+        async with self.redis.pipeline(transaction=not self.keys.cluster) as pipe:
             pipe.zrank(key, member)
             pipe.zscore(key, member)
             pipe.zcount(key, "-inf", f"({score}")

@@ -23,6 +23,7 @@ from scoreboard.keys import Keys
 from scoreboard.ladder import insert_restriction
 from scoreboard.lua import Scripts
 from scoreboard.metrics import count_fraud_event
+from scoreboard.redis_clients import publish
 from scoreboard.window_moderation import correct_scopes
 
 KINDS = ("flagged", "banned", "shadow_banned")
@@ -107,7 +108,12 @@ class Moderation:
         return len(lifted)
 
     async def _announce(self, boards: list[str]) -> None:
-        async with self.redis.pipeline(transaction=not self.keys.cluster) as pipe:
+        if self.keys.cluster:  # no MULTI there, and PUBLISH cannot be pipelined
+            for board in boards:
+                await self.redis.incr(self.keys.board_revision(board))
+                await publish(self.redis, self.keys.board_changes, board)
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
             for board in boards:
                 pipe.incr(self.keys.board_revision(board))
                 pipe.publish(self.keys.board_changes, board)

@@ -33,6 +33,13 @@ def redis_client(url: str, *, cluster: bool, **options: Any) -> Any:
     return RedisCluster.from_url(url, **options)
 
 
+async def publish(client: Any, channel: str, message: str) -> Any:
+    """PUBLISH through either client (redis-py 5.3's asyncio ``RedisCluster`` has no
+    ``publish()``; the command itself goes to one node and reaches every node's
+    subscribers)."""
+    return await client.execute_command("PUBLISH", channel, message)
+
+
 def closed_under_a_command(exc: BaseException) -> bool:
     """True for the failure of a command whose connection was closed under it.
 

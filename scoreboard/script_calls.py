@@ -343,6 +343,8 @@ class SetTotalsScript(TypedScript):
         """The number of entries changed; on a pipeline (``client``) awaiting only
         queues the call. ``hidden`` (sharded: one per total, read in the players'
         slots) replaces the users' banned keys."""
+        if keys.sharded and hidden is None:
+            raise ValueError("sharded: the users' bans are in other slots; pass hidden")
         script_keys = [board_key or keys.board(board), entries_key or keys.board_entries(board)]
         args: list[Any] = []
         for index, total in enumerate(totals):
@@ -368,6 +370,8 @@ class ApplyBatchScript(TypedScript):
         users' banned keys, and nothing is acknowledged (``ack_ids`` must be empty;
         the caller XACKs in the stream's slot). Returns the number of board
         entries changed."""
+        if keys.sharded and hidden is None:
+            raise ValueError("sharded: the users' bans are in other slots; pass hidden")
         boards = sorted({t.board for t in totals})
         index = {board: i for i, board in enumerate(boards)}
         stream = keys.usernames if hidden is not None else keys.stream

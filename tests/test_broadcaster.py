@@ -380,7 +380,7 @@ def test_a_lost_notice_is_caught_by_the_revision_poll(broadcaster_url: str, back
                 # change the board as a worker would, but without publishing the notice
                 await writer.scripts.set_totals(keys, board=board, totals=[BoardTotal(
                     board=board, user_id="ann", score=7, reached_at=datetime.now(UTC),
-                    version=99, username="ann")])
+                    version=99, username="ann")], hidden=[False] if keys.sharded else None)
                 await writer.client.incr(keys.board_revision(board))
                 started = time.monotonic()
                 snapshot = await snapshot_where(ws, lambda s: scores(s) == {"ann": 7}, 5)
