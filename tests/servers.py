@@ -135,6 +135,11 @@ def stream_entries(client: SyncRedis, keys: Keys) -> list[tuple[str, dict[str, s
     return entries
 
 
+def stream_total(client: SyncRedis, keys: Keys) -> int:
+    """Entries in the increment streams (every shard's)."""
+    return sum(int(client.xlen(stream)) for stream in keys.streams)
+
+
 def user_total(client: SyncRedis, keys: Keys, board: str, user_id: str) -> int | None:
     return board_totals(client, keys, board).get(user_id)
 

@@ -15,7 +15,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import redis.asyncio as redis_asyncio
 
 from ingest.backlog import COUNT_CAP, count_without_lag, measure_backlog
 from scoreboard.keys import Keys
@@ -168,17 +167,18 @@ class Flood:
 class BacklogSampler:
     """``measure_backlog`` (ingest's own measure) as often as it answers, in a thread."""
 
-    def __init__(self, redis_url: str, keys: Keys) -> None:
-        self.redis_url, self.keys = redis_url, keys
+    def __init__(self, backing: Backing, keys: Keys) -> None:
+        self.backing, self.keys = backing, keys
         self.samples: list[int] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self.sample()))
 
     async def sample(self) -> None:
-        client = redis_asyncio.Redis.from_url(self.redis_url)
+        client = self.backing.async_redis()
         try:
             while not self.stopping.is_set():
-                self.samples.append(await measure_backlog(client, self.keys.stream, "persisters"))
+                self.samples.append(sum([await measure_backlog(client, stream, "persisters")
+                                         for stream in self.keys.streams]))
                 await asyncio.sleep(0.01)
         finally:
             await client.aclose()
@@ -230,7 +230,7 @@ def test_a_flood_stays_bounded_and_every_accepted_increment_lands_once(
                       CONSUMER_NAME="bpf-worker")
     keys = Keys(prefix)
     users = [fresh_name("fu") for _ in range(40)]
-    with ingest_server(env) as url, BacklogSampler(backing.redis_url, keys) as sampler:
+    with ingest_server(env) as url, BacklogSampler(backing, keys) as sampler:
         flood = Flood(url, backend, users)
         flood.start()
         try:
