@@ -47,7 +47,7 @@ from scoreboard.jwt_tokens import JWTAuthority
 from scoreboard.logs import configure_logging
 from scoreboard.lua import register_scripts
 from scoreboard.metrics import forget_this_process, sample_pool_forever
-from scoreboard.redis_clients import closed_under_a_command, redis_client
+from scoreboard.redis_clients import cluster_unsettled, redis_client
 from scoreboard.settings import Settings, load_settings
 from scoreboard.signing_keys import load_action_keys, load_jwt_keys
 from scoreboard.tracing import setup_tracing
@@ -88,7 +88,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """An unexpected failure: the envelope, nothing more (the traceback is logged)."""
-    if closed_under_a_command(exc):  # a cluster's connections closed under the command
+    if cluster_unsettled(exc):  # a cluster's connections closed under the command
         return error_response(dependency_down(request.url.path, exc))
     return error_response(INTERNAL_ERROR)
 

@@ -12,7 +12,7 @@ import asyncpg
 import redis.exceptions
 
 from scoreboard.errors import RequestError
-from scoreboard.redis_clients import closed_under_a_command
+from scoreboard.redis_clients import cluster_unsettled
 
 logger = logging.getLogger("ingest.app")
 
@@ -50,6 +50,6 @@ def answer_for(exc: BaseException, path: str) -> RequestError | None:
         return exc
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         return redis_full(path)
-    if isinstance(exc, UNAVAILABLE) or closed_under_a_command(exc):
+    if isinstance(exc, UNAVAILABLE) or cluster_unsettled(exc):
         return dependency_down(path, exc)
     return None

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis.asyncio as redis_asyncio
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 
 def redis_client(url: str, *, cluster: bool, **options: Any) -> Any:
@@ -40,15 +41,26 @@ async def publish(client: Any, channel: str, message: str) -> Any:
     return await client.execute_command("PUBLISH", channel, message)
 
 
-def closed_under_a_command(exc: BaseException) -> bool:
-    """True for the failure of a command whose connection was closed under it.
+# What redis-py 5.3's cluster client raises while the cluster's layout is changing
+# (a failover under way, a node unreachable a moment): the server's moment, not a bug.
+UNSETTLED_MESSAGES = ("Redis Cluster cannot be connected", "All slots are not covered",
+                      "could not agree on a valid slots cache", "No targets were found")
 
-    redis-py 5.3's asyncio ``RedisCluster`` answers a connection error of one
-    command by closing every connection of the client (to re-read the slot map
-    after a failover); a command of another task in flight on one of them then
-    fails with an ``AttributeError`` or ``TypeError`` (its writer or reader gone)
-    raised in the connection code. That is the server's moment, like a
-    ConnectionError: ingest answers 503, the worker retries."""
+
+def cluster_unsettled(exc: BaseException) -> bool:
+    """True for a failure of the cluster's moment rather than of the data or the code.
+
+    - redis-py 5.3's asyncio ``RedisCluster`` answers a connection error of one
+      command by closing every connection of the client (to re-read the slot map
+      after a failover); a command of another task in flight on one of them then
+      fails with an ``AttributeError`` or ``TypeError`` (its writer or reader gone)
+      raised in the connection code;
+    - while it re-reads the slot map it raises ``RedisClusterException`` (which is
+      not a ``RedisError``) when no node answers or the nodes disagree.
+
+    Like a ConnectionError: ingest answers 503, the worker retries."""
+    if isinstance(exc, RedisClusterException):
+        return any(message in str(exc) for message in UNSETTLED_MESSAGES)
     if not isinstance(exc, (AttributeError, TypeError)):
         return False
     traceback, last = exc.__traceback__, None

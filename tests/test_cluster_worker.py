@@ -169,7 +169,7 @@ def test_the_worker_persists_every_shard_once(run: ClusterRun) -> None:
             client.close()
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_a_master_killed_under_load_loses_nothing_acknowledged(run: ClusterRun) -> None:
     backing, keys, cluster = run.backing, run.backing.keys, run.cluster
     users = users_in_every_shard(keys, per_shard=4)
@@ -203,7 +203,7 @@ def test_a_master_killed_under_load_loses_nothing_acknowledged(run: ClusterRun) 
     with ingest_server(backing.env(TRUSTED_PROXIES="127.0.0.1/32",
                                    BACKEND_RATE="100000000/60")) as url, \
             worker_process(backing.env(WORKER_METRICS_PORT="0", WORKER_BLOCK_MS="100",
-                                       CLAIM_IDLE_MS="2000")):
+                                       CLAIM_IDLE_MS="2000")) as worker:
         api = Api(url)
         try:
             backend = backend_login(api, backing)
@@ -220,7 +220,11 @@ def test_a_master_killed_under_load_loses_nothing_acknowledged(run: ClusterRun) 
             cluster.wait_ok(timeout_s=60)
             assert cluster.master_of_slot(client.keyslot(
                 keys.shard(killed_shard).stream)).port != victim.port
-            wait_caught_up(client, keys, timeout_s=120)
+            assert worker.poll() is None, f"the worker exited with {worker.returncode}"
+            try:
+                wait_caught_up(client, keys, timeout_s=180)
+            finally:
+                assert worker.poll() is None, f"the worker exited with {worker.returncode}"
             rows = check_counted_once(backing, client, backend.user_id, accepted, users)
         finally:
             stop.set()

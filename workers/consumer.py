@@ -42,7 +42,7 @@ from scoreboard.board_defs import DefinitionCache
 from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
-from scoreboard.redis_clients import closed_under_a_command
+from scoreboard.redis_clients import cluster_unsettled
 from scoreboard.stream_entry import StreamEntry
 from scoreboard.tracing import Tracing, client_span, inner_span
 from workers.batching import ParsedBatch, backoff_s, parse_batch
@@ -85,10 +85,10 @@ def is_transient(exc: BaseException) -> bool:
     """True when retrying the same batch later can succeed (the server, not the data).
 
     On a cluster, a command whose connection the client closed under it
-    (scoreboard.redis_clients.closed_under_a_command) is retried too."""
+    (scoreboard.redis_clients.cluster_unsettled) is retried too."""
     if isinstance(exc, asyncpg.DataError):  # client-side encoding: the data is bad
         return False
-    if closed_under_a_command(exc):
+    if cluster_unsettled(exc):
         return True
     return isinstance(exc, (
         OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
