@@ -173,20 +173,27 @@ async def rebuild_board(redis: Any, pool: Any, scripts: Scripts, keys: Keys, boa
                     await pipe.execute()
             members += len(rows)
             after = rows[-1]["user_id"]
-        # (a cluster has no MULTI and cannot pipeline PUBLISH: there the renames and
-        # the revision are one pipeline, not atomic, and the notice follows)
-        async with redis.pipeline(transaction=not keys.cluster) as pipe:
-            if members:
-                pipe.rename(staging_board, keys.board(board))
-                pipe.rename(staging_entries, keys.board_entries(board))
-            else:
-                pipe.delete(keys.board(board), keys.board_entries(board))
-            pipe.incr(keys.board_revision(board))
-            if not keys.cluster:
-                pipe.publish(keys.board_changes, board)
-            await pipe.execute()
         if keys.cluster:
+            # No MULTI on a cluster, and its pipeline refuses RENAME and PUBLISH: the
+            # same steps one by one (a spectator may, for a moment, see the new
+            # ZSET with the old entries hash; the reconcile below repairs any gap).
+            if members:
+                await redis.rename(staging_board, keys.board(board))
+                await redis.rename(staging_entries, keys.board_entries(board))
+            else:
+                await redis.delete(keys.board(board), keys.board_entries(board))
+            await redis.incr(keys.board_revision(board))
             await publish(redis, keys.board_changes, board)
+        else:
+            async with redis.pipeline(transaction=True) as pipe:
+                if members:
+                    pipe.rename(staging_board, keys.board(board))
+                    pipe.rename(staging_entries, keys.board_entries(board))
+                else:
+                    pipe.delete(keys.board(board), keys.board_entries(board))
+                pipe.incr(keys.board_revision(board))
+                pipe.publish(keys.board_changes, board)
+                await pipe.execute()
     finally:
         await redis.delete(staging_board, staging_entries)
     await reconcile_board(redis, pool, scripts, keys, board)

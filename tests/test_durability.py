@@ -38,6 +38,8 @@ def killable_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         server.stop()
 
 
+@pytest.mark.single_node("SIGKILLs a single Redis and restarts it from its AOF; the cluster's "
+                         "failover is tests/test_cluster_worker.py")
 def test_every_202_survives_a_sigkill_of_redis(killable_redis: EmbeddedRedis,
                                                backing: Backing) -> None:
     keys = Keys(fresh_name("durable"))
