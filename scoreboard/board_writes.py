@@ -20,7 +20,7 @@ from typing import Any
 
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
-from scoreboard.redis_clients import publish
+from scoreboard.redis_clients import is_cluster, publish
 
 PAGE_SIZE = 5_000
 
@@ -55,7 +55,8 @@ async def _set_totals_sharded(redis: Any, scripts: Scripts, keys: Keys, board: s
                               totals: Sequence[BoardTotal], *, board_key: str | None = None,
                               entries_key: str | None = None) -> None:
     """``set_totals`` run at once, the bans read first from the players' slots (a
-    cluster pipeline has no MULTI and does not reload a script on NOSCRIPT)."""
+    cluster pipeline has no MULTI and does not reload a script on NOSCRIPT): on a
+    sharded deployment, or any call through a cluster client."""
     hidden = await hidden_users(redis, keys, [t.user_id for t in totals])
     await scripts.set_totals(keys, board=board, totals=totals, board_key=board_key,
                              entries_key=entries_key, hidden=hidden)
@@ -107,7 +108,7 @@ async def apply_and_ack(redis: Any, scripts: Scripts, keys: Keys, *, group: str,
 async def set_totals_in(redis: Any, scripts: Scripts, keys: Keys,
                         totals: Sequence[BoardTotal]) -> None:
     """Set ``totals`` on their boards (no acknowledgement, no announcement)."""
-    if keys.sharded:
+    if keys.sharded or is_cluster(redis):
         for board in sorted({t.board for t in totals}):
             await _set_totals_sharded(redis, scripts, keys, board,
                                       [t for t in totals if t.board == board])
@@ -137,10 +138,11 @@ async def reconcile_board(redis: Any, pool: Any, scripts: Scripts, keys: Keys,
     after: str | None = None
     seen = 0
     while rows := await pool.fetch(SELECT_PAGE, board, after, PAGE_SIZE):
-        if keys.sharded:
+        one_by_one = keys.sharded or is_cluster(redis)
+        if one_by_one:
             await _set_totals_sharded(redis, scripts, keys, board, _totals(board, rows))
         async with redis.pipeline(transaction=False) as pipe:
-            if not keys.sharded:
+            if not one_by_one:
                 await _set_totals(pipe, scripts, keys, board, _totals(board, rows))
             pipe.hset(keys.usernames, mapping={r["user_id"]: r["username"] for r in rows})
             pipe.sadd(keys.boards, board)
@@ -163,7 +165,7 @@ async def rebuild_board(redis: Any, pool: Any, scripts: Scripts, keys: Keys, boa
     members = 0
     try:
         while rows := await pool.fetch(SELECT_PAGE, board, after, PAGE_SIZE):
-            if keys.sharded:
+            if keys.sharded or is_cluster(redis):
                 await _set_totals_sharded(redis, scripts, keys, board, _totals(board, rows),
                                           board_key=staging_board, entries_key=staging_entries)
             else:
@@ -173,7 +175,7 @@ async def rebuild_board(redis: Any, pool: Any, scripts: Scripts, keys: Keys, boa
                     await pipe.execute()
             members += len(rows)
             after = rows[-1]["user_id"]
-        if keys.cluster:
+        if is_cluster(redis):
             # No MULTI on a cluster, and its pipeline refuses RENAME and PUBLISH: the
             # same steps one by one (a spectator may, for a moment, see the new
             # ZSET with the old entries hash; the reconcile below repairs any gap).

@@ -8,6 +8,7 @@ from scoreboard.board_reads import Row, Slice
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
 from scoreboard.ranking import total_of, zset_score
+from scoreboard.redis_clients import is_cluster
 
 
 def _text(value: Any) -> str:
@@ -40,7 +41,7 @@ class RedisBoards:
         key, score = self.keys.board(board), zset_score(total)
         # (no MULTI on a cluster: the four reads may straddle a write there, which
         # the search below tolerates as it does an entry that moved)
-        async with self.redis.pipeline(transaction=not self.keys.cluster) as pipe:
+        async with self.redis.pipeline(transaction=not is_cluster(self.redis)) as pipe:
             pipe.zrank(key, member)
             pipe.zscore(key, member)
             pipe.zcount(key, "-inf", f"({score}")

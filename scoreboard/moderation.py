@@ -23,7 +23,7 @@ from scoreboard.keys import Keys
 from scoreboard.ladder import insert_restriction
 from scoreboard.lua import Scripts
 from scoreboard.metrics import count_fraud_event
-from scoreboard.redis_clients import publish
+from scoreboard.redis_clients import is_cluster, publish
 from scoreboard.window_moderation import correct_scopes
 
 KINDS = ("flagged", "banned", "shadow_banned")
@@ -108,7 +108,7 @@ class Moderation:
         return len(lifted)
 
     async def _announce(self, boards: list[str]) -> None:
-        if self.keys.cluster:  # no MULTI there, and PUBLISH cannot be pipelined
+        if is_cluster(self.redis):  # no MULTI there, and PUBLISH cannot be pipelined
             for board in boards:
                 await self.redis.incr(self.keys.board_revision(board))
                 await publish(self.redis, self.keys.board_changes, board)
@@ -130,7 +130,7 @@ class Moderation:
                 continue
             member = (entry.decode() if isinstance(entry, bytes) else entry).partition("|")[2]
             # (a cluster has no MULTI: both commands in one pipeline, not atomically)
-            async with self.redis.pipeline(transaction=not self.keys.cluster) as pipe:
+            async with self.redis.pipeline(transaction=not is_cluster(self.redis)) as pipe:
                 pipe.zrem(self.keys.board(board), member)
                 pipe.hdel(self.keys.board_entries(board), user_id)
                 await pipe.execute()

@@ -20,7 +20,7 @@ import random
 from typing import Any
 
 import redis.asyncio as redis_asyncio
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import RedisClusterException
 
 
@@ -32,6 +32,12 @@ def redis_client(url: str, *, cluster: bool, **options: Any) -> Any:
     options.pop("connection_class", None)
     options.pop("health_check_interval", None)
     return RedisCluster.from_url(url, **options)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a cluster client (or its pipeline): no MULTI there, and
+    its pipeline refuses RENAME, PUBLISH and does not reload scripts."""
+    return isinstance(client, (RedisCluster, ClusterPipeline))
 
 
 async def publish(client: Any, channel: str, message: str) -> Any:

@@ -173,7 +173,7 @@ def test_backend_limit_refuses_the_whole_batch(backing: Backing, backend: Player
             assert limited.json()["error"]["code"] == "rate_limited"
             assert 1 <= int(limited.headers["retry-after"]) <= 12  # one every 12 s
             assert stream_length() == before
-            assert not redis_client.exists(keys.event(over["event_id"],
+            assert not redis_client.exists(keys.player(over["user_id"]).event(over["event_id"],
                                                       f"backend:{backend.user_id}"))
 
             # Duplicates cost nothing: a retried batch is still answered.

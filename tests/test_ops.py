@@ -242,19 +242,19 @@ def test_request_id_travels_from_ingest_logs_to_the_entry_and_worker_logs(
         assert [fields["request_id"] for _, fields in entries] == ["trace-0001", generated_id]
         # An entry the worker cannot use is dead-lettered, and its error line
         # names the request it came from.
-        client.xadd(keys.stream, {"event_id": "broken-1", "request_id": "trace-0002"})
+        client.xadd(keys.shard(0).stream, {"event_id": "broken-1", "request_id": "trace-0002"})
         worker_log = tmp_path / "worker.log"
         os.environ["WORKER_TEST_LOG"] = str(worker_log)
         try:
             with worker_process(env):
-                wait_for(lambda: client.xlen(keys.dead_letters) == 1, "dead-lettered")
+                wait_for(lambda: client.xlen(keys.shard(0).dead_letters) == 1, "dead-lettered")
                 rows = wait_for(lambda: _request_ids_in_postgres(
                     backing.database_url, [fields["event_id"] for _, fields in entries]),
                     "the two actions persisted")
         finally:
             del os.environ["WORKER_TEST_LOG"]
     finally:
-        client.delete(keys.stream, keys.dead_letters)
+        client.delete(keys.shard(0).stream, keys.shard(0).dead_letters)
         client.close()
     assert sorted(rows) == sorted(["trace-0001", generated_id])
     ours = [json.loads(line) for line in worker_log.read_text().splitlines()

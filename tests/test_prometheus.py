@@ -220,12 +220,12 @@ def test_alerts_and_dashboard_evaluate_against_scraped_series(backing: Backing,
                 except websockets.exceptions.InvalidStatus as refused:
                     assert refused.response.status_code == 429
                 increments(api, api.register_and_login(), 2)
-                client.xadd(keys.stream, {"event_id": fresh_name("broken"),
+                client.xadd(keys.shard(0).stream, {"event_id": fresh_name("broken"),
                                           "request_id": "prometheus-test"})
                 forged = api.post("/api/actions/token", headers={
                     "Authorization": "Bearer a.b.c", "X-Forwarded-For": new_address()})
                 assert forged.status_code == 401
-                wait_for(lambda: client.xlen(keys.dead_letters) == 1
+                wait_for(lambda: client.xlen(keys.shard(0).dead_letters) == 1
                          and value(scrape(urls["worker_metrics"]),
                                    "scoreboard_worker_persisted_total") >= 2,
                          "the worker persisted the increments and dead-lettered the entry")
@@ -238,7 +238,7 @@ def test_alerts_and_dashboard_evaluate_against_scraped_series(backing: Backing,
                 check_against(prometheus)
         finally:
             api.close()
-            client.delete(keys.stream, keys.dead_letters)
+            client.delete(keys.shard(0).stream, keys.shard(0).dead_letters)
             client.close()
 
 

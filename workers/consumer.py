@@ -42,7 +42,7 @@ from scoreboard.board_defs import DefinitionCache
 from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
-from scoreboard.redis_clients import cluster_unsettled
+from scoreboard.redis_clients import cluster_unsettled, is_cluster
 from scoreboard.stream_entry import StreamEntry
 from scoreboard.tracing import Tracing, client_span, inner_span
 from workers.batching import ParsedBatch, backoff_s, parse_batch
@@ -372,7 +372,7 @@ class StreamConsumer:
         Both keys are in the stream's slot; on a cluster there is no MULTI, so a
         crash between the two can leave the entry dead-lettered and still pending
         (it is dead-lettered again: two dead letters, still nothing persisted)."""
-        async with self.redis.pipeline(transaction=not self.keys.cluster) as pipe:
+        async with self.redis.pipeline(transaction=not is_cluster(self.redis)) as pipe:
             pipe.xadd(self.keys.dead_letters, {**fields, "original_id": stream_id,
                                                "reason": reason, "deliveries": deliveries,
                                                "consumer": self.name})
