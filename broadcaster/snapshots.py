@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-import redis.exceptions
 
 from broadcaster.frames import sse_event, text_frame
 from broadcaster.hub import Hub
@@ -32,6 +31,7 @@ from broadcaster.throttle import BoardSchedule
 from scoreboard.boards_redis import RedisBoards
 from scoreboard.keys import Keys
 from scoreboard.ranking import ranks
+from scoreboard.redis_clients import REDIS_FAILURES
 from scoreboard.tracing import Tracing, inner_span
 from scoreboard.windows import ALL_TIME, split_scope
 
@@ -155,13 +155,18 @@ class SnapshotService:
                 snapshot = await self.refresh(board)
                 if snapshot is not None:
                     self.hub.publish(snapshot)
-        except redis.exceptions.RedisError as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("snapshot of %s failed: %r", board, exc)
 
     async def listen(self) -> None:
         """Follow the workers' change notices, reconnecting after any failure."""
         while True:
-            pubsub = self.pubsub()
+            try:
+                pubsub = self.pubsub()
+            except REDIS_FAILURES as exc:  # on a cluster: no node known yet
+                logger.warning("change notices not subscribed: %r; retrying", exc)
+                await asyncio.sleep(1)
+                continue
             try:
                 await pubsub.subscribe(self.keys.board_changes)
                 async for message in pubsub.listen():
@@ -170,7 +175,7 @@ class SnapshotService:
                         text = data.decode() if isinstance(data, bytes) else str(data)
                         board, _, traceparent = text.partition("\n")
                         self.notice(board, traceparent)
-            except redis.exceptions.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 logger.warning("change notices interrupted: %r; resubscribing", exc)
                 await asyncio.sleep(1)
             finally:
@@ -185,7 +190,7 @@ class SnapshotService:
                 continue
             try:
                 revisions = await self.redis.mget([self.keys.board_revision(b) for b in watched])
-            except redis.exceptions.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 logger.warning("revision poll failed: %r", exc)
                 continue
             for board, revision in zip(watched, revisions, strict=True):

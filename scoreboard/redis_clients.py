@@ -21,7 +21,7 @@ from typing import Any
 
 import redis.asyncio as redis_asyncio
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 
 
 def redis_client(url: str, *, cluster: bool, **options: Any) -> Any:
@@ -32,6 +32,12 @@ def redis_client(url: str, *, cluster: bool, **options: Any) -> Any:
     options.pop("connection_class", None)
     options.pop("health_check_interval", None)
     return RedisCluster.from_url(url, **options)
+
+
+# What a process that serves through Redis treats as "Redis is not answering": a
+# cluster client raises RedisClusterException (not a RedisError) while it cannot
+# learn the slot map.
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 
 def is_cluster(client: Any) -> bool:
@@ -80,7 +86,10 @@ def cluster_pubsub(client: Any) -> Any:
     knows (redis-py 5.3's asyncio ``RedisCluster`` has no ``pubsub()``). In a cluster
     a message published on any node reaches subscribers on every node; when the node
     goes away the caller's reconnect asks again, and gets another node."""
-    nodes = client.get_nodes() or client.get_primaries()
+    # Before its first command the client knows only its startup nodes.
+    nodes = client.get_nodes() or list(client.nodes_manager.startup_nodes.values())
+    if not nodes:
+        raise ConnectionError("no node of the cluster is known")
     node = random.choice(nodes)
     connection = redis_asyncio.Redis(host=node.host, port=node.port, socket_connect_timeout=2)
     return _OwningPubSub(connection)
