@@ -56,6 +56,10 @@ class Backing:
     def keys(self) -> Keys:
         return Keys(self.key_prefix, shards=self.redis_shards, cluster=self.redis_cluster)
 
+    def keys_for(self, prefix: str) -> Keys:
+        """The names processes started with ``env(KEY_PREFIX=prefix)`` use."""
+        return Keys(prefix, shards=self.redis_shards, cluster=self.redis_cluster)
+
     def sync_redis(self, **options: Any) -> Any:
         """A sync client of the suite's Redis (a ``RedisCluster`` on a cluster)."""
         if self.redis_cluster:

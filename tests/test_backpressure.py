@@ -228,7 +228,7 @@ def test_a_flood_stays_bounded_and_every_accepted_increment_lands_once(
                       MAX_BACKLOG=str(FLOOD_MAX_BACKLOG), BACKLOG_CHECK_MS=str(FLOOD_CHECK_MS),
                       BACKEND_RATE="100000000/60", WORKER_METRICS_PORT="0",
                       CONSUMER_NAME="bpf-worker")
-    keys = Keys(prefix)
+    keys = backing.keys_for(prefix)
     users = [fresh_name("fu") for _ in range(40)]
     with ingest_server(env) as url, BacklogSampler(backing, keys) as sampler:
         flood = Flood(url, backend, users)

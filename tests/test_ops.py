@@ -211,7 +211,7 @@ def test_request_id_travels_from_ingest_logs_to_the_entry_and_worker_logs(
     ingest_log = tmp_path / "ingest.log"
     env = backing.env(KEY_PREFIX=fresh_name("sbrid"), TRUSTED_PROXIES="127.0.0.1/32",
                       LOG_LEVEL="INFO", WORKER_METRICS_PORT="0")
-    keys = Keys(env["KEY_PREFIX"])
+    keys = backing.keys_for(env["KEY_PREFIX"])
     with ingest_log.open("ab") as log, _logged_ingest(env, log) as url:
         api = Api(url)
         try:

@@ -104,7 +104,7 @@ def test_one_increment_is_one_connected_trace_from_ingest_to_the_snapshot(
                           WORKER_METRICS_PORT="0", OTEL_TRACES_EXPORTER="otlp",
                           OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=endpoint,
                           OTEL_BSP_SCHEDULE_DELAY="100")
-        keys = Keys(env["KEY_PREFIX"])
+        keys = backing.keys_for(env["KEY_PREFIX"])
         client: Any = backing.sync_redis(decode_responses=True)
         try:
             with (ingest_server(env) as url, worker_process(env),

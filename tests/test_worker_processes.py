@@ -20,7 +20,6 @@ from pathlib import Path
 
 from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres
-from scoreboard.keys import Keys
 from scoreboard.migrate import ensure_database, migrate
 from tests.load_support import GROUP, assert_exactly_once, system, wait_settled
 from tests.servers import Backing, SyncRedis, fresh_name
@@ -112,7 +111,7 @@ def test_postgres_down_for_ten_seconds_under_load_loses_nothing(
 
 def test_consumer_that_dies_takes_the_process_down_non_zero(
         backing: Backing, redis_client: SyncRedis) -> None:
-    keys = Keys(fresh_name("wdie"))
+    keys = backing.keys_for(fresh_name("wdie"))
     redis_client.set(keys.stream, "not a stream")  # XGROUP CREATE fails: WRONGTYPE
     with worker_process({**backing.env(KEY_PREFIX=keys.prefix)}) as worker:
         status = worker.wait(timeout=30)
@@ -138,7 +137,7 @@ def test_sigterm_finishes_the_batch_and_exits_cleanly(
 
 
 def test_health_command_reflects_the_consumer(backing: Backing, redis_client: SyncRedis) -> None:
-    keys = Keys(fresh_name("whealth"))
+    keys = backing.keys_for(fresh_name("whealth"))
     env = backing.env(KEY_PREFIX=keys.prefix, CONSUMER_NAME="healthy")
 
     def health(extra: dict[str, str]) -> int:
