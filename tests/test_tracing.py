@@ -92,8 +92,8 @@ def test_off_by_default_the_entry_carries_no_trace_context(
         api: Api, player: Player, redis_client: Any, keys: Keys) -> None:
     response, = increments(api, player, 1)
     event_id = response.json()["event_id"]
-    entry = next(fields for _, fields in redis_client.xrevrange(keys.stream, count=200)
-                 if fields["event_id"] == event_id)
+    entry = next(fields for _, fields in redis_client.xrevrange(
+        keys.player(player.user_id).stream, count=200) if fields["event_id"] == event_id)
     assert "traceparent" not in entry
 
 
