@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from ingest.script_batching import ScriptBatcher
 from tests.servers import Backing
+
+pytestmark = pytest.mark.single_node("ingest's coalescing channel is one connection to one "
+                                     "server; a cluster deployment does not use it")
 
 ECHO = "return {KEYS[1], ARGV[1], tonumber(ARGV[2]) * 2}"
 
