@@ -21,7 +21,7 @@ the figure is its ceiling, not the rate of some load generator. One run gives:
    timed and its Postgres transaction, Redis MULTI/XACK and fraud checks
    timed apart. Exact p50/p99 per batch.
 3. Baseline: asyncpg binary COPY (``copy_records_to_table``) of the same rows
-   (``workers.batching.staging_record`` of the same parsed entries) into a
+   (``loadtest.worker_anchor.action_record`` of the same parsed entries) into a
    table made ``LIKE actions INCLUDING ALL`` and partitioned by month the same
    way (same columns, primary key, index, check), one autocommitted COPY per
    batch of ``--batch-max`` rows, i.e. one durable commit per batch as the
@@ -309,6 +309,7 @@ async def run_latency_pass(backing: WorkerBacking, workload: Workload, ids: Sequ
                                    keys=keys), settings, consumer="bench-inproc")
     consumer = TimedConsumer(timings=timings, redis=client, pool=pool, keys=keys, group=GROUP,
                              name="bench-inproc", batch_max=settings.worker_batch_max,
+                             batch_deep_max=settings.worker_batch_deep_max,
                              block_ms=settings.worker_block_ms,
                              claim_idle_ms=settings.claim_idle_ms,
                              max_deliveries=settings.max_deliveries,
