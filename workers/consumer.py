@@ -42,6 +42,7 @@ from scoreboard.board_defs import DefinitionCache
 from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
+from scoreboard.metrics import observe_many
 from scoreboard.stream_entry import StreamEntry
 from scoreboard.tracing import Tracing, client_span, inner_span
 from workers.batching import ParsedBatch, backoff_s, parse_batch
@@ -306,8 +307,7 @@ class StreamConsumer:
         BATCH_SIZE.observe(len(entries))
         BATCH_SECONDS.observe(time.perf_counter() - started)
         visible_ms = time.time() * 1000
-        for entry in entries:
-            FRESHNESS.observe(max(0.0, visible_ms - entry.ts_ms) / 1000)
+        observe_many(FRESHNESS, [max(0.0, visible_ms - entry.ts_ms) / 1000 for entry in entries])
 
     async def _side_task(self, work: Awaitable[Any]) -> None:
         """Run checks that ride along with persistence; their failure is logged,
