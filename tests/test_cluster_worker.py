@@ -170,8 +170,15 @@ def test_the_worker_persists_every_shard_once(run: ClusterRun) -> None:
 
 
 @pytest.mark.timeout(420)
-def test_a_master_killed_under_load_loses_nothing_acknowledged(run: ClusterRun) -> None:
+def test_a_master_killed_under_load_loses_nothing_acknowledged(
+        run: ClusterRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backing, keys, cluster = run.backing, run.backing.keys, run.cluster
+    worker_log = tmp_path / "worker.log"  # its tail goes into a failure's message
+    monkeypatch.setenv("WORKER_TEST_LOG", str(worker_log))
+
+    def log_tail() -> str:
+        return worker_log.read_text()[-3000:] if worker_log.exists() else "(no log)"
+
     users = users_in_every_shard(keys, per_shard=4)
     client = backing.sync_redis(decode_responses=True)
     killed_shard = 0
@@ -220,11 +227,13 @@ def test_a_master_killed_under_load_loses_nothing_acknowledged(run: ClusterRun) 
             cluster.wait_ok(timeout_s=60)
             assert cluster.master_of_slot(client.keyslot(
                 keys.shard(killed_shard).stream)).port != victim.port
-            assert worker.poll() is None, f"the worker exited with {worker.returncode}"
+            assert worker.poll() is None, \
+                f"the worker exited with {worker.returncode}:\n{log_tail()}"
             try:
                 wait_caught_up(client, keys, timeout_s=180)
             finally:
-                assert worker.poll() is None, f"the worker exited with {worker.returncode}"
+                assert worker.poll() is None, \
+                    f"the worker exited with {worker.returncode}:\n{log_tail()}"
             rows = check_counted_once(backing, client, backend.user_id, accepted, users)
         finally:
             stop.set()
