@@ -214,6 +214,9 @@ def test_a_master_killed_under_load_loses_nothing_acknowledged(
         api = Api(url)
         try:
             backend = backend_login(api, backing)
+            # the worker's consumers are in their groups (its start-up is over)
+            wait_for(lambda: all(consumers_of(client, shard.stream)
+                                 for shard in keys.every_shard), "the worker started")
             loader = threading.Thread(target=load, args=(api, backend), daemon=True)
             loader.start()
             wait_for(lambda: batches >= 30 or bool(failures), "30 batches before the kill")
@@ -244,6 +247,13 @@ def test_a_master_killed_under_load_loses_nothing_acknowledged(
     # entries of the shards it served, never of another.
     assert {keys.shard_of(user_of[event_id]) for event_id in lost} <= served
     print(f"failover: {len(accepted)} accepted, {len(lost)} lost (not yet replicated)")
+
+
+def consumers_of(client: Any, stream: str) -> list[Any]:
+    try:
+        return list(client.xinfo_consumers(stream, "persisters"))
+    except Exception:  # no stream or group yet
+        return []
 
 
 def wait_for(condition: Any, what: str, timeout_s: float = 120) -> None:

@@ -29,8 +29,9 @@ from scoreboard.settings import load_settings
 from scoreboard.tracing import setup_tracing
 from workers import jobs
 from workers.arq_redis import arq_pool
+from workers.batching import backoff_s
 from workers.chaos import ChaosMarks
-from workers.consumer import StreamConsumer
+from workers.consumer import StreamConsumer, is_transient
 from workers.fraud import FraudChecks
 from workers.stream_metrics import WorkerMetrics
 
@@ -40,6 +41,22 @@ SETTINGS = load_settings()
 KEYS = SETTINGS.keys
 SHUTDOWN_GRACE_S = 30
 EXIT_CONSUMER_DIED = 70
+
+
+async def _until_done(job: Any, ctx: dict[str, Any], *, attempts: int = 30) -> None:
+    """A start-up job, retried while Redis or Postgres has a transient failure (a
+    worker starting during a cluster failover would otherwise exit at once)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await job(ctx)
+            return
+        except Exception as exc:
+            if not is_transient(exc) or attempt == attempts:
+                raise
+            delay = backoff_s(attempt)
+            logger.warning("start-up job %s: transient failure %r; retry in %.1f s",
+                           job.__name__, exc, delay)
+            await asyncio.sleep(delay)
 
 
 def _supervise(task: asyncio.Task[None], *, consumer: StreamConsumer) -> None:
@@ -70,8 +87,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["moderation"] = Moderation(redis=ctx["redis"], pool=ctx["pool"], scripts=ctx["scripts"],
                                    keys=KEYS)
     fraud = FraudChecks(ctx["moderation"], SETTINGS, consumer=SETTINGS.consumer)
-    await jobs.ensure_partitions(ctx)
-    await jobs.restore_restrictions_job(ctx)
+    await _until_done(jobs.ensure_partitions, ctx)
+    await _until_done(jobs.restore_restrictions_job, ctx)
     # One consumer per shard's stream (one unsharded), each supervised: every
     # worker process reads every shard, in the same consumer group per stream.
     consumers = [StreamConsumer(
