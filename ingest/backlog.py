@@ -33,6 +33,7 @@ from typing import Any
 import redis.exceptions
 
 from scoreboard.errors import RequestError
+from scoreboard.redis_clients import REDIS_FAILURES
 from scoreboard.stream_trim import trim_acknowledged
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,6 @@ class Backpressure:
             try:
                 self.backlog = sum([await measure_backlog(self.client, stream, self.group)
                                     for stream in self.streams])
-            except (OSError, redis.exceptions.RedisError):
+            except (OSError, *REDIS_FAILURES):  # on a cluster also RedisClusterException
                 logger.warning("backlog not measured", exc_info=True)
             await asyncio.sleep(every_s)
