@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,8 +91,12 @@ def test_three_workers_in_one_group_lose_and_double_nothing(
 
 
 def test_postgres_down_for_ten_seconds_under_load_loses_nothing(
-        backing: Backing, redis_client: SyncRedis, tmp_path: Path) -> None:
-    postgres = EmbeddedPostgres(tmp_path / "pg", durable=False)
+        backing: Backing, redis_client: SyncRedis) -> None:
+    # Not under pytest's tmp_path: another pytest run starting meanwhile resets its
+    # root to 0700 and the server's unprivileged user loses its data directory
+    # (initdb failed so once, "pg_control: Permission denied").
+    folder = tempfile.TemporaryDirectory(prefix="scoreboard-pgdown-", ignore_cleanup_errors=True)
+    postgres = EmbeddedPostgres(Path(folder.name) / "pg", durable=False)
     admin_url = postgres.start()
     try:
         asyncio.run(ensure_database(admin_url, "scoreboard"))
@@ -114,6 +119,7 @@ def test_postgres_down_for_ten_seconds_under_load_loses_nothing(
             assert_exactly_once(sys_, redis_client)
     finally:
         postgres.stop()
+        folder.cleanup()
 
 
 def test_consumer_that_dies_takes_the_process_down_non_zero(
