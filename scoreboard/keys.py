@@ -30,7 +30,13 @@ class Keys:
         return f"{self.tag}:revoked:{jti}"
 
     def banned(self, user_id: str) -> str:
-        return f"{self.tag}:banned:{user_id}"
+        return self.banned_prefix + user_id
+
+    @property
+    def banned_prefix(self) -> str:
+        """``banned(user_id)`` is this followed by the user id (``lua/batch.lua`` builds
+        the keys from it)."""
+        return f"{self.tag}:banned:"
 
     def flagged(self, user_id: str) -> str:
         return f"{self.tag}:flagged:{user_id}"
@@ -38,7 +44,11 @@ class Keys:
     def event(self, event_id: str, source: str = "player") -> str:
         """Idempotency marker of an accepted event id (expires after the dedup TTL),
         per source as in ``counted_events``: two game backends may both send "e1"."""
-        return f"{self.tag}:event:{source}:{event_id}"
+        return self.event_prefix(source) + event_id
+
+    def event_prefix(self, source: str) -> str:
+        """``event(event_id, source)`` is this followed by the event id."""
+        return f"{self.tag}:event:{source}:"
 
     def user_rate(self, limit_name: str, user_id: str) -> str:
         return f"{self.tag}:rate:{limit_name}:user:{user_id}"

@@ -19,6 +19,7 @@ import orjson
 
 from scoreboard.keys import Keys
 from scoreboard.ranking import epoch_ms
+from scoreboard.stream_entry import pack_item
 
 if TYPE_CHECKING:
     from scoreboard.board_writes import BoardTotal
@@ -129,16 +130,14 @@ class BatchScript(TypedScript):
     async def __call__(self, keys: Keys, *, backend_id: str, jti: str, address: str,
                        request_id: str, rate: Rate, dedup_ttl_ms: int,
                        items: Sequence[BatchItem], traceparent: str = "") -> BatchReply:
-        script_keys = [keys.revoked_jti(jti), keys.user_rate("backend", backend_id), keys.stream,
-                       keys.banned(backend_id)]
         source = f"backend:{backend_id}"
+        script_keys = [keys.revoked_jti(jti), keys.user_rate("backend", backend_id), keys.stream,
+                       keys.banned(backend_id), keys.event_prefix(source), keys.banned_prefix]
         args: list[Any] = [*rate.as_args(), dedup_ttl_ms, source, address, request_id,
                            traceparent]
-        event_key, banned_key = keys.event, keys.banned
-        add_keys, add_args = script_keys.extend, args.extend
-        for item in items:
-            add_keys((event_key(item.event_id, source), banned_key(item.user_id)))
-            add_args((item.event_id, item.user_id, item.board, item.points, item.username))
+        # One argument per increment (see the script's header): Redis's cost per
+        # increment is what bounds a batch.
+        args += [pack_item(*item) for item in items]
         call: Call = script_keys, args
         reason, *rest = await self._run(call)
         reason = _text(reason)
