@@ -107,6 +107,7 @@ import orjson
 import redis
 
 from loadtest import BenchError
+from loadtest.fraud_anomaly_report import anomaly_report
 from loadtest.fraud_behaviours import CLASSES, make_accounts, simulate
 from loadtest.fraud_client import ACTIONS, BOARD, Account
 from loadtest.fraud_report import Outcome, report, summarise
@@ -119,7 +120,7 @@ from scoreboard.settings import Settings, load_settings
 
 RECORDER_GROUP = "fraud-recorders"  # workers/fraud.py
 NEW_RULES_OFF = {"RATE_REFUSALS_TO_FLAG": "0", "CADENCE_ACTIONS": "0", "FARM_MIN_ACCOUNTS": "0",
-                 "TIRELESS_HOURS": "0"}
+                 "TIRELESS_HOURS": "0", "TOP_ACTION_RUN": "0"}
 
 
 # --- After the run: wait for the worker, then read the decisions -----------------------------
@@ -150,9 +151,18 @@ async def read_outcomes(backing: Backing, accounts: Sequence[Account]) -> dict[s
     connection = await asyncpg.connect(backing.database_url)
     try:
         for row in await connection.fetch(
-                "SELECT user_id, kind FROM user_restrictions WHERE user_id = ANY($1)"
+                "SELECT user_id, kind, lifted_at IS NULL AND (expires_at IS NULL OR"
+                " expires_at > now() + interval '2 seconds') AS active,"
+                " lifted_at IS NULL AND expires_at IS NOT NULL AND expires_at > now()"
+                " - interval '2 seconds' AND expires_at <= now() + interval '2 seconds'"
+                " AS ending FROM user_restrictions WHERE user_id = ANY($1)"
                 " AND kind IN ('flagged', 'banned')", ids):
-            outcomes[row["user_id"]].restrictions.add(row["kind"])
+            outcome = outcomes[row["user_id"]]
+            outcome.restrictions.add(row["kind"])
+            if row["active"]:
+                outcome.active.add(row["kind"])
+            if row["ending"]:  # Redis's key and Postgres's row end within clock drift
+                outcome.ending = True
         for row in await connection.fetch(
                 "SELECT user_id, rule, action, created_at FROM fraud_events"
                 " WHERE user_id = ANY($1) ORDER BY id", ids):
@@ -194,6 +204,19 @@ async def read_outcomes(backing: Backing, accounts: Sequence[Account]) -> dict[s
 # --- Running it -----------------------------------------------------------------------------
 
 
+def last_anomaly_pass(env: dict[str, str]) -> dict[str, float]:
+    """The anomaly score's pass at the end of the run (``scoreboard anomaly-score``):
+    user id -> score of every account active in the last period. The worker's own
+    passes run every ANOMALY_EVERY_S (scaled) from its start, so the run's last
+    stretch would otherwise go unscored."""
+    if load_settings(env).anomaly_scoring is False:
+        return {}
+    done = subprocess.run([sys.executable, "-m", "scoreboard.cli", "anomaly-score"], env=env,
+                          check=True, capture_output=True, timeout=600)
+    lines = [orjson.loads(line) for line in done.stdout.splitlines() if line.startswith(b"{")]
+    return {line["user_id"]: float(line["score"]) for line in lines}
+
+
 def create_sim_board(env: dict[str, str]) -> None:
     """The simulator's board, through the admin command (Postgres, then Redis)."""
     subprocess.run([sys.executable, "-m", "scoreboard.cli", "admin", "create-board", BOARD,
@@ -206,7 +229,7 @@ def create_sim_board(env: dict[str, str]) -> None:
 SCALED_SECONDS = ("action_token_ttl_s", "dedup_ttl_s", "flag_duration_s", "temp_ban_s",
                   "offence_window_s", "token_failure_window_s", "address_limit_s",
                   "rate_refusal_window_s", "cadence_window_s", "farm_window_s",
-                  "activity_hour_s")
+                  "activity_hour_s", "anomaly_every_s", "anomaly_window_s")
 SCALED_RATES = ("action_token_rate", "increment_rate", "flagged_increment_rate", "ip_rate")
 
 
@@ -302,10 +325,12 @@ def run(args: argparse.Namespace) -> int:
         started = asyncio.run(simulate(url, accounts, args))
         print("waiting for the worker to persist and record everything…", flush=True)
         wait_for_worker(backing.redis_url, keys, load_settings(env).consumer_group)
+        last_pass = last_anomaly_pass(env)
         outcomes = asyncio.run(read_outcomes(backing, accounts))
-        mismatches = sum(1 for o in outcomes.values() if o.restrictions != o.redis_flags)
+        mismatches = sum(1 for o in outcomes.values() if o.out_of_step)
         results = summarise(accounts, outcomes, load_settings(env), args.time_scale)
         figures = report(args, results, env, forced, backing, started, mismatches)
+        figures["anomaly"] = anomaly_report(accounts, outcomes, last_pass)
         if args.json:
             args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
         print("stopping the processes started…", flush=True)

@@ -319,10 +319,12 @@ class FraudBatchReply(NamedTuple):
     # (address index from 0, user id -> latest ms, user id -> accepts in the window)
     farms: list[tuple[int, dict[str, int], dict[str, int]]]
     tireless: list[tuple[int, list[int]]]  # (user index from 0, hours with an accept)
+    top: list[tuple[int, int]]  # (user index from 0, accepts in a row at the top price)
 
 
 class FraudBatchScript(TypedScript):
-    """``lua/fraud_batch.lua``: the Redis state of the cadence and farm rules."""
+    """``lua/fraud_batch.lua``: the Redis state of the cadence, farm, tireless and
+    top-action rules."""
 
     async def __call__(self, keys: Keys, *, users: Sequence[str], addresses: Sequence[str],
                        window_index: int, data: dict[str, Any]) -> FraudBatchReply:
@@ -330,10 +332,11 @@ class FraudBatchScript(TypedScript):
         and ``addresses`` lists in the order of ``users`` and ``addresses``;
         ``window_index``: the fixed farm window the chunk's accepts are counted in."""
         call: Call = ([keys.cadence(u) for u in users] + [keys.active_hours(u) for u in users]
+                      + [keys.top_run(u) for u in users]
                       + [keys.address_accounts(a) for a in addresses]
                       + [keys.address_activity(a, window_index) for a in addresses],
                       [orjson.dumps(data)])
-        cadence, farms, tireless = await self._run(call)
+        cadence, farms, tireless, top = await self._run(call)
 
         def pairs(flat: Sequence[Any]) -> dict[str, int]:
             return {_text(m): int(float(v)) for m, v in zip(flat[::2], flat[1::2], strict=True)}
@@ -341,4 +344,5 @@ class FraudBatchScript(TypedScript):
         return FraudBatchReply(
             [(int(index) - 1, [int(t) for t in times]) for index, times in cadence],
             [(int(index) - 1, pairs(seen), pairs(counts)) for index, seen, counts in farms],
-            [(int(index) - 1, [int(h) for h in hours]) for index, hours in tireless])
+            [(int(index) - 1, [int(h) for h in hours]) for index, hours in tireless],
+            [(int(index) - 1, int(run)) for index, run in top])
