@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from broadcaster.frames import sse_event, text_frame
+from broadcaster.frames import named, sse_event, text_frame
 from scoreboard.script_calls import WatchedPlayer, WatchedRow
 
 
@@ -110,9 +110,12 @@ class RankUpdate:
     @classmethod
     def build(cls, board: str, version: int, standing: Standing,
               passed_by: Neighbour | None = None) -> RankUpdate:
+        """``board`` is what the service keys watched players by: a board, or a window's
+        period (its scope), sent as board, window and period like a snapshot's."""
         ts = int(time.time() * 1000)
+        where = named(board)
         payloads = [orjson.dumps({
-            "type": "rank", "board": board, "version": version, "ts": ts,
+            "type": "rank", **where, "version": version, "ts": ts,
             "user_id": standing.user_id, "username": standing.username, "rank": standing.rank,
             "score": standing.score,
             "above": standing.above.as_json() if standing.above else None,
@@ -120,7 +123,7 @@ class RankUpdate:
         events = [sse_event(payloads[0], "rank")]
         if passed_by is not None:
             payloads.append(orjson.dumps({
-                "type": "overtaken", "board": board, "version": version, "ts": ts,
+                "type": "overtaken", **where, "version": version, "ts": ts,
                 "user_id": standing.user_id, "rank": standing.rank, "by": passed_by.as_json()}))
             events.append(sse_event(payloads[1], "overtaken"))
         return cls(board, version, standing, b"".join(text_frame(p) for p in payloads),

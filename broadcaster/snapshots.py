@@ -28,7 +28,7 @@ import redis.exceptions
 
 from broadcaster.frames import sse_event, text_frame
 from broadcaster.hub import Hub
-from broadcaster.throttle import Throttle
+from broadcaster.throttle import BoardSchedule
 from scoreboard.boards_redis import RedisBoards
 from scoreboard.keys import Keys
 from scoreboard.ranking import ranks
@@ -71,12 +71,10 @@ class SnapshotService:
         self.keys = keys
         self.hub = hub
         self.size = size
-        self.interval_s = interval_s
         self.poll_s = poll_s
         self.rank_mode = rank_mode
         self.latest: dict[str, Snapshot] = {}
-        self.throttles: dict[str, Throttle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.schedule = BoardSchedule(interval_s=interval_s, job=self._send)
         self._loading: dict[str, asyncio.Future[Snapshot]] = {}
         self.tracing = tracing
         # board -> traceparents of the batches noticed since its last read (tracing on)
@@ -131,7 +129,7 @@ class SnapshotService:
         """Nobody watches ``board`` any more: drop what is kept for it (any name
         can be asked for, so per-board state lives only while it is watched)."""
         self.latest.pop(board, None)
-        self.throttles.pop(board, None)
+        self.schedule.forget(board)
         self._noticed_batches.pop(board, None)
 
     def notice(self, board: str, traceparent: str = "") -> None:
@@ -143,23 +141,10 @@ class SnapshotService:
             return
         if traceparent and self.tracing is not None:
             self._noticed_batches.setdefault(board, []).append(traceparent)
-        throttle = self.throttles.setdefault(board, Throttle(self.interval_s))
-        delay = throttle.on_change(time.monotonic())
-        if delay is None:
-            return
-        loop = asyncio.get_running_loop()
-        loop.call_later(delay, self._spawn, board)
-
-    def _spawn(self, board: str) -> None:
-        task = asyncio.create_task(self._send(board))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.schedule.change(board)
 
     async def _send(self, board: str) -> None:
-        throttle = self.throttles.get(board)
-        if throttle is None:  # forgotten while the send was scheduled
-            return
-        throttle.on_read_start()
+        """The schedule's job: read the board, publish the snapshot if it changed."""
         try:
             with inner_span(self.tracing, "snapshot", self._noticed_batches.pop(board, ()),
                             **{"scoreboard.board": board}):
@@ -168,10 +153,6 @@ class SnapshotService:
                     self.hub.publish(snapshot)
         except redis.exceptions.RedisError as exc:
             logger.warning("snapshot of %s failed: %r", board, exc)
-        finally:
-            again = throttle.on_sent(time.monotonic())
-            if again is not None:
-                asyncio.get_running_loop().call_later(again, self._spawn, board)
 
     async def listen(self) -> None:
         """Follow the workers' change notices, reconnecting after any failure."""

@@ -113,6 +113,34 @@ async def _watch_disconnect(receive: Receive, spectator: SseSpectator) -> None:
     spectator.shut()
 
 
+async def _follow_next_period(state: BroadcasterState, spectator: SseSpectator,
+                              ended: str) -> str:
+    """The period ``ended`` is over and broadcaster.periods has moved ``spectator``'s
+    snapshots to the next one (``spectator.board``): its watched players follow it
+    there, as on a WebSocket, starting from their standing in the new period (whose
+    versions start again). Returns the board now followed. Redis not answering ends
+    the stream: EventSource reconnects by itself and the watch starts afresh."""
+    board, user_ids = spectator.board, list(spectator.watching)
+    spectator.pending_ranks = {}  # the ended period's, not sent yet: stale now
+    for user_id in user_ids:
+        state.watches.remove(spectator, ended, user_id)
+        spectator.watching[user_id] = -1
+    try:
+        updates = [await state.watches.current(board, u) for u in user_ids]
+    except redis.exceptions.RedisError as exc:
+        logger.warning("watched players of %s not moved to %s: %r", ended, board, exc)
+        spectator.watching = {}
+        spectator.shut()
+        return board
+    for user_id, update in zip(user_ids, updates, strict=True):
+        if update is None:  # cannot be unknown now, having been known: nothing to follow
+            del spectator.watching[user_id]
+            continue
+        state.watches.add(spectator, update)
+        spectator.offer_rank(update)
+    return board
+
+
 class SseEndpoint:
     """An ASGI app, so that Starlette routes to it without wrapping it as request → response."""
 
@@ -169,6 +197,8 @@ class SseEndpoint:
             while (event := await spectator.next_event(KEEPALIVE_S)) is not None:
                 async with asyncio.timeout(state.settings.ws_send_timeout_s):
                     await send({"type": "http.response.body", "body": event, "more_body": True})
+                if spectator.board not in ("", board):
+                    board = await _follow_next_period(state, spectator, board)
         except TimeoutError:
             DROPPED.labels("slow").inc()
         except OSError:  # the client went away mid-send

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from broadcaster.admission import Refusal
-from broadcaster.frames import text_frame
+from broadcaster.frames import named, text_frame
 from scoreboard.names import ID_PATTERN
 
 USER_ID_RULE = "must be 1 to 64 letters, digits, '_', '.', ':' or '-'"
@@ -83,5 +83,6 @@ def error_frame(refusal: Refusal, user_id: str | None = None) -> bytes:
 
 
 def unwatched_frame(board: str, user_id: str) -> bytes:
-    """The acknowledgement of an unwatch: nothing more comes for that player."""
-    return text_frame(orjson.dumps({"type": "unwatched", "board": board, "user_id": user_id}))
+    """The acknowledgement of an unwatch: nothing more comes for that player. ``board``
+    as the connection follows it: a board, or a window's period (its scope)."""
+    return text_frame(orjson.dumps({"type": "unwatched", **named(board), "user_id": user_id}))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,7 +25,7 @@ import redis.exceptions
 from prometheus_client import Counter, Gauge
 
 from broadcaster.rank_feed import RankUpdate, overtaker, standing_of
-from broadcaster.throttle import Throttle
+from broadcaster.throttle import BoardSchedule
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
 
@@ -59,12 +58,10 @@ class WatchService:
                  rank_mode: str) -> None:
         self.scripts = scripts
         self.keys = keys
-        self.interval_s = interval_s
         self.rank_mode = rank_mode
         self.boards: dict[str, dict[str, Watched]] = {}
-        self.throttles: dict[str, Throttle] = {}
+        self.schedule = BoardSchedule(interval_s=interval_s, job=self._tick)
         self._loading: dict[tuple[str, str], asyncio.Future[RankUpdate | None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def current(self, board: str, user_id: str) -> RankUpdate | None:
         """Where ``user_id`` stands now: the kept update while someone watches them,
@@ -111,7 +108,7 @@ class WatchService:
             del players[user_id]
             if not players:
                 del self.boards[board]
-                self.throttles.pop(board, None)
+                self.schedule.forget(board)
 
     def watched_players(self) -> int:
         return sum(len(players) for players in self.boards.values())
@@ -120,29 +117,14 @@ class WatchService:
         """The board changed: read its watched players after its throttle."""
         if board not in self.boards:
             return
-        throttle = self.throttles.setdefault(board, Throttle(self.interval_s))
-        delay = throttle.on_change(time.monotonic())
-        if delay is not None:
-            asyncio.get_running_loop().call_later(delay, self._spawn, board)
-
-    def _spawn(self, board: str) -> None:
-        task = asyncio.create_task(self._tick(board))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.schedule.change(board)
 
     async def _tick(self, board: str) -> None:
-        throttle = self.throttles.get(board)
-        if throttle is None:  # nobody watches any more
-            return
-        throttle.on_read_start()
+        """The schedule's job: read the board's watched players, hand out what changed."""
         try:
             await self._read_all(board)
         except redis.exceptions.RedisError as exc:
             logger.warning("rank feed of %s failed: %r", board, exc)
-        finally:
-            again = throttle.on_sent(time.monotonic())
-            if again is not None:
-                asyncio.get_running_loop().call_later(again, self._spawn, board)
 
     async def _read_all(self, board: str) -> None:
         user_ids = list(self.boards.get(board, {}))

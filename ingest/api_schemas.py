@@ -68,6 +68,13 @@ ENTRY = obj({"rank": {"type": "integer", "minimum": 1}, "user_id": {"type": "str
              "username": {"type": "string"}, "score": {"type": "integer"}}, closed=False)
 ENTRIES: Schema = {"type": "array", "items": ref("Entry")}
 
+# The live feed's messages about a window's period (snapshots and the rank feed's).
+FOLLOWED_WINDOW: dict[str, Schema] = {
+    "window": {**WINDOW, "description": "present when a window is followed"},
+    "period": {"type": "string", "description": "the window's current period; a new"
+                                                " period starts its versions again"}}
+
+
 SCHEMAS: dict[str, Schema] = {
     "Error": obj({"error": obj({
         "code": {"type": "string", "pattern": "^[a-z_]+$",
@@ -179,10 +186,7 @@ SCHEMAS: dict[str, Schema] = {
         "type": {"const": "snapshot"}, "board": {"type": "string"},
         "version": {"type": "integer", "description": "only grows"},
         "ts": {"type": "integer", "description": "server time in ms when it was built"},
-        "entries": ENTRIES,
-        "window": {**WINDOW, "description": "present when a window is followed"},
-        "period": {"type": "string", "description": "the window's current period; a new"
-                                                    " period starts its versions again"}},
+        "entries": ENTRIES, **FOLLOWED_WINDOW},
         required=["type", "board", "version", "ts", "entries"], closed=False,
         description="Sent on connect and whenever the board's top N changes"
                     " (WebSocket text message, or SSE `event: snapshot`)."),
@@ -209,10 +213,10 @@ SCHEMAS: dict[str, Schema] = {
                    description="Client -> server over WebSocket: stop following a player;"
                                " answered by `Unwatched`."),
     "Unwatched": obj({"type": {"const": "unwatched"}, "board": {"type": "string"},
-                      "user_id": {"type": "string"}}, closed=False,
+                      **FOLLOWED_WINDOW, "user_id": {"type": "string"}}, closed=False,
                      description="Server -> client: nothing more comes for that player."),
     "Rank": obj({
-        "type": {"const": "rank"}, "board": {"type": "string"},
+        "type": {"const": "rank"}, "board": {"type": "string"}, **FOLLOWED_WINDOW,
         "version": {"type": "integer", "description": "the board's revision it was read at"},
         "ts": {"type": "integer", "description": "server time in ms when it was built"},
         "user_id": {"type": "string"}, "username": {"type": ["string", "null"]},
@@ -225,7 +229,7 @@ SCHEMAS: dict[str, Schema] = {
                     " their rank, score or the players right above and below change, at"
                     " most once per `SNAPSHOT_INTERVAL_MS` (WebSocket, or SSE `event: rank`)."),
     "Overtaken": obj({
-        "type": {"const": "overtaken"}, "board": {"type": "string"},
+        "type": {"const": "overtaken"}, "board": {"type": "string"}, **FOLLOWED_WINDOW,
         "version": {"type": "integer"}, "ts": {"type": "integer"},
         "user_id": {"type": "string", "description": "the watched player"},
         "rank": {"type": "integer", "description": "their rank now"},

@@ -122,7 +122,8 @@ from loadtest.harness.processes import (
     uvicorn_process,
     worker_process,
 )
-from loadtest.harness.spectators import ClientProcess, raise_fd_limit
+from loadtest.harness.spectator_client import raise_fd_limit
+from loadtest.harness.spectators import ClientProcess
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.settings import load_settings

@@ -41,7 +41,8 @@ from loadtest.harness.processes import (
     ingest_process,
     worker_process,
 )
-from loadtest.harness.spectators import CONNECT_TIMEOUT_S, ClientProcess
+from loadtest.harness.spectator_client import CONNECT_TIMEOUT_S
+from loadtest.harness.spectators import ClientProcess
 from scoreboard.keys import Keys
 from scoreboard.ranking import totals_by_user
 

@@ -34,7 +34,6 @@ import contextlib
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,11 +45,10 @@ import redis.asyncio as redis_asyncio
 import uvloop
 
 from loadtest.harness.backing import Backing
-from loadtest.harness.cpu import cores, cpu_seconds
 from loadtest.harness.figures import histogram_percentile
 from loadtest.harness.players import ingest_env
 from loadtest.harness.processes import broadcaster_process, http_process
-from loadtest.harness.spectators import ClientProcess
+from loadtest.harness.spectators import Fleet, writing_beside
 from scoreboard.board_writes import BoardTotal, apply_and_ack
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
@@ -93,11 +91,6 @@ class WatchResult:
 class WatchPair:
     ours: WatchResult
     anchor: WatchResult
-
-
-def _shares(total: int, parts: int) -> list[int]:
-    parts = max(1, min(parts, total))
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 def _metric(url: str, name: str) -> float:
@@ -143,60 +136,29 @@ async def measure(args: argparse.Namespace, backing: Backing, watched: int, url:
     stop, counted = asyncio.Event(), [0.0, 0.0]
     if ours:  # the players exist before anyone watches them
         await write_watched(backing, 1000, watched, epoch_ms, stop, [0.0, 0.0], limit=1)
-    counts = _shares(args.watchers, args.client_procs)
-    offsets = [sum(counts[:i]) for i in range(len(counts))]
-    clients: list[ClientProcess] = []
-    writer: asyncio.Task[None] | None = None
-    try:
-        clients = list(await asyncio.gather(*(ClientProcess.start(ws_url, args.client)
-                                              for _ in counts)))
-        connected = await asyncio.gather(*(
-            c.call({"op": "connect", "count": n, "parallel": args.connect_parallel,
-                    "deadline_s": args.connect_deadline, "watch_players": watched,
-                    "watch_offset": offset, "epoch_ms": epoch_ms}, args.connect_deadline + 60)
-            for c, n, offset in zip(clients, counts, offsets, strict=True)))
-        if ours:
-            writer = asyncio.create_task(write_watched(
-                backing, args.watch_writer_rate, watched, epoch_ms, stop, counted))
-        await asyncio.sleep(args.settle)
-        built_before = await asyncio.to_thread(
-            _metric, url, "scoreboard_rank_updates_built_total") if ours else 0.0
-        parties: dict[str, int | list[int]] = {"server": pid,
-                                               "clients": [c.pid for c in clients]}
-        before = cpu_seconds(parties, redis_client, own="orchestrator")
-        await asyncio.gather(*(c.call({"op": "start"}) for c in clients))
-        await asyncio.sleep(args.window)
-        windows = await asyncio.gather(*(c.call({"op": "stop"}) for c in clients))
-        after = cpu_seconds(parties, redis_client, own="orchestrator")
-        built_after = await asyncio.to_thread(
-            _metric, url, "scoreboard_rank_updates_built_total") if ours else 0.0
-        if writer is not None and writer.done():
-            await writer  # raises what stopped it
-    finally:
-        stop.set()
-        await asyncio.gather(*([writer] if writer else []), *(c.stop() for c in clients),
-                             return_exceptions=True)
-    bins: Counter[int] = Counter()
-    fresh: Counter[int] = Counter()
-    closed: Counter[str] = Counter()
-    failures: Counter[str] = Counter()
-    for window in windows:
-        bins.update({int(k): v for k, v in window["bins"].items()})
-        fresh.update({int(k): v for k, v in window["fresh_bins"].items()})
-        closed.update(window["closed"])
-    for reply in connected:
-        failures.update(reply["failures"])
-    span = after["at"] - before["at"]
-    window_s = sum(w["seconds"] for w in windows) / len(windows)
+    async with Fleet.open(ws_url, args.client, total=args.watchers,
+                          processes=args.client_procs) as fleet:
+        connected = await fleet.connect(parallel=args.connect_parallel,
+                                        deadline_s=args.connect_deadline,
+                                        watch_players=watched, epoch_ms=epoch_ms)
+        writer = write_watched(backing, args.watch_writer_rate, watched, epoch_ms, stop,
+                               counted) if ours else None
+        async with writing_beside(writer, stop) as writer_check:
+            await asyncio.sleep(args.settle)
+            built_before = await asyncio.to_thread(
+                _metric, url, "scoreboard_rank_updates_built_total") if ours else 0.0
+            window = await fleet.window(lambda: asyncio.sleep(args.window), server_pid=pid,
+                                        redis_client=redis_client)
+            built_after = await asyncio.to_thread(
+                _metric, url, "scoreboard_rank_updates_built_total") if ours else 0.0
+            await writer_check()
     return WatchResult(
         server=server, watchers=args.watchers, watched=watched,
-        connected=sum(r["connected"] for r in connected), connect_failures=dict(failures),
-        window_s=window_s, messages=sum(sum(w["per_client"]) for w in windows),
-        ranks=sum(w["ranks"] for w in windows), bins=dict(bins), fresh_bins=dict(fresh),
-        closed=dict(closed),
-        built_per_s=(built_after - built_before) / span if ours else watched * 10.0,
-        cpu=cores(before, after),
-        writes_per_s=counted[0] / counted[1] if counted[1] else 0.0)
+        connected=connected.connected, connect_failures=connected.failures,
+        window_s=window.seconds, messages=sum(window.per_client), ranks=window.ranks,
+        bins=window.bins, fresh_bins=window.fresh_bins, closed=window.closed,
+        built_per_s=(built_after - built_before) / window.span_s if ours else watched * 10.0,
+        cpu=window.cpu, writes_per_s=counted[0] / counted[1] if counted[1] else 0.0)
 
 
 @contextlib.contextmanager

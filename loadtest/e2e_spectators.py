@@ -3,8 +3,8 @@
     python -m loadtest.e2e_spectators      (driven by loadtest.bench_e2e over stdin/stdout)
 
 One JSON command per stdin line, one JSON reply per stdout line (the protocol
-of the harness's client processes, ``loadtest/harness/spectators.py``, whose
-handle, ``ClientProcess``, drives this one too):
+of the harness's client processes, ``loadtest/harness/spectator_client.py``;
+their handle, ``loadtest.harness.spectators.ClientProcess``, drives this one too):
 
 - ``{"op": "connect", "mode": "websocket", "url": ws_url, "count": n, "parallel": p}``:
   n WebSocket spectators on the broadcaster, each holding its first snapshot;
@@ -40,7 +40,7 @@ import orjson
 import redis.asyncio as redis_asyncio
 import uvloop
 
-from loadtest.harness.spectators import Crowd, Spectator, raise_fd_limit
+from loadtest.harness.spectator_client import Crowd, Spectator, raise_fd_limit
 
 CACHE_SIZE = 256
 

@@ -1,10 +1,11 @@
 """Spectators of a window (real broadcaster, real Redis): subscribe and SSE name a
 window and get its current period; at the period's end they move to the next one,
-which starts empty."""
+which starts empty. The rank feed works on a window's current period too."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from scoreboard.settings import load_settings
 from scoreboard.windows import scope
 from tests.servers import Backing, broadcaster_server, fresh_name
 from tests.test_broadcaster import Writer, next_snapshot, scores, ws_url
+from tests.test_watch_feed import neighbour, next_message, of_type, send, sse_events
 from tests.window_support import make_board
 
 
@@ -138,11 +140,9 @@ def test_at_the_end_of_a_period_spectators_move_to_the_next_one_empty(
     asyncio.run(scenario())
 
 
-def test_a_season_ends_while_watched_and_the_next_one_starts_empty(
-        broadcaster_url: str, backing: Backing, keys: Keys) -> None:
-    """End to end: a season that ends a few seconds after the spectator connects;
-    the broadcaster moves it to the next season (empty) by itself."""
-    board = fresh_name("seasons")
+def seasons_switching_soon(backing: Backing, board: str) -> str:
+    """``board`` with season s1 ending 4 s from now and s2 starting then: a
+    period's end that a test can wait for."""
     now = datetime.now(UTC).replace(microsecond=0)
     switch = now + timedelta(seconds=4)
 
@@ -151,6 +151,14 @@ def test_a_season_ends_while_watched_and_the_next_one_starts_empty(
 
     make_board(backing, board, seasons=(f"s1={iso(now - timedelta(hours=1))}/{iso(switch)}",
                                         f"s2={iso(switch)}/{iso(now + timedelta(hours=1))}"))
+    return board
+
+
+def test_a_season_ends_while_watched_and_the_next_one_starts_empty(
+        broadcaster_url: str, backing: Backing, keys: Keys) -> None:
+    """End to end: a season that ends a few seconds after the spectator connects;
+    the broadcaster moves it to the next season (empty) by itself."""
+    board = seasons_switching_soon(backing, fresh_name("seasons"))
 
     async def scenario() -> None:
         writer = Writer(backing, keys)
@@ -169,3 +177,85 @@ def test_a_season_ends_while_watched_and_the_next_one_starts_empty(
             await writer.close()
 
     asyncio.run(scenario())
+
+
+def test_the_rank_feed_watches_a_player_on_a_windows_current_period(
+        broadcaster_url: str, backing: Backing, keys: Keys) -> None:
+    """Watching on ``?window=weekly`` reads the week's standings (the period's scope,
+    ``board/weekly/<period>``), not all_time's; every rank, overtaken and unwatched
+    message names the board, window and period as snapshots do."""
+    board = fresh_name("arena")
+    made = make_board(backing, board, windows=("all_time", "weekly"))
+    week = made.spec.period_at("weekly", datetime.now(UTC))
+    assert week is not None
+    period, where = week.period, {"board": board, "window": "weekly", "period": week.period}
+    period_scope = scope(board, "weekly", period)
+
+    async def scenario() -> None:
+        writer = Writer(backing, keys)
+        try:
+            for user_id, score in (("ann", 500), ("bob", 900)):  # all_time: bob leads
+                await writer.set(board, user_id, score)
+            for user_id, score in (("ann", 30), ("bob", 20), ("cyd", 10)):  # this week
+                await writer.set(period_scope, user_id, score)
+            async with connect(ws_url(broadcaster_url, board) + "&window=weekly") as ws:
+                assert (await next_snapshot(ws))["period"] == period
+                await send(ws, type="watch", user_id="bob")
+                first = await next_message(ws, of_type("rank"))
+                assert {k: first.get(k) for k in (*where, "user_id", "rank", "score", "above",
+                                                  "below")} == {
+                    **where, "user_id": "bob", "rank": 2, "score": 20,
+                    "above": neighbour(1, "ann", 30), "below": neighbour(3, "cyd", 10)}
+                await writer.set(period_scope, "cyd", 25)  # cyd passes bob this week
+                passed = await next_message(ws, of_type("rank", rank=3))
+                assert passed["above"] == neighbour(2, "cyd", 25)
+                assert {k: passed.get(k) for k in where} == where
+                overtaken = await next_message(ws, lambda m: m["type"] != "snapshot")
+                assert overtaken["type"] == "overtaken"
+                assert overtaken["by"] == neighbour(2, "cyd", 25)
+                assert {k: overtaken.get(k) for k in where} == where
+                await send(ws, type="unwatch", user_id="bob")
+                unwatched = await next_message(ws, of_type("unwatched"))
+                assert {k: unwatched.get(k) for k in where} == {**where}
+        finally:
+            await writer.close()
+
+    asyncio.run(scenario())
+    started = threading.Event()
+    events = sse_events(broadcaster_url, f"/sse?board={board}&window=weekly&watch=bob", 1,
+                        started, 1)
+    assert [kind for kind, _ in events] == ["rank"]
+    assert {k: events[0][1].get(k) for k in (*where, "rank")} == {**where, "rank": 3}
+
+
+def test_watched_players_move_to_the_next_period_with_their_spectators(
+        broadcaster_url: str, backing: Backing, keys: Keys) -> None:
+    """A season that ends a few seconds after the watchers connect: on the WebSocket
+    and on SSE, the watched player's next rank message is their standing in the
+    next season, without asking again."""
+    board = seasons_switching_soon(backing, fresh_name("seasonwatch"))
+    started = threading.Event()
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]]]:
+        writer = Writer(backing, keys)
+        try:
+            await writer.set(scope(board, "season", "s1"), "bob", 3)
+            await writer.set(scope(board, "season", "s2"), "ann", 9)  # s2 begins with these
+            await writer.set(scope(board, "season", "s2"), "bob", 4)
+            sse = asyncio.create_task(asyncio.to_thread(
+                sse_events, broadcaster_url, f"/sse?board={board}&window=season&watch=bob", 2,
+                started, 1))
+            async with connect(ws_url(broadcaster_url, board) + "&window=season") as ws:
+                await send(ws, type="watch", user_id="bob")
+                ranks = [await next_message(ws, of_type("rank"))]
+                ranks.append(await next_message(ws, of_type("rank", period="s2"),
+                                                timeout_s=30))
+            return ranks, await asyncio.wait_for(sse, 30)
+        finally:
+            await writer.close()
+
+    ranks, events = asyncio.run(scenario())
+    for standings in (ranks, [data for _, data in events]):
+        assert [(m["period"], m["rank"], m["score"]) for m in standings] == [
+            ("s1", 1, 3), ("s2", 2, 4)]
+        assert standings[1]["above"] == neighbour(1, "ann", 9)

@@ -16,7 +16,7 @@ from broadcaster.frames import close_frame, sse_event, text_frame
 from broadcaster.hub import Hub
 from broadcaster.snapshots import Snapshot
 from broadcaster.sse import SseSpectator
-from broadcaster.throttle import Throttle
+from broadcaster.throttle import BoardSchedule, Throttle
 from broadcaster.ws_connection import parse_subscribe
 from scoreboard.ranking import (
     decode_cursor,
@@ -98,6 +98,51 @@ def test_throttle_bounds_a_burst_to_duration_over_interval_plus_two() -> None:
     if pending is not None:
         sends += 1
     assert sends <= 1.0 / 0.1 + 2
+
+
+def test_board_schedule_runs_once_more_for_a_change_noticed_during_a_run() -> None:
+    async def scenario() -> None:
+        runs: list[str] = []
+        first_started, release, second_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def job(board: str) -> None:
+            runs.append(board)
+            if len(runs) == 1:
+                first_started.set()
+                await release.wait()
+            else:
+                second_done.set()
+
+        schedule = BoardSchedule(interval_s=0.0, job=job)
+        schedule.change("b")  # leading edge: runs at once
+        await asyncio.wait_for(first_started.wait(), 10)
+        schedule.change("b")  # during the run: may be missed by it, so one more run
+        schedule.change("b")  # rides on that one
+        release.set()
+        await asyncio.wait_for(second_done.wait(), 10)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert runs == ["b", "b"]
+
+    asyncio.run(scenario())
+
+
+def test_board_schedule_drops_a_run_of_a_board_forgotten_before_it_started() -> None:
+    async def scenario() -> None:
+        runs: list[str] = []
+
+        async def job(board: str) -> None:
+            runs.append(board)
+
+        schedule = BoardSchedule(interval_s=0.0, job=job)
+        schedule.change("gone")
+        schedule.forget("gone")  # its last follower left before the timer fired
+        schedule.change("kept")
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert runs == ["kept"] and schedule.throttles.keys() == {"kept"}
+
+    asyncio.run(scenario())
 
 
 # -- hub ---------------------------------------------------------------------------------

@@ -7,7 +7,12 @@ import orjson
 
 from broadcaster.admission import Refusal
 from broadcaster.rank_feed import Neighbour, RankUpdate, Standing, overtaker, standing_of
-from broadcaster.watch_requests import WatchRequest, parse_watch, watches_of
+from broadcaster.watch_requests import (
+    WatchRequest,
+    parse_watch,
+    unwatched_frame,
+    watches_of,
+)
 from scoreboard.script_calls import WatchedPlayer, WatchedRow
 
 
@@ -67,6 +72,20 @@ def test_an_update_is_encoded_once_for_both_transports() -> None:
     assert b"\n\nevent: overtaken\ndata: " in update.sse_bytes
     assert not standing(4, above="y").same_as(standing(4, above="z"))
     assert standing(4, above="y").same_as(standing(4, above="y"))
+
+
+def test_updates_of_a_window_period_name_board_window_and_period_as_snapshots_do() -> None:
+    current = standing(4, above="y", below="z")
+    update = RankUpdate.build("arena/weekly/2026-W49", 7, current, current.above)
+    for message in (orjson.loads(m) for m in update.messages):
+        assert (message["board"], message["window"], message["period"]) == (
+            "arena", "weekly", "2026-W49")
+    assert update.board == "arena/weekly/2026-W49"  # what the service keys players by
+    all_time = orjson.loads(RankUpdate.build("arena", 7, current).messages[0])
+    assert all_time["board"] == "arena" and "window" not in all_time
+    unwatched = orjson.loads(unwatched_frame("arena/weekly/2026-W49", "me")[2:])
+    assert unwatched == {"type": "unwatched", "board": "arena", "window": "weekly",
+                         "period": "2026-W49", "user_id": "me"}
 
 
 def test_watch_requests_and_their_refusals() -> None:

@@ -115,9 +115,10 @@
       socket.onmessage = (event) => {
         const message = JSON.parse(event.data);
         if (message.type !== "snapshot") {
-          // (a window's rank messages name its period's scope, "<board>/<window>/<period>")
-          if (!message.board || message.board === this.board
-              || message.board.startsWith(`${this.board}/`)) this.onMessage(message);
+          // errors name no board; the rank feed's messages name the board and, on a
+          // window, its window and period, as snapshots do
+          if (!message.board || (message.board === this.board
+              && (message.window || "all_time") === this.window)) this.onMessage(message);
           return;
         }
         if (message.board !== this.board) return;

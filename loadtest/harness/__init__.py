@@ -11,7 +11,8 @@
 - ``figures``: percentiles, histograms, and the lines every report starts with;
 - ``players``: players, their addresses and action tokens, over HTTP;
 - ``http``: the raw HTTP/1.1 client and the Prometheus scrape;
-- ``spectators``: WebSocket spectators in client processes of their own.
+- ``spectator_client``: the program of a client process, many WebSocket spectators;
+- ``spectators``: the handle on such processes and the window sequence over several.
 
 A benchmark imports the harness and its own modules, never a sibling benchmark.
 """

@@ -1,336 +1,29 @@
-"""WebSocket spectators, many per client process, and the handle on such a process.
+"""Spectators in client processes of their own, seen from the benchmark that runs them.
 
-A client process (``python -m loadtest.harness.spectators WS_URL [--client
-raw|websockets] [--keep]``) holds a :class:`Crowd` and takes one JSON command
-per stdin line, answering one JSON reply per stdout line:
-``{"op": "connect", "count", "parallel", "deadline_s"}`` (with ``"watch_players": W,
-"watch_offset", "epoch_ms"``: spectator i also watches ``watched_{(offset + i) % W}``,
-see below), ``{"op": "start"}``
-(count from now on), ``{"op": "stop"}`` (reply with what was counted) and
-``{"op": "close"}``. :class:`ClientProcess` is the orchestrator's handle on
-one; ``loadtest.e2e_spectators`` speaks the same protocol.
-
-The spectators use a minimal WebSocket client written on ``asyncio.Protocol``
-(``raw``: the handshake, unmasked server frames, pong and close answers; it
-reads ``ts`` without decoding the JSON), because on 2 cores every client µs
-is taken from the server: measured at 1,000 spectators, the ``websockets``
-library's asyncio client cost about 49 µs of CPU per message received, this
-one about 24 µs. ``websockets`` runs the library's client, for comparison.
-
-Watching spectators (the rank feed part of the broadcaster benchmark) put
-``&watch=<user id>`` in their URL and send ``{"type": "watch", "user_id"}``
-once upgraded (a server uses whichever it understands). Rank messages are
-counted apart, and their freshness binned: the benchmark's writer sets each
-watched player's total to ``(ms since epoch_ms) * 1000 + index``, so the
-receipt time minus the write time is read from the score without decoding the
-JSON (a rank message's own ``score`` is its first).
+:class:`ClientProcess` is the handle on one client process
+(``loadtest.harness.spectator_client``, or any module speaking its protocol:
+one JSON command per stdin line, one JSON reply per stdout line).
+:class:`Fleet` is the sequence the broadcaster benchmark's parts run over
+several of them: split the spectators, connect them, count one window with
+every party's CPU, stop every process. :func:`writing_beside` keeps a board
+writer going meanwhile and stops it at the end.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import base64
 import contextlib
-import os
-import resource
-import signal
 import sys
-import time
 from collections import Counter
-from typing import Any, cast
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
-import uvloop
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from loadtest import BenchError
-from loadtest.harness.figures import BIN_PER_MS
+from loadtest.harness.cpu import cores, cpu_seconds
 from loadtest.harness.processes import PROJECT_DIR
-
-CONNECT_TIMEOUT_S = 60
-
-
-def raise_fd_limit() -> int:
-    """Soft RLIMIT_NOFILE up to the hard limit (children inherit it); returns it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-class Spectator:
-    """One WebSocket client; ``first`` resolves on its first snapshot."""
-
-    def __init__(self, crowd: Crowd, index: int) -> None:
-        self.crowd = crowd
-        self.index = index
-        self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.in_window = 0
-        self.close_code: int | None = None
-
-    def closed(self, code: int) -> None:
-        if self.close_code is None:
-            self.close_code = code
-            self.crowd.on_closed(code)
-        if not self.first.done():
-            self.first.set_exception(ConnectionError(f"closed with {code} before a snapshot"))
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-
-class RawSpectator(Spectator, asyncio.Protocol):
-    """A minimal RFC 6455 client: enough for a server that sends unfragmented text
-    frames, pings and a close; costs a few µs per message."""
-
-    def __init__(self, crowd: Crowd, index: int, host: str, path: str,
-                 watch: str | None = None) -> None:
-        super().__init__(crowd, index)
-        self.watch = watch
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                        "Sec-WebSocket-Version: 13\r\n\r\n").encode()
-        self.buffer = bytearray()
-        self.upgraded = False
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        now_ms = time.time() * 1000
-        buffer = self.buffer
-        buffer += data
-        if not self.upgraded:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            status_line = bytes(buffer[:buffer.find(b"\r\n")])
-            if b" 101 " not in status_line:
-                self.closed(int(status_line.split()[1]) if len(status_line.split()) > 1 else 0)
-                self._abort()
-                return
-            del buffer[:end + 4]
-            self.upgraded = True
-            if self.watch is not None:
-                self._send(0x1, orjson.dumps({"type": "watch", "user_id": self.watch}))
-        position, size = 0, len(buffer)
-        while size - position >= 2:
-            length, header = buffer[position + 1] & 0x7F, 2
-            if length == 126:
-                if size - position < 4:
-                    break
-                length, header = int.from_bytes(buffer[position + 2:position + 4]), 4
-            elif length == 127:
-                if size - position < 10:
-                    break
-                length, header = int.from_bytes(buffer[position + 2:position + 10]), 10
-            if size - position < header + length:
-                break
-            opcode = buffer[position] & 0x0F
-            payload = bytes(buffer[position + header:position + header + length])
-            position += header + length
-            if opcode == 0x1:
-                self.crowd.on_snapshot(self, payload, now_ms)
-            elif opcode == 0x9:  # ping: answer at once, as a browser does
-                self._send(0xA, payload)
-            elif opcode == 0x8:
-                self._send(0x8, payload[:2])
-                self.closed(int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005)
-                self._abort()
-                return
-        del buffer[:position]
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        """A masked (client) frame; only ever a short one here (< 126 bytes)."""
-        if self.transport is None or self.transport.is_closing():
-            return
-        mask = os.urandom(4)
-        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-        self.transport.write(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
-
-    def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed(1006)
-
-    async def close(self) -> None:
-        self._send(0x8, (1000).to_bytes(2))
-        self._abort()
-
-
-class LibrarySpectator(Spectator):
-    """The same client on the ``websockets`` library (``--client websockets``)."""
-
-    connection: ClientConnection
-    reader: asyncio.Task[None]
-
-    async def open(self, url: str, watch: str | None = None) -> None:
-        self.connection = await connect(url, compression=None, ping_interval=None,
-                                        max_size=2**20, open_timeout=CONNECT_TIMEOUT_S)
-        self.reader = asyncio.create_task(self._read())
-        if watch is not None:
-            await self.connection.send(orjson.dumps({"type": "watch", "user_id": watch}))
-
-    async def _read(self) -> None:
-        try:
-            async for message in self.connection:
-                now_ms = time.time() * 1000
-                self.crowd.on_snapshot(self, message.encode() if isinstance(message, str)
-                                       else message, now_ms)
-        except ConnectionClosed:
-            pass
-        self.closed(self.connection.close_code or 1006)
-
-    async def close(self) -> None:
-        await self.connection.close()
-        await self.reader
-
-
-class Crowd:
-    """One client process's spectators, and what they saw in the current window."""
-
-    def __init__(self, url: str, kind: str, keep: bool) -> None:
-        self.url = url
-        self.kind = kind
-        self.keep = keep
-        self.spectators: list[Spectator] = []
-        self.counting = False
-        self.window_started = 0.0
-        self.bins: dict[int, int] = {}
-        self.kept: list[tuple[int, float, str]] = []
-        self.closed_in_window: Counter[int] = Counter()
-        self.watch_players, self.watch_offset, self.epoch_ms = 0, 0, 0
-        self.ranks = 0
-        self.fresh_bins: dict[int, int] = {}
-
-    def on_snapshot(self, spectator: Spectator, payload: bytes, now_ms: float) -> None:
-        if not spectator.first.done():
-            spectator.first.set_result(None)
-        if not self.counting:
-            return
-        spectator.in_window += 1
-        start = payload.find(b'"ts":') + 5
-        latency_bin = int((now_ms - int(payload[start:payload.find(b",", start)])) * BIN_PER_MS)
-        self.bins[latency_bin] = self.bins.get(latency_bin, 0) + 1
-        if payload.startswith(b'{"type":"rank"'):
-            self.ranks += 1
-            start = payload.find(b'"score":') + 8
-            written_ms = self.epoch_ms + int(payload[start:payload.find(b",", start)]) // 1000
-            fresh_bin = int((now_ms - written_ms) * BIN_PER_MS)
-            self.fresh_bins[fresh_bin] = self.fresh_bins.get(fresh_bin, 0) + 1
-        if self.keep:
-            self.kept.append((spectator.index, now_ms, payload.decode()))
-
-    def on_closed(self, code: int) -> None:
-        if self.counting:
-            self.closed_in_window[code] += 1
-
-    async def _open(self, index: int) -> Spectator:
-        watch, url = None, self.url
-        if self.watch_players:
-            watch = f"watched_{(self.watch_offset + index) % self.watch_players}"
-            url += ("&" if "?" in url else "?") + f"watch={watch}"
-        if self.kind == "websockets":
-            library = LibrarySpectator(self, index)
-            await library.open(url, watch)
-            await library.first
-            return library
-        parts = urlsplit(url)
-        path = parts.path + ("?" + parts.query if parts.query else "")
-        raw = RawSpectator(self, index, parts.netloc, path, watch)
-        await asyncio.get_running_loop().create_connection(
-            lambda: raw, parts.hostname or "127.0.0.1", parts.port or 80)
-        try:
-            await raw.first
-        except BaseException:
-            raw._abort()
-            raise
-        return raw
-
-    async def connect(self, count: int, parallel: int,
-                      deadline_s: float = CONNECT_TIMEOUT_S) -> dict[str, Any]:
-        """Open ``count`` spectators, ``parallel`` handshakes at a time; those not
-        connected within ``deadline_s`` are given up and counted as failures."""
-        semaphore, failures = asyncio.Semaphore(parallel), Counter[str]()
-        started, first_index = time.perf_counter(), len(self.spectators)
-
-        async def one(index: int) -> None:
-            async with semaphore:
-                try:
-                    spectator = await asyncio.wait_for(self._open(index), CONNECT_TIMEOUT_S)
-                except Exception as exc:  # any failure is counted and reported, not fatal
-                    failures[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
-                    return
-                self.spectators.append(spectator)
-
-        attempts = [asyncio.create_task(one(first_index + i)) for i in range(count)]
-        _, late = await asyncio.wait(attempts, timeout=deadline_s)
-        for attempt in late:
-            attempt.cancel()
-        if late:
-            failures[f"not connected within {deadline_s:g} s"] += len(late)
-            await asyncio.wait(late)
-        return {"connected": len(self.spectators), "failures": dict(failures),
-                "seconds": time.perf_counter() - started}
-
-    def start(self) -> dict[str, Any]:
-        for spectator in self.spectators:
-            spectator.in_window = 0
-        self.bins, self.kept, self.closed_in_window = {}, [], Counter()
-        self.ranks, self.fresh_bins = 0, {}
-        self.counting, self.window_started = True, time.perf_counter()
-        return {"ok": True}
-
-    def stop(self) -> dict[str, Any]:
-        self.counting = False
-        return {"seconds": time.perf_counter() - self.window_started,
-                "per_client": [s.in_window for s in self.spectators],
-                "bins": {str(k): v for k, v in self.bins.items()},
-                "closed": {str(k): v for k, v in self.closed_in_window.items()},
-                "open": sum(1 for s in self.spectators if s.close_code is None),
-                "kept": self.kept, "ranks": self.ranks,
-                "fresh_bins": {str(k): v for k, v in self.fresh_bins.items()}}
-
-    async def close(self) -> dict[str, Any]:
-        await asyncio.gather(*(s.close() for s in self.spectators if s.close_code is None),
-                             return_exceptions=True)
-        await asyncio.sleep(0.2)  # let the close frames go out
-        return {"ok": True}
-
-
-async def serve_commands(url: str, kind: str, keep: bool) -> int:
-    """The client process: one JSON command per stdin line, one JSON reply per stdout line."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    crowd = Crowd(url, kind, keep)
-    while line := await reader.readline():
-        command: dict[str, Any] = orjson.loads(line)
-        if command["op"] == "connect":
-            crowd.watch_players = command.get("watch_players", 0)
-            crowd.watch_offset = command.get("watch_offset", 0)
-            crowd.epoch_ms = command.get("epoch_ms", 0)
-            reply = await crowd.connect(command["count"], command["parallel"],
-                                        command["deadline_s"])
-        elif command["op"] == "start":
-            reply = crowd.start()
-        elif command["op"] == "stop":
-            reply = crowd.stop()
-        else:
-            reply = await crowd.close()
-        sys.stdout.buffer.write(orjson.dumps(reply) + b"\n")
-        sys.stdout.buffer.flush()
-        if command["op"] == "close":
-            break
-    return 0
 
 
 class ClientProcess:
@@ -341,9 +34,9 @@ class ClientProcess:
 
     @classmethod
     async def start(cls, ws_url: str, kind: str, *, keep: bool = False) -> ClientProcess:
-        """A process of this module's spectators, watching ``ws_url``."""
-        return await cls.start_module("loadtest.harness.spectators", ws_url, "--client", kind,
-                                      *(["--keep"] if keep else []))
+        """A process of ``loadtest.harness.spectator_client``'s spectators, watching ``ws_url``."""
+        return await cls.start_module("loadtest.harness.spectator_client", ws_url,
+                                      "--client", kind, *(["--keep"] if keep else []))
 
     @classmethod
     async def start_module(cls, module: str, *args: str) -> ClientProcess:
@@ -379,20 +72,126 @@ class ClientProcess:
                 await self.process.wait()
 
 
+def shares(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` near-equal positive counts (fewer when ``total`` is)."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """A client process: its spectators watch ``url``; the orchestrator stops it."""
-    parser = argparse.ArgumentParser(prog="python -m loadtest.harness.spectators")
-    parser.add_argument("url")
-    parser.add_argument("--client", choices=("raw", "websockets"), default="raw")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep every message received in the window, for the reply")
-    args = parser.parse_args(argv)
-    raise_fd_limit()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator stops us
-    return uvloop.run(serve_commands(args.url, args.client, args.keep))
+@dataclass(frozen=True)
+class Connected:
+    """What a :class:`Fleet`'s connect got, over all its processes."""
+
+    connected: int
+    failures: dict[str, int]  # reason -> spectators that did not connect
+    seconds: float  # the slowest process's
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@dataclass(frozen=True)
+class Window:
+    """One measured window of a :class:`Fleet`, merged over its processes."""
+
+    seconds: float  # the processes' mean window
+    per_client: list[int]  # messages each spectator received in it
+    ranks: int  # of which rank messages
+    bins: dict[int, int]  # ts -> receipt (``loadtest.harness.figures``' bins)
+    fresh_bins: dict[int, int]  # total written -> rank message received
+    closed: dict[str, int]  # close code -> spectators closed in the window
+    still_open: int
+    cpu: dict[str, float]  # cores of each party (``loadtest.harness.cpu.cores``)
+    span_s: float  # between the two CPU readings: the rate of a server counter over it
+
+    @classmethod
+    def merge(cls, replies: list[dict[str, Any]], cpu: dict[str, float],
+              span_s: float) -> Window:
+        bins: Counter[int] = Counter()
+        fresh: Counter[int] = Counter()
+        closed: Counter[str] = Counter()
+        for reply in replies:
+            bins.update({int(k): v for k, v in reply["bins"].items()})
+            fresh.update({int(k): v for k, v in reply["fresh_bins"].items()})
+            closed.update(reply["closed"])
+        return cls(seconds=sum(r["seconds"] for r in replies) / len(replies),
+                   per_client=[n for r in replies for n in r["per_client"]],
+                   ranks=sum(r["ranks"] for r in replies), bins=dict(bins),
+                   fresh_bins=dict(fresh), closed=dict(closed),
+                   still_open=sum(r["open"] for r in replies), cpu=cpu, span_s=span_s)
+
+
+class Fleet:
+    """``counts[i]`` spectators of one URL in client process ``i``: one sequence for
+    every part of the broadcaster benchmark that measures a crowd. Open it with
+    ``async with Fleet.open(...)``: each process is stopped when the block ends,
+    however it ends."""
+
+    def __init__(self, clients: list[ClientProcess], counts: list[int]) -> None:
+        self.clients = clients
+        self.counts = counts
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, ws_url: str, kind: str, *, total: int,
+                   processes: int) -> AsyncIterator[Fleet]:
+        """``total`` spectators' client processes (``processes`` at most), not yet connected."""
+        counts = shares(total, processes)
+        clients: list[ClientProcess] = []
+        try:
+            clients = list(await asyncio.gather(*(ClientProcess.start(ws_url, kind)
+                                                  for _ in counts)))
+            yield cls(clients, counts)
+        finally:
+            await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.clients]
+
+    async def connect(self, *, parallel: int, deadline_s: float, watch_players: int = 0,
+                      epoch_ms: int = 0) -> Connected:
+        """Connect every spectator (``parallel`` handshakes in flight per process). With
+        ``watch_players`` W, the fleet's spectator i also watches ``watched_{i mod W}``."""
+        offsets = [sum(self.counts[:i]) for i in range(len(self.counts))]
+        replies = await asyncio.gather(*(
+            c.call({"op": "connect", "count": n, "parallel": parallel, "deadline_s": deadline_s,
+                    **({"watch_players": watch_players, "watch_offset": offset,
+                        "epoch_ms": epoch_ms} if watch_players else {})}, deadline_s + 60)
+            for c, n, offset in zip(self.clients, self.counts, offsets, strict=True)))
+        failures: Counter[str] = Counter()
+        for reply in replies:
+            failures.update(reply["failures"])
+        return Connected(connected=sum(r["connected"] for r in replies),
+                         failures=dict(failures), seconds=max(r["seconds"] for r in replies))
+
+    async def window(self, during: Callable[[], Awaitable[None]], *, server_pid: int,
+                     redis_client: Any) -> Window:
+        """Count what every spectator receives while ``during()`` runs (the window's
+        length: a sleep, or a sampling loop), with the CPU of the server, the
+        clients, Redis and this process over the same span."""
+        parties: dict[str, int | list[int]] = {"server": server_pid, "clients": self.pids}
+        before = cpu_seconds(parties, redis_client, own="orchestrator")
+        await asyncio.gather(*(c.call({"op": "start"}) for c in self.clients))
+        await during()
+        replies = await asyncio.gather(*(c.call({"op": "stop"}) for c in self.clients))
+        after = cpu_seconds(parties, redis_client, own="orchestrator")
+        return Window.merge(list(replies), cores(before, after), after["at"] - before["at"])
+
+
+@contextlib.asynccontextmanager
+async def writing_beside(writer: Coroutine[Any, Any, None] | None,
+                         stop: asyncio.Event) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Run ``writer`` (a board writer that ends when ``stop`` is set; None: no writer)
+    for the block; at its end set ``stop`` and wait for the writer. The block gets
+    a check to await after its window: it raises what ended the writer early, so a
+    window measured without its writes is not reported."""
+    task = asyncio.create_task(writer) if writer is not None else None
+
+    async def check() -> None:
+        if task is not None and task.done():
+            await task
+
+    try:
+        yield check
+    finally:
+        stop.set()
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
