@@ -28,15 +28,16 @@ import asyncpg
 from loadtest import BenchError
 from loadtest.harness.cpu import CpuMeter, CpuUse
 from loadtest.worker_workload import Workload
-from workers.batching import STAGING_COLUMNS, months_of, staging_record
+from scoreboard.stream_entry import StreamEntry
+from workers.batching import entry_time, months_of
 
 STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS anchor_staging (LIKE actions) ON COMMIT DELETE ROWS
 """
 BASELINE_TABLE = "actions_copy_baseline"
-# staging_record() without the username: exactly the columns of ``actions``.
-ACTION_COLUMNS = tuple(c for c in STAGING_COLUMNS if c != "username")
-USERNAME_AT = STAGING_COLUMNS.index("username")
+# Exactly the columns of ``actions``, in its order.
+ACTION_COLUMNS = ("event_id", "created_at", "user_id", "board", "points", "source",
+                  "client_addr", "request_id", "stream_id")
 INSERT_AND_SUM = """
 WITH inserted AS (
     INSERT INTO actions SELECT * FROM anchor_staging
@@ -51,6 +52,12 @@ SET score = scores.score + EXCLUDED.score,
     reached_at = GREATEST(scores.reached_at, EXCLUDED.reached_at),
     version = scores.version + 1
 """
+
+
+def action_record(entry: StreamEntry) -> tuple[object, ...]:
+    """An entry as the row of ``actions`` the worker writes for it (ACTION_COLUMNS)."""
+    return (entry.event_id, entry_time(entry), entry.user_id, entry.board, entry.points,
+            entry.source, entry.ip or None, entry.request_id or None, entry.stream_id)
 
 
 @dataclass
@@ -74,9 +81,8 @@ async def run_anchor(database_url: str, workload: Workload, ids: Sequence[str],
             workload.entries(ids, len(workload) - 1, len(workload)))
         for month in months:
             await connection.execute("SELECT ensure_actions_partitions($1, 1)", month)
-        batches = [[record[:USERNAME_AT] + record[USERNAME_AT + 1:] for record in (
-            staging_record(e) for e in workload.entries(
-                ids, start, min(len(workload), start + batch_max)))]
+        batches = [[action_record(e) for e in workload.entries(
+            ids, start, min(len(workload), start + batch_max))]
             for start in range(0, len(workload), batch_max)]
         batch_s: list[float] = []
         before = meter.snapshot(os.getpid())
@@ -134,9 +140,8 @@ async def run_copy_baseline(database_url: str, workload: Workload, ids: Sequence
             workload.entries(ids, len(workload) - 1, len(workload)))
         for statement in month_partitions(months):
             await connection.execute(statement)
-        batches = [[record[:USERNAME_AT] + record[USERNAME_AT + 1:] for record in (
-            staging_record(e) for e in workload.entries(
-                ids, start, min(len(workload), start + batch_max)))]
+        batches = [[action_record(e) for e in workload.entries(
+            ids, start, min(len(workload), start + batch_max))]
             for start in range(0, len(workload), batch_max)]
         copy_s: list[float] = []
         before = meter.snapshot(os.getpid())

@@ -138,6 +138,13 @@ def night_line(settings: Settings, workload: Workload) -> str:
             f"{settings.night_end_hour:02d}:00) (pass --at to choose)")
 
 
+def deep_max(args: argparse.Namespace) -> int:
+    """The workers' WORKER_BATCH_DEEP_MAX in this run."""
+    if args.batch_deep_max is not None:
+        return int(args.batch_deep_max)
+    return max(int(args.batch_max), Settings.worker_batch_deep_max)
+
+
 def report(args: argparse.Namespace, *, background: float, servers: str, backing: WorkerBacking,
            code: tuple[str, bool], night: str, prefill_s: float, worker: WorkerPass,
            worker_problems: list[str], latency: LatencyPass, latency_problems: list[str],
@@ -151,7 +158,8 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     print(f"servers     {servers}; started here: {backing.embedded}")
     print(f"workload    {n:,} entries per stream, {args.users:,} users x boards "
           f"{'/'.join(BOARDS)}, points 1..10, unique event ids, source backend:…; batch "
-          f"max {args.batch_max}")
+          f"max {args.batch_max} (the anchor's and COPY's batch), growing to "
+          f"{deep_max(args)} in the workers while a backlog waits")
     print(f"time        {night}")
     print(f"prefill     {n:,} XADDs pipelined by 1000 in {prefill_s:.2f} s "
           f"({n / prefill_s:,.0f}/s), before any consumer started")
@@ -164,7 +172,8 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     print(f"  with start-up     {drain.overall_rate:,.0f}/s (spawn to last acknowledgement)")
     count = worker.histogram[-1][1] if worker.histogram else 0
     print(f"  batch latency     p50 in {bucket_of(worker.histogram, 0.5)}, p99 in "
-          f"{bucket_of(worker.histogram, 0.99)} ({count:,.0f} batches; the worker's own "
+          f"{bucket_of(worker.histogram, 0.99)} ({count:,.0f} batches, mean "
+          f"{n / max(1, count):,.0f} entries; the worker's own "
           "scoreboard_worker_batch_seconds buckets: persist + acknowledge)")
     print(f"  worker counter    scoreboard_worker_persisted_total = "
           f"{worker.persisted_counter:,.0f}")
@@ -194,8 +203,8 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
           f"{len(batch_s)} batches (mean {n / len(batch_s):,.0f} entries): parse + Postgres "
           "transaction + Redis MULTI + fraud checks")
     print(f"    Postgres        persist_batch p50 {1000 * percentile(pg_s, 0.5):.1f} ms, p99 "
-          f"{1000 * percentile(pg_s, 0.99):.1f} ms (COPY to staging, INSERT .. ON CONFLICT, "
-          "users and scores upserts, totals, commit)")
+          f"{1000 * percentile(pg_s, 0.99):.1f} ms (one statement: counted_events, "
+          "actions and scores inserts, totals; plus the users write when a player is new)")
     spans = latency.timings.postgres_spans
     idle_s = sorted(later[0] - earlier[1] for earlier, later in itertools.pairwise(spans))
     if idle_s:

@@ -21,8 +21,11 @@ processes' files into one answer. The gauges here say how to merge
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
+from bisect import bisect_left
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -43,6 +46,26 @@ POOL_MAX = Gauge("scoreboard_db_pool_max", "Most connections the Postgres pool m
                  multiprocess_mode="livesum")
 
 POOL_SAMPLE_EVERY_S = 1.0
+
+
+def observe_many(histogram: Any, amounts: Sequence[float]) -> None:
+    """``histogram.observe(a)`` for each of ``amounts``, with one increment per bucket
+    touched instead of one lock round per amount: the worker observes every
+    entry of a batch (thousands a second), and per-entry ``observe`` was 3 % of
+    its CPU. Relies on prometheus_client's Histogram internals (``_upper_bounds``,
+    ``_buckets``, ``_sum``: the same since 0.4); without them, observes one by one.
+    ``tests/test_pure_units.py`` checks both give the same samples."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    counts = collections.Counter(bisect_left(bounds, amount) for amount in amounts)
+    for index, count in counts.items():
+        buckets[index].inc(count)
+    total.inc(sum(amounts))
 
 
 def count_fraud_event(rule: str, severity: str) -> None:

@@ -22,14 +22,17 @@ redelivered entry lands in the same partition with the same key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 FIELDS = ("event_id", "user_id", "username", "board", "points", "source", "ts", "ip",
           "request_id")
 
 
-@dataclass(frozen=True)
-class StreamEntry:
+class StreamEntry(NamedTuple):
+    """One parsed entry. A named tuple rather than a frozen dataclass: the worker
+    builds one per entry, and a frozen dataclass's ``__init__`` cost 2.5 times as
+    much (about 3 µs of the 7 µs an entry took to parse)."""
+
     stream_id: str
     event_id: str
     user_id: str
@@ -45,17 +48,16 @@ class StreamEntry:
 
 def parse_entry(stream_id: str, fields: dict[str, str]) -> StreamEntry:
     """Build an entry from its stream fields; ``ValueError`` names what is wrong."""
-    missing = [name for name in FIELDS if name not in fields]
-    if missing:
-        raise ValueError(f"missing fields: {', '.join(missing)}")
     try:
-        points, ts_ms = int(fields["points"]), int(fields["ts"])
+        entry = StreamEntry(stream_id, fields["event_id"], fields["user_id"],
+                            fields["username"], fields["board"], int(fields["points"]),
+                            fields["source"], int(fields["ts"]), fields["ip"],
+                            fields["request_id"], fields.get("traceparent", ""))
+    except KeyError:
+        missing = [name for name in FIELDS if name not in fields]
+        raise ValueError(f"missing fields: {', '.join(missing)}") from None
     except ValueError:
         raise ValueError("points and ts must be integers") from None
-    if points <= 0:
+    if entry.points <= 0:
         raise ValueError("points must be positive")
-    return StreamEntry(stream_id=stream_id, event_id=fields["event_id"],
-                       user_id=fields["user_id"], username=fields["username"],
-                       board=fields["board"], points=points, source=fields["source"],
-                       ts_ms=ts_ms, ip=fields["ip"], request_id=fields["request_id"],
-                       traceparent=fields.get("traceparent", ""))
+    return entry

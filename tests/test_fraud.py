@@ -8,7 +8,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -414,7 +413,7 @@ def test_admin_command_bans_lists_and_unbans(backing: Backing, keys: Keys,
         assert refused.returncode == 1
         assert refused.stderr.startswith("unknown "), refused.stderr
     # The same event id from another source: the command must be told which.
-    other = replace(second, source="backend:other", points=5, user_id=user + "-b")
+    other = second._replace(source="backend:other", points=5, user_id=user + "-b")
     seed(backing, keys, [other])
     ambiguous = admin("remove-action", second.event_id)
     assert ambiguous.returncode == 1

@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
@@ -18,6 +19,7 @@ from broadcaster.snapshots import Snapshot
 from broadcaster.sse import SseSpectator
 from broadcaster.throttle import BoardSchedule, Throttle
 from broadcaster.ws_connection import parse_subscribe
+from scoreboard.metrics import observe_many
 from scoreboard.ranking import (
     decode_cursor,
     decode_member,
@@ -30,6 +32,8 @@ from scoreboard.ranking import (
 from scoreboard.stream_entry import parse_entry
 from scoreboard.stream_trim import safe_trim_id
 from workers.batching import backoff_s, months_of, parse_batch
+from workers.consumer import next_read_count
+from workers.persist_sql import staged
 
 
 def fields(**overrides: str) -> dict[str, str]:
@@ -257,6 +261,37 @@ def test_an_entry_keeps_its_own_time_and_month() -> None:
     last_ms_of_november = int(datetime(2025, 12, 1, tzinfo=UTC).timestamp() * 1000) - 1
     entry = parse_entry("1-0", fields(ts=str(last_ms_of_november)))
     assert months_of([entry]) == {date(2025, 11, 1)}
+
+
+def test_staged_arrays_are_the_entries_columns_with_empty_addresses_as_null() -> None:
+    first = parse_entry("1-0", fields(ip="10.0.0.1", request_id="r1"))
+    second = parse_entry("2-0", fields(event_id="e2", points="5"))
+    assert staged([first, second]) == (
+        ["e1", "e2"], [1764547199999, 1764547199999], ["u1", "u1"], ["global", "global"],
+        [3, 5], ["player", "player"], ["10.0.0.1", None], ["r1", None], ["1-0", "2-0"])
+
+
+def test_a_full_read_doubles_the_next_up_to_the_deep_max_and_a_short_one_resets() -> None:
+    assert next_read_count(1000, 1000, 1000, 4000) == 2000
+    assert next_read_count(2000, 2000, 1000, 4000) == 4000
+    assert next_read_count(4000, 4000, 1000, 4000) == 4000
+    assert next_read_count(4000, 3999, 1000, 4000) == 1000
+    assert next_read_count(1000, 0, 1000, 4000) == 1000
+    assert next_read_count(1000, 1000, 1000, 1000) == 1000  # deep max = batch max: off
+
+
+def test_observe_many_gives_the_samples_of_one_observe_each() -> None:
+    amounts = [0.0, 0.004, 0.005, 0.0051, 0.02, 0.02, 0.5, 3.0, 99.0, 7.25]
+    one_by_one, bulk = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.005, 0.01, 0.05, 1, 5)
+    expected = Histogram("h", "h", buckets=buckets, registry=one_by_one)
+    for amount in amounts:
+        expected.observe(amount)
+    observe_many(Histogram("h", "h", buckets=buckets, registry=bulk), amounts)
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name, s.labels, s.value) for metric in registry.collect()
+                for s in metric.samples if not s.name.endswith("_created")]
+    assert samples(bulk) == samples(one_by_one)
 
 
 def test_safe_trim_id_keeps_pending_and_undelivered() -> None:

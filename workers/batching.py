@@ -12,19 +12,11 @@ from datetime import UTC, date, datetime
 from scoreboard.stream_entry import StreamEntry, parse_entry
 
 MS_PER_DAY = 86_400_000
-STAGING_COLUMNS = ("event_id", "created_at", "user_id", "board", "points", "source",
-                   "client_addr", "request_id", "stream_id", "username")
 
 
 def entry_time(entry: StreamEntry) -> datetime:
     """The action's time: the acceptance time in the entry, never the worker's clock."""
     return datetime.fromtimestamp(entry.ts_ms / 1000, UTC)
-
-
-def staging_record(entry: StreamEntry) -> tuple[object, ...]:
-    return (entry.event_id, entry_time(entry), entry.user_id, entry.board, entry.points,
-            entry.source, entry.ip or None, entry.request_id or None, entry.stream_id,
-            entry.username)
 
 
 def months_of(entries: Iterable[StreamEntry]) -> set[date]:

@@ -155,9 +155,17 @@ class FraudChecks:
         settings = self.settings
         maximums = await self._board_maximums()
         events: dict[str, tuple[StreamEntry, str, str, str, dict[str, Any]]] = {}
+        # Judged once per minute of accept time, not per entry: the window's
+        # edges are whole local hours and zones are offset by whole minutes.
+        night_by_minute: dict[int, bool] = {}
         for entry in entries:
-            if is_night(entry.ts_ms, timezone=settings.fraud_timezone,
-                        start_hour=settings.night_start_hour, end_hour=settings.night_end_hour):
+            minute = entry.ts_ms // 60_000
+            at_night = night_by_minute.get(minute)
+            if at_night is None:
+                at_night = night_by_minute[minute] = is_night(
+                    entry.ts_ms, timezone=settings.fraud_timezone,
+                    start_hour=settings.night_start_hour, end_hour=settings.night_end_hour)
+            if at_night:
                 day = datetime.fromtimestamp(entry.ts_ms / 1000, UTC).date().isoformat()
                 events.setdefault(f"unusual_time:{entry.user_id}:{day}", (
                     entry, "unusual_time", "medium", "logged",

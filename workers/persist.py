@@ -1,18 +1,24 @@
 """One batch of stream entries into Postgres, in one transaction.
 
-Binary COPY into a per-connection staging table, then ONE statement: the
-events new to ``counted_events`` (the durable dedup record, keyed by source
-and event id) become ``actions`` rows, and only rows really inserted are
-summed into ``scores``. A redelivered entry, or an event accepted again once
-its Redis marker is gone, is already counted and adds nothing. The committed
+ONE statement, the batch's columns passed as arrays: the events new to
+``counted_events`` (the durable dedup record, keyed by source and event id)
+become ``actions`` rows, and only rows really inserted are summed into
+``scores``. Alone (no player to write) it is its own implicit transaction,
+so the batch costs one round trip and one commit; before, BEGIN, the
+staging table, a binary COPY into it, the statement and COMMIT were five
+round trips, each waiting for the event loop (which parses the next batch
+meanwhile), and the staging rows were written only to be read once.
+
+A redelivered entry, or an event accepted again once its Redis marker is
+gone, is already counted and adds nothing. The committed
 totals of every (board, user) the batch touched are returned, inserted or
 not: after a crash between commit and acknowledgement, the redelivery must
 still bring the leaderboard up to the committed totals.
 
 Players (``users`` rows of a backend's players, and the names the boards
 show) are written only when this process does not know them yet or a batch
-brings a new name (``workers.players``); most batches of a running worker
-write none, and their statement is then the whole transaction.
+brings a new name (``workers.players``), in one explicit transaction with
+the statement; most batches of a running worker write none.
 """
 
 from __future__ import annotations
@@ -25,21 +31,10 @@ from typing import Any
 from scoreboard.board_defs import BoardDefinition
 from scoreboard.board_writes import BoardTotal
 from scoreboard.stream_entry import StreamEntry
-from workers.batching import STAGING_COLUMNS, months_of, staging_record
+from workers.batching import months_of
+from workers.persist_sql import COUNTED, STAGED, SUM_INTO_SCORES, TOTALS_OF_UNCHANGED, staged
 from workers.players import KnownPlayers, requested_names
-from workers.window_fanout import (
-    CREATE_WINDOW_STAGING,
-    PERSIST_WINDOWED,
-    WINDOW_COLUMNS,
-    window_rows,
-)
-
-CREATE_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS actions_staging (
-    event_id text, created_at timestamptz, user_id text, board text, points integer,
-    source text, client_addr text, request_id text, stream_id text, username text
-) ON COMMIT DELETE ROWS
-"""
+from workers.window_fanout import PERSIST_WINDOWED, window_arrays
 
 # The players a batch must write (``KnownPlayers.to_write``): new ones are
 # inserted with DO NOTHING, and only names that changed are updated (an ON
@@ -77,59 +72,16 @@ SELECT user_id, username, password_hash IS NOT NULL AS registered
 FROM users WHERE user_id = ANY($1::text[])
 """
 
-# The batch in one statement (one round trip, nothing summed in Python):
-# 1. firsts: one copy of each event, the earliest (then the lowest stream id).
-# 2. counted: an event counts once forever. Its (source, event_id) goes into
-#    ``counted_events`` (migration 005) and only the events new there become
-#    ``actions`` rows and points: a redelivered entry, or the same event
-#    accepted again after its Redis marker expired, inserts nothing. Keys go
-#    in sorted, so two workers holding the same events lock them in one order.
-# 3. inserted: the ``actions`` rows of the counted events.
-# 4. upserted: per (board, user) the points really inserted are added to
-#    ``scores``, in (board, user) order (concurrent workers lock score rows in
-#    one order: no deadlocks); RETURNING gives the new totals.
-# 5. The totals of the pairs the batch touched but added nothing to (a
-#    redelivery) are read from ``scores``, one index look-up each (LIMIT 1
-#    keeps the planner from scanning the table for what is usually no row).
-# Every row also carries how many ``actions`` rows the batch inserted.
-PERSIST = """
-WITH firsts AS (
-    SELECT DISTINCT ON (source, event_id) * FROM actions_staging
-    ORDER BY source, event_id, created_at, stream_id
-), counted AS (
-    INSERT INTO counted_events (source, event_id, created_at)
-    SELECT source, event_id, created_at FROM firsts
-    ON CONFLICT DO NOTHING
-    RETURNING source, event_id
-), inserted AS (
-    INSERT INTO actions (event_id, created_at, user_id, board, points, source, client_addr,
-                         request_id, stream_id)
-    SELECT f.event_id, f.created_at, f.user_id, f.board, f.points, f.source, f.client_addr,
-           f.request_id, f.stream_id
-    FROM firsts f JOIN counted c USING (source, event_id)
-    ON CONFLICT DO NOTHING
-    RETURNING board, user_id, points, created_at
-), upserted AS (
-    INSERT INTO scores (board, user_id, score, reached_at)
-    SELECT board, user_id, sum(points), max(created_at) FROM inserted
-    GROUP BY board, user_id ORDER BY board, user_id
-    ON CONFLICT (board, user_id) DO UPDATE
-    SET score = scores.score + EXCLUDED.score,
-        reached_at = GREATEST(scores.reached_at, EXCLUDED.reached_at),
-        version = scores.version + 1
-    RETURNING board, user_id, score, reached_at, version
-), unchanged AS (
-    SELECT DISTINCT board, user_id FROM actions_staging t
-    WHERE NOT EXISTS (SELECT FROM upserted n WHERE n.board = t.board AND n.user_id = t.user_id)
-)
-SELECT board, user_id, score, reached_at, version,
-       (SELECT count(*) FROM inserted) AS inserted_rows
-FROM upserted
-UNION ALL
-SELECT m.board, m.user_id, s.score, s.reached_at, s.version, (SELECT count(*) FROM inserted)
-FROM unchanged m CROSS JOIN LATERAL (
-    SELECT score, reached_at, version FROM scores
-    WHERE scores.board = m.board AND scores.user_id = m.user_id LIMIT 1) s
+# The batch in one statement: one round trip, and with nothing else to write one
+# implicit transaction of its own (see ``persist_batch``). The shared parts
+# (``workers.persist_sql``) say what each step does: the batch's rows come in
+# as arrays, the earliest copy of each event is counted once forever in
+# ``counted_events``, only counted events become ``actions`` rows and points,
+# and the totals of every (board, user) the batch touched come back (with
+# how many ``actions`` rows it inserted).
+PERSIST = f"""
+WITH {STAGED}, {COUNTED}, upserted AS ({SUM_INTO_SCORES.format(rows="inserted")}),
+{TOTALS_OF_UNCHANGED}
 """
 
 
@@ -183,22 +135,19 @@ async def persist_batch(connection: Any, entries: Sequence[StreamEntry],
     writes = known.to_write(requested)
     names = {user_id: known.name(user_id) or name for user_id, name in requested.items()
              if user_id not in writes}
-    records = [staging_record(e) for e in entries]
-    windowed = window_rows(entries, definitions) if definitions else []
+    arrays = staged(entries)
+    windowed = window_arrays(entries, definitions) if definitions else None
+    statement, arguments = (PERSIST, arrays) if windowed is None else (
+        PERSIST_WINDOWED, (*arrays, *windowed))
     written: list[tuple[str, str, bool]] = []
-    async with connection.transaction():
-        await connection.execute(CREATE_STAGING)
-        await connection.copy_records_to_table("actions_staging", records=records,
-                                               columns=STAGING_COLUMNS)
-        if writes:
+    if writes:
+        async with connection.transaction():
             written = await write_players(connection, writes)
-        if windowed:
-            await connection.execute(CREATE_WINDOW_STAGING)
-            await connection.copy_records_to_table("window_staging", records=windowed,
-                                                   columns=WINDOW_COLUMNS)
-            rows = await connection.fetch(PERSIST_WINDOWED)
-        else:
-            rows = await connection.fetch(PERSIST)
+            rows = await connection.fetch(statement, *arguments)
+    else:
+        # One statement is one transaction: atomic on its own, and one round trip
+        # (BEGIN and COMMIT would each be another).
+        rows = await connection.fetch(statement, *arguments)
     known.learn(written)
     names.update((user_id, name) for user_id, name, _ in written)
     return PersistResult(inserted=rows[0]["inserted_rows"] if rows else 0, totals=[

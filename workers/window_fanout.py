@@ -3,13 +3,13 @@ the current period of every window, by its accept time (the stream entry's
 ``ts``, so a redelivery lands in the same period).
 
 A board with only ``all_time`` and the ``sum`` operator (every board before
-migration 008) gets no row here, and its batch goes through the unchanged
-``PERSIST`` statement of ``workers.persist``: it costs what it did. For the
-others, :func:`window_rows` names each counted copy's scopes (the board itself
-and ``<board>/<window>/<period>``), COPYed into ``window_staging``, and
+migration 008) gets no row here, and its batch goes through the plain
+``PERSIST`` statement of ``workers.persist``. For the others,
+:func:`window_arrays` names each counted copy's scopes (the board itself and
+``<board>/<window>/<period>``), passed as arrays beside the batch's, and
 :data:`PERSIST_WINDOWED` sums (``sum``) or keeps the maximum (``best``) per
-scope in the same transaction and with the same exactly-once rule
-(``counted_events``) as the plain statement.
+scope in the same statement and with the same exactly-once rule
+(``counted_events``, ``workers.persist_sql``) as the plain one.
 """
 
 from __future__ import annotations
@@ -20,15 +20,9 @@ from scoreboard.board_defs import BoardDefinition
 from scoreboard.stream_entry import StreamEntry
 from scoreboard.windows import ALL_TIME, Period, scope
 from workers.batching import entry_time
+from workers.persist_sql import COUNTED, STAGED, SUM_INTO_SCORES
 
-CREATE_WINDOW_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS window_staging (
-    source text, event_id text, created_at timestamptz, scope text, best boolean
-) ON COMMIT DELETE ROWS
-"""
-WINDOW_COLUMNS = ("source", "event_id", "created_at", "scope", "best")
-
-WindowRow = tuple[str, str, object, str, bool]
+WindowRow = tuple[str, str, int, str, bool]  # source, event id, ts ms, scope, best
 
 
 def window_rows(entries: Sequence[StreamEntry],
@@ -39,7 +33,7 @@ def window_rows(entries: Sequence[StreamEntry],
                if (found := definitions.get(board)) is not None and not found.plain}
     if not special:
         return []
-    rows: dict[tuple[str, str, object, str], bool] = {}
+    rows: dict[tuple[str, str, int, str], bool] = {}
     # A batch's entries are close in time: the period (and scope) found for one
     # entry serves the next ones it contains, so timezone math runs about once per
     # board, window and batch rather than per entry.
@@ -50,7 +44,7 @@ def window_rows(entries: Sequence[StreamEntry],
             continue
         moment = entry_time(entry)
         best = found.operator == "best"
-        rows[(entry.source, entry.event_id, moment, entry.board)] = best
+        rows[(entry.source, entry.event_id, entry.ts_ms, entry.board)] = best
         for window in found.spec.windows:
             if window == ALL_TIME:
                 continue
@@ -61,53 +55,47 @@ def window_rows(entries: Sequence[StreamEntry],
                     continue
                 cached = known[(entry.board, window)] = (
                     period, scope(entry.board, window, period.period))
-            rows[(entry.source, entry.event_id, moment, cached[1])] = best
+            rows[(entry.source, entry.event_id, entry.ts_ms, cached[1])] = best
     return [(*key, best) for key, best in rows.items()]
+
+
+def window_arrays(entries: Sequence[StreamEntry], definitions: Mapping[str, BoardDefinition]
+                  ) -> tuple[list[object], ...] | None:
+    """:func:`window_rows` as the arguments ``$10``-``$14`` of
+    :data:`PERSIST_WINDOWED` (one list per column), or None when the batch has
+    no board with windows (it then takes the plain statement)."""
+    rows = window_rows(entries, definitions)
+    if not rows:
+        return None
+    return tuple(list(column) for column in zip(*rows, strict=True))
 
 
 # As workers.persist.PERSIST (read that first), with each inserted action spread
 # over its scopes: entries without window rows count on their board as before;
-# the others on every scope of theirs in window_staging. ``sum`` scopes add the
-# points; ``best`` scopes keep a player's best single result and the time it was
-# first reached (an equal result later changes nothing: ties go to whoever
+# the others on every scope of theirs in ``windows`` ($10-$14). ``sum`` scopes add
+# the points; ``best`` scopes keep a player's best single result and the time it
+# was first reached (an equal result later changes nothing: ties go to whoever
 # reached it first). A board has one operator, so the two upserts touch
 # different rows. A period already archived (``board_periods``, see
 # scoreboard/archives.py) is frozen: an entry that reaches the worker after
 # that (a worker down past the grace) still counts everywhere else, not there.
-PERSIST_WINDOWED = """
-WITH counted AS (
-    INSERT INTO counted_events (source, event_id, created_at)
-    SELECT DISTINCT ON (source, event_id) source, event_id, created_at
-    FROM actions_staging ORDER BY source, event_id, created_at
-    ON CONFLICT DO NOTHING
-    RETURNING source, event_id, created_at
-), inserted AS (
-    INSERT INTO actions (event_id, created_at, user_id, board, points, source, client_addr,
-                         request_id, stream_id)
-    SELECT s.event_id, s.created_at, s.user_id, s.board, s.points, s.source, s.client_addr,
-           s.request_id, s.stream_id
-    FROM actions_staging s JOIN counted c USING (source, event_id, created_at)
-    ON CONFLICT DO NOTHING
-    RETURNING board, user_id, points, created_at, source, event_id
-), live AS (
-    SELECT w.* FROM window_staging w
+PERSIST_WINDOWED = f"""
+WITH {STAGED}, windows AS (
+    SELECT w.source, w.event_id, timestamptz 'epoch' + w.ts_ms * interval '1 millisecond'
+           AS created_at, w.scope, w.best
+    FROM unnest($10::text[], $11::text[], $12::int8[], $13::text[], $14::bool[])
+         AS w(source, event_id, ts_ms, scope, best)
+), {COUNTED}, live AS (
+    SELECT w.* FROM windows w
     WHERE NOT EXISTS (SELECT 1 FROM board_periods p WHERE p.scope = w.scope)
 ), scoped AS (
     SELECT i.board, i.user_id, i.points, i.created_at, false AS best FROM inserted i
-    WHERE NOT EXISTS (SELECT 1 FROM window_staging w WHERE w.source = i.source
+    WHERE NOT EXISTS (SELECT 1 FROM windows w WHERE w.source = i.source
                       AND w.event_id = i.event_id AND w.created_at = i.created_at)
     UNION ALL
     SELECT w.scope, i.user_id, i.points, i.created_at, w.best
     FROM inserted i JOIN live w USING (source, event_id, created_at)
-), summed AS (
-    INSERT INTO scores (board, user_id, score, reached_at)
-    SELECT board, user_id, sum(points), max(created_at) FROM scoped WHERE NOT best
-    GROUP BY board, user_id ORDER BY board, user_id
-    ON CONFLICT (board, user_id) DO UPDATE
-    SET score = scores.score + EXCLUDED.score,
-        reached_at = GREATEST(scores.reached_at, EXCLUDED.reached_at),
-        version = scores.version + 1
-    RETURNING board, user_id, score, reached_at, version
+), summed AS ({SUM_INTO_SCORES.format(rows="scoped WHERE NOT best")}
 ), bested AS (
     INSERT INTO scores (board, user_id, score, reached_at)
     SELECT DISTINCT ON (board, user_id) board, user_id, points, created_at FROM scoped
@@ -119,10 +107,10 @@ WITH counted AS (
 ), upserted AS (
     SELECT * FROM summed UNION ALL SELECT * FROM bested
 ), touched AS (
-    SELECT board, user_id FROM actions_staging
+    SELECT board, user_id FROM staged
     UNION
     SELECT w.scope, s.user_id FROM live w
-    JOIN actions_staging s USING (source, event_id, created_at)
+    JOIN staged s USING (source, event_id, created_at)
 )
 SELECT t.board, t.user_id, u.username,
        COALESCE(n.score, s.score) AS score, COALESCE(n.reached_at, s.reached_at) AS reached_at,
