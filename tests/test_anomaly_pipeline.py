@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -147,3 +149,12 @@ def test_the_anomaly_score_reviews_the_bot_and_not_the_players_beside_it(
     assert entry["rules"] == {"anomaly": 1}
     assert entry["anomaly_score"] == pytest.approx(evidence["score"])
     assert not redis_client.exists(keys.flagged(bot.user_id))  # a review restricts nothing
+    # ``scoreboard anomaly-score``: the same pass from the command line, one JSON line
+    # an account; the bot stands above every player seeded beside it
+    done = subprocess.run([sys.executable, "-m", "scoreboard.cli", "anomaly-score"],
+                          env=backing.env(ACTIVITY_HOUR_S="86400"), capture_output=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = [orjson.loads(line) for line in done.stdout.splitlines() if line.startswith(b"{")]
+    by_user = {line["user_id"]: line["score"] for line in lines}
+    assert by_user[bot.user_id] > max(by_user[p.user_id] for p in honest)
