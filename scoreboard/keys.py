@@ -163,6 +163,17 @@ class Keys:
         """ZSET of the hour numbers in which the user had an accept (tireless rule)."""
         return f"{self._user_tag(user_id)}:active-hours:{user_id}"
 
+    def top_run(self, user_id: str) -> str:
+        """"run,newest ms": the user's accepts in a row at their board's top price
+        (top-action rule)."""
+        return f"{self._user_tag(user_id)}:top-run:{user_id}"
+
+    @property
+    def anomaly_due(self) -> str:
+        """Exists for ``ANOMALY_EVERY_S`` after an anomaly pass started: one pass a
+        period, whatever the number of workers."""
+        return f"{self.tag}:anomaly-pass"
+
     def address_accounts(self, address: str) -> str:
         """ZSET user id -> latest accepted ms of the accounts acting from ``address``
         (farm rule)."""

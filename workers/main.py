@@ -157,6 +157,7 @@ class WorkerSettings:
         cron(jobs.trim_stream, second={15}),
         cron(jobs.reconcile_boards, minute={0, 15, 30, 45}),
         cron(jobs.score_velocity_job, minute={2}),
+        cron(jobs.anomaly_job, second={50}, timeout=600),
         cron(jobs.restore_restrictions_job, minute={20}),
         cron(jobs.archive_periods_job, second={40}),
         cron(jobs.history_checkpoints_job, minute={7}, timeout=3600),
