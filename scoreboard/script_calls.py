@@ -19,6 +19,7 @@ import orjson
 
 from scoreboard.keys import Keys
 from scoreboard.ranking import epoch_ms
+from scoreboard.stream_entry import pack_item
 
 if TYPE_CHECKING:
     from scoreboard.board_writes import BoardTotal
@@ -186,13 +187,14 @@ class BatchScript(TypedScript):
             stand_in = view.user_rate("backend", backend_id)
             script_keys = [stand_in, stand_in, view.stream, stand_in]
         source = f"backend:{backend_id}"
+        # The event and banned keys are built in the script from these two prefixes,
+        # which carry the tag of the call's slot (the shard's, on a sharded cluster).
+        script_keys += [view.event_prefix(source), view.banned_prefix]
         args: list[Any] = [*rate_args, dedup_ttl_ms, source, address, request_id,
                            traceparent]
-        event_key, banned_key = view.event, view.banned
-        add_keys, add_args = script_keys.extend, args.extend
-        for item in items:
-            add_keys((event_key(item.event_id, source), banned_key(item.user_id)))
-            add_args((item.event_id, item.user_id, item.board, item.points, item.username))
+        # One argument per increment (see the script's header): Redis's cost per
+        # increment is what bounds a batch.
+        args += [pack_item(*item) for item in items]
         call: Call = script_keys, args
         reason, *rest = await self._run(call)
         reason = _text(reason)

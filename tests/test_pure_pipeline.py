@@ -29,7 +29,7 @@ from scoreboard.ranking import (
     ranks,
     totals_by_user,
 )
-from scoreboard.stream_entry import parse_entry
+from scoreboard.stream_entry import pack_item, parse_entry
 from scoreboard.stream_trim import safe_trim_id
 from workers.batching import backoff_s, months_of, parse_batch
 from workers.consumer import next_read_count
@@ -261,6 +261,24 @@ def test_an_entry_keeps_its_own_time_and_month() -> None:
     last_ms_of_november = int(datetime(2025, 12, 1, tzinfo=UTC).timestamp() * 1000) - 1
     entry = parse_entry("1-0", fields(ts=str(last_ms_of_november)))
     assert months_of([entry]) == {date(2025, 11, 1)}
+
+
+def test_a_packed_entry_reads_as_the_plain_one() -> None:
+    """``lua/batch.lua`` writes an increment as ``item`` + ``context``; the worker must
+    read the same entry from it, a display name with separators' neighbours intact."""
+    plain = fields(username="Zoë | the\tbest", source="backend:b1", ip="10.0.0.7",
+                   request_id="r-1", traceparent="00-" + "ab" * 16 + "-" + "cd" * 8 + "-01")
+    packed = {"item": pack_item("e1", "u1", "global", 3, "Zoë | the\tbest"),
+              "context": "\x1f".join(["backend:b1", "1764547199999", "10.0.0.7", "r-1"]),
+              "traceparent": plain["traceparent"]}
+    assert parse_entry("1-0", packed) == parse_entry("1-0", plain)
+    assert parse_entry("1-0", {**packed, "traceparent": ""}).traceparent == ""
+    with pytest.raises(ValueError):
+        parse_entry("1-0", {**packed, "item": "e1\x1fu1"})
+    with pytest.raises(ValueError):
+        parse_entry("1-0", {"item": packed["item"]})
+    with pytest.raises(ValueError):
+        parse_entry("1-0", {**packed, "item": pack_item("e1", "u1", "global", 0, "")})
 
 
 def test_staged_arrays_are_the_entries_columns_with_empty_addresses_as_null() -> None:
