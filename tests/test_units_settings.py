@@ -80,7 +80,6 @@ def test_settings_read_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) ->
     ("ACTION_TOKEN_TTL_S", "0"),
     ("ACCESS_TOKEN_TTL_S", ""),
     ("DEDUP_TTL_S", "0"),
-    ("WORKER_BATCH_DEEP_MAX", "0"),
     ("INCREMENT_RATE", "5 per minute"),
     ("IP_RATE", "0/60"),
     ("BACKEND_RATE", "10/0"),
