@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser prometheus run test lint bench-ingest bench-worker bench-e2e bench-broadcaster bench-history clean
+.PHONY: install browser prometheus run test test-cluster lint bench-ingest bench-worker bench-e2e bench-broadcaster bench-history bench-cluster clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed (set PYTHON=...)")'
@@ -34,6 +34,11 @@ prometheus:
 test: install browser prometheus
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The suite against a 3-master Redis Cluster started from the embedded default's
+# redis-server (scoreboard/embedded_cluster.py), players over 3 shards.
+test-cluster: install browser prometheus
+	REDIS_CLUSTER=1 REDIS_SHARDS=3 $(PY) -m pytest $(PYTEST_ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy . .ci/wheel_smoke.py
@@ -52,6 +57,9 @@ bench-broadcaster: install
 
 bench-history: install
 	$(PY) -m loadtest.bench_history $(BENCH_ARGS)
+
+bench-cluster: install
+	$(PY) -m loadtest.bench_cluster $(BENCH_ARGS)
 
 .PHONY: fraud-sim
 fraud-sim: install

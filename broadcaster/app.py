@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as redis_asyncio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -33,10 +33,10 @@ from broadcaster.state import BroadcasterState
 from broadcaster.watches import WatchService
 from broadcaster.ws_connection import keep_alive
 from scoreboard.boards_redis import RedisBoards
-from scoreboard.keys import Keys
 from scoreboard.logs import configure_logging
 from scoreboard.lua import register_scripts
 from scoreboard.metrics import exposition, forget_this_process
+from scoreboard.redis_clients import cluster_pubsub, redis_client
 from scoreboard.settings import Settings, load_settings
 from scoreboard.tracing import Tracing, setup_tracing
 
@@ -46,14 +46,15 @@ READY_TIMEOUT_S = 2.0
 
 def build_state(settings: Settings, client: Any,
                 tracing: Tracing | None = None) -> BroadcasterState:
-    keys = Keys(settings.key_prefix)
+    keys = settings.keys
     hub = Hub(max_per_address=settings.ws_max_per_ip)
     scripts = register_scripts(client)
     snapshots = SnapshotService(
         redis=client, boards=RedisBoards(client, scripts, keys), keys=keys,
         hub=hub, size=settings.snapshot_size, interval_s=settings.snapshot_interval_ms / 1000,
         poll_s=settings.revision_poll_ms / 1000, rank_mode=settings.rank_ties,
-        tracing=tracing)
+        tracing=tracing,
+        pubsub=functools.partial(cluster_pubsub, client) if settings.redis_cluster else None)
     hub.on_board_empty.append(snapshots.forget)
     watches = WatchService(scripts=scripts, keys=keys, rank_mode=settings.rank_ties,
                            interval_s=settings.snapshot_interval_ms / 1000)
@@ -72,8 +73,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        client = redis_asyncio.Redis.from_url(redis_url, socket_connect_timeout=2,
-                                              health_check_interval=30)
+        client = redis_client(redis_url, cluster=settings.redis_cluster,
+                              socket_connect_timeout=2, health_check_interval=30)
         tracing = setup_tracing("broadcaster", os.environ)  # None unless OTEL_* turn it on
         state = build_state(settings, client, tracing)
         app.state.broadcaster = state

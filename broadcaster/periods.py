@@ -17,12 +17,11 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-import redis.exceptions
-
 from broadcaster.hub import Hub
 from broadcaster.snapshots import SnapshotService
 from scoreboard.board_defs import DefinitionCache
 from scoreboard.keys import Keys
+from scoreboard.redis_clients import REDIS_FAILURES
 from scoreboard.windows import ALL_TIME, SCOPE_SEPARATOR, TargetError, resolve_target, split_scope
 
 logger = logging.getLogger(__name__)
@@ -77,5 +76,5 @@ class PeriodFollower:
             await asyncio.sleep(ROLLOVER_CHECK_S)
             try:
                 await self.rollover()
-            except redis.exceptions.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 logger.warning("period rollover check failed: %r", exc)

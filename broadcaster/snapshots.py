@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
-import redis.exceptions
 
 from broadcaster.frames import sse_event, text_frame
 from broadcaster.hub import Hub
@@ -32,6 +31,7 @@ from broadcaster.throttle import BoardSchedule
 from scoreboard.boards_redis import RedisBoards
 from scoreboard.keys import Keys
 from scoreboard.ranking import ranks
+from scoreboard.redis_clients import REDIS_FAILURES
 from scoreboard.tracing import Tracing, inner_span
 from scoreboard.windows import ALL_TIME, split_scope
 
@@ -65,8 +65,12 @@ class Snapshot:
 class SnapshotService:
     def __init__(self, *, redis: Any, boards: RedisBoards, keys: Keys, hub: Hub, size: int,
                  interval_s: float, poll_s: float, rank_mode: str,
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None,
+                 pubsub: Callable[[], Any] | None = None) -> None:
+        """``pubsub``: makes the PubSub of the change notices (default the client's;
+        on a cluster, one of a node's: scoreboard/redis_clients.py)."""
         self.redis = redis
+        self.pubsub = pubsub or (lambda: redis.pubsub(ignore_subscribe_messages=True))
         self.boards = boards
         self.keys = keys
         self.hub = hub
@@ -151,13 +155,18 @@ class SnapshotService:
                 snapshot = await self.refresh(board)
                 if snapshot is not None:
                     self.hub.publish(snapshot)
-        except redis.exceptions.RedisError as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("snapshot of %s failed: %r", board, exc)
 
     async def listen(self) -> None:
         """Follow the workers' change notices, reconnecting after any failure."""
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub = self.pubsub()
+            except REDIS_FAILURES as exc:  # on a cluster: no node known yet
+                logger.warning("change notices not subscribed: %r; retrying", exc)
+                await asyncio.sleep(1)
+                continue
             try:
                 await pubsub.subscribe(self.keys.board_changes)
                 async for message in pubsub.listen():
@@ -166,7 +175,7 @@ class SnapshotService:
                         text = data.decode() if isinstance(data, bytes) else str(data)
                         board, _, traceparent = text.partition("\n")
                         self.notice(board, traceparent)
-            except redis.exceptions.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 logger.warning("change notices interrupted: %r; resubscribing", exc)
                 await asyncio.sleep(1)
             finally:
@@ -181,7 +190,7 @@ class SnapshotService:
                 continue
             try:
                 revisions = await self.redis.mget([self.keys.board_revision(b) for b in watched])
-            except redis.exceptions.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 logger.warning("revision poll failed: %r", exc)
                 continue
             for board, revision in zip(watched, revisions, strict=True):

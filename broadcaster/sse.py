@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 
-import redis.exceptions
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
@@ -35,6 +34,7 @@ from broadcaster.snapshots import Snapshot
 from broadcaster.state import BroadcasterState
 from broadcaster.watch_requests import unknown_user, watches_of
 from scoreboard.client_address import client_address, forwarded_for
+from scoreboard.redis_clients import REDIS_FAILURES
 from scoreboard.windows import ALL_TIME, TargetError
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ async def _follow_next_period(state: BroadcasterState, spectator: SseSpectator,
         spectator.watching[user_id] = -1
     try:
         updates = [await state.watches.current(board, u) for u in user_ids]
-    except redis.exceptions.RedisError as exc:
+    except REDIS_FAILURES as exc:
         logger.warning("watched players of %s not moved to %s: %r", ended, board, exc)
         spectator.watching = {}
         spectator.shut()
@@ -157,7 +157,7 @@ class SseEndpoint:
                 board = await state.periods.scope_of(board, window)
             except TargetError as exc:
                 refusal = window_refusal(exc)
-            except redis.exceptions.RedisError:
+            except REDIS_FAILURES:
                 refusal = UNAVAILABLE
         if refusal is not None:
             await _refuse(refusal, send)
@@ -175,7 +175,7 @@ class SseEndpoint:
             try:
                 first = await state.snapshots.current(board)
                 standings = [await state.watches.current(board, u) for u in watch_ids]
-            except redis.exceptions.RedisError as exc:
+            except REDIS_FAILURES as exc:
                 logger.warning("first snapshot of %s failed: %r", board, exc)
                 await _refuse(UNAVAILABLE, send)
                 return

@@ -21,13 +21,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import redis.exceptions
 from prometheus_client import Counter, Gauge
 
 from broadcaster.rank_feed import RankUpdate, overtaker, standing_of
 from broadcaster.throttle import BoardSchedule
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
+from scoreboard.redis_clients import REDIS_FAILURES
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class WatchService:
         """The schedule's job: read the board's watched players, hand out what changed."""
         try:
             await self._read_all(board)
-        except redis.exceptions.RedisError as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("rank feed of %s failed: %r", board, exc)
 
     async def _read_all(self, board: str) -> None:

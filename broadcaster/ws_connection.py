@@ -25,7 +25,6 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 import orjson
-import redis.exceptions
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
@@ -57,6 +56,7 @@ from broadcaster.watch_requests import (
     unwatched_frame,
 )
 from scoreboard.client_address import client_address, forwarded_for
+from scoreboard.redis_clients import REDIS_FAILURES
 from scoreboard.windows import ALL_TIME, TargetError
 
 logger = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ class SpectatorConnection(asyncio.Protocol):
             if self.open and self.transport is not None:
                 self.transport.write(error_frame(window_refusal(exc)))
             return
-        except redis.exceptions.RedisError as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("window %s of %s not resolved: %r", window, board, exc)
             self.shut(TRY_AGAIN_LATER, "board unavailable, try again")
             return
@@ -315,7 +315,7 @@ class SpectatorConnection(asyncio.Protocol):
     async def _send_current(self, board: str) -> None:
         try:
             snapshot = await self.state.snapshots.current(board)
-        except redis.exceptions.RedisError as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("first snapshot of %s failed: %r", board, exc)
             self.shut(TRY_AGAIN_LATER, "board unavailable, try again")
             return
@@ -373,7 +373,7 @@ class SpectatorConnection(asyncio.Protocol):
     async def _start_following(self, board: str, user_id: str) -> None:
         try:
             update = await self.state.watches.current(board, user_id)
-        except redis.exceptions.RedisError as exc:
+        except REDIS_FAILURES as exc:
             logger.warning("first standing of %s on %s failed: %r", user_id, board, exc)
             update, refusal = None, UNAVAILABLE
         else:

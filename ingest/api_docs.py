@@ -172,7 +172,13 @@ OPERATIONS: dict[str, Operation] = {
         "tags": ["scores"], "summary": "A game backend's increments (up to 1,000)",
         "security": BEARER,
         "description": "Needs scope `scores:write`. Each `event_id` counts once; a banned"
-                       " player's increments are listed in `refused`, the rest accepted.",
+                       " player's increments are listed in `refused`, the rest accepted."
+                       " A refusal of the whole request (401, 403, 404, 409, 422, 429)"
+                       " writes nothing. On a Redis Cluster deployment the batch is"
+                       " split by player shard, each part applied atomically: a 503 can"
+                       " then come after some parts were accepted. Retry the same"
+                       " batch with the same event ids: the parts already in are"
+                       " answered as `duplicates`, so every increment counts once.",
         "requestBody": body("BatchRequest"),
         "responses": {"202": answer("accepted", "BatchResult"), **BAD_BODY, **NEEDS_TOKEN,
                       "403": refusal("`insufficient_scope`"),

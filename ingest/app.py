@@ -13,7 +13,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as redis_asyncio
 import redis.exceptions
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -45,10 +44,10 @@ from scoreboard.cors import CORSMiddleware, parse_origins
 from scoreboard.db import create_pool
 from scoreboard.errors import RequestError
 from scoreboard.jwt_tokens import JWTAuthority
-from scoreboard.keys import Keys
 from scoreboard.logs import configure_logging
 from scoreboard.lua import register_scripts
 from scoreboard.metrics import forget_this_process, sample_pool_forever
+from scoreboard.redis_clients import cluster_unsettled, redis_client
 from scoreboard.settings import Settings, load_settings
 from scoreboard.signing_keys import load_action_keys, load_jwt_keys
 from scoreboard.tracing import setup_tracing
@@ -89,6 +88,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """An unexpected failure: the envelope, nothing more (the traceback is logged)."""
+    if cluster_unsettled(exc):  # a cluster's connections closed under the command
+        return error_response(dependency_down(request.url.path, exc))
     return error_response(INTERNAL_ERROR)
 
 
@@ -113,15 +114,18 @@ def create_app(settings: Settings | None = None) -> IngestApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = redis_asyncio.Redis.from_url(redis_url, socket_connect_timeout=2,
-                                              socket_timeout=5, health_check_interval=30,
-                                              connection_class=HiredisPackingConnection)
+        client = redis_client(redis_url, cluster=settings.redis_cluster,
+                              socket_connect_timeout=2, socket_timeout=5,
+                              health_check_interval=30,
+                              connection_class=HiredisPackingConnection)
         pool = await create_pool(database_url, max_size=10)
-        keys = Keys(settings.key_prefix)
-        scripts, batcher = coalesce_hot_scripts(register_scripts(client), client)
+        keys = settings.keys
+        # The coalescing channel is one connection to one server: not on a cluster.
+        scripts, batcher = coalesce_hot_scripts(register_scripts(client), client) \
+            if not settings.redis_cluster else (register_scripts(client), None)
         board_cache = BoardCache(client, keys.board_definitions)
         await board_cache.start(pool, service_max=settings.max_points_per_increment)
-        backlog = Backpressure(client, stream=keys.stream, group=settings.consumer_group,
+        backlog = Backpressure(client, streams=keys.streams, group=settings.consumer_group,
                                max_backlog=settings.max_backlog)
         app.state.ingest = IngestState(
             settings=settings, keys=keys, redis=client, scripts=scripts, pool=pool,
@@ -141,7 +145,8 @@ def create_app(settings: Settings | None = None) -> IngestApp:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await pool.close()
-            await batcher.close()
+            if batcher is not None:
+                await batcher.close()
             await client.aclose()
             forget_this_process(settings.prometheus_multiproc_dir)
             if tracing is not None:

@@ -36,9 +36,10 @@ _DUMMY_HASH_CACHE: dict[tuple[int, int, int], str] = {}
 async def limit_auth_attempts(request: Request, state: IngestState) -> None:
     """Per-address limit on the unauthenticated endpoints (password guessing)."""
     rate = state.settings.auth_ip_rate
+    address = request_client(request, state)
+    at_address = state.keys.at_address(address)
     reason, retry_ms = await state.scripts.rate_limit(
-        state.keys, rate_key=state.keys.ip_rate("auth", request_client(request, state)),
-        rate=rate)
+        at_address, rate_key=at_address.ip_rate("auth", address), rate=rate)
     if reason != "ok":
         raise RequestError(429, "rate_limited", "too many attempts from this address",
                            retry_after_s=retry_after_seconds(retry_ms))
@@ -73,9 +74,9 @@ async def revoke_access_tokens(state: IngestState, connection: Any,
     if not live:
         return
     async with state.redis.pipeline(transaction=False) as pipe:
-        for jti, _user_id, expires in live:
+        for jti, user_id, expires in live:
             ttl_ms = max(1, int((expires - now).total_seconds() * 1000))
-            pipe.set(state.keys.revoked_jti(jti), "1", px=ttl_ms)
+            pipe.set(state.keys.player(user_id).revoked_jti(jti), "1", px=ttl_ms)
         await pipe.execute()
     await connection.executemany(
         "INSERT INTO revoked_tokens (jti, user_id, expires_at) VALUES ($1, $2, $3)"

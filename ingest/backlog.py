@@ -78,9 +78,11 @@ async def count_without_lag(client: Any, stream: str, group: dict[str, Any],
 class Backpressure:
     """The last measured backlog and the decision the write endpoints take from it."""
 
-    def __init__(self, client: Any, *, stream: str, group: str, max_backlog: int) -> None:
+    def __init__(self, client: Any, *, streams: list[str], group: str,
+                 max_backlog: int) -> None:
+        """``streams``: every shard's stream (one unsharded); the backlog is their sum."""
         self.client = client
-        self.stream = stream
+        self.streams = streams
         self.group = group
         self.max_backlog = max_backlog
         self.backlog = 0
@@ -100,7 +102,8 @@ class Backpressure:
     async def measure_forever(self, every_s: float) -> None:
         while True:
             try:
-                self.backlog = await measure_backlog(self.client, self.stream, self.group)
+                self.backlog = sum([await measure_backlog(self.client, stream, self.group)
+                                    for stream in self.streams])
             except (OSError, redis.exceptions.RedisError):
                 logger.warning("backlog not measured", exc_info=True)
             await asyncio.sleep(every_s)

@@ -34,5 +34,5 @@ def verify_bearer(header: str, state: IngestState) -> Claims:
 
 
 async def ensure_not_revoked(state: IngestState, claims: Claims) -> None:
-    if await state.redis.exists(state.keys.revoked_jti(claims.jti)):
+    if await state.redis.exists(state.keys.player(claims.sub).revoked_jti(claims.jti)):
         raise unauthorized("token_revoked", "access token has been revoked")

@@ -12,13 +12,17 @@ import asyncpg
 import redis.exceptions
 
 from scoreboard.errors import RequestError
+from scoreboard.redis_clients import cluster_unsettled
 
 logger = logging.getLogger("ingest.app")
 
 RETRY_AFTER_UNAVAILABLE_S = 1
 
 # Redis or Postgres did not answer: 503, the client retries, nothing was half-written.
+# On a cluster, also a slot without a master for a moment (a failover under way).
 UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+               redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+               redis.exceptions.SlotNotCoveredError,
                asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
                asyncpg.InterfaceError, ConnectionError, TimeoutError)
 
@@ -46,6 +50,6 @@ def answer_for(exc: BaseException, path: str) -> RequestError | None:
         return exc
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         return redis_full(path)
-    if isinstance(exc, UNAVAILABLE):
+    if isinstance(exc, UNAVAILABLE) or cluster_unsettled(exc):
         return dependency_down(path, exc)
     return None

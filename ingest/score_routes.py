@@ -24,7 +24,7 @@ from ingest.validation import (
     parse_batch,
     parse_increment,
 )
-from scoreboard import action_tokens
+from scoreboard import action_tokens, sharded_calls
 from scoreboard.action_tokens import ExpiredActionToken
 from scoreboard.errors import ActionTokenError, RequestError
 from scoreboard.jwt_tokens import Claims
@@ -70,8 +70,8 @@ async def record_token_failure(state: IngestState, *, user_id: str, address: str
     address limits; the worker's recorder escalates a repeat offence). ``user_id`` is
     empty when the subject is not authenticated."""
     settings, keys = state.settings, state.keys
-    reply = await state.scripts.token_failure(
-        keys, user_id=user_id, address=address, failure=failure,
+    reply = await sharded_calls.token_failure(
+        state.scripts, state.redis, keys, user_id=user_id, address=address, failure=failure,
         window_ms=settings.token_failure_window_s * 1000,
         to_flag=settings.token_failures_to_flag,
         to_limit_address=settings.token_failures_to_limit_address,
@@ -121,8 +121,8 @@ async def issue_action_token(request: HotRequest) -> Answer:
         raise invalid("action", f"{action!r} is not an action of board {board.board!r}")
     nonce = secrets.token_hex(16)
     address = request.address
-    reason, retry_ms = await state.scripts.action_token(
-        keys, user_id=claims.sub, jti=claims.jti, nonce=nonce, address=address,
+    reason, retry_ms = await sharded_calls.action_token(
+        state.scripts, keys, user_id=claims.sub, jti=claims.jti, nonce=nonce, address=address,
         user_rate=settings.action_token_rate, ip_rate=settings.ip_rate,
         token_ttl_ms=settings.action_token_ttl_s * 1000)
     metrics.script_outcome("action_token", reason)
@@ -157,7 +157,7 @@ async def _verified_token(state: IngestState, claims: Claims, text: str,
                                     ttl_ms=settings.action_token_ttl_s * 1000)
     except ExpiredActionToken as exc:
         event_id = "at-" + exc.token.nonce
-        if await state.redis.exists(state.keys.event(event_id)):
+        if await state.redis.exists(state.keys.player(claims.sub).event(event_id)):
             metrics.script_outcome("increment", "replayed")
             return _accepted(event_id)
         metrics.script_outcome("increment", exc.code)
@@ -200,8 +200,9 @@ async def increment(request: HotRequest) -> Answer:
     event_id = "at-" + token.nonce
     # With tracing on, the entry carries this span's context to the worker.
     with client_span(state.tracing, "increment.lua", **{"db.system": "redis"}) as traceparent:
-        reason, retry_ms, flagged_now = await state.scripts.increment(
-            keys, user_id=claims.sub, jti=claims.jti, nonce=token.nonce, address=address,
+        reason, retry_ms, flagged_now = await sharded_calls.increment(
+            state.scripts, keys, user_id=claims.sub, jti=claims.jti, nonce=token.nonce,
+            address=address,
             event_id=event_id, board=token.board, points=points, username=claims.name,
             source="player", request_id=request.request_id,
             user_rate=settings.increment_rate, flagged_rate=settings.flagged_increment_rate,
@@ -248,8 +249,9 @@ async def batch(request: HotRequest) -> Answer:
     await _check_board_maxima(state, increments)
     state.backlog.check()
     with client_span(state.tracing, "batch.lua", **{"db.system": "redis"}) as traceparent:
-        reply = await state.scripts.batch(
-            keys, backend_id=claims.sub, jti=claims.jti, address=request.address,
+        reply = await sharded_calls.batch(
+            state.scripts, state.redis, keys, backend_id=claims.sub, jti=claims.jti,
+            address=request.address,
             request_id=request.request_id, rate=settings.backend_rate,
             dedup_ttl_ms=settings.dedup_ttl_s * 1000, traceparent=traceparent,
             items=increments)

@@ -10,6 +10,9 @@
 --         with token failures of their own in the window)
 -- ARGV[1] user id   ARGV[2..3] user rate (count, period ms)   ARGV[4..5] ip rate
 -- ARGV[6] token lifetime ms
+-- ARGV[7..8] sharded only: the address's limited ttl ms and IP-limit verdict (retry
+--          ms, 0 when allowed) from lua/address_gate.lua; KEYS[4] and KEYS[6] are
+--          then not touched (the caller commits the IP limit after an 'ok')
 --
 -- Returns {'ok', 0} or {reason, retry after ms}, reason one of 'revoked',
 -- 'banned', 'address_limited', 'limited_user', 'limited_ip'.
@@ -24,7 +27,10 @@ local token_ttl = tonumber(ARGV[6])
 
 if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
 if redis.call('EXISTS', banned_key) == 1 then return {'banned', 0} end
-local limited_ttl = redis.call('PTTL', address_limited_key)
+local external_address = (ARGV[7] or '') ~= ''
+local limited_ttl
+if external_address then limited_ttl = tonumber(ARGV[7])
+else limited_ttl = redis.call('PTTL', address_limited_key) end
 if limited_ttl > 0 and redis.call('EXISTS', user_failures_key) == 1 then
   return {'address_limited', limited_ttl}
 end
@@ -32,10 +38,16 @@ end
 local now = now_ms()
 local user_ok, user_tat, user_retry = gcra_check(user_rate_key, now, user_count, user_period, 1)
 if not user_ok then return {'limited_user', user_retry} end
-local ip_ok, ip_tat, ip_retry = gcra_check(ip_rate_key, now, ip_count, ip_period, 1)
+local ip_ok, ip_tat, ip_retry
+if external_address then
+  ip_retry = tonumber(ARGV[8])
+  ip_ok = ip_retry <= 0
+else
+  ip_ok, ip_tat, ip_retry = gcra_check(ip_rate_key, now, ip_count, ip_period, 1)
+end
 if not ip_ok then return {'limited_ip', ip_retry} end
 
 gcra_commit(user_rate_key, now, user_tat)
-gcra_commit(ip_rate_key, now, ip_tat)
+if not external_address then gcra_commit(ip_rate_key, now, ip_tat) end
 redis.call('SET', token_key, user_id, 'PX', token_ttl)
 return {'ok', 0}

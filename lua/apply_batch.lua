@@ -18,7 +18,12 @@
 --               "totals": [[board index (from 0), user id, total, reached ms, version,
 --                           username], ...],
 --               "ack": [stream id, ...],
---               "trace": W3C traceparent (optional; tracing on)}
+--               "trace": W3C traceparent (optional; tracing on),
+--               "hidden": [0 or 1, ...] (sharded only, one per total: whether its user
+--                 is banned or shadow-banned, read in the player's slot beforehand;
+--                 the banned and shadow-banned keys are then not passed, "ack" is
+--                 empty and KEYS[1] is not touched: the caller XACKs in the
+--                 stream's slot after this call)}
 --   The notice is the board's name, followed by "\n" and the traceparent when
 --   there is one (board names hold no newline).
 -- Returns the number of board entries that changed.
@@ -35,7 +40,9 @@ local names = {}
 for i, t in ipairs(totals) do
   local b = 4 + 3 * t[1]
   local k = first_user_key + 2 * (i - 1)
-  local hidden = redis.call('EXISTS', KEYS[k], KEYS[k + 1]) > 0
+  local hidden
+  if batch.hidden then hidden = batch.hidden[i] == 1
+  else hidden = redis.call('EXISTS', KEYS[k], KEYS[k + 1]) > 0 end
   changed = changed + apply_total(KEYS[b], KEYS[b + 1], hidden, t[2], tonumber(t[3]),
                                   tonumber(t[4]), tonumber(t[5]))
   names[#names + 1] = t[2]

@@ -17,6 +17,9 @@
 -- KEYS[4] banned key of the backend account
 -- KEYS[5 + 2i], KEYS[6 + 2i] event id key and banned key of increment i (i from 0)
 -- ARGV[1..2] backend rate (count, period ms)   ARGV[3] dedup ttl ms
+--          count 0: one shard's part of a sharded batch (scoreboard/keys.py): the
+--          backend's checks were made in its own slot (lua/backend_gate.lua) and
+--          the caller charges its limit; KEYS[1], KEYS[2], KEYS[4] are not touched
 -- ARGV[4] source   ARGV[5] client address   ARGV[6] request id
 -- ARGV[7] W3C traceparent of the caller's span ('' when tracing is off): written
 --         into each entry as 'traceparent' only when given
@@ -31,8 +34,9 @@ local dedup_ttl = tonumber(ARGV[3])
 local source, client_addr, request_id, traceparent = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local n = (#KEYS - 4) / 2
 
-if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
-if redis.call('EXISTS', backend_banned_key) == 1 then return {'banned', 0} end
+local gated = rate_count == 0
+if not gated and redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
+if not gated and redis.call('EXISTS', backend_banned_key) == 1 then return {'banned', 0} end
 
 -- How many of KEYS[first], KEYS[first + 2], ... exist (a key listed twice counts twice).
 local CHUNK = 500
@@ -65,7 +69,7 @@ end
 
 local now = now_ms()
 local new_tat = nil
-if #fresh > 0 then
+if #fresh > 0 and not gated then
   local ok, tat, retry = gcra_check(rate_key, now, rate_count, rate_period, #fresh)
   if not ok then return {'limited_backend', retry} end
   new_tat = tat

@@ -27,6 +27,10 @@
 -- ARGV[16..18] rapid rule: max accepted in window, window ms, flag duration ms
 -- ARGV[19] W3C traceparent of the caller's span ('' when tracing is off): written
 --          into the entry as 'traceparent' only when given
+-- ARGV[20..21] sharded only (scoreboard/keys.py): the address's limited ttl ms and
+--          its IP-limit verdict (retry ms, 0 when allowed), read beforehand in the
+--          address's own slot (lua/address_gate.lua); KEYS[7] and KEYS[10] are then
+--          not touched (the caller commits the IP limit after an 'ok')
 --
 -- Returns {'ok', stream id, accepted ms, flagged now (0/1)} or {reason, retry after ms},
 -- or {'replayed', 0}, reason one of 'revoked', 'banned', 'address_limited', 'token_used', 'token_foreign',
@@ -51,7 +55,10 @@ if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
 local owner = redis.call('GET', token_key)
 if not owner and redis.call('EXISTS', event_key) == 1 then return {'replayed', 0} end
 if redis.call('EXISTS', banned_key) == 1 then return {'banned', 0} end
-local limited_ttl = redis.call('PTTL', address_limited_key)
+local external_address = (ARGV[20] or '') ~= ''
+local limited_ttl
+if external_address then limited_ttl = tonumber(ARGV[20])
+else limited_ttl = redis.call('PTTL', address_limited_key) end
 if limited_ttl > 0 and redis.call('EXISTS', user_failures_key) == 1 then
   return {'address_limited', limited_ttl}
 end
@@ -66,13 +73,19 @@ if redis.call('EXISTS', flagged_key) == 1 then
 end
 local user_ok, user_tat, user_retry = gcra_check(limit_key, now, limit_count, limit_period, 1)
 if not user_ok then return {'limited_user', user_retry} end
-local ip_ok, ip_tat, ip_retry = gcra_check(ip_rate_key, now, ip_count, ip_period, 1)
+local ip_ok, ip_tat, ip_retry
+if external_address then
+  ip_retry = tonumber(ARGV[21])
+  ip_ok = ip_retry <= 0
+else
+  ip_ok, ip_tat, ip_retry = gcra_check(ip_rate_key, now, ip_count, ip_period, 1)
+end
 if not ip_ok then return {'limited_ip', ip_retry} end
 if redis.call('EXISTS', event_key) == 1 then return {'duplicate', 0} end
 
 redis.call('DEL', token_key)
 gcra_commit(limit_key, now, user_tat)
-gcra_commit(ip_rate_key, now, ip_tat)
+if not external_address then gcra_commit(ip_rate_key, now, ip_tat) end
 redis.call('SET', event_key, '1', 'PX', dedup_ttl)
 local entry = {'event_id', event_id, 'user_id', user_id, 'username', username, 'board', board,
   'points', points, 'source', source, 'ts', tostring(now),

@@ -13,6 +13,10 @@
 -- ARGV[1] user id ('' for none)   ARGV[2] address   ARGV[3] what failed (a code)
 -- ARGV[4] window ms   ARGV[5] user threshold   ARGV[6] address threshold
 -- ARGV[7] address limit duration ms   ARGV[8] flag duration ms
+-- ARGV[9] sharded only (scoreboard/keys.py): 'user' counts the user's failure only
+--         (KEYS[2], KEYS[4] not touched), 'address' the address's only and does not
+--         XADD its decision (KEYS[5] not touched: the caller records it on a shard's
+--         fraud stream); absent or '': both, as on a single node
 --
 -- Reaching the user threshold is an offence: the user is flagged here (unless
 -- already flagged or banned), and the worker's recorder climbs the ladder
@@ -27,6 +31,7 @@ local user_key, address_key, banned_key, limited_key, fraud_key, flagged_key =
 local user_id, address, failure = ARGV[1], ARGV[2], ARGV[3]
 local window, user_max, address_max = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local limit_ms, flag_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
+local part = ARGV[9] or ''
 
 local function count(key)
   local n = redis.call('INCR', key)
@@ -35,7 +40,7 @@ local function count(key)
 end
 
 local user_failures, flagged_now = 0, 0
-if user_id ~= '' then
+if user_id ~= '' and part ~= 'address' then
   user_failures = count(user_key)
   if user_failures >= user_max and redis.call('EXISTS', banned_key) == 0
       and redis.call('EXISTS', flagged_key) == 0 then
@@ -47,14 +52,17 @@ if user_id ~= '' then
     flagged_now = 1
   end
 end
+if part == 'user' then return {user_failures, 0, flagged_now, 0} end
 local address_failures = count(address_key)
 local limited_now = 0
 if address_failures >= address_max and redis.call('EXISTS', limited_key) == 0 then
   redis.call('SET', limited_key, failure, 'PX', limit_ms)
   redis.call('DEL', address_key)
+  limited_now = 1
+end
+if limited_now == 1 and part ~= 'address' then
   redis.call('XADD', fraud_key, '*', 'rule', 'token_manipulation', 'severity', 'high',
     'action', 'address_limited', 'user_id', user_id, 'client_addr', address,
     'evidence', '{"failures":' .. address_failures .. ',"last":"' .. failure .. '"}')
-  limited_now = 1
 end
 return {user_failures, address_failures, flagged_now, limited_now}

@@ -15,13 +15,12 @@ import sys
 from typing import Any
 
 import orjson
-import redis.asyncio as redis_asyncio
 
 from scoreboard.admin_boards import BOARD_COMMANDS, add_board_parsers, run_board_command
 from scoreboard.board_defs import publish_boards
 from scoreboard.db import create_pool
-from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
+from scoreboard.redis_clients import redis_client
 from scoreboard.settings import Settings
 
 
@@ -137,9 +136,10 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     from scoreboard.review import NotUndoable, review, undo
 
     assert settings.redis_url is not None and settings.database_url is not None
-    client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url, cluster=settings.redis_cluster,
+                          decode_responses=True)
     pool = await create_pool(settings.database_url, max_size=2)
-    keys = Keys(settings.key_prefix)
+    keys = settings.keys
     moderation = Moderation(redis=client, pool=pool, scripts=register_scripts(client), keys=keys)
     command = args.admin_command
     service_max = settings.max_points_per_increment

@@ -26,6 +26,7 @@ from typing import Any
 
 from scoreboard.board_defs import SELECT_BOARDS, row_definition
 from scoreboard.keys import Keys
+from scoreboard.redis_clients import is_cluster
 from scoreboard.windows import ALL_TIME, Period, scope
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ async def _archive(redis: Any, pool: Any, keys: Keys, board: str, period: Period
     name = scope(board, period.window, period.period)
     await pool.execute(RECORD, name, board, period.window, period.period, period.starts_at,
                        period.ends_at, timeout=10)
-    async with redis.pipeline(transaction=True) as pipe:
+    # (no MULTI on a cluster: there one pipeline, not atomic; a retry repeats it)
+    async with redis.pipeline(transaction=not is_cluster(redis)) as pipe:
         for key in (keys.board(name), keys.board_entries(name), keys.board_revision(name)):
             pipe.expire(key, key_ttl_s)
         pipe.srem(keys.boards, name)

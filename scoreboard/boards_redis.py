@@ -8,6 +8,7 @@ from scoreboard.board_reads import Row, Slice
 from scoreboard.keys import Keys
 from scoreboard.lua import Scripts
 from scoreboard.ranking import total_of, zset_score
+from scoreboard.redis_clients import is_cluster
 
 
 def _text(value: Any) -> str:
@@ -38,7 +39,9 @@ class RedisBoards:
 
     async def position_after(self, board: str, total: int, member: str) -> int:
         key, score = self.keys.board(board), zset_score(total)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        # (no MULTI on a cluster: the four reads may straddle a write there, which
+        # the search below tolerates as it does an entry that moved)
+        async with self.redis.pipeline(transaction=not is_cluster(self.redis)) as pipe:
             pipe.zrank(key, member)
             pipe.zscore(key, member)
             pipe.zcount(key, "-inf", f"({score}")

@@ -127,20 +127,20 @@ def run(settings: Settings) -> int:
 
 
 async def _rebuild(settings: Settings, board: str) -> int:
-    import redis.asyncio as redis_asyncio
 
     from scoreboard.board_writes import rebuild_board
     from scoreboard.db import create_pool
-    from scoreboard.keys import Keys
     from scoreboard.lua import register_scripts
+    from scoreboard.redis_clients import redis_client
 
     assert settings.redis_url is not None and settings.database_url is not None
-    client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url, cluster=settings.redis_cluster,
+                          decode_responses=True)
     pool = await create_pool(settings.database_url)
     try:
         await require_board(pool, board)
         return await rebuild_board(client, pool, register_scripts(client),
-                                   Keys(settings.key_prefix), board)
+                                   settings.keys, board)
     finally:
         await pool.close()
         await client.aclose()

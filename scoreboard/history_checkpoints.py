@@ -59,9 +59,11 @@ async def oldest_unacknowledged_ms(redis: Any, keys: Keys) -> int | None:
 
 async def committed_horizon(redis: Any, keys: Keys, *, now: datetime,
                             lag: timedelta) -> datetime:
-    """The latest moment a checkpoint may cover now (``history.checkpoint_horizon``)."""
-    oldest = await oldest_unacknowledged_ms(redis, keys) if await redis.exists(keys.stream) \
-        else None
+    """The latest moment a checkpoint may cover now (``history.checkpoint_horizon``);
+    sharded, the oldest unacknowledged entry of every shard's stream counts."""
+    found = [await oldest_unacknowledged_ms(redis, shard)
+             for shard in keys.every_shard if await redis.exists(shard.stream)]
+    oldest = min((ms for ms in found if ms is not None), default=None)
     return checkpoint_horizon(now=now, acknowledged_before_ms=oldest, lag=lag)
 
 

@@ -70,14 +70,13 @@ async def _history(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _safe_horizon(settings: Settings) -> datetime:
-    import redis.asyncio as redis_asyncio
-
-    from scoreboard.keys import Keys
+    from scoreboard.redis_clients import redis_client
 
     assert settings.redis_url is not None
-    client = redis_asyncio.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings.redis_url, cluster=settings.redis_cluster,
+                          decode_responses=True)
     try:
-        return await committed_horizon(client, Keys(settings.key_prefix), now=datetime.now(UTC),
+        return await committed_horizon(client, settings.keys, now=datetime.now(UTC),
                                        lag=timedelta(seconds=settings.history_checkpoint_lag_s))
     finally:
         await client.aclose()

@@ -1,20 +1,95 @@
 """Every Redis key name, in one place; nothing else spells a key.
 
-All keys of a deployment carry one hash tag, ``{<prefix>}``, so that every
-script's keys hash to the same slot and each script runs unchanged on Redis
-Cluster. The prefix separates deployments and test runs sharing a server.
-Sharding the stream by user (several tags) is the documented next step when
-one slot is no longer enough; only this module and the worker's stream list
-would change.
+Single node (the default, ``REDIS_SHARDS=1`` without ``REDIS_CLUSTER``): every key
+of a deployment carries one hash tag, ``{<prefix>}``, as it always has. The prefix
+separates deployments and test runs sharing a server.
+
+Sharded (``REDIS_CLUSTER=1`` or ``REDIS_SHARDS`` > 1): the same names under other
+tags, so that every script call touches one slot of a Redis Cluster:
+
+- a player's keys (action tokens, per-user limits, dedup markers, revoked access
+  tokens, bans and flags, the rapid-actions window, cadence, ...) and its shard's
+  streams (increments, fraud events, dead letters) carry ``{<prefix>:s<N>}``, N the
+  player's shard (:meth:`Keys.shard_of`, a CRC32 of the user id: stable across
+  processes and restarts; changing ``REDIS_SHARDS`` moves players, so it is set
+  once per deployment);
+- an address's keys (per-address limits, token-failure counts, the farm rule's
+  sets) carry ``{<prefix>:a:<address>}``, a slot per address;
+- everything else (boards, board definitions, names, arq) keeps ``{<prefix>}``.
+
+A view (:meth:`Keys.player`, :meth:`Keys.shard`, :meth:`Keys.at_address`) is a
+``Keys`` with another tag: ``keys.player(user_id).action_token(nonce)``. A name
+that takes the user id (``banned``, ``user_rate``, ...) or the address (``ip_rate``,
+``address_limited``, ...) is routed by the deployment's ``Keys`` itself:
+``keys.banned(user_id)`` is the player's shard's key; on a view it keeps the
+view's tag (a script's stand-in keys rely on that). Unsharded, every view is the
+``Keys`` itself, so the names are today's.
 """
 
 from __future__ import annotations
 
+import zlib
+
 
 class Keys:
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, shards: int = 1, cluster: bool = False,
+                 tag: str | None = None) -> None:
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
         self.prefix = prefix
-        self.tag = "{" + prefix + "}"
+        self.shards = shards
+        self.sharded = cluster or shards > 1
+        self.cluster = cluster
+        self.is_view = tag is not None
+        self.tag = tag or "{" + prefix + "}"
+
+    def _user_tag(self, user_id: str) -> str:
+        """The tag of a per-player name: its shard's, unless this is a view."""
+        if not self.sharded or self.is_view:
+            return self.tag
+        return "{" + f"{self.prefix}:s{self.shard_of(user_id)}" + "}"
+
+    def _address_tag(self, address: str) -> str:
+        """The tag of a per-address name: the address's, unless this is a view."""
+        if not self.sharded or self.is_view:
+            return self.tag
+        return "{" + f"{self.prefix}:a:{address}" + "}"
+
+    def _view(self, tag: str) -> Keys:
+        return Keys(self.prefix, shards=self.shards, cluster=self.cluster, tag=tag)
+
+    # Sharding (see the module docstring).
+    def shard_of(self, user_id: str) -> int:
+        """The player's shard: stable (CRC32), 0 when unsharded."""
+        if self.shards == 1:
+            return 0
+        return zlib.crc32(user_id.encode()) % self.shards
+
+    def shard(self, index: int) -> Keys:
+        """The keys of shard ``index`` (this ``Keys`` when unsharded)."""
+        if not self.sharded:
+            return self
+        return self._view("{" + f"{self.prefix}:s{index}" + "}")
+
+    def player(self, user_id: str) -> Keys:
+        """The keys of ``user_id``'s shard."""
+        return self.shard(self.shard_of(user_id))
+
+    def at_address(self, address: str) -> Keys:
+        """The keys of a client address (a slot per address when sharded)."""
+        if not self.sharded:
+            return self
+        return self._view("{" + f"{self.prefix}:a:{address}" + "}")
+
+    @property
+    def every_shard(self) -> list[Keys]:
+        """One view per shard, in shard order (``[self]`` when unsharded)."""
+        return [self.shard(index) for index in range(self.shards)]
+
+    @property
+    def streams(self) -> list[str]:
+        """The increment stream of every shard, in shard order."""
+        return [view.stream for view in self.every_shard]
 
     # The hand-off from ingest to workers.
     @property
@@ -30,10 +105,10 @@ class Keys:
         return f"{self.tag}:revoked:{jti}"
 
     def banned(self, user_id: str) -> str:
-        return f"{self.tag}:banned:{user_id}"
+        return f"{self._user_tag(user_id)}:banned:{user_id}"
 
     def flagged(self, user_id: str) -> str:
-        return f"{self.tag}:flagged:{user_id}"
+        return f"{self._user_tag(user_id)}:flagged:{user_id}"
 
     def event(self, event_id: str, source: str = "player") -> str:
         """Idempotency marker of an accepted event id (expires after the dedup TTL),
@@ -41,51 +116,51 @@ class Keys:
         return f"{self.tag}:event:{source}:{event_id}"
 
     def user_rate(self, limit_name: str, user_id: str) -> str:
-        return f"{self.tag}:rate:{limit_name}:user:{user_id}"
+        return f"{self._user_tag(user_id)}:rate:{limit_name}:user:{user_id}"
 
     def ip_rate(self, limit_name: str, address: str) -> str:
-        return f"{self.tag}:rate:{limit_name}:ip:{address}"
+        return f"{self._address_tag(address)}:rate:{limit_name}:ip:{address}"
 
     # Fraud (see docs/fraud.md).
     def shadow_banned(self, user_id: str) -> str:
         """Exists while the user is hidden from boards but not told so."""
-        return f"{self.tag}:shadow-banned:{user_id}"
+        return f"{self._user_tag(user_id)}:shadow-banned:{user_id}"
 
     def recent_actions(self, user_id: str) -> str:
         """ZSET of the user's accepted increments in the rapid-actions window."""
-        return f"{self.tag}:recent:{user_id}"
+        return f"{self._user_tag(user_id)}:recent:{user_id}"
 
     def token_failures_user(self, user_id: str) -> str:
-        return f"{self.tag}:token-failures:user:{user_id}"
+        return f"{self._user_tag(user_id)}:token-failures:user:{user_id}"
 
     def token_failures_ip(self, address: str) -> str:
-        return f"{self.tag}:token-failures:ip:{address}"
+        return f"{self._address_tag(address)}:token-failures:ip:{address}"
 
     def address_limited(self, address: str) -> str:
         """Exists while an address is refused for token manipulation."""
-        return f"{self.tag}:address-limited:{address}"
+        return f"{self._address_tag(address)}:address-limited:{address}"
 
     def rate_refusals(self, user_id: str) -> str:
         """Counter of the user's per-user 429s in the rate-hammering window."""
-        return f"{self.tag}:rate-refusals:user:{user_id}"
+        return f"{self._user_tag(user_id)}:rate-refusals:user:{user_id}"
 
     def cadence(self, user_id: str) -> str:
         """The user's latest accepted ms, "ms,ms,...", oldest first (cadence rule)."""
-        return f"{self.tag}:cadence:{user_id}"
+        return f"{self._user_tag(user_id)}:cadence:{user_id}"
 
     def active_hours(self, user_id: str) -> str:
         """ZSET of the hour numbers in which the user had an accept (tireless rule)."""
-        return f"{self.tag}:active-hours:{user_id}"
+        return f"{self._user_tag(user_id)}:active-hours:{user_id}"
 
     def address_accounts(self, address: str) -> str:
         """ZSET user id -> latest accepted ms of the accounts acting from ``address``
         (farm rule)."""
-        return f"{self.tag}:address-accounts:{address}"
+        return f"{self._address_tag(address)}:address-accounts:{address}"
 
     def address_activity(self, address: str, window_index: int) -> str:
         """HASH user id -> accepts from ``address`` in fixed farm window number
         ``window_index`` (farm rule: how busy each account is)."""
-        return f"{self.tag}:address-activity:{address}:{window_index}"
+        return f"{self._address_tag(address)}:address-activity:{address}:{window_index}"
 
     @property
     def fraud_stream(self) -> str:

@@ -20,7 +20,9 @@ from typing import Any
 
 from scoreboard.script_calls import (
     ActionTokenScript,
+    AddressGateScript,
     ApplyBatchScript,
+    BackendGateScript,
     BatchScript,
     BoardPageScript,
     FlagUsersScript,
@@ -62,6 +64,8 @@ class Scripts:
     flag_users: FlagUsersScript
     fraud_batch: FraudBatchScript
     watch_ranks: WatchRanksScript
+    address_gate: AddressGateScript
+    backend_gate: BackendGateScript
 
 
 def register_scripts(redis: Any) -> Scripts:
@@ -82,4 +86,6 @@ def register_scripts(redis: Any) -> Scripts:
         rate_refusal=RateRefusalScript(raw("rate_refusal")),
         flag_users=FlagUsersScript(raw("flag_users")),
         fraud_batch=FraudBatchScript(raw("fraud_batch")),
-        watch_ranks=WatchRanksScript(raw("watch_ranks")))
+        watch_ranks=WatchRanksScript(raw("watch_ranks")),
+        address_gate=AddressGateScript(raw("address_gate")),
+        backend_gate=BackendGateScript(raw("backend_gate")))

@@ -23,6 +23,7 @@ from scoreboard.keys import Keys
 from scoreboard.ladder import insert_restriction
 from scoreboard.lua import Scripts
 from scoreboard.metrics import count_fraud_event
+from scoreboard.redis_clients import is_cluster, publish
 from scoreboard.window_moderation import correct_scopes
 
 KINDS = ("flagged", "banned", "shadow_banned")
@@ -47,8 +48,9 @@ class Moderation:
 
     def key_of(self, kind: str, user_id: str) -> str:
         """The Redis key the hot path reads for a restriction of ``kind``."""
-        return {"flagged": self.keys.flagged, "banned": self.keys.banned,
-                "shadow_banned": self.keys.shadow_banned}[kind](user_id)
+        player = self.keys.player(user_id)
+        return {"flagged": player.flagged, "banned": player.banned,
+                "shadow_banned": player.shadow_banned}[kind](user_id)
 
     async def record_event(self, connection: Any, *, user_id: str | None, rule: str,
                            severity: str, action: str, evidence: dict[str, Any],
@@ -106,6 +108,11 @@ class Moderation:
         return len(lifted)
 
     async def _announce(self, boards: list[str]) -> None:
+        if is_cluster(self.redis):  # no MULTI there, and PUBLISH cannot be pipelined
+            for board in boards:
+                await self.redis.incr(self.keys.board_revision(board))
+                await publish(self.redis, self.keys.board_changes, board)
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             for board in boards:
                 pipe.incr(self.keys.board_revision(board))
@@ -122,7 +129,8 @@ class Moderation:
             if entry is None:
                 continue
             member = (entry.decode() if isinstance(entry, bytes) else entry).partition("|")[2]
-            async with self.redis.pipeline(transaction=True) as pipe:
+            # (a cluster has no MULTI: both commands in one pipeline, not atomically)
+            async with self.redis.pipeline(transaction=not is_cluster(self.redis)) as pipe:
                 pipe.zrem(self.keys.board(board), member)
                 pipe.hdel(self.keys.board_entries(board), user_id)
                 await pipe.execute()
@@ -214,17 +222,22 @@ async def restore_restrictions(redis: Any, pool: Any, keys: Keys) -> int:
         "SELECT user_id, kind, reason, expires_at FROM user_restrictions"
         " WHERE lifted_at IS NULL AND (expires_at IS NULL OR expires_at > now())")
     revoked = await pool.fetch(
-        "SELECT jti, expires_at FROM revoked_tokens WHERE expires_at > now()")
+        "SELECT jti, user_id, expires_at FROM revoked_tokens WHERE expires_at > now()")
     now = datetime.now(UTC)
-    key_of = {"flagged": keys.flagged, "banned": keys.banned, "shadow_banned": keys.shadow_banned}
+    def key_of(kind: str, user_id: str) -> str:
+        player = keys.player(user_id)
+        return {"flagged": player.flagged, "banned": player.banned,
+                "shadow_banned": player.shadow_banned}[kind](user_id)
+
     def ttl_ms(expires: datetime) -> int:
         return max(1, int((expires - now).total_seconds() * 1000))
 
     async with redis.pipeline(transaction=False) as pipe:
         for row in restrictions:
-            pipe.set(key_of[row["kind"]](row["user_id"]), row["reason"],
+            pipe.set(key_of(row["kind"], row["user_id"]), row["reason"],
                      px=ttl_ms(row["expires_at"]) if row["expires_at"] else None)
         for row in revoked:
-            pipe.set(keys.revoked_jti(row["jti"]), "1", px=ttl_ms(row["expires_at"]))
+            pipe.set(keys.player(row["user_id"]).revoked_jti(row["jti"]), "1",
+                     px=ttl_ms(row["expires_at"]))
         await pipe.execute()
     return len(restrictions) + len(revoked)

@@ -64,6 +64,25 @@ class IncrementReply(NamedTuple):
     flagged_now: bool  # this increment flagged the user (rapid actions)
 
 
+class AddressVerdict(NamedTuple):
+    """``lua/address_gate.lua``'s answer for one address (sharded deployments)."""
+
+    limited_ttl_ms: int  # <= 0: the address is not limited for token manipulation
+    retry_after_ms: int  # 0: its limit lets one more request through
+
+
+class AddressGateScript(TypedScript):
+    """``lua/address_gate.lua``: the per-address checks, read-only, in the address's slot."""
+
+    async def __call__(self, keys: Keys, *, address: str, limit_name: str,
+                       rate: Rate) -> AddressVerdict:
+        view = keys.at_address(address)
+        call: Call = ([view.ip_rate(limit_name, address), view.address_limited(address)],
+                      [*rate.as_args()])
+        limited_ttl, retry_ms = await self._run(call)
+        return AddressVerdict(int(limited_ttl), int(retry_ms))
+
+
 class IncrementScript(TypedScript):
     """``lua/increment.lua``: accept one player increment, or refuse it unchanged."""
 
@@ -71,17 +90,30 @@ class IncrementScript(TypedScript):
                        event_id: str, board: str, points: int, username: str, source: str,
                        request_id: str, user_rate: Rate, flagged_rate: Rate, ip_rate: Rate,
                        dedup_ttl_ms: int, rapid_max: int, rapid_window_ms: int,
-                       flag_duration_ms: int, traceparent: str = "") -> IncrementReply:
-        call: Call = ([keys.action_token(nonce), keys.revoked_jti(jti), keys.banned(user_id),
-                       keys.flagged(user_id), keys.user_rate("increment", user_id),
-                       keys.user_rate("increment_flagged", user_id),
-                       keys.ip_rate("increment", address),
-                       keys.event(event_id, source), keys.stream, keys.address_limited(address),
-                       keys.recent_actions(user_id), keys.fraud_stream,
-                       keys.token_failures_user(user_id)],
-                      [user_id, *user_rate.as_args(), *flagged_rate.as_args(), *ip_rate.as_args(),
-                       dedup_ttl_ms, event_id, board, points, username, source, address, request_id,
-                       rapid_max, rapid_window_ms, flag_duration_ms, traceparent])
+                       flag_duration_ms: int, traceparent: str = "",
+                       address_verdict: AddressVerdict | None = None) -> IncrementReply:
+        """Sharded (``keys.sharded``), ``address_verdict`` is required: the address's
+        keys are in another slot, so the script takes their answer instead."""
+        player = keys.player(user_id)
+        if keys.sharded:  # the address's keys stand in by a key of the player's slot
+            ip_key = limited_key = player.user_rate("increment", user_id)
+        else:
+            ip_key, limited_key = keys.ip_rate("increment", address), keys.address_limited(address)
+        args: list[Any] = [user_id, *user_rate.as_args(), *flagged_rate.as_args(),
+                           *ip_rate.as_args(), dedup_ttl_ms, event_id, board, points, username,
+                           source, address, request_id, rapid_max, rapid_window_ms,
+                           flag_duration_ms, traceparent]
+        if keys.sharded:
+            if address_verdict is None:
+                raise ValueError("a sharded increment needs the address's verdict")
+            args += [address_verdict.limited_ttl_ms, address_verdict.retry_after_ms]
+        call: Call = ([player.action_token(nonce), player.revoked_jti(jti),
+                       player.banned(user_id), player.flagged(user_id),
+                       player.user_rate("increment", user_id),
+                       player.user_rate("increment_flagged", user_id), ip_key,
+                       player.event(event_id, source), player.stream, limited_key,
+                       player.recent_actions(user_id), player.fraud_stream,
+                       player.token_failures_user(user_id)], args)
         reason, detail, *rest = await self._run(call)
         reason = _text(reason)
         if reason == "ok":  # {'ok', stream id, accepted ms, flagged now}
@@ -93,13 +125,23 @@ class ActionTokenScript(TypedScript):
     """``lua/action_token.lua``: record a newly issued action token, or refuse."""
 
     async def __call__(self, keys: Keys, *, user_id: str, jti: str, nonce: str, address: str,
-                       user_rate: Rate, ip_rate: Rate, token_ttl_ms: int) -> Refusal:
-        call: Call = ([keys.revoked_jti(jti), keys.banned(user_id),
-                       keys.user_rate("action_token", user_id),
-                       keys.ip_rate("action_token", address),
-                       keys.action_token(nonce), keys.address_limited(address),
-                       keys.token_failures_user(user_id)],
-                      [user_id, *user_rate.as_args(), *ip_rate.as_args(), token_ttl_ms])
+                       user_rate: Rate, ip_rate: Rate, token_ttl_ms: int,
+                       address_verdict: AddressVerdict | None = None) -> Refusal:
+        """Sharded, ``address_verdict`` is required (see :class:`IncrementScript`)."""
+        player = keys.player(user_id)
+        args: list[Any] = [user_id, *user_rate.as_args(), *ip_rate.as_args(), token_ttl_ms]
+        if keys.sharded:
+            if address_verdict is None:
+                raise ValueError("a sharded action token needs the address's verdict")
+            ip_key = limited_key = player.user_rate("action_token", user_id)
+            args += [address_verdict.limited_ttl_ms, address_verdict.retry_after_ms]
+        else:
+            ip_key = keys.ip_rate("action_token", address)
+            limited_key = keys.address_limited(address)
+        call: Call = ([player.revoked_jti(jti), player.banned(user_id),
+                       player.user_rate("action_token", user_id), ip_key,
+                       player.action_token(nonce), limited_key,
+                       player.token_failures_user(user_id)], args)
         reason, retry_ms = await self._run(call)
         return Refusal(_text(reason), int(retry_ms))
 
@@ -124,17 +166,29 @@ class BatchReply(NamedTuple):
 
 
 class BatchScript(TypedScript):
-    """``lua/batch.lua``: accept a game backend's batch of increments, atomically."""
+    """``lua/batch.lua``: accept a game backend's batch of increments, atomically.
+
+    Sharded, one call is one shard's part (``gated``): the backend's own checks
+    were made by :class:`BackendGateScript` and its limit is charged by the caller
+    (scoreboard/sharded_calls.py)."""
 
     async def __call__(self, keys: Keys, *, backend_id: str, jti: str, address: str,
                        request_id: str, rate: Rate, dedup_ttl_ms: int,
-                       items: Sequence[BatchItem], traceparent: str = "") -> BatchReply:
-        script_keys = [keys.revoked_jti(jti), keys.user_rate("backend", backend_id), keys.stream,
-                       keys.banned(backend_id)]
+                       items: Sequence[BatchItem], traceparent: str = "",
+                       shard: int | None = None) -> BatchReply:
+        """``shard``: the shard every item's user is in (sharded deployments only)."""
+        if shard is None:
+            view, rate_args = keys, rate.as_args()
+            script_keys = [keys.revoked_jti(jti), keys.user_rate("backend", backend_id),
+                           keys.stream, keys.banned(backend_id)]
+        else:  # the backend's keys stand in by one key of the shard's slot
+            view, rate_args = keys.shard(shard), (0, 1)
+            stand_in = view.user_rate("backend", backend_id)
+            script_keys = [stand_in, stand_in, view.stream, stand_in]
         source = f"backend:{backend_id}"
-        args: list[Any] = [*rate.as_args(), dedup_ttl_ms, source, address, request_id,
+        args: list[Any] = [*rate_args, dedup_ttl_ms, source, address, request_id,
                            traceparent]
-        event_key, banned_key = keys.event, keys.banned
+        event_key, banned_key = view.event, view.banned
         add_keys, add_args = script_keys.extend, args.extend
         for item in items:
             add_keys((event_key(item.event_id, source), banned_key(item.user_id)))
@@ -146,6 +200,18 @@ class BatchScript(TypedScript):
             return BatchReply(reason, int(rest[0]), 0, 0, [])
         accepted, duplicates, *refused = rest
         return BatchReply(reason, 0, int(accepted), int(duplicates), [_text(e) for e in refused])
+
+
+class BackendGateScript(TypedScript):
+    """``lua/backend_gate.lua``: a backend's checks before a sharded batch, read-only."""
+
+    async def __call__(self, keys: Keys, *, backend_id: str, jti: str, rate: Rate,
+                       cost: int) -> Refusal:
+        view = keys.player(backend_id)
+        call: Call = ([view.revoked_jti(jti), view.user_rate("backend", backend_id),
+                       view.banned(backend_id)], [*rate.as_args(), cost])
+        reason, retry_ms = await self._run(call)
+        return Refusal(_text(reason), int(retry_ms))
 
 
 class RateLimitScript(TypedScript):
@@ -170,15 +236,32 @@ class TokenFailureScript(TypedScript):
 
     async def __call__(self, keys: Keys, *, user_id: str, address: str, failure: str,
                        window_ms: int, to_flag: int, to_limit_address: int,
-                       address_limit_ms: int, flag_ms: int) -> TokenFailureReply:
-        """(``user_id`` '' for none)."""
-        user_key = keys.token_failures_user(user_id) if user_id else keys.token_failures_ip(
-            address)
-        call: Call = ([user_key, keys.token_failures_ip(address), keys.banned(user_id or "-"),
-                       keys.address_limited(address), keys.fraud_stream,
-                       keys.flagged(user_id or "-")],
-                      [user_id, address, failure, window_ms, to_flag, to_limit_address,
-                       address_limit_ms, flag_ms])
+                       address_limit_ms: int, flag_ms: int, part: str = "") -> TokenFailureReply:
+        """(``user_id`` '' for none). Sharded, the user's ``part='user'`` and the
+        address's ``part='address'`` are two calls, each in its own slot
+        (scoreboard/sharded_calls.py); an address limited by the second is not on a
+        fraud stream yet (``limited_now``: the caller records it)."""
+        if part == "address":
+            view = keys.at_address(address)
+            address_key = view.token_failures_ip(address)
+            call_keys = [address_key, address_key, address_key, view.address_limited(address),
+                         address_key, address_key]
+        elif part == "user":
+            view = keys.player(user_id)
+            user_key = view.token_failures_user(user_id)
+            call_keys = [user_key, user_key, view.banned(user_id), user_key, view.fraud_stream,
+                         view.flagged(user_id)]
+        else:
+            user_key = keys.token_failures_user(user_id) if user_id else keys.token_failures_ip(
+                address)
+            call_keys = [user_key, keys.token_failures_ip(address), keys.banned(user_id or "-"),
+                         keys.address_limited(address), keys.fraud_stream,
+                         keys.flagged(user_id or "-")]
+        args: list[Any] = [user_id, address, failure, window_ms, to_flag, to_limit_address,
+                           address_limit_ms, flag_ms]
+        if part:
+            args.append(part)
+        call: Call = call_keys, args
         users, addresses, flagged, limited = await self._run(call)
         return TokenFailureReply(int(users), int(addresses), bool(int(flagged)),
                                  bool(int(limited)))
@@ -190,8 +273,9 @@ class RateRefusalScript(TypedScript):
     async def __call__(self, keys: Keys, *, user_id: str, address: str, endpoint: str,
                        window_ms: int, to_flag: int, flag_duration_ms: int) -> bool:
         """Whether this refusal flagged the user.."""
-        call: Call = ([keys.rate_refusals(user_id), keys.flagged(user_id), keys.banned(user_id),
-                       keys.fraud_stream],
+        player = keys.player(user_id)
+        call: Call = ([player.rate_refusals(user_id), player.flagged(user_id),
+                       player.banned(user_id), player.fraud_stream],
                       [user_id, address, endpoint, window_ms, to_flag, flag_duration_ms])
         _, flagged = await self._run(call)
         return bool(int(flagged))
@@ -254,15 +338,21 @@ class SetTotalsScript(TypedScript):
     """``lua/set_totals.lua``: users' totals on one board, each only if newer."""
 
     async def __call__(self, keys: Keys, *, board: str, totals: Sequence[BoardTotal],
-                            board_key: str | None = None, entries_key: str | None = None,
-                            client: Any = None) -> Any:
+                       board_key: str | None = None, entries_key: str | None = None,
+                       client: Any = None, hidden: Sequence[bool] | None = None) -> Any:
         """The number of entries changed; on a pipeline (``client``) awaiting only
-        queues the call."""
+        queues the call. ``hidden`` (sharded: one per total, read in the players'
+        slots) replaces the users' banned keys."""
+        if keys.sharded and hidden is None:
+            raise ValueError("sharded: the users' bans are in other slots; pass hidden")
         script_keys = [board_key or keys.board(board), entries_key or keys.board_entries(board)]
         args: list[Any] = []
-        for total in totals:
-            script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
+        for index, total in enumerate(totals):
             args += [total.user_id, total.score, epoch_ms(total.reached_at), total.version]
+            if hidden is None:
+                script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
+            else:
+                args.append(int(hidden[index]))
         call: Call = script_keys, args
         return await self._run(call, client)
 
@@ -271,23 +361,35 @@ class ApplyBatchScript(TypedScript):
     """``lua/apply_batch.lua``: the Redis side of one persisted batch, in one call."""
 
     async def __call__(self, keys: Keys, *, group: str, totals: Sequence[BoardTotal],
-                       ack_ids: Sequence[str], traceparent: str = "") -> int:
+                       ack_ids: Sequence[str], traceparent: str = "",
+                       hidden: Sequence[bool] | None = None) -> int:
         """The totals travel as one JSON argument: packing three arguments per total
         into the command cost the worker more CPU than Redis spends on the script.
         A ``traceparent`` is appended to each notice (``board\ntraceparent``).
-        Returns the number of board entries changed."""
+        ``hidden`` (sharded: one per total, read in the players' slot) replaces the
+        users' banned keys, and nothing is acknowledged (``ack_ids`` must be empty;
+        the caller XACKs in the stream's slot). Returns the number of board
+        entries changed."""
+        if keys.sharded and hidden is None:
+            raise ValueError("sharded: the users' bans are in other slots; pass hidden")
         boards = sorted({t.board for t in totals})
         index = {board: i for i, board in enumerate(boards)}
-        script_keys = [keys.stream, keys.usernames, keys.boards]
+        stream = keys.usernames if hidden is not None else keys.stream
+        script_keys = [stream, keys.usernames, keys.boards]
         for board in boards:
             script_keys += [keys.board(board), keys.board_entries(board),
                             keys.board_revision(board)]
         rows = []
         for total in totals:
-            script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
+            if hidden is None:
+                script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
             rows.append([index[total.board], total.user_id, total.score,
                          epoch_ms(total.reached_at), total.version, total.username])
         batch: dict[str, Any] = {"boards": boards, "totals": rows, "ack": list(ack_ids)}
+        if hidden is not None:
+            if ack_ids:
+                raise ValueError("with hidden flags the caller acknowledges")
+            batch["hidden"] = [int(flag) for flag in hidden]
         if traceparent:
             batch["trace"] = traceparent
         payload = orjson.dumps(batch)
@@ -304,14 +406,22 @@ class FlagUsersScript(TypedScript):
     async def __call__(self, keys: Keys, *, rule: str, severity: str, flag_duration_ms: int,
                        decisions: Sequence[tuple[str, str, str]]) -> list[str]:
         """``decisions``: (user id, client address, evidence as JSON text). Returns
-        the user ids this call flagged."""
-        script_keys = [keys.fraud_stream]
-        args: list[Any] = [rule, severity, flag_duration_ms]
-        for user_id, address, evidence in decisions:
-            script_keys += [keys.flagged(user_id), keys.banned(user_id)]
-            args += [user_id, address, evidence]
-        call: Call = script_keys, args
-        return [_text(user) for user in await self._run(call)]
+        the user ids this call flagged. Sharded, one call per shard of the users
+        (each records on its shard's fraud stream)."""
+        by_shard: dict[int, list[tuple[str, str, str]]] = {}
+        for decision in decisions:
+            by_shard.setdefault(keys.shard_of(decision[0]), []).append(decision)
+        flagged: list[str] = []
+        for shard, own in sorted(by_shard.items()):
+            view = keys.shard(shard)
+            script_keys = [view.fraud_stream]
+            args: list[Any] = [rule, severity, flag_duration_ms]
+            for user_id, address, evidence in own:
+                script_keys += [view.flagged(user_id), view.banned(user_id)]
+                args += [user_id, address, evidence]
+            call: Call = script_keys, args
+            flagged += [_text(user) for user in await self._run(call)]
+        return flagged
 
 
 class FraudBatchReply(NamedTuple):
@@ -328,10 +438,38 @@ class FraudBatchScript(TypedScript):
                        window_index: int, data: dict[str, Any]) -> FraudBatchReply:
         """``data``: the JSON argument the script's header describes, its ``users``
         and ``addresses`` lists in the order of ``users`` and ``addresses``;
-        ``window_index``: the fixed farm window the chunk's accepts are counted in."""
-        call: Call = ([keys.cadence(u) for u in users] + [keys.active_hours(u) for u in users]
-                      + [keys.address_accounts(a) for a in addresses]
-                      + [keys.address_activity(a, window_index) for a in addresses],
+        ``window_index``: the fixed farm window the chunk's accepts are counted in.
+
+        Sharded, the users' keys are in their shards' slots and each address's in
+        its own: one call per shard (its users) and one per address, the replies
+        merged with the indexes of ``users`` and ``addresses``."""
+        if not keys.sharded:
+            return await self._call(keys, keys, users, addresses, window_index, data)
+        cadence, farms, tireless = [], [], []
+        by_shard: dict[int, list[int]] = {}
+        for index, user_id in enumerate(users):
+            by_shard.setdefault(keys.shard_of(user_id), []).append(index)
+        for shard, indexes in sorted(by_shard.items()):
+            part = {**data, "users": [data["users"][i] for i in indexes],
+                    "hours": [data["hours"][i] for i in indexes], "addresses": []}
+            reply = await self._call(keys.shard(shard), keys, [users[i] for i in indexes], [],
+                                     window_index, part)
+            cadence += [(indexes[i], times) for i, times in reply.cadence]
+            tireless += [(indexes[i], hours) for i, hours in reply.tireless]
+        for index, address in enumerate(addresses):
+            part = {**data, "users": [], "hours": [], "addresses": [data["addresses"][index]]}
+            reply = await self._call(keys, keys.at_address(address), [], [address],
+                                     window_index, part)
+            farms += [(index, seen, counts) for _, seen, counts in reply.farms]
+        return FraudBatchReply(cadence, farms, tireless)
+
+    async def _call(self, user_keys: Keys, address_keys: Keys, users: Sequence[str],
+                    addresses: Sequence[str], window_index: int,
+                    data: dict[str, Any]) -> FraudBatchReply:
+        call: Call = ([user_keys.cadence(u) for u in users]
+                      + [user_keys.active_hours(u) for u in users]
+                      + [address_keys.address_accounts(a) for a in addresses]
+                      + [address_keys.address_activity(a, window_index) for a in addresses],
                       [orjson.dumps(data)])
         cadence, farms, tireless = await self._run(call)
 

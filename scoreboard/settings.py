@@ -17,6 +17,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from scoreboard.errors import ConfigError
+from scoreboard.keys import Keys
 from scoreboard.limits import Rate
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -31,6 +32,16 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     database_url: str | None = field(default=None, repr=False)
     key_prefix: str = "sb"
+    # Redis Cluster (scoreboard/keys.py, scoreboard/redis_clients.py): REDIS_URL is
+    # then any node of the cluster; players are spread over ``redis_shards`` shards
+    # (their keys and streams), each shard a slot of its own. ``redis_shards`` above
+    # 1 on a single node works too (the same names, one server). Set once per
+    # deployment: changing it moves players to other shards.
+    redis_cluster: bool = False
+    redis_shards: int = 1
+    # arq's own queue on a plain Redis of its own when REDIS_URL is a cluster (arq
+    # 0.28 speaks to one node: its job keys are not hash-tagged). Empty: REDIS_URL.
+    arq_redis_url: str = field(default="", repr=False)
     data_dir: Path = Path(".local")
 
     # HTTP.
@@ -184,6 +195,11 @@ class Settings:
         return None if "*" in origins else origins
 
     @property
+    def keys(self) -> Keys:
+        """The key names of this deployment (sharded as configured)."""
+        return Keys(self.key_prefix, shards=self.redis_shards, cluster=self.redis_cluster)
+
+    @property
     def consumer(self) -> str:
         return self.consumer_name or f"{socket.gethostname()}-worker"
 
@@ -273,7 +289,7 @@ def _check(settings: Settings) -> None:
                  "max_backlog", "backlog_check_ms", "board_refresh_s",
                  "period_archive_grace_s", "period_key_ttl_s",
                  "rate_refusal_window_s", "cadence_window_s", "farm_window_s",
-                 "history_checkpoint_hours", "history_checkpoints_per_run"):
+                 "history_checkpoint_hours", "history_checkpoints_per_run", "redis_shards"):
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
     for name in ("rate_refusals_to_flag", "cadence_actions", "cadence_max_cv",

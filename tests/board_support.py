@@ -6,8 +6,6 @@ import asyncio
 import secrets
 from collections.abc import Sequence
 
-import redis.asyncio as redis_asyncio
-
 from scoreboard.board_writes import apply_and_ack
 from scoreboard.db import create_pool
 from scoreboard.keys import Keys
@@ -28,7 +26,7 @@ def seed(backing: Backing, keys: Keys, entries: Sequence[StreamEntry]) -> None:
     """Persist ``entries`` in Postgres and set the board in Redis, as a worker does."""
 
     async def run() -> None:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         pool = await create_pool(backing.database_url, max_size=2)
         try:
             async with pool.acquire() as connection:

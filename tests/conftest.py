@@ -18,15 +18,27 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from scoreboard.accounts import create_backend_account
 from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
+from scoreboard.embedded_cluster import EmbeddedCluster
 from scoreboard.keys import Keys
 from scoreboard.migrate import ensure_database, migrate
 from scoreboard.signing_keys import load_action_keys, load_jwt_keys
 from tests.servers import Backing, fresh_name, ingest_server
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a cluster (``REDIS_CLUSTER=1``), tests marked ``single_node`` are skipped
+    with the marker's reason (say in one line why the test is single-node)."""
+    if os.environ.get("REDIS_CLUSTER", "").lower() not in ("1", "true", "yes", "on"):
+        return
+    for item in items:
+        marker = item.get_closest_marker("single_node")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "single-node only"
+            item.add_marker(pytest.mark.skip(reason=f"single node: {reason}"))
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +51,18 @@ def backing() -> Iterator[Backing]:
     stops = [folder.cleanup]
     redis_url = os.environ.get("REDIS_URL") or None
     admin_url = os.environ.get("DATABASE_URL") or None
+    cluster = os.environ.get("REDIS_CLUSTER", "").lower() in ("1", "true", "yes", "on")
+    shards = int(os.environ.get("REDIS_SHARDS") or (3 if cluster else 1))
+    arq_url = os.environ.get("ARQ_REDIS_URL", "")
     try:
-        if redis_url is None:
+        if redis_url is None and cluster:
+            embedded_cluster = EmbeddedCluster(root / "redis-cluster", masters=3)
+            redis_url = embedded_cluster.start()
+            stops.append(embedded_cluster.stop)
+            arq_redis = EmbeddedRedis(root / "arq-redis")  # arq speaks to one node only
+            arq_url = arq_redis.start()
+            stops.append(arq_redis.stop)
+        elif redis_url is None:
             embedded_redis = EmbeddedRedis(root / "redis")
             redis_url = embedded_redis.start()
             stops.append(embedded_redis.stop)
@@ -58,7 +80,8 @@ def backing() -> Iterator[Backing]:
         yield Backing(redis_url=redis_url, database_url=database_url,
                       admin_database_url=admin_url, key_prefix=fresh_name("sbtest"),
                       jwt_keys_dir=keys_dir / "jwt",
-                      action_keys_file=keys_dir / "action-token-keys")
+                      action_keys_file=keys_dir / "action-token-keys",
+                      redis_cluster=cluster, redis_shards=shards, arq_redis_url=arq_url)
     finally:
         for stop in reversed(stops):
             stop()
@@ -73,15 +96,15 @@ def ingest_url(backing: Backing) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_client(backing: Backing) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(backing.redis_url, decode_responses=True)
+def redis_client(backing: Backing) -> Iterator[Any]:
+    client = backing.sync_redis(decode_responses=True)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="session")
 def keys(backing: Backing) -> Keys:
-    return Keys(backing.key_prefix)
+    return backing.keys
 
 
 def new_address() -> str:
@@ -159,9 +182,9 @@ def player(api: Api) -> Player:
 
 
 @pytest.fixture
-def stream_length(redis_client: redis.Redis, keys: Keys) -> Any:
-    """Call to read the stream's current length."""
-    return lambda: redis_client.xlen(keys.stream)
+def stream_length(redis_client: Any, keys: Keys) -> Any:
+    """Call to read the stream's current length (every shard's, summed)."""
+    return lambda: sum(int(redis_client.xlen(stream)) for stream in keys.streams)
 
 
 @pytest.fixture

@@ -122,7 +122,9 @@ def system(backing: Backing, database_url: str | None = None, *,
             "username": _username(database_url, user_id), "password": password})
         assert login.status_code == 200, login.text
         users = [fresh_name("player") for _ in range(40)]
-        yield System(keys=Keys(prefix), env=env, database_url=database_url,
+        yield System(keys=Keys(prefix, shards=backing.redis_shards,
+                               cluster=backing.redis_cluster),
+                     env=env, database_url=database_url,
                      load=Load(url=url, token=login.json()["access_token"], users=users))
 
 
@@ -140,17 +142,27 @@ def _username(database_url: str, user_id: str) -> str:
 
 
 def wait_settled(client: SyncRedis, keys: Keys, timeout_s: float = 90) -> None:
-    """Until every entry of the stream is delivered and acknowledged."""
+    """Until every entry of the streams (every shard's) is delivered and acknowledged."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        last = client.xrevrange(keys.stream, count=1)
-        groups = client.xinfo_groups(keys.stream) if last else []
-        if groups and groups[0]["last-delivered-id"] == last[0][0] \
-                and int(groups[0]["pending"]) == 0:
+        unsettled = [stream for stream in keys.streams if not _settled(client, stream)]
+        if not unsettled:
             return
         time.sleep(0.2)
+    stream = unsettled[0]
+    last = client.xrevrange(stream, count=1)
+    groups = client.xinfo_groups(stream) if last else []
     raise AssertionError(f"the stream did not settle: last {last}, groups {groups}, consumers "
-                         f"{client.xinfo_consumers(keys.stream, GROUP) if groups else None}")
+                         f"{client.xinfo_consumers(stream, GROUP) if groups else None}")
+
+
+def _settled(client: SyncRedis, stream: str) -> bool:
+    last = client.xrevrange(stream, count=1)
+    if not last:
+        return not client.exists(stream) or int(client.xlen(stream)) == 0
+    groups = client.xinfo_groups(stream)
+    return bool(groups and groups[0]["last-delivered-id"] == last[0][0]
+                and int(groups[0]["pending"]) == 0)
 
 
 def assert_exactly_once(sys_: System, client: SyncRedis) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis as redis_sync
+
 from loadtest.harness.processes import (
     BROADCASTER_COMMAND,
     PROJECT_DIR,
@@ -30,6 +32,7 @@ from loadtest.harness.processes import wait_ready as wait_until_ready
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.ranking import totals_by_user
+from scoreboard.redis_clients import redis_client
 
 __all__ = ["PROJECT_DIR", "Backing", "stop_process", "wait_until_ready"]
 
@@ -44,10 +47,34 @@ class Backing:
     key_prefix: str
     jwt_keys_dir: Path
     action_keys_file: Path
+    # A Redis Cluster (``make test-cluster``): ``redis_url`` is one of its nodes.
+    redis_cluster: bool = False
+    redis_shards: int = 1
+    arq_redis_url: str = ""  # arq's plain Redis beside a cluster ("": redis_url)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.key_prefix, shards=self.redis_shards, cluster=self.redis_cluster)
+
+    def keys_for(self, prefix: str) -> Keys:
+        """The names processes started with ``env(KEY_PREFIX=prefix)`` use."""
+        return Keys(prefix, shards=self.redis_shards, cluster=self.redis_cluster)
+
+    def sync_redis(self, **options: Any) -> Any:
+        """A sync client of the suite's Redis (a ``RedisCluster`` on a cluster)."""
+        if self.redis_cluster:
+            return redis_sync.RedisCluster.from_url(self.redis_url, **options)
+        return redis_sync.Redis.from_url(self.redis_url, **options)
+
+    def async_redis(self, **options: Any) -> Any:
+        """An asyncio client of the suite's Redis, as the processes build theirs."""
+        return redis_client(self.redis_url, cluster=self.redis_cluster, **options)
 
     def env(self, **overrides: str) -> dict[str, str]:
         """Environment for a process of the system under test."""
         env = {**os.environ, "REDIS_URL": self.redis_url, "DATABASE_URL": self.database_url,
+               "REDIS_CLUSTER": "1" if self.redis_cluster else "0",
+               "REDIS_SHARDS": str(self.redis_shards), "ARQ_REDIS_URL": self.arq_redis_url,
                "KEY_PREFIX": self.key_prefix, "JWT_KEYS_DIR": str(self.jwt_keys_dir),
                "ACTION_KEYS_FILE": str(self.action_keys_file),
                # Cheap hashes keep registration fast in tests; production keeps the default.
@@ -104,6 +131,19 @@ def board_totals(client: SyncRedis, keys: Keys, board: str) -> dict[str, int]:
     return totals_by_user(client.zrange(keys.board(board), 0, -1, withscores=True))
 
 
+def stream_entries(client: SyncRedis, keys: Keys) -> list[tuple[str, dict[str, str]]]:
+    """Every entry of the increment streams (each shard's, in shard order)."""
+    entries: list[tuple[str, dict[str, str]]] = []
+    for stream in keys.streams:
+        entries += client.xrange(stream)
+    return entries
+
+
+def stream_total(client: SyncRedis, keys: Keys) -> int:
+    """Entries in the increment streams (every shard's)."""
+    return sum(int(client.xlen(stream)) for stream in keys.streams)
+
+
 def user_total(client: SyncRedis, keys: Keys, board: str, user_id: str) -> int | None:
     return board_totals(client, keys, board).get(user_id)
 
@@ -112,15 +152,13 @@ def create_board(backing: Backing, board: str, actions: tuple[tuple[str, int], .
         ("play", 1),), *, max_points: int | None = None, key_prefix: str | None = None) -> str:
     """Create ``board`` as ``scoreboard admin create-board`` does (Postgres, then Redis
     under ``key_prefix``, the suite's by default); returns its name."""
-    import redis.asyncio as redis_asyncio
-
     from scoreboard.board_defs import create_board as create
     from scoreboard.board_defs import definition
     from scoreboard.db import create_pool
 
     async def run() -> None:
         pool = await create_pool(backing.database_url, max_size=1)
-        client = redis_asyncio.Redis.from_url(backing.redis_url)
+        client = backing.async_redis()
         try:
             await create(pool, client, Keys(key_prefix or backing.key_prefix).board_definitions,
                          definition(board, actions, max_points, service_max=1000))

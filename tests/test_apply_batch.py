@@ -6,7 +6,6 @@ import asyncio
 from datetime import UTC, datetime
 
 import orjson
-import redis.asyncio as redis_asyncio
 
 from scoreboard.board_writes import BoardTotal, apply_and_ack
 from scoreboard.keys import Keys
@@ -58,7 +57,7 @@ def test_totals_acks_and_notices_in_one_call_and_a_stale_replay_changes_nothing(
     pubsub.subscribe(keys.board_changes)
 
     async def scenario() -> None:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         scripts = register_scripts(client)
         try:
             await apply_and_ack(client, scripts, keys, group="g", ack_ids=ids, totals=[

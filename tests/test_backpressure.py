@@ -15,8 +15,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import redis
-import redis.asyncio as redis_asyncio
 
 from ingest.backlog import COUNT_CAP, count_without_lag, measure_backlog
 from scoreboard.keys import Keys
@@ -169,17 +167,18 @@ class Flood:
 class BacklogSampler:
     """``measure_backlog`` (ingest's own measure) as often as it answers, in a thread."""
 
-    def __init__(self, redis_url: str, keys: Keys) -> None:
-        self.redis_url, self.keys = redis_url, keys
+    def __init__(self, backing: Backing, keys: Keys) -> None:
+        self.backing, self.keys = backing, keys
         self.samples: list[int] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self.sample()))
 
     async def sample(self) -> None:
-        client = redis_asyncio.Redis.from_url(self.redis_url)
+        client = self.backing.async_redis()
         try:
             while not self.stopping.is_set():
-                self.samples.append(await measure_backlog(client, self.keys.stream, "persisters"))
+                self.samples.append(sum([await measure_backlog(client, stream, "persisters")
+                                         for stream in self.keys.streams]))
                 await asyncio.sleep(0.01)
         finally:
             await client.aclose()
@@ -229,9 +228,9 @@ def test_a_flood_stays_bounded_and_every_accepted_increment_lands_once(
                       MAX_BACKLOG=str(FLOOD_MAX_BACKLOG), BACKLOG_CHECK_MS=str(FLOOD_CHECK_MS),
                       BACKEND_RATE="100000000/60", WORKER_METRICS_PORT="0",
                       CONSUMER_NAME="bpf-worker")
-    keys = Keys(prefix)
+    keys = backing.keys_for(prefix)
     users = [fresh_name("fu") for _ in range(40)]
-    with ingest_server(env) as url, BacklogSampler(backing.redis_url, keys) as sampler:
+    with ingest_server(env) as url, BacklogSampler(backing, keys) as sampler:
         flood = Flood(url, backend, users)
         flood.start()
         try:
@@ -245,7 +244,7 @@ def test_a_flood_stays_bounded_and_every_accepted_increment_lands_once(
                     assert time.monotonic() < deadline + 60, "writes never resumed"
                     time.sleep(0.05)
                 flood.stop()
-                wait_caught_up(redis.Redis.from_url(backing.redis_url), keys)
+                wait_caught_up(backing.sync_redis(), keys)
         finally:
             flood.stop()
 
@@ -284,7 +283,7 @@ def test_past_the_count_cap_acknowledged_entries_are_not_counted_as_backlog(
     entries pass the count cap, the measure trims what the group acknowledged
     before reading XLEN; it used to count a minute of acknowledged entries in."""
     stream = Keys(fresh_name("bpcap")).stream
-    client: Any = redis.Redis.from_url(backing.redis_url, decode_responses=True)
+    client: Any = backing.sync_redis(decode_responses=True)
 
     def add(count: int) -> None:
         with client.pipeline(transaction=False) as pipe:
@@ -293,7 +292,7 @@ def test_past_the_count_cap_acknowledged_entries_are_not_counted_as_backlog(
             pipe.execute()
 
     async def measure() -> int:
-        async_client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        async_client = backing.async_redis(decode_responses=True)
         try:
             group = next(g for g in await async_client.xinfo_groups(stream)
                          if g["name"] == "persisters")

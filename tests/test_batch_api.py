@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import redis
@@ -11,7 +11,7 @@ import redis
 from scoreboard.accounts import create_backend_account
 from scoreboard.keys import Keys
 from tests.conftest import Api, Player, new_address
-from tests.servers import Backing, create_board, fresh_name, ingest_server
+from tests.servers import Backing, create_board, fresh_name, ingest_server, stream_entries
 
 BATCH = "/api/scores/batch"
 
@@ -33,8 +33,7 @@ def entries_by_event(redis_client: redis.Redis, keys: Keys,
                      event_ids: set[str]) -> dict[str, list[dict[str, str]]]:
     """The stream entries carrying one of ``event_ids``, grouped by event id."""
     found: dict[str, list[dict[str, str]]] = {event_id: [] for event_id in event_ids}
-    # redis-py types a sync client's replies as "Awaitable | Any".
-    stream = cast(list[tuple[str, dict[str, str]]], redis_client.xrange(keys.stream))
+    stream = stream_entries(redis_client, keys)
     for _, fields in stream:
         if fields["event_id"] in found:
             found[fields["event_id"]].append(fields)
@@ -174,7 +173,7 @@ def test_backend_limit_refuses_the_whole_batch(backing: Backing, backend: Player
             assert limited.json()["error"]["code"] == "rate_limited"
             assert 1 <= int(limited.headers["retry-after"]) <= 12  # one every 12 s
             assert stream_length() == before
-            assert not redis_client.exists(keys.event(over["event_id"],
+            assert not redis_client.exists(keys.player(over["user_id"]).event(over["event_id"],
                                                       f"backend:{backend.user_id}"))
 
             # Duplicates cost nothing: a retried batch is still answered.

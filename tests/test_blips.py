@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 import yaml
 
@@ -39,6 +40,8 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> Non
         time.sleep(0.1)
 
 
+@pytest.mark.single_node("kills and restarts an embedded single Redis (make run's ServerWatch); "
+                         "the cluster's failover is tests/test_cluster_worker.py")
 def test_redis_sigkilled_under_load_comes_back_and_every_202_lands_once(
         backing: Backing, tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis")
@@ -156,6 +159,7 @@ def _one_pid(argument: str, mark: str, log: Path) -> int:
     return _pids_with(argument, mark)[0]
 
 
+@pytest.mark.single_node("make run is single-node by design")
 def test_make_run_restarts_a_killed_worker_and_a_killed_redis(tmp_path: Path) -> None:
     data_dir, port = tmp_path / "data", free_port()
     url = f"http://127.0.0.1:{port}"

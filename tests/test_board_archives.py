@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-import redis.asyncio as redis_asyncio
 
 from scoreboard.archives import archive_periods
 from scoreboard.db import create_pool
@@ -28,7 +27,7 @@ T = TypeVar("T")
 def with_moderation(backing: Backing, keys: Keys,
                     work: Callable[[Moderation], Awaitable[T]]) -> T:
     async def run() -> T:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         pool = await create_pool(backing.database_url, max_size=2)
         try:
             return await work(Moderation(redis=client, pool=pool,

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import redis.asyncio as redis_asyncio
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Origin
@@ -42,7 +41,7 @@ class Writer:
     revision, publish the notice), without Postgres: fast enough for bursts."""
 
     def __init__(self, backing: Backing, keys: Keys) -> None:
-        self.client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        self.client = backing.async_redis(decode_responses=True)
         self.scripts = register_scripts(self.client)
         self.keys = keys
         self.versions: dict[tuple[str, str], int] = {}
@@ -381,7 +380,7 @@ def test_a_lost_notice_is_caught_by_the_revision_poll(broadcaster_url: str, back
                 # change the board as a worker would, but without publishing the notice
                 await writer.scripts.set_totals(keys, board=board, totals=[BoardTotal(
                     board=board, user_id="ann", score=7, reached_at=datetime.now(UTC),
-                    version=99, username="ann")])
+                    version=99, username="ann")], hidden=[False] if keys.sharded else None)
                 await writer.client.incr(keys.board_revision(board))
                 started = time.monotonic()
                 snapshot = await snapshot_where(ws, lambda s: scores(s) == {"ann": 7}, 5)

@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import redis.asyncio as redis_asyncio
 from websockets.asyncio.client import connect
 
 from broadcaster.app import build_state
@@ -119,7 +118,7 @@ def test_at_the_end_of_a_period_spectators_move_to_the_next_one_empty(
 
     async def scenario() -> None:
         writer = Writer(backing, keys)
-        client = redis_asyncio.Redis.from_url(backing.redis_url)
+        client = backing.async_redis()
         state = build_state(load_settings(backing.env()), client)
         try:
             await writer.set(daily_board["scope"], "ann", 7)

@@ -23,7 +23,7 @@ import redis
 from scoreboard.embedded import EmbeddedRedis
 from scoreboard.keys import Keys
 from tests.conftest import Api
-from tests.servers import Backing, fresh_name, ingest_server
+from tests.servers import Backing, fresh_name, ingest_server, stream_entries
 from tests.test_fraud import increment
 
 
@@ -38,6 +38,8 @@ def killable_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         server.stop()
 
 
+@pytest.mark.single_node("SIGKILLs a single Redis and restarts it from its AOF; the cluster's "
+                         "failover is tests/test_cluster_worker.py")
 def test_every_202_survives_a_sigkill_of_redis(killable_redis: EmbeddedRedis,
                                                backing: Backing) -> None:
     keys = Keys(fresh_name("durable"))
@@ -74,7 +76,7 @@ def test_every_202_survives_a_sigkill_of_redis(killable_redis: EmbeddedRedis,
         while client.info("persistence").get("loading"):  # the AOF is read at start
             assert time.monotonic() - started < 30
             time.sleep(0.05)
-        in_stream = [fields["event_id"] for _, fields in client.xrange(keys.stream)]
+        in_stream = [fields["event_id"] for _, fields in stream_entries(client, keys)]
         client.close()
     finally:
         restarted.stop()

@@ -22,7 +22,7 @@ from scoreboard.errors import ConfigError
 from scoreboard.settings import load_settings
 from scoreboard.stream_entry import StreamEntry
 from tests.load_support import BOARD, System, system, wait_settled
-from tests.servers import Backing, SyncRedis, board_totals, fresh_name
+from tests.servers import Backing, SyncRedis, board_totals, fresh_name, stream_total
 from tests.worker_support import worker_process
 from workers.persist import PartitionCache, persist_batch
 
@@ -53,8 +53,9 @@ def increments(users: list[str]) -> list[dict[str, Any]]:
 
 def forget_markers(redis_client: SyncRedis, sys_: System, batch: list[dict[str, Any]]) -> None:
     backend = jwt.decode(sys_.load.token, options={"verify_signature": False})["sub"]
-    removed = redis_client.delete(*[sys_.keys.event(i["event_id"], f"backend:{backend}")
-                                    for i in batch])
+    removed = sum(int(redis_client.delete(
+        sys_.keys.player(i["user_id"]).event(i["event_id"], f"backend:{backend}")))
+        for i in batch)
     assert removed == len(batch)  # the markers were there, and now they are gone
 
 
@@ -95,12 +96,15 @@ def test_two_copies_of_one_event_waiting_in_the_stream_count_once(
         assert sys_.post_batch(batch).json()["accepted"] == 2
         forget_markers(redis_client, sys_, batch)
         assert sys_.post_batch(batch).json()["accepted"] == 2
-        assert redis_client.xlen(sys_.keys.stream) == 4
+        assert stream_total(redis_client, sys_.keys) == 4
         with worker_process(sys_.worker_env("dedup-two")):
             wait_settled(redis_client, sys_.keys)
         sevens = {u: 7 for u in users}
         assert counted(sys_, redis_client, users) == (sevens, 2, sevens)
-        first_ids = [i for i, _ in redis_client.xrange(sys_.keys.stream)][:2]
+        # each user's first copy: the earlier of its two entries in its shard's stream
+        first_ids = [min((i for i, f in redis_client.xrange(sys_.keys.player(u).stream)
+                          if f["user_id"] == u), key=lambda i: tuple(map(int, i.split("-"))))
+                     for u in users]
         rows = asyncio.run(_rows(sys_.database_url, "SELECT stream_id FROM actions"
                                  " WHERE user_id = ANY($1)", users))
         assert sorted(r["stream_id"] for r in rows) == sorted(first_ids)

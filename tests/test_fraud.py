@@ -15,7 +15,6 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-import redis.asyncio as redis_asyncio
 from websockets.asyncio.client import connect
 
 from scoreboard.db import create_pool
@@ -41,7 +40,7 @@ from workers.fraud import FraudChecks, score_velocity
 @asynccontextmanager
 async def fraud_tools(backing: Backing, keys: Keys,
                       **env: str) -> AsyncIterator[tuple[Moderation, FraudChecks]]:
-    client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+    client = backing.async_redis(decode_responses=True)
     pool = await create_pool(backing.database_url, max_size=3)
     moderation = Moderation(redis=client, pool=pool, scripts=register_scripts(client), keys=keys)
     settings = load_settings({"KEY_PREFIX": keys.prefix, **env})

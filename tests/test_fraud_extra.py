@@ -266,7 +266,7 @@ def compressed(backing: Backing) -> Iterator[System]:
     with ingest_server(env) as url, worker_process(env):
         api = Api(url)
         try:
-            yield System(api=api, keys=Keys(prefix))
+            yield System(api=api, keys=backing.keys_for(prefix))
         finally:
             api.close()
 

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import redis.asyncio as redis_asyncio
 
 from scoreboard.history_checkpoints import (
     LOCK,
@@ -126,7 +125,7 @@ def _moderation(backing: Backing, url: str, pool: Any, client: Any) -> Moderatio
 
 def moderate(backing: Backing, url: str, what: str, *args: str) -> Any:
     async def work(pool: Any) -> Any:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         try:
             moderation = _moderation(backing, url, pool, client)
             if what == "remove":
@@ -181,7 +180,7 @@ def test_checkpoints_stop_short_of_unacknowledged_entries(backing: Backing) -> N
     keys = Keys(fresh_name("sbhist"))
 
     async def run() -> tuple[datetime, datetime, int]:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         try:
             await client.xgroup_create(keys.stream, "persisters", id="0", mkstream=True)
             lag = timedelta(seconds=30)

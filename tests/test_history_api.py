@@ -213,14 +213,13 @@ def test_retention_drops_old_partitions_and_keeps_as_of_exact(
 
 def test_the_checkpoint_job_writes_up_to_the_horizon(
         backing: Backing, dropping: tuple[str, list[Action], str]) -> None:
-    import redis.asyncio as redis_asyncio
 
     from scoreboard.keys import Keys
     from tests.servers import fresh_name
     database, actions, _ = dropping
 
     async def work(pool: Any) -> int:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         try:
             ctx = {**job_context(backing, pool, HISTORY_CHECKPOINT_HOURS="24",
                                  HISTORY_CHECKPOINTS_PER_RUN="500"),

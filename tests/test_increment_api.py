@@ -9,7 +9,7 @@ import httpx
 
 from scoreboard.keys import Keys
 from tests.conftest import Api, Player
-from tests.servers import Backing, SyncRedis, create_board, fresh_name
+from tests.servers import Backing, SyncRedis, create_board, fresh_name, stream_entries
 
 
 def increment(api: Api, player: Player, token: str, **body: Any) -> httpx.Response:
@@ -30,7 +30,7 @@ def test_accepted_increment_lands_in_the_stream(api: Api, player: Player, backin
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["status"] == "accepted"
-    entries = [fields for _, fields in redis_client.xrange(keys.stream)
+    entries = [fields for _, fields in stream_entries(redis_client, keys)
                if fields["event_id"] == body["event_id"]]
     assert len(entries) == 1
     entry = entries[0]
@@ -52,7 +52,7 @@ def test_defaults_are_one_point_on_global(api: Api, player: Player,
     response = increment(api, player, issued.json()["action_token"])
     assert response.status_code == 202
     event_id = response.json()["event_id"]
-    entry = next(f for _, f in redis_client.xrange(keys.stream) if f["event_id"] == event_id)
+    entry = next(f for _, f in stream_entries(redis_client, keys) if f["event_id"] == event_id)
     assert (entry["points"], entry["board"]) == ("1", "global")
 
 

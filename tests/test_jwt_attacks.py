@@ -37,7 +37,7 @@ from scoreboard.keys import Keys
 from scoreboard.settings import Settings, load_settings
 from scoreboard.signing_keys import load_jwt_keys
 from tests.conftest import Api, Player
-from tests.servers import Backing
+from tests.servers import Backing, stream_entries
 
 ENDPOINTS = ["/api/actions/token", "/api/scores/increment"]
 
@@ -209,7 +209,7 @@ def test_revoked_access_token_is_refused_after_logout(api: Api, player: Player,
     jti = jwt.decode(player.access_token, options={"verify_signature": False})["jti"]
     logout = api.post("/api/auth/logout", headers=player.headers)
     assert logout.status_code == 204, logout.text
-    assert redis_client.exists(keys.revoked_jti(jti)) == 1
+    assert redis_client.exists(keys.player(player.user_id).revoked_jti(jti)) == 1
     before = stream_length()
     for path in ENDPOINTS:
         assert_unauthorized(post(api, path, player, f"Bearer {player.access_token}",
@@ -217,7 +217,8 @@ def test_revoked_access_token_is_refused_after_logout(api: Api, player: Player,
     assert_unauthorized(api.post("/api/auth/logout", headers=player.headers), "token_revoked")
     assert stream_length() == before
     # The unused action token is still there: only the access token was refused.
-    assert redis_client.exists(keys.action_token(action_token_nonce(action_token))) == 1
+    assert redis_client.exists(keys.player(player.user_id).action_token(
+        action_token_nonce(action_token))) == 1
 
 
 def action_token_nonce(action_token: str) -> str:
@@ -245,6 +246,6 @@ def test_correctly_signed_token_for_a_new_subject_is_accepted(
     assert response.status_code == 202, response.text
     assert stream_length() == before + 1
     event_id = response.json()["event_id"]
-    stream: Any = redis_client.xrange(keys.stream)
+    stream: Any = stream_entries(redis_client, keys)
     entry = next(fields for _, fields in stream if fields["event_id"] == event_id)
     assert (entry["user_id"], entry["username"], entry["points"]) == (new_sub, "crafted", "1")

@@ -18,8 +18,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import redis
-import redis.asyncio as redis_asyncio
 from prometheus_client import REGISTRY
 from websockets.sync.client import connect as ws_connect
 
@@ -45,6 +43,7 @@ from tests.servers import (
     create_board,
     fresh_name,
     stop_process,
+    stream_entries,
     wait_until_ready,
 )
 from tests.worker_support import worker_process
@@ -154,7 +153,7 @@ def test_lag_counts_undelivered_entries_on_redis_6_and_7(backing: Backing) -> No
     cap; on Redis 7 it also agrees with XINFO GROUPS ``lag``."""
 
     async def scenario() -> None:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         pool = await create_pool(backing.database_url, max_size=2)
         keys = Keys(fresh_name("sblag"))
         try:
@@ -212,7 +211,7 @@ def test_request_id_travels_from_ingest_logs_to_the_entry_and_worker_logs(
     ingest_log = tmp_path / "ingest.log"
     env = backing.env(KEY_PREFIX=fresh_name("sbrid"), TRUSTED_PROXIES="127.0.0.1/32",
                       LOG_LEVEL="INFO", WORKER_METRICS_PORT="0")
-    keys = Keys(env["KEY_PREFIX"])
+    keys = backing.keys_for(env["KEY_PREFIX"])
     with ingest_log.open("ab") as log, _logged_ingest(env, log) as url:
         api = Api(url)
         try:
@@ -237,25 +236,25 @@ def test_request_id_travels_from_ingest_logs_to_the_entry_and_worker_logs(
     assert all("request_id" in line for line in access)
 
     # The stream entry carries it; the worker persists it with the action.
-    client: Any = redis.Redis.from_url(backing.redis_url, decode_responses=True)
+    client: Any = backing.sync_redis(decode_responses=True)
     try:
-        entries = client.xrange(keys.stream)
+        entries = stream_entries(client, keys)
         assert [fields["request_id"] for _, fields in entries] == ["trace-0001", generated_id]
         # An entry the worker cannot use is dead-lettered, and its error line
         # names the request it came from.
-        client.xadd(keys.stream, {"event_id": "broken-1", "request_id": "trace-0002"})
+        client.xadd(keys.shard(0).stream, {"event_id": "broken-1", "request_id": "trace-0002"})
         worker_log = tmp_path / "worker.log"
         os.environ["WORKER_TEST_LOG"] = str(worker_log)
         try:
             with worker_process(env):
-                wait_for(lambda: client.xlen(keys.dead_letters) == 1, "dead-lettered")
+                wait_for(lambda: client.xlen(keys.shard(0).dead_letters) == 1, "dead-lettered")
                 rows = wait_for(lambda: _request_ids_in_postgres(
                     backing.database_url, [fields["event_id"] for _, fields in entries]),
                     "the two actions persisted")
         finally:
             del os.environ["WORKER_TEST_LOG"]
     finally:
-        client.delete(keys.stream, keys.dead_letters)
+        client.delete(keys.shard(0).stream, keys.shard(0).dead_letters)
         client.close()
     assert sorted(rows) == sorted(["trace-0001", generated_id])
     ours = [json.loads(line) for line in worker_log.read_text().splitlines()

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 import websockets.exceptions
 import yaml
 from websockets.sync.client import connect as ws_connect
@@ -209,7 +208,7 @@ def test_alerts_and_dashboard_evaluate_against_scraped_series(backing: Backing,
             ingest_server(redisless, ready_path="/healthz") as broken_ingest:
         assert httpx.get(broken_ingest + "/readyz", timeout=10).status_code == 503
         keys = Keys(urls["key_prefix"])
-        client: Any = redis.Redis.from_url(backing.redis_url, decode_responses=True)
+        client: Any = backing.sync_redis(decode_responses=True)
         api = Api(urls["ingest"])
         ws_url = urls["broadcaster"].replace("http", "ws") + "/ws?board=global"
         try:
@@ -221,12 +220,12 @@ def test_alerts_and_dashboard_evaluate_against_scraped_series(backing: Backing,
                 except websockets.exceptions.InvalidStatus as refused:
                     assert refused.response.status_code == 429
                 increments(api, api.register_and_login(), 2)
-                client.xadd(keys.stream, {"event_id": fresh_name("broken"),
+                client.xadd(keys.shard(0).stream, {"event_id": fresh_name("broken"),
                                           "request_id": "prometheus-test"})
                 forged = api.post("/api/actions/token", headers={
                     "Authorization": "Bearer a.b.c", "X-Forwarded-For": new_address()})
                 assert forged.status_code == 401
-                wait_for(lambda: client.xlen(keys.dead_letters) == 1
+                wait_for(lambda: client.xlen(keys.shard(0).dead_letters) == 1
                          and value(scrape(urls["worker_metrics"]),
                                    "scoreboard_worker_persisted_total") >= 2,
                          "the worker persisted the increments and dead-lettered the entry")
@@ -239,7 +238,7 @@ def test_alerts_and_dashboard_evaluate_against_scraped_series(backing: Backing,
                 check_against(prometheus)
         finally:
             api.close()
-            client.delete(keys.stream, keys.dead_letters)
+            client.delete(keys.shard(0).stream, keys.shard(0).dead_letters)
             client.close()
 
 

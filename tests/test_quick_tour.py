@@ -27,6 +27,8 @@ import pytest
 from scoreboard.embedded import free_port
 from tests.servers import PROJECT_DIR
 
+pytestmark = pytest.mark.single_node("the quick tour is make run, single-node by design")
+
 README = PROJECT_DIR / "README.md"
 
 

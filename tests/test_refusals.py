@@ -332,6 +332,7 @@ def test_player_posting_a_batch_is_403_insufficient_scope(api: Api, player: Play
 # 503 a dependency is down
 
 
+@pytest.mark.single_node("stops and restarts a Redis of its own, a single node")
 def test_redis_down_is_503_with_retry_after(backing: Backing, backend: Player,
                                             tmp_path: Path) -> None:
     dedicated = EmbeddedRedis(tmp_path / "redis")

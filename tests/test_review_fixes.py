@@ -13,7 +13,7 @@ import httpx
 
 from scoreboard.keys import Keys
 from tests.conftest import Api, Player, new_address
-from tests.servers import SyncRedis
+from tests.servers import SyncRedis, stream_entries
 
 
 def address_seen(api: Api, player: Player, forwarded: list[str], redis_client: SyncRedis,
@@ -26,7 +26,7 @@ def address_seen(api: Api, player: Player, forwarded: list[str], redis_client: S
     response = api.post("/api/scores/increment", headers=[auth, *lines],
                         json={"action_token": issued.json()["action_token"]})
     assert response.status_code == 202, response.text
-    entry = next(f for _, f in redis_client.xrange(keys.stream)
+    entry = next(f for _, f in stream_entries(redis_client, keys)
                  if f["event_id"] == response.json()["event_id"])
     address: str = entry["ip"]
     return address

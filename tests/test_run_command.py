@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from loadtest.harness.processes import wait_ready
@@ -55,6 +56,7 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.single_node("make run is single-node by design")
 def test_run_starts_everything_persists_and_stops_cleanly(tmp_path: Path) -> None:
     data_dir, port = tmp_path / "data", free_port()
     url = f"http://127.0.0.1:{port}"

@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as redis_asyncio
+from redis.crc import key_slot
 
 from scoreboard.keys import Keys
 from scoreboard.limits import Rate
 from scoreboard.lua import LUA_DIR, register_scripts
 from scoreboard.script_calls import (
+    AddressVerdict,
     BoardPage,
     IncrementReply,
     Refusal,
@@ -64,7 +65,39 @@ CALLS: dict[str, tuple[Scenario, type]] = {
         k, user_id="u1", address="192.0.2.1", endpoint="increment", window_ms=60_000,
         to_flag=20, flag_duration_ms=60_000), bool),
     "board_page": (lambda s, k: s(k, board="global", start=0, stop=9), BoardPage),
+    "address_gate": (lambda s, k: s(k, address="192.0.2.1", limit_name="increment", rate=RATE),
+                     AddressVerdict),
+    "backend_gate": (lambda s, k: s(k, backend_id="b1", jti="j1", rate=RATE, cost=3), Refusal),
 }
+VERDICT = AddressVerdict(0, 0)
+
+
+def _token_failure_part(part: str) -> Scenario:
+    def call(script: Any, keys: Keys) -> Awaitable[Any]:
+        sent: Awaitable[Any] = script(
+            keys, user_id="u1", address="192.0.2.1", failure="action_token_foreign",
+            window_ms=60_000, to_flag=10, to_limit_address=30, address_limit_ms=60_000,
+            flag_ms=60_000, part=part)
+        return sent
+    return call
+
+
+# The same wrappers as a sharded deployment calls them (scoreboard/sharded_calls.py):
+# name -> (script, call); their arguments past the unsharded ones are sharded-only.
+SHARDED_CALLS: dict[str, tuple[str, Scenario]] = {
+    "increment (sharded)": ("increment", lambda s, k: s(
+        k, user_id="u1", jti="j1", nonce="n1", address="192.0.2.1", event_id="at-n1",
+        board="global", points=2, username="Ann", source="player", request_id="r1",
+        user_rate=RATE, flagged_rate=RATE, ip_rate=RATE, dedup_ttl_ms=60_000, rapid_max=10,
+        rapid_window_ms=1000, flag_duration_ms=60_000, address_verdict=VERDICT)),
+    "action_token (sharded)": ("action_token", lambda s, k: s(
+        k, user_id="u1", jti="j1", nonce="n1", address="192.0.2.1", user_rate=RATE,
+        ip_rate=RATE, token_ttl_ms=60_000, address_verdict=VERDICT)),
+    **{f"token_failure ({part}, sharded)": ("token_failure", _token_failure_part(part))
+       for part in ("user", "address")},
+}
+# Arguments only a sharded call sends (the unsharded one sends that many fewer).
+SHARDED_ONLY_ARGS = {"increment": 2, "action_token": 2, "token_failure": 1}
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))
@@ -73,7 +106,7 @@ def test_each_wrapper_sends_what_its_script_reads(name: str, backing: Backing) -
     keys = Keys(fresh_name("calls"))
 
     async def scenario() -> tuple[Recording, Any]:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         try:
             wrapper: TypedScript = getattr(register_scripts(client), name)
             recording = Recording(wrapper.script)
@@ -83,9 +116,35 @@ def test_each_wrapper_sends_what_its_script_reads(name: str, backing: Backing) -
 
     recording, reply = asyncio.run(scenario())
     (sent_keys, sent_args), = recording.calls
-    assert (len(sent_keys), len(sent_args)) == highest_read(name)
+    most_keys, most_args = highest_read(name)
+    assert (len(sent_keys), len(sent_args)) == (most_keys,
+                                                most_args - SHARDED_ONLY_ARGS.get(name, 0))
     assert all(key.startswith(keys.tag) for key in sent_keys), sent_keys
     assert isinstance(reply, reply_type)
+
+
+@pytest.mark.parametrize("name", sorted(SHARDED_CALLS))
+def test_each_sharded_call_sends_what_its_script_reads_in_one_slot(
+        name: str, backing: Backing) -> None:
+    """Sharded, every key of a call is in one slot (a cluster refuses the call
+    otherwise), and the sharded-only arguments are sent."""
+    script, call = SHARDED_CALLS[name]
+    keys = Keys(fresh_name("calls"), shards=3)
+
+    async def scenario() -> Recording:
+        client = backing.async_redis(decode_responses=True)
+        try:
+            wrapper: TypedScript = getattr(register_scripts(client), script)
+            recording = Recording(wrapper.script)
+            await call(wrapper.through(recording), keys)
+            return recording
+        finally:
+            await client.aclose()
+
+    (sent_keys, sent_args), = asyncio.run(scenario()).calls
+    most_keys, most_args = highest_read(script)
+    assert (len(sent_keys), len(sent_args)) == (most_keys, most_args)
+    assert len({key_slot(key.encode()) for key in sent_keys}) == 1, sent_keys
 
 
 def test_the_increment_reply_is_read_by_position_only_in_its_wrapper(backing: Backing) -> None:
@@ -93,7 +152,7 @@ def test_the_increment_reply_is_read_by_position_only_in_its_wrapper(backing: Ba
     keys = Keys(fresh_name("calls"))
 
     async def scenario() -> list[IncrementReply]:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         try:
             await client.set(keys.action_token("n1"), "u1")
             increment = register_scripts(client).increment

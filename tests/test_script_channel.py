@@ -8,19 +8,22 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import redis.asyncio as redis_asyncio
+import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from ingest.script_batching import ScriptBatcher
 from tests.servers import Backing
 
+pytestmark = pytest.mark.single_node("ingest's coalescing channel is one connection to one "
+                                     "server; a cluster deployment does not use it")
+
 ECHO = "return {KEYS[1], ARGV[1], tonumber(ARGV[2]) * 2}"
 
 
 def run(backing: Backing, scenario: Any, max_calls: int = 4) -> Any:
     async def main() -> Any:
-        client = redis_asyncio.Redis.from_url(backing.redis_url)
+        client = backing.async_redis()
         batcher = ScriptBatcher(client, max_calls=max_calls)
         try:
             return await scenario(client, batcher)

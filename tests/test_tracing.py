@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import redis
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -28,7 +27,7 @@ from scoreboard.keys import Keys
 from scoreboard.tracing import parse_traceparent, tracing_enabled
 from tests.conftest import Api, Player
 from tests.ops_support import increments, wait_for
-from tests.servers import Backing, broadcaster_server, fresh_name, ingest_server
+from tests.servers import Backing, broadcaster_server, fresh_name, ingest_server, stream_entries
 from tests.worker_support import worker_process
 
 Span = dict[str, Any]
@@ -93,8 +92,8 @@ def test_off_by_default_the_entry_carries_no_trace_context(
         api: Api, player: Player, redis_client: Any, keys: Keys) -> None:
     response, = increments(api, player, 1)
     event_id = response.json()["event_id"]
-    entry = next(fields for _, fields in redis_client.xrevrange(keys.stream, count=200)
-                 if fields["event_id"] == event_id)
+    entry = next(fields for _, fields in redis_client.xrevrange(
+        keys.player(player.user_id).stream, count=200) if fields["event_id"] == event_id)
     assert "traceparent" not in entry
 
 
@@ -105,8 +104,8 @@ def test_one_increment_is_one_connected_trace_from_ingest_to_the_snapshot(
                           WORKER_METRICS_PORT="0", OTEL_TRACES_EXPORTER="otlp",
                           OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=endpoint,
                           OTEL_BSP_SCHEDULE_DELAY="100")
-        keys = Keys(env["KEY_PREFIX"])
-        client: Any = redis.Redis.from_url(backing.redis_url, decode_responses=True)
+        keys = backing.keys_for(env["KEY_PREFIX"])
+        client: Any = backing.sync_redis(decode_responses=True)
         try:
             with (ingest_server(env) as url, worker_process(env),
                   broadcaster_server(env) as spectators,
@@ -121,7 +120,7 @@ def test_one_increment_is_one_connected_trace_from_ingest_to_the_snapshot(
                     assert batch.status_code == 202, batch.text
                 finally:
                     api.close()
-                (_, entry), (_, batch_entry) = client.xrange(keys.stream)
+                (_, entry), (_, batch_entry) = stream_entries(client, keys)
 
                 def linked() -> list[tuple[str, str]]:
                     return [link for s in spans if s["service"] == "worker"

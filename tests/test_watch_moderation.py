@@ -9,7 +9,6 @@ import asyncio
 import time
 from typing import Any
 
-import redis.asyncio as redis_asyncio
 from websockets.asyncio.client import connect
 
 from scoreboard.db import create_pool
@@ -55,7 +54,7 @@ def test_banned_and_shadow_banned_players_leave_the_feed_as_they_leave_board_rea
         wait_for_board(api, board, {ann: 30, bob: 20, cyd: 10})
 
         async def scenario() -> None:
-            client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+            client = backing.async_redis(decode_responses=True)
             pool = await create_pool(backing.database_url, max_size=2)
             moderation = Moderation(redis=client, pool=pool, scripts=register_scripts(client),
                                     keys=keys)

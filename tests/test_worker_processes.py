@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres
-from scoreboard.keys import Keys
 from scoreboard.migrate import ensure_database, migrate
 from tests.load_support import GROUP, assert_exactly_once, system, wait_settled
 from tests.servers import Backing, SyncRedis, fresh_name
@@ -28,6 +29,8 @@ from tests.worker_support import CHAOS_TIMEOUT, persisted_but_pending, wait_for_
 
 
 @CHAOS_TIMEOUT
+@pytest.mark.single_node("workers/chaos.py marks a batch by its first stream id, not by its "
+                         "shard's stream: not yet told apart on a cluster (issue 13, left)")
 def test_kill_9_twenty_times_under_load_loses_and_doubles_nothing(
         backing: Backing, redis_client: SyncRedis, tmp_path: Path) -> None:
     """Twenty real SIGKILLs of a worker under load, each after it committed a batch.
@@ -78,8 +81,9 @@ def test_three_workers_in_one_group_lose_and_double_nothing(
             with sys_.load.running():
                 time.sleep(8)
             wait_settled(redis_client, sys_.keys)
-        consumers = {c["name"] for c in redis_client.xinfo_consumers(sys_.keys.stream, GROUP)}
-        assert consumers == {"w1", "w2", "w3"}
+        for stream in sys_.keys.streams:  # each shard's stream, read by all three
+            consumers = {c["name"] for c in redis_client.xinfo_consumers(stream, GROUP)}
+            assert consumers == {"w1", "w2", "w3"}
         assert_exactly_once(sys_, redis_client)
 
 
@@ -112,8 +116,8 @@ def test_postgres_down_for_ten_seconds_under_load_loses_nothing(
 
 def test_consumer_that_dies_takes_the_process_down_non_zero(
         backing: Backing, redis_client: SyncRedis) -> None:
-    keys = Keys(fresh_name("wdie"))
-    redis_client.set(keys.stream, "not a stream")  # XGROUP CREATE fails: WRONGTYPE
+    keys = backing.keys_for(fresh_name("wdie"))
+    redis_client.set(keys.shard(0).stream, "not a stream")  # XGROUP CREATE fails: WRONGTYPE
     with worker_process({**backing.env(KEY_PREFIX=keys.prefix)}) as worker:
         status = worker.wait(timeout=30)
     assert status == 70
@@ -129,16 +133,17 @@ def test_sigterm_finishes_the_batch_and_exits_cleanly(
                 status = worker.wait(timeout=40)
         assert status in (0, -signal.SIGTERM)
         # what it had read it finished: nothing is left pending on it
-        pending = redis_client.xpending_range(sys_.keys.stream, GROUP, min="-", max="+",
-                                              count=10, consumername="graceful")
-        assert pending == []
+        for stream in sys_.keys.streams:
+            pending = redis_client.xpending_range(stream, GROUP, min="-", max="+",
+                                                  count=10, consumername="graceful")
+            assert pending == []
         with worker_process(sys_.worker_env("graceful")):
             wait_settled(redis_client, sys_.keys)
         assert_exactly_once(sys_, redis_client)
 
 
 def test_health_command_reflects_the_consumer(backing: Backing, redis_client: SyncRedis) -> None:
-    keys = Keys(fresh_name("whealth"))
+    keys = backing.keys_for(fresh_name("whealth"))
     env = backing.env(KEY_PREFIX=keys.prefix, CONSUMER_NAME="healthy")
 
     def health(extra: dict[str, str]) -> int:

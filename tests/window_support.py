@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import redis.asyncio as redis_asyncio
 
 from scoreboard.board_defs import BoardDefinition, create_board, definition
 from scoreboard.board_writes import apply_and_ack
@@ -40,7 +39,7 @@ def make_board(backing: Backing, board: str, *, windows: Sequence[str] = ("all_t
 
     async def run() -> None:
         pool = await create_pool(backing.database_url, max_size=1)
-        client = redis_asyncio.Redis.from_url(backing.redis_url)
+        client = backing.async_redis()
         try:
             await create_board(pool, client,
                                Keys(key_prefix or backing.key_prefix).board_definitions, made)
@@ -69,7 +68,7 @@ def seed(backing: Backing, keys: Keys, entries: Sequence[StreamEntry],
     ``boards`` does."""
 
     async def run() -> None:
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         pool = await create_pool(backing.database_url, max_size=2)
         try:
             async with pool.acquire() as connection:

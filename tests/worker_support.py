@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-import redis.asyncio as redis_asyncio
 
 from loadtest.harness.processes import WORKER_COMMAND, group_caught_up
 from scoreboard.db import create_pool
@@ -27,7 +26,7 @@ from workers.fraud import RECORDER_GROUP
 async def consumer_for(backing: Backing, keys: Keys, *, name: str = "test-consumer",
                        **overrides: Any) -> AsyncIterator[StreamConsumer]:
     """A StreamConsumer on real Redis and Postgres, with its own connections."""
-    client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+    client = backing.async_redis(decode_responses=True)
     pool = await create_pool(backing.database_url, max_size=4)
     options: dict[str, Any] = {"batch_max": 500, "block_ms": 100, "claim_idle_ms": 30_000,
                                "max_deliveries": 5, **overrides}
@@ -79,8 +78,9 @@ def wait_caught_up(client: Any, keys: Keys, *, group: str = "persisters",
     checks of every batch ran: they come before the XACK) and recorded every
     decision of the fraud stream in Postgres. ``client``: a sync Redis client."""
     deadline = time.monotonic() + timeout_s
-    while not (group_caught_up(client, keys.stream, group)
-               and group_caught_up(client, keys.fraud_stream, RECORDER_GROUP)):
+    while not all(group_caught_up(client, shard.stream, group)
+                  and group_caught_up(client, shard.fraud_stream, RECORDER_GROUP)
+                  for shard in keys.every_shard):
         if time.monotonic() > deadline:
             raise AssertionError(f"the worker did not catch up within {timeout_s} s")
         time.sleep(0.05)

@@ -43,6 +43,7 @@ from scoreboard.board_writes import apply_and_ack
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.metrics import observe_many
+from scoreboard.redis_clients import cluster_unsettled, is_cluster
 from scoreboard.stream_entry import StreamEntry
 from scoreboard.tracing import Tracing, client_span, inner_span
 from workers.batching import ParsedBatch, backoff_s, parse_batch
@@ -82,15 +83,23 @@ class ReadBatch:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True when retrying the same batch later can succeed (the server, not the data)."""
+    """True when retrying the same batch later can succeed (the server, not the data).
+
+    On a cluster, a command whose connection the client closed under it
+    (scoreboard.redis_clients.cluster_unsettled) is retried too."""
     if isinstance(exc, asyncpg.DataError):  # client-side encoding: the data is bad
         return False
+    if cluster_unsettled(exc):
+        return True
     return isinstance(exc, (
         OSError, asyncio.TimeoutError, asyncpg.InterfaceError,
         asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
         asyncpg.TooManyConnectionsError, asyncpg.DeadlockDetectedError,
         asyncpg.SerializationError, asyncpg.AdminShutdownError,
-        redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
+        redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+        # a cluster's slot without a master for a moment (a failover under way)
+        redis.exceptions.ClusterError, redis.exceptions.TryAgainError,
+        redis.exceptions.SlotNotCoveredError))
 
 
 class StreamConsumer:
@@ -101,10 +110,15 @@ class StreamConsumer:
                  chaos_marks: ChaosMarks | None = None,
                  after_batch: Callable[[Sequence[StreamEntry]], Awaitable[None]] | None = None,
                  every_second: Callable[[], Awaitable[Any]] | None = None,
-                 tracing: Tracing | None = None, board_refresh_s: float = 2.0) -> None:
+                 tracing: Tracing | None = None, board_refresh_s: float = 2.0,
+                 board_keys: Keys | None = None) -> None:
+        """``keys``: the keys of the stream consumed (a shard's, sharded);
+        ``board_keys``: the deployment's, for boards and their definitions (default
+        ``keys``: unsharded they are the same)."""
         self.redis = redis
         self.pool = pool
         self.keys = keys
+        self.board_keys = board_keys or keys
         self.group = group
         self.name = name
         self.batch_max = batch_max
@@ -115,7 +129,7 @@ class StreamConsumer:
             1.0, claim_idle_ms / 2000)
         self.partitions = PartitionCache()
         self.players = KnownPlayers()
-        self.definitions = DefinitionCache(redis, keys.board_definitions,
+        self.definitions = DefinitionCache(redis, self.board_keys.board_definitions,
                                            refresh_s=board_refresh_s)
         self.scripts = register_scripts(redis)
         self.chaos_exit_after_commit = chaos_exit_after_commit
@@ -273,9 +287,9 @@ class StreamConsumer:
             # The notice carries this span's context: the snapshot links to it.
             with client_span(self.tracing, "apply_batch.lua",
                              **{"scoreboard.batch.size": len(entries)}) as traceparent:
-                await apply_and_ack(self.redis, self.scripts, self.keys, group=self.group,
+                await apply_and_ack(self.redis, self.scripts, self.board_keys, group=self.group,
                                     totals=result.totals, ack_ids=[e.stream_id for e in entries],
-                                    traceparent=traceparent)
+                                    traceparent=traceparent, stream=self.keys.stream)
             return True
 
         if not await self._retry_transient(apply):  # Redis down while stopping: stays pending
@@ -353,8 +367,12 @@ class StreamConsumer:
 
     async def dead_letter(self, stream_id: str, fields: dict[str, str], reason: str, *,
                           deliveries: int) -> None:
-        """Move an entry to the dead-letter stream with why, and acknowledge it."""
-        async with self.redis.pipeline(transaction=True) as pipe:
+        """Move an entry to the dead-letter stream with why, and acknowledge it.
+
+        Both keys are in the stream's slot; on a cluster there is no MULTI, so a
+        crash between the two can leave the entry dead-lettered and still pending
+        (it is dead-lettered again: two dead letters, still nothing persisted)."""
+        async with self.redis.pipeline(transaction=not is_cluster(self.redis)) as pipe:
             pipe.xadd(self.keys.dead_letters, {**fields, "original_id": stream_id,
                                                "reason": reason, "deliveries": deliveries,
                                                "consumer": self.name})

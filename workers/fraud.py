@@ -64,24 +64,31 @@ class FraudChecks:
         return self.moderation.keys
 
     async def record_decisions(self) -> int:
-        """Record what the scripts decided since last time; returns how many."""
-        client, keys = self.moderation.redis, self.keys
-        try:
-            await client.xgroup_create(keys.fraud_stream, RECORDER_GROUP, id="0", mkstream=True)
-        except redis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        recorded = 0
-        for start in ("0", ">"):  # our pending ones first (a crash mid-way), then new ones
-            reply = await client.xreadgroup(RECORDER_GROUP, self.consumer,
-                                            {keys.fraud_stream: start}, count=100)
-            for stream_id, fields in (reply[0][1] if reply else []):
-                if fields:
-                    await self._record(stream_id, fields)
-                await client.xack(keys.fraud_stream, RECORDER_GROUP, stream_id)
-                recorded += 1
+        """Record what the scripts decided since last time, from every shard's fraud
+        stream (one unsharded); returns how many."""
+        client, recorded = self.moderation.redis, 0
+        for shard_keys in self.keys.every_shard:
+            fraud_stream = shard_keys.fraud_stream
+            try:
+                await client.xgroup_create(fraud_stream, RECORDER_GROUP, id="0", mkstream=True)
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            for start in ("0", ">"):  # our pending ones first (a crash mid-way), then new
+                reply = await client.xreadgroup(RECORDER_GROUP, self.consumer,
+                                                {fraud_stream: start}, count=100)
+                for stream_id, fields in (reply[0][1] if reply else []):
+                    if fields:
+                        await self._record(self._event_key(shard_keys, stream_id), fields)
+                    await client.xack(fraud_stream, RECORDER_GROUP, stream_id)
+                    recorded += 1
         await self.expire_restrictions()
         return recorded
+
+    def _event_key(self, shard_keys: Keys, stream_id: str) -> str:
+        """The ``fraud_events`` key of a decision: its stream id, prefixed by its
+        shard's tag when sharded (ids of two shards' streams can be equal)."""
+        return f"{shard_keys.tag}:{stream_id}" if self.keys.sharded else stream_id
 
     async def _record(self, stream_id: str, fields: dict[str, str]) -> None:
         """One decision of a script: its ``fraud_events`` row, and for a flag (an
@@ -117,7 +124,8 @@ class FraudChecks:
             ttl_ms = None
             if banned_until is not None:
                 ttl_ms = max(1, int((banned_until - datetime.now(UTC)).total_seconds() * 1000))
-            await moderation.redis.set(self.keys.banned(user_id), fields["rule"], px=ttl_ms)
+            await moderation.redis.set(moderation.key_of("banned", user_id), fields["rule"],
+                                       px=ttl_ms)
             await moderation.hide_everywhere(user_id)
 
     async def expire_restrictions(self) -> int:
@@ -131,8 +139,8 @@ class FraudChecks:
             if kind in ("banned", "shadow_banned"):
                 # Postgres says it ended: so does Redis (the key's own expiry may lag)
                 await moderation.redis.delete(moderation.key_of(kind, user_id))
-                if not await moderation.redis.exists(self.keys.banned(user_id),
-                                                     self.keys.shadow_banned(user_id)):
+                if not await moderation.redis.exists(moderation.key_of("banned", user_id),
+                                                     moderation.key_of("shadow_banned", user_id)):
                     await moderation.show_everywhere(user_id)
         return len(ended)
 

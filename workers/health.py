@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import redis.asyncio as redis_asyncio
-
-from scoreboard.keys import Keys
+from scoreboard.redis_clients import redis_client
 from scoreboard.running import with_running_servers
 from scoreboard.settings import load_settings
 
@@ -21,16 +19,23 @@ async def check() -> list[str]:
     if settings.redis_url is None:
         return ["REDIS_URL is not set, and no `scoreboard run` is running on"
                 f" {settings.data_dir}"]
-    keys = Keys(settings.key_prefix)
-    client = redis_asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    keys = settings.keys
+    client = redis_client(settings.redis_url, cluster=settings.redis_cluster,
+                          socket_connect_timeout=2)
+    arq = redis_client(settings.arq_redis_url, cluster=False, socket_connect_timeout=2) \
+        if settings.arq_redis_url else client
     try:
         problems = []
-        if not await client.exists(keys.arq_queue + ":health-check"):
+        if not await arq.exists(keys.arq_queue + ":health-check"):
             problems.append("arq health-check key is missing or stale")
-        if not await client.exists(keys.consumer_heartbeat(settings.consumer)):
-            problems.append(f"consumer {settings.consumer} has no recent heartbeat")
+        for shard in keys.every_shard:  # a consumer per shard's stream, each its heartbeat
+            if not await client.exists(shard.consumer_heartbeat(settings.consumer)):
+                problems.append(f"consumer {settings.consumer} has no recent heartbeat"
+                                + (f" on {shard.stream}" if keys.sharded else ""))
         return problems
     finally:
+        if arq is not client:
+            await arq.aclose()
         await client.aclose()
 
 

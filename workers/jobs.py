@@ -39,9 +39,13 @@ async def ensure_partitions(ctx: dict[str, Any]) -> int:
 
 
 async def trim_stream(ctx: dict[str, Any]) -> str | None:
-    """Trim the stream below the oldest entry some consumer group still needs."""
+    """Trim each shard's stream (one unsharded) below the oldest entry some consumer
+    group still needs; returns the last shard's trim point."""
     redis, keys = ctx["redis"], ctx["keys"]
-    return await trim_acknowledged(redis, keys.stream)
+    trimmed = None
+    for shard in keys.every_shard:
+        trimmed = await trim_acknowledged(redis, shard.stream)
+    return trimmed
 
 
 async def reconcile_boards(ctx: dict[str, Any]) -> int:

@@ -49,6 +49,9 @@ LAG = Gauge("scoreboard_stream_lag", "Entries not yet delivered to the consumer 
 LAG_SECONDS = Gauge("scoreboard_stream_lag_seconds",
                     "Age of the oldest entry not yet delivered to the consumer group (0: none)",
                     ["group"], multiprocess_mode="max")
+SHARD_LAG = Gauge("scoreboard_stream_shard_lag",
+                  "Entries of one shard's stream not yet delivered to the consumer group "
+                  "(sharded deployments)", ["group", "shard"], multiprocess_mode="max")
 REDIS_UP = Gauge("scoreboard_redis_up", "1 when the worker's last metrics refresh reached Redis",
                  multiprocess_mode="min")
 POSTGRES_UP = Gauge("scoreboard_postgres_up",
@@ -167,28 +170,41 @@ class WorkerMetrics:
             logger.debug("metrics refresh: Postgres unreachable: %r", exc)
 
     async def _refresh_stream(self) -> None:
-        keys = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.stream)
-            pipe.xlen(keys.dead_letters)
-            lengths = await pipe.execute()
-        STREAM_LENGTH.labels("increments").set(int(lengths[0]))
-        STREAM_LENGTH.labels("dead-letters").set(int(lengths[1]))
-        try:
-            groups = await self.redis.xinfo_groups(keys.stream)
-        except redis.exceptions.ResponseError:  # no stream yet: no group either
-            groups = []
-        for group in groups:
-            name, pending = _text(group["name"]), int(group["pending"])
-            last_delivered = _text(group["last-delivered-id"])
-            lag = group.get("lag")  # Redis 7; None there when it cannot tell
-            if lag is None:
-                lag = await undelivered_count(self.redis, keys.stream, last_delivered,
-                                              pending=pending)
+        """Sharded, each shard's stream is read: the gauges above hold the sum over
+        the shards (the oldest age for ``LAG_SECONDS``), ``SHARD_LAG`` each shard's."""
+        lengths, dead = 0, 0
+        pending_of: dict[str, int] = {}
+        lag_of: dict[str, int] = {}
+        age_of: dict[str, float] = {}
+        for shard, keys in enumerate(self.keys.every_shard):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xlen(keys.stream)
+                pipe.xlen(keys.dead_letters)
+                counted = await pipe.execute()
+            lengths, dead = lengths + int(counted[0]), dead + int(counted[1])
+            try:
+                groups = await self.redis.xinfo_groups(keys.stream)
+            except redis.exceptions.ResponseError:  # no stream yet: no group either
+                groups = []
+            for group in groups:
+                name, pending = _text(group["name"]), int(group["pending"])
+                last_delivered = _text(group["last-delivered-id"])
+                lag = group.get("lag")  # Redis 7; None there when it cannot tell
+                if lag is None:
+                    lag = await undelivered_count(self.redis, keys.stream, last_delivered,
+                                                  pending=pending)
+                age = await oldest_undelivered_age_s(self.redis, keys.stream, last_delivered)
+                pending_of[name] = pending_of.get(name, 0) + pending
+                lag_of[name] = lag_of.get(name, 0) + int(lag)
+                age_of[name] = max(age_of.get(name, 0.0), age)
+                if self.keys.sharded:
+                    SHARD_LAG.labels(name, str(shard)).set(int(lag))
+        STREAM_LENGTH.labels("increments").set(lengths)
+        STREAM_LENGTH.labels("dead-letters").set(dead)
+        for name, pending in pending_of.items():
             PENDING.labels(name).set(pending)
-            LAG.labels(name).set(int(lag))
-            LAG_SECONDS.labels(name).set(
-                await oldest_undelivered_age_s(self.redis, keys.stream, last_delivered))
+            LAG.labels(name).set(lag_of[name])
+            LAG_SECONDS.labels(name).set(age_of[name])
 
     async def stop(self) -> None:
         if self.task is not None:
