@@ -32,7 +32,6 @@ from scoreboard.ranking import (
 from scoreboard.stream_entry import pack_item, parse_entry
 from scoreboard.stream_trim import safe_trim_id
 from workers.batching import backoff_s, months_of, parse_batch
-from workers.consumer import next_read_count
 from workers.persist_sql import staged
 
 
@@ -287,15 +286,6 @@ def test_staged_arrays_are_the_entries_columns_with_empty_addresses_as_null() ->
     assert staged([first, second]) == (
         ["e1", "e2"], [1764547199999, 1764547199999], ["u1", "u1"], ["global", "global"],
         [3, 5], ["player", "player"], ["10.0.0.1", None], ["r1", None], ["1-0", "2-0"])
-
-
-def test_a_full_read_doubles_the_next_up_to_the_deep_max_and_a_short_one_resets() -> None:
-    assert next_read_count(1000, 1000, 1000, 4000) == 2000
-    assert next_read_count(2000, 2000, 1000, 4000) == 4000
-    assert next_read_count(4000, 4000, 1000, 4000) == 4000
-    assert next_read_count(4000, 3999, 1000, 4000) == 1000
-    assert next_read_count(1000, 0, 1000, 4000) == 1000
-    assert next_read_count(1000, 1000, 1000, 1000) == 1000  # deep max = batch max: off
 
 
 def test_observe_many_gives_the_samples_of_one_observe_each() -> None:

@@ -94,7 +94,6 @@ async def startup(ctx: dict[str, Any]) -> None:
     consumers = [StreamConsumer(
         redis=ctx["redis"], pool=ctx["pool"], keys=shard_keys, group=SETTINGS.consumer_group,
         name=SETTINGS.consumer, batch_max=SETTINGS.worker_batch_max,
-        batch_deep_max=SETTINGS.worker_batch_deep_max,
         block_ms=SETTINGS.worker_block_ms, claim_idle_ms=SETTINGS.claim_idle_ms,
         max_deliveries=SETTINGS.max_deliveries,
         chaos_exit_after_commit=SETTINGS.chaos_exit_after_commit,
