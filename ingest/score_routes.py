@@ -29,7 +29,6 @@ from scoreboard.action_tokens import ExpiredActionToken
 from scoreboard.errors import ActionTokenError, RequestError
 from scoreboard.jwt_tokens import Claims
 from scoreboard.limits import retry_after_seconds
-from scoreboard.metrics import count_fraud_event
 from scoreboard.tracing import client_span
 
 BACKEND_SCOPE = "scores:write"
@@ -70,17 +69,16 @@ async def record_token_failure(state: IngestState, *, user_id: str, address: str
     address limits; the worker's recorder escalates a repeat offence). ``user_id`` is
     empty when the subject is not authenticated."""
     settings, keys = state.settings, state.keys
-    reply = await sharded_calls.token_failure(
+    await sharded_calls.token_failure(
         state.scripts, state.redis, keys, user_id=user_id, address=address, failure=failure,
         window_ms=settings.token_failure_window_s * 1000,
         to_flag=settings.token_failures_to_flag,
         to_limit_address=settings.token_failures_to_limit_address,
         address_limit_ms=settings.address_limit_s * 1000,
         flag_ms=settings.flag_duration_s * 1000)
-    if reply.flagged_now:
-        count_fraud_event("token_manipulation", "critical")
-    if reply.limited_now:
-        count_fraud_event("token_manipulation", "high")
+    # A flag or address limit decided here is not counted here: the worker's recorder
+    # counts it when it writes its row (scoreboard_fraud_events_total counted it twice,
+    # once per process, before).
 
 
 async def record_rate_refusal(state: IngestState, *, user_id: str, address: str,
@@ -200,7 +198,7 @@ async def increment(request: HotRequest) -> Answer:
     event_id = "at-" + token.nonce
     # With tracing on, the entry carries this span's context to the worker.
     with client_span(state.tracing, "increment.lua", **{"db.system": "redis"}) as traceparent:
-        reason, retry_ms, flagged_now = await sharded_calls.increment(
+        reason, retry_ms, _flagged_now = await sharded_calls.increment(
             state.scripts, keys, user_id=claims.sub, jti=claims.jti, nonce=token.nonce,
             address=address,
             event_id=event_id, board=token.board, points=points, username=claims.name,
@@ -220,8 +218,7 @@ async def increment(request: HotRequest) -> Answer:
                                   endpoint="increment")
     if reason != "ok":
         raise _refusal(reason, retry_ms)
-    if flagged_now:  # this increment flagged the user (rapid actions)
-        count_fraud_event("rapid_actions", "high")
+    # a flag taken here (rapid actions) is counted by the worker's recorder with its row
     return _accepted(event_id)
 
 

@@ -60,7 +60,7 @@ from loadtest.harness.players import (
     ingest_env,
     prepare_requests,
 )
-from loadtest.harness.processes import ingest_process, run_job, uvicorn_process
+from loadtest.harness.processes import INGEST_OPTIONS, ingest_process, run_job, uvicorn_process
 from loadtest.ingest_anchor import (
     backend_headers,
     batch_requests,
@@ -275,7 +275,8 @@ def run_anchor_parts(args: argparse.Namespace, root: Path, env: dict[str, str],
     if not args.skip_anchor:
         print("driving the bare Starlette route…", flush=True)
         with uvicorn_process("loadtest.ingest_anchor:bare_app", env, root / "bare.log",
-                             ready_path="/healthz", what="the bare route") as (bare_url, pid):
+                             ready_path="/healthz", what="the bare route",
+                             options=INGEST_OPTIONS) as (bare_url, pid):
             bare = run_load(args, root, bare_url, pid, backing.redis_url, requests, cycle=True)
     bare_rps = rate(bare) if bare is not None else None
     print(f"\nSame run, same client ({args.client}, {args.concurrency} connections; batches "

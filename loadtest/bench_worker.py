@@ -175,13 +175,11 @@ def scrape_worker(port: int) -> tuple[list[tuple[float, float]], float]:
 
 
 def worker_env(backing: WorkerBacking, name: str, *, batch_max: int,
-               batch_deep_max: int | None = None, metrics_port: int = 0,
-               number: int = 0) -> dict[str, str]:
+               metrics_port: int = 0, number: int = 0) -> dict[str, str]:
     """A worker's environment: the run's servers, database and prefix ``name``;
     everything else at the defaults a deployment gets (a second worker differs
     only by its consumer name and metrics port)."""
-    deep = {} if batch_deep_max is None else {"WORKER_BATCH_DEEP_MAX": str(batch_deep_max)}
-    return {**os.environ, **deep, "REDIS_URL": backing.redis_url,
+    return {**os.environ, "REDIS_URL": backing.redis_url,
             "DATABASE_URL": backing.database_url(name), "KEY_PREFIX": backing.prefix(name),
             "CONSUMER_GROUP": GROUP,
             "CONSUMER_NAME": f"bench-{name}" + (f"-{number}" if number else ""),
@@ -193,8 +191,7 @@ def worker_env(backing: WorkerBacking, name: str, *, batch_max: int,
 
 def run_worker_pass(backing: WorkerBacking, workload: Workload, ids: Sequence[str],
                     client: Any, meter: CpuMeter, *, batch_max: int, timeout_s: float,
-                    root: Path, name: str = "worker", count: int = 1,
-                    batch_deep_max: int | None = None) -> WorkerPass:
+                    root: Path, name: str = "worker", count: int = 1) -> WorkerPass:
     """Start ``count`` ``arq workers.main.WorkerSettings`` processes in one group and
     poll until the group has acknowledged every entry; always stops them."""
     keys, metrics_port = Keys(backing.prefix(name)), free_port()
@@ -203,7 +200,6 @@ def run_worker_pass(backing: WorkerBacking, workload: Workload, ids: Sequence[st
     with log_path.open("wb") as log:
         for number in range(count):
             env = worker_env(backing, name, batch_max=batch_max, number=number,
-                             batch_deep_max=batch_deep_max,
                              metrics_port=metrics_port if number == 0 else 0)
             processes.append(subprocess.Popen(WORKER_COMMAND, cwd=PROJECT_DIR, env=env,
                                               stdout=log, stderr=subprocess.STDOUT))
@@ -313,7 +309,6 @@ async def run_latency_pass(backing: WorkerBacking, workload: Workload, ids: Sequ
                                    keys=keys), settings, consumer="bench-inproc")
     consumer = TimedConsumer(timings=timings, redis=client, pool=pool, keys=keys, group=GROUP,
                              name="bench-inproc", batch_max=settings.worker_batch_max,
-                             batch_deep_max=settings.worker_batch_deep_max,
                              block_ms=settings.worker_block_ms,
                              claim_idle_ms=settings.claim_idle_ms,
                              max_deliveries=settings.max_deliveries,
@@ -378,10 +373,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="stream entries drained by each pass (200000)")
     parser.add_argument("--batch-max", type=int, default=1000,
                         help="WORKER_BATCH_MAX, and the COPY batch size (1000)")
-    parser.add_argument("--batch-deep-max", type=int, default=None,
-                        help="WORKER_BATCH_DEEP_MAX: most entries a batch grows to while a "
-                        "backlog waits (default: the setting's default; the anchor and COPY "
-                        "stay at --batch-max)")
     parser.add_argument("--users", type=int, default=10_000, help="distinct players (10000)")
     parser.add_argument("--timeout", type=float, default=150,
                         help="seconds each drain may take before the run is abandoned (150)")
@@ -392,8 +383,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1_000 <= args.entries <= 2_000_000 or not 1 <= args.batch_max <= 10_000:
         parser.error("--entries must be 1000..2000000 and --batch-max 1..10000")
-    if args.batch_deep_max is not None and not args.batch_max <= args.batch_deep_max <= 50_000:
-        parser.error("--batch-deep-max must be --batch-max..50000")
     if not 1 <= args.users <= 1_000_000 or not 1 <= args.timeout <= 1800:
         parser.error("--users must be 1..1000000 and --timeout 1..1800 s")
     return args
@@ -415,16 +404,14 @@ def run(args: argparse.Namespace) -> int:
             redis.Redis.from_url(backing.redis_url, decode_responses=True)))
         servers = server_line(client, backing.admin_database_url)
         meter = CpuMeter(client, asyncio.run(postmaster_pid(backing.admin_database_url)))
-        settings = load_settings(worker_env(backing, "inproc", batch_max=args.batch_max,
-                                            batch_deep_max=args.batch_deep_max))
+        settings = load_settings(worker_env(backing, "inproc", batch_max=args.batch_max))
 
         print(f"filling the worker's stream with {args.entries:,} entries…", flush=True)
         ids, prefill_s = prefill(client, Keys(backing.prefix("worker")), workload)
         settle_redis(client, rewrite=backing.redis_embedded)
         print("draining it with one worker process…", flush=True)
         worker = run_worker_pass(backing, workload, ids, client, meter,
-                                 batch_max=args.batch_max, timeout_s=args.timeout, root=root,
-                                 batch_deep_max=args.batch_deep_max)
+                                 batch_max=args.batch_max, timeout_s=args.timeout, root=root)
         worker_problems = asyncio.run(check_drained(
             backing.database_url("worker"), backing.redis_url, Keys(backing.prefix("worker")),
             workload))
@@ -435,8 +422,7 @@ def run(args: argparse.Namespace) -> int:
         print("draining it with two worker processes in one group…", flush=True)
         workers2 = run_worker_pass(backing, workload, ids2, client, meter,
                                    batch_max=args.batch_max, timeout_s=args.timeout, root=root,
-                                   name="workers2", count=2,
-                                   batch_deep_max=args.batch_deep_max)
+                                   name="workers2", count=2)
         worker_problems += [f"two workers: {p}" for p in asyncio.run(check_drained(
             backing.database_url("workers2"), backing.redis_url,
             Keys(backing.prefix("workers2")), workload))]

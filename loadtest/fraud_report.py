@@ -15,7 +15,7 @@ from typing import Any
 from loadtest.fraud_behaviours import CLASSES
 from loadtest.fraud_client import Account
 from loadtest.harness.backing import Backing
-from scoreboard.fraud_rules import interval_cv
+from scoreboard.fraud_rules import lattice_cv
 from scoreboard.limits import Rate
 from scoreboard.settings import Settings, load_settings
 
@@ -27,12 +27,15 @@ SHOWN_SETTINGS = (
     "address_limit_s", "night_start_hour", "night_end_hour", "fraud_timezone",
     "velocity_z_threshold", "velocity_min_history_hours", "rate_refusals_to_flag",
     "rate_refusal_window_s", "cadence_actions", "cadence_max_cv", "cadence_window_s",
-    "farm_min_accounts", "farm_window_s", "tireless_hours", "activity_hour_s", "dedup_ttl_s")
+    "cadence_max_multiple", "farm_min_accounts", "farm_window_s", "tireless_hours",
+    "activity_hour_s", "top_action_run", "dedup_ttl_s")
 
 
 @dataclass
 class Outcome:
-    restrictions: set[str] = field(default_factory=set)  # Postgres: flagged / banned
+    restrictions: set[str] = field(default_factory=set)  # Postgres: flagged / banned, ever
+    active: set[str] = field(default_factory=set)  # Postgres: in force at the end
+    ending: bool = False  # a restriction ends within a few seconds of the reading
     redis_flags: set[str] = field(default_factory=set)  # Redis: flagged / banned
     rules: list[tuple[str, str, float]] = field(default_factory=list)  # (rule, action, ts)
     pg_points: int = 0
@@ -45,6 +48,20 @@ class Outcome:
         return sum(points for ms, points in zip(self.accepted_ms, self.accepted_points,
                                                 strict=True)
                    if at_s is None or ms < at_s * 1000)
+
+    @property
+    def out_of_step(self) -> bool:
+        """Redis and Postgres disagree about the restrictions in force: a ban in
+        one and not the other, or a flag in force in Postgres that Redis does not
+        hold. Rows that have ended are history, not a disagreement (the check
+        before issue 14's second part compared every row ever written, and warned
+        about every restriction that had expired); Redis may hold a flag the
+        recorder turned into a ban (the script flags, the ladder bans: the flag
+        key lives out its hour, harmlessly)."""
+        if self.ending:
+            return False
+        return (("banned" in self.active) != ("banned" in self.redis_flags)
+                or ("flagged" in self.active and "flagged" not in self.redis_flags))
 
     @property
     def caught(self) -> bool:
@@ -98,11 +115,12 @@ def median(values: Sequence[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
-def lowest_cv(times_ms: Sequence[int], actions: int, window_ms: int) -> float | None:
+def lowest_cv(times_ms: Sequence[int], actions: int, window_ms: int,
+              max_multiple: int = 1) -> float | None:
     """The most regular window of ``actions`` consecutive accepts (the cadence rule's
     statistic, over every window rather than only the latest): how close an account
     came to the threshold, or how far below it."""
-    found = [interval_cv(times_ms[i:i + actions])
+    found = [lattice_cv(times_ms[i:i + actions], max_multiple=max_multiple)
              for i in range(len(times_ms) - actions + 1)
              if times_ms[i + actions - 1] - times_ms[i] <= window_ms]
     values = [cv for cv in found if cv is not None]
@@ -139,7 +157,8 @@ def summarise(accounts: Sequence[Account], outcomes: dict[str, Outcome],
                         detect.append((deciding[0][1] - account.first_request) * scale)
                 else:
                     by_rule["(no event yet)"] += 1
-        cvs = [lowest_cv(outcomes[a.user_id].accepted_ms, actions, window_ms) for a in own]
+        cvs = [lowest_cv(outcomes[a.user_id].accepted_ms, actions, window_ms,
+                         max(1, settings.cadence_max_multiple)) for a in own]
         results.append(ClassResult(
             name=spec.name, honest=spec.honest, accounts=len(own), caught=caught,
             by_rule=by_rule, detect_s=detect,
@@ -220,7 +239,8 @@ def report(args: argparse.Namespace, results: Sequence[ClassResult], env: dict[s
         f"({len(r.lowest_cv)} accts)" for r in results if r.lowest_cv)
         or "no account had enough accepts"))
     if mismatches:
-        print(f"WARNING: {mismatches} accounts flagged/banned in Redis and Postgres differently")
+        print(f"WARNING: {mismatches} accounts with restrictions in force in Redis and "
+              "Postgres differently")
     print("not covered: the hourly score-velocity job and the unusual-time hours follow the "
           "wall clock (not scaled); a run shorter than an hour (simulated) sees only part "
           "of the hour-long token-failure window.")

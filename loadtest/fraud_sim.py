@@ -8,7 +8,10 @@ It starts Redis and Postgres (embedded in a temporary folder, or the loopback
 servers named by ``REDIS_URL`` / ``DATABASE_URL``, on a fresh database and key
 prefix), ONE ingest process and ONE worker process, with the service's default
 limits and fraud settings; ``--set`` overrides one (repeatable) and
-``--issue-rules-only`` turns off the rules added with this simulator. The run
+``--issue-rules-only`` turns off the rules added with this simulator;
+``--anomaly`` turns the learned anomaly score on (the worker's passes every
+scaled ``ANOMALY_EVERY_S``, and one more pass at the end of the run) and reports
+the precision and recall of its reviews beside the rules'. The run
 always sets ``TRUSTED_PROXIES=127.0.0.1/32`` (each simulated client then speaks
 from an address of its own through ``X-Forwarded-For``: the whole simulation
 runs on one host), ``SCRYPT_N=1024`` (registration speed only) and
@@ -107,6 +110,7 @@ import orjson
 import redis
 
 from loadtest import BenchError
+from loadtest.fraud_anomaly_report import anomaly_report
 from loadtest.fraud_behaviours import CLASSES, make_accounts, simulate
 from loadtest.fraud_client import ACTIONS, BOARD, Account
 from loadtest.fraud_report import Outcome, report, summarise
@@ -119,7 +123,7 @@ from scoreboard.settings import Settings, load_settings
 
 RECORDER_GROUP = "fraud-recorders"  # workers/fraud.py
 NEW_RULES_OFF = {"RATE_REFUSALS_TO_FLAG": "0", "CADENCE_ACTIONS": "0", "FARM_MIN_ACCOUNTS": "0",
-                 "TIRELESS_HOURS": "0"}
+                 "TIRELESS_HOURS": "0", "TOP_ACTION_RUN": "0"}
 
 
 # --- After the run: wait for the worker, then read the decisions -----------------------------
@@ -150,9 +154,18 @@ async def read_outcomes(backing: Backing, accounts: Sequence[Account]) -> dict[s
     connection = await asyncpg.connect(backing.database_url)
     try:
         for row in await connection.fetch(
-                "SELECT user_id, kind FROM user_restrictions WHERE user_id = ANY($1)"
+                "SELECT user_id, kind, lifted_at IS NULL AND (expires_at IS NULL OR"
+                " expires_at > now() + interval '2 seconds') AS active,"
+                " lifted_at IS NULL AND expires_at IS NOT NULL AND expires_at > now()"
+                " - interval '2 seconds' AND expires_at <= now() + interval '2 seconds'"
+                " AS ending FROM user_restrictions WHERE user_id = ANY($1)"
                 " AND kind IN ('flagged', 'banned')", ids):
-            outcomes[row["user_id"]].restrictions.add(row["kind"])
+            outcome = outcomes[row["user_id"]]
+            outcome.restrictions.add(row["kind"])
+            if row["active"]:
+                outcome.active.add(row["kind"])
+            if row["ending"]:  # Redis's key and Postgres's row end within clock drift
+                outcome.ending = True
         for row in await connection.fetch(
                 "SELECT user_id, rule, action, created_at FROM fraud_events"
                 " WHERE user_id = ANY($1) ORDER BY id", ids):
@@ -194,6 +207,19 @@ async def read_outcomes(backing: Backing, accounts: Sequence[Account]) -> dict[s
 # --- Running it -----------------------------------------------------------------------------
 
 
+def last_anomaly_pass(env: dict[str, str]) -> dict[str, float]:
+    """The anomaly score's pass at the end of the run (``scoreboard anomaly-score``):
+    user id -> score of every account active in the last period. The worker's own
+    passes run every ANOMALY_EVERY_S (scaled) from its start, so the run's last
+    stretch would otherwise go unscored."""
+    if not load_settings(env).anomaly_scoring:
+        return {}
+    done = subprocess.run([sys.executable, "-m", "scoreboard.cli", "anomaly-score"], env=env,
+                          check=True, capture_output=True, timeout=600)
+    lines = [orjson.loads(line) for line in done.stdout.splitlines() if line.startswith(b"{")]
+    return {line["user_id"]: float(line["score"]) for line in lines}
+
+
 def create_sim_board(env: dict[str, str]) -> None:
     """The simulator's board, through the admin command (Postgres, then Redis)."""
     subprocess.run([sys.executable, "-m", "scoreboard.cli", "admin", "create-board", BOARD,
@@ -206,7 +232,7 @@ def create_sim_board(env: dict[str, str]) -> None:
 SCALED_SECONDS = ("action_token_ttl_s", "dedup_ttl_s", "flag_duration_s", "temp_ban_s",
                   "offence_window_s", "token_failure_window_s", "address_limit_s",
                   "rate_refusal_window_s", "cadence_window_s", "farm_window_s",
-                  "activity_hour_s")
+                  "activity_hour_s", "anomaly_every_s", "anomaly_window_s")
 SCALED_RATES = ("action_token_rate", "increment_rate", "flagged_increment_rate", "ip_rate")
 
 
@@ -262,6 +288,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--issue-rules-only", action="store_true",
                         help="turn off the rules added with this simulator "
                              "(hammering, cadence, farms)")
+    parser.add_argument("--anomaly", action="store_true",
+                        help="turn the learned anomaly score on (ANOMALY_SCORING=true; off by "
+                             "default, as in the service) and report its reviews")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     args.sizes = {}
@@ -282,6 +311,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     overrides = dict(NEW_RULES_OFF) if args.issue_rules_only else {}
+    if args.anomaly:
+        overrides["ANOMALY_SCORING"] = "true"
     overrides.update(item.split("=", 1) for item in args.set)
     counts = {spec.name: getattr(args, spec.name) for spec in CLASSES}
     accounts = make_accounts(counts, args.sizes, random.Random(args.seed))
@@ -302,10 +333,13 @@ def run(args: argparse.Namespace) -> int:
         started = asyncio.run(simulate(url, accounts, args))
         print("waiting for the worker to persist and record everything…", flush=True)
         wait_for_worker(backing.redis_url, keys, load_settings(env).consumer_group)
+        last_pass = last_anomaly_pass(env)
         outcomes = asyncio.run(read_outcomes(backing, accounts))
-        mismatches = sum(1 for o in outcomes.values() if o.restrictions != o.redis_flags)
+        mismatches = sum(1 for o in outcomes.values() if o.out_of_step)
         results = summarise(accounts, outcomes, load_settings(env), args.time_scale)
         figures = report(args, results, env, forced, backing, started, mismatches)
+        if last_pass:
+            figures["anomaly"] = anomaly_report(accounts, outcomes, last_pass)
         if args.json:
             args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
         print("stopping the processes started…", flush=True)

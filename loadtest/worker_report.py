@@ -138,13 +138,6 @@ def night_line(settings: Settings, workload: Workload) -> str:
             f"{settings.night_end_hour:02d}:00) (pass --at to choose)")
 
 
-def deep_max(args: argparse.Namespace) -> int:
-    """The workers' WORKER_BATCH_DEEP_MAX in this run."""
-    if args.batch_deep_max is not None:
-        return int(args.batch_deep_max)
-    return max(int(args.batch_max), Settings.worker_batch_deep_max)
-
-
 def report(args: argparse.Namespace, *, background: float, servers: str, backing: WorkerBacking,
            code: tuple[str, bool], night: str, prefill_s: float, worker: WorkerPass,
            worker_problems: list[str], latency: LatencyPass, latency_problems: list[str],
@@ -158,8 +151,7 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     print(f"servers     {servers}; started here: {backing.embedded}")
     print(f"workload    {n:,} entries per stream, {args.users:,} users x boards "
           f"{'/'.join(BOARDS)}, points 1..10, unique event ids, source backend:…; batch "
-          f"max {args.batch_max} (the anchor's and COPY's batch), growing to "
-          f"{deep_max(args)} in the workers while a backlog waits")
+          f"max {args.batch_max}")
     print(f"time        {night}")
     print(f"prefill     {n:,} XADDs pipelined by 1000 in {prefill_s:.2f} s "
           f"({n / prefill_s:,.0f}/s), before any consumer started")

@@ -9,13 +9,27 @@
 --
 -- The usual batch has no duplicate and no banned user: one EXISTS over all its
 -- event keys and one over all its banned keys (in chunks, within Lua's stack)
--- answer that with two calls instead of two per increment, which was a third
--- of Redis's CPU per batched increment; only a batch where either counts more
--- than 0 is checked item by item.
+-- answer that with two calls instead of two per increment; only a batch where
+-- either counts more than 0 is checked item by item.
+--
+-- Redis's cost per increment is what bounds a batch (measured: about half of
+-- it was receiving 2 keys and 5 arguments per increment), so an increment is
+-- ONE argument, its fields joined by \31 (unit separator: no field can hold it,
+-- ingest/validation.py refuses control characters), its two keys are built
+-- here from two prefixes, and its stream entry carries it as is (the packed
+-- form of scoreboard/stream_entry.py: fields 'item' and 'context').
+--
+-- Redis Cluster: the keys built here are KEYS[5] .. event id and KEYS[6] ..
+-- user id. KEYS[5] and KEYS[6] are declared prefixes that carry the call's hash
+-- tag ({prefix}), so every key built from them hashes to the same slot as the
+-- declared ones: the call stays in one slot. A sharded deployment passes the
+-- prefixes of the shard's tag, one call per shard; a prefix without the tag
+-- would break that.
 --
 -- KEYS[1] revoked jti key   KEYS[2] backend rate key   KEYS[3] stream
 -- KEYS[4] banned key of the backend account
--- KEYS[5 + 2i], KEYS[6 + 2i] event id key and banned key of increment i (i from 0)
+-- KEYS[5] event key prefix of this source (event key = KEYS[5] .. event id)
+-- KEYS[6] banned key prefix (banned key of a user = KEYS[6] .. user id)
 -- ARGV[1..2] backend rate (count, period ms)   ARGV[3] dedup ttl ms
 --          count 0: one shard's part of a sharded batch (scoreboard/keys.py): the
 --          backend's checks were made in its own slot (lua/backend_gate.lua) and
@@ -23,44 +37,54 @@
 -- ARGV[4] source   ARGV[5] client address   ARGV[6] request id
 -- ARGV[7] W3C traceparent of the caller's span ('' when tracing is off): written
 --         into each entry as 'traceparent' only when given
--- ARGV[8 + 5i .. 12 + 5i] increment i: event_id, user_id, board, points, username
+-- ARGV[8 + i] increment i (from 0): event_id \31 user_id \31 board \31 points \31 username
 --
 -- Returns {'ok', accepted, duplicates, refused event id...} or
 -- {reason, retry after ms}, reason one of 'revoked', 'banned', 'limited_backend'.
 
 local revoked_key, rate_key, stream_key, backend_banned_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local event_prefix, banned_prefix = KEYS[5], KEYS[6]
 local rate_count, rate_period = tonumber(ARGV[1]), tonumber(ARGV[2])
 local dedup_ttl = tonumber(ARGV[3])
 local source, client_addr, request_id, traceparent = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local n = (#KEYS - 4) / 2
+local FIRST = 7  -- ARGV[FIRST + i] is increment i (from 1 here)
+local n = #ARGV - FIRST
 
 local gated = rate_count == 0
 if not gated and redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
 if not gated and redis.call('EXISTS', backend_banned_key) == 1 then return {'banned', 0} end
 
--- How many of KEYS[first], KEYS[first + 2], ... exist (a key listed twice counts twice).
+local find, sub = string.find, string.sub
+local event_ids, event_keys, banned_keys = {}, {}, {}
+for i = 1, n do
+  local item = ARGV[FIRST + i]
+  local after_event = find(item, '\31', 1, true)
+  local after_user = find(item, '\31', after_event + 1, true)
+  local event_id = sub(item, 1, after_event - 1)
+  event_ids[i] = event_id
+  event_keys[i] = event_prefix .. event_id
+  banned_keys[i] = banned_prefix .. sub(item, after_event + 1, after_user - 1)
+end
+
+-- How many of ``keys`` exist (a key listed twice counts twice).
 local CHUNK = 500
-local function existing(first)
-  local found, chunk = 0, {}
-  for i = 0, n - 1 do
-    chunk[#chunk + 1] = KEYS[first + 2 * i]
-    if #chunk == CHUNK or i == n - 1 then
-      found = found + redis.call('EXISTS', unpack(chunk))
-      chunk = {}
-    end
+local function existing(keys)
+  local found = 0
+  for first = 1, n, CHUNK do
+    found = found + redis.call('EXISTS', unpack(keys, first, math.min(n, first + CHUNK - 1)))
   end
   return found
 end
 
 local fresh, refused, seen = {}, {}, {}
 local duplicates = 0
-local per_item = existing(5) > 0 or existing(6) > 0
-for i = 0, n - 1 do
-  local event_key, banned_key = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
+local per_item = n > 0 and (existing(event_keys) > 0 or existing(banned_keys) > 0)
+for i = 1, n do
+  local event_key = event_keys[i]
   if seen[event_key] or (per_item and redis.call('EXISTS', event_key) == 1) then
     duplicates = duplicates + 1
-  elseif per_item and redis.call('EXISTS', banned_key) == 1 then
-    refused[#refused + 1] = ARGV[8 + 5 * i]
+  elseif per_item and redis.call('EXISTS', banned_keys[i]) == 1 then
+    refused[#refused + 1] = event_ids[i]
   else
     fresh[#fresh + 1] = i
   end
@@ -76,18 +100,16 @@ if #fresh > 0 and not gated then
 end
 
 if new_tat then gcra_commit(rate_key, now, new_tat) end
-local ts = tostring(now)
+-- What every entry of this call shares: source \31 ts \31 ip \31 request_id.
+local context = source .. '\31' .. tostring(now) .. '\31' .. client_addr .. '\31' .. request_id
 for _, i in ipairs(fresh) do
-  local a = 8 + 5 * i
-  redis.call('SET', KEYS[5 + 2 * i], '1', 'PX', dedup_ttl)
-  local entry = {'event_id', ARGV[a], 'user_id', ARGV[a + 1], 'username', ARGV[a + 4],
-    'board', ARGV[a + 2], 'points', ARGV[a + 3], 'source', source, 'ts', ts,
-    'ip', client_addr, 'request_id', request_id}
+  redis.call('SET', event_keys[i], '1', 'PX', dedup_ttl)
   if traceparent ~= '' then
-    entry[#entry + 1] = 'traceparent'
-    entry[#entry + 1] = traceparent
+    redis.call('XADD', stream_key, '*', 'item', ARGV[FIRST + i], 'context', context,
+      'traceparent', traceparent)
+  else
+    redis.call('XADD', stream_key, '*', 'item', ARGV[FIRST + i], 'context', context)
   end
-  redis.call('XADD', stream_key, '*', unpack(entry))
 end
 local result = {'ok', #fresh, duplicates}
 for _, event_id in ipairs(refused) do result[#result + 1] = event_id end

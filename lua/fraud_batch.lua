@@ -16,18 +16,26 @@
 -- accept, a ZSET living `span` hours; returned once there are `tireless` of them
 -- in the last `span` hours (`tireless` 0: off).
 --
+-- Top action: per user, "run,newest ms": how many accepts in a row were worth their
+-- board's top price, living `top_ttl` ms; an accept not after the newest counted
+-- is ignored (a redelivery). Returned once the run reaches `top_run` (0: off).
+--
 -- KEYS[1..U] cadence string of each user, KEYS[U+1..2U] active-hours ZSET of each
--- user, KEYS[2U+1..2U+A] accounts ZSET of each address, KEYS[2U+A+1..2U+2A] activity
--- HASH (account -> accepts) of each address's current window
+-- user, KEYS[2U+1..3U] top-run string of each user, KEYS[3U+1..3U+A] accounts ZSET
+-- of each address, KEYS[3U+A+1..3U+2A] activity HASH (account -> accepts) of each
+-- address's current window
 -- ARGV[1] JSON (one argument: packing thousands of small ones costs the caller more
 -- than the whole script costs Redis): {"keep": n, "cadence_ttl": ms, "window": ms,
 --   "min_accounts": n, "users": [[ms, ...], ...] (ascending; U of them, in KEYS order),
 --   "hours": [[hour, ...], ...] (U of them), "tireless": n, "span": hours, "hour_ms": ms,
+--   "top": [[[ms, 1 if top price else 0], ...], ...] (U of them, ascending),
+--   "top_run": n, "top_ttl": ms,
 --   "addresses": [[newest ms, [[ms, user id], ...], [[user id, accepts], ...]], ...]
 --   (A of them)}
 --
--- Returns {cadence, farms, tireless}: cadence a list of {user index (from 1), {ms, ...}},
--- tireless a list of {user index (from 1), {hour, ...}},
+-- Returns {cadence, farms, tireless, top}: cadence a list of {user index (from 1),
+-- {ms, ...}}, tireless a list of {user index (from 1), {hour, ...}}, top a list of
+-- {user index (from 1), run},
 -- farms a list of {address index (from 1), {user id, latest ms, ...},
 -- {user id, accepts in the window, ...}}.
 
@@ -61,6 +69,27 @@ if data.tireless > 0 then
   end
 end
 
+local top = {}
+if data.top_run > 0 then
+  for i = 1, users do
+    local key = KEYS[2 * users + i]
+    local run, newest = 0, -1
+    local stored = redis.call('GET', key)
+    if stored then
+      local r, n = string.match(stored, '^(%d+),(%d+)$')
+      run, newest = tonumber(r), tonumber(n)
+    end
+    for _, accept in ipairs(data.top[i]) do
+      if accept[1] > newest then
+        if accept[2] == 1 then run = run + 1 else run = 0 end
+        newest = accept[1]
+      end
+    end
+    redis.call('SET', key, string.format('%d,%d', run, newest), 'PX', data.top_ttl)
+    if run >= data.top_run then top[#top + 1] = {i, run} end
+  end
+end
+
 local cadence = {}
 for i = 1, (keep > 0 and users or 0) do
   local key = KEYS[i]
@@ -88,7 +117,7 @@ end
 local farms = {}
 local addresses = #data.addresses
 for j, address in ipairs(data.addresses) do
-  local key, activity_key = KEYS[2 * users + j], KEYS[2 * users + addresses + j]
+  local key, activity_key = KEYS[3 * users + j], KEYS[3 * users + addresses + j]
   redis.call('ZADD', key, 'GT', unpack(zadd_args(address[2])))
   redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', address[1] - window))
   redis.call('PEXPIRE', key, window)
@@ -101,4 +130,4 @@ for j, address in ipairs(data.addresses) do
                          redis.call('HGETALL', activity_key)}
   end
 end
-return {cadence, farms, tireless}
+return {cadence, farms, tireless, top}

@@ -24,6 +24,7 @@ import orjson
 
 from scoreboard.accounts import create_backend_account
 from scoreboard.admin import UnknownName, add_admin_parser, main_admin, require_board
+from scoreboard.anomaly_scoring import add_anomaly_parser, main_anomaly
 from scoreboard.console import start_banner
 from scoreboard.db import with_database
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     rebuild.add_argument("board")
     add_admin_parser(commands)
     add_history_parsers(commands)
+    add_anomaly_parser(commands)
     _describe_subcommands(commands)
     args = parser.parse_args(argv)
     configure_logging()
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             return main_admin(args, ready)
         elif args.command in ("history", "history-checkpoints"):
             return main_history(args, ready)
+        elif args.command == "anomaly-score":
+            return main_anomaly(args, ready)
     return 0
 
 

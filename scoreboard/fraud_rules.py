@@ -58,11 +58,37 @@ def interval_cv(times_ms: Sequence[int]) -> float | None:
     return math.sqrt(variance) / mean
 
 
+def lattice_cv(times_ms: Sequence[int], *, max_multiple: int) -> float | None:
+    """The CV of the gaps between consecutive ``times_ms`` once each gap is divided
+    by the whole number of periods it spans, the period being the shortest gap:
+    a timer that ticks every p seconds, some of whose ticks the rate limiter
+    refused, has accepts at gaps of p and 2p (CV 0.3 as plain gaps) that are all
+    one period here. With every gap under 1.5 times the shortest (a steady
+    human's 13-15 s), it is :func:`interval_cv` itself. None when a gap spans more
+    than ``max_multiple`` periods (a pause is not a missed tick), when there are
+    fewer than two gaps, or when the shortest gap is zero."""
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times_ms)]
+    if len(gaps) < 2:
+        return None
+    shortest = min(gaps)
+    if shortest <= 0:
+        return None
+    multiples = [max(1, round(gap / shortest)) for gap in gaps]
+    if max(multiples) > max_multiple:
+        return None
+    periods = [gap / n for gap, n in zip(gaps, multiples, strict=True)]
+    mean = sum(periods) / len(periods)
+    variance = sum((p - mean) ** 2 for p in periods) / len(periods)
+    return math.sqrt(variance) / mean
+
+
 def regular_cadence(times_ms: Sequence[int], *, actions: int, window_ms: int,
-                    max_cv: float) -> float | None:
+                    max_cv: float, max_multiple: int = 1) -> float | None:
     """The cadence-regularity rule: the CV of the gaps between the user's last
     ``actions`` accepted actions (``times_ms`` ascending, possibly more), when it
-    is below ``max_cv``; None when the rule does not fire.
+    is below ``max_cv``; None when the rule does not fire. With ``max_multiple``
+    above 1 the gaps are first reduced to whole periods (:func:`lattice_cv`), so a
+    timer whose ticks the limiter sometimes refuses is still a timer.
 
     It only judges ``actions`` actions that all fall within ``window_ms`` of the
     newest, so a player who comes back at the same time every day is not "regular".
@@ -72,8 +98,21 @@ def regular_cadence(times_ms: Sequence[int], *, actions: int, window_ms: int,
     last = list(times_ms[-actions:])
     if last[-1] - last[0] > window_ms:
         return None
-    cv = interval_cv(last)
+    cv = lattice_cv(last, max_multiple=max(1, max_multiple))
     return cv if cv is not None and cv < max_cv else None
+
+
+def top_action_run(run: int, *, threshold: int) -> int | None:
+    """The top-action rule: ``run`` accepts in a row, each worth its board's most
+    points (on a board with more than one price), flag the user once ``run``
+    reaches ``threshold``; None when it does not fire. A slow bot's tell within an
+    hour: a human takes the jackpot when the game gives it (2% of the simulator's
+    honest actions; 30 in a row at 2% is about 1e-51, and even a player who gets
+    the top action half the time makes 30 in a row about once in a billion
+    attempts), a bot claims it every time."""
+    if threshold <= 0 or run < threshold:
+        return None
+    return run
 
 
 def farm_accounts(last_seen_ms: Mapping[str, int], counts: Mapping[str, int], *, now_ms: int,

@@ -107,13 +107,24 @@ class Keys:
     def banned(self, user_id: str) -> str:
         return f"{self._user_tag(user_id)}:banned:{user_id}"
 
+    @property
+    def banned_prefix(self) -> str:
+        """``banned(user_id)`` is this followed by the user id, on an unsharded ``Keys``
+        or a shard's view, where every player's tag is ``tag`` (``lua/batch.lua``
+        builds the keys from it)."""
+        return f"{self.tag}:banned:"
+
     def flagged(self, user_id: str) -> str:
         return f"{self._user_tag(user_id)}:flagged:{user_id}"
 
     def event(self, event_id: str, source: str = "player") -> str:
         """Idempotency marker of an accepted event id (expires after the dedup TTL),
         per source as in ``counted_events``: two game backends may both send "e1"."""
-        return f"{self.tag}:event:{source}:{event_id}"
+        return self.event_prefix(source) + event_id
+
+    def event_prefix(self, source: str) -> str:
+        """``event(event_id, source)`` is this followed by the event id."""
+        return f"{self.tag}:event:{source}:"
 
     def user_rate(self, limit_name: str, user_id: str) -> str:
         return f"{self._user_tag(user_id)}:rate:{limit_name}:user:{user_id}"
@@ -151,6 +162,17 @@ class Keys:
     def active_hours(self, user_id: str) -> str:
         """ZSET of the hour numbers in which the user had an accept (tireless rule)."""
         return f"{self._user_tag(user_id)}:active-hours:{user_id}"
+
+    def top_run(self, user_id: str) -> str:
+        """"run,newest ms": the user's accepts in a row at their board's top price
+        (top-action rule)."""
+        return f"{self._user_tag(user_id)}:top-run:{user_id}"
+
+    @property
+    def anomaly_due(self) -> str:
+        """Exists for ``ANOMALY_EVERY_S`` after an anomaly pass started: one pass a
+        period, whatever the number of workers."""
+        return f"{self.tag}:anomaly-pass"
 
     def address_accounts(self, address: str) -> str:
         """ZSET user id -> latest accepted ms of the accounts acting from ``address``

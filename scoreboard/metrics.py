@@ -54,7 +54,7 @@ def observe_many(histogram: Any, amounts: Sequence[float]) -> None:
     entry of a batch (thousands a second), and per-entry ``observe`` was 3 % of
     its CPU. Relies on prometheus_client's Histogram internals (``_upper_bounds``,
     ``_buckets``, ``_sum``: the same since 0.4); without them, observes one by one.
-    ``tests/test_pure_units.py`` checks both give the same samples."""
+    ``tests/test_pure_pipeline.py`` checks both give the same samples."""
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)

@@ -19,6 +19,7 @@ import orjson
 
 from scoreboard.keys import Keys
 from scoreboard.ranking import epoch_ms
+from scoreboard.stream_entry import pack_item
 
 if TYPE_CHECKING:
     from scoreboard.board_writes import BoardTotal
@@ -186,13 +187,14 @@ class BatchScript(TypedScript):
             stand_in = view.user_rate("backend", backend_id)
             script_keys = [stand_in, stand_in, view.stream, stand_in]
         source = f"backend:{backend_id}"
+        # The event and banned keys are built in the script from these two prefixes,
+        # which carry the tag of the call's slot (the shard's, on a sharded cluster).
+        script_keys += [view.event_prefix(source), view.banned_prefix]
         args: list[Any] = [*rate_args, dedup_ttl_ms, source, address, request_id,
                            traceparent]
-        event_key, banned_key = view.event, view.banned
-        add_keys, add_args = script_keys.extend, args.extend
-        for item in items:
-            add_keys((event_key(item.event_id, source), banned_key(item.user_id)))
-            add_args((item.event_id, item.user_id, item.board, item.points, item.username))
+        # One argument per increment (see the script's header): Redis's cost per
+        # increment is what bounds a batch.
+        args += [pack_item(*item) for item in items]
         call: Call = script_keys, args
         reason, *rest = await self._run(call)
         reason = _text(reason)
@@ -429,10 +431,12 @@ class FraudBatchReply(NamedTuple):
     # (address index from 0, user id -> latest ms, user id -> accepts in the window)
     farms: list[tuple[int, dict[str, int], dict[str, int]]]
     tireless: list[tuple[int, list[int]]]  # (user index from 0, hours with an accept)
+    top: list[tuple[int, int]]  # (user index from 0, accepts in a row at the top price)
 
 
 class FraudBatchScript(TypedScript):
-    """``lua/fraud_batch.lua``: the Redis state of the cadence and farm rules."""
+    """``lua/fraud_batch.lua``: the Redis state of the cadence, farm, tireless and
+    top-action rules."""
 
     async def __call__(self, keys: Keys, *, users: Sequence[str], addresses: Sequence[str],
                        window_index: int, data: dict[str, Any]) -> FraudBatchReply:
@@ -445,33 +449,37 @@ class FraudBatchScript(TypedScript):
         merged with the indexes of ``users`` and ``addresses``."""
         if not keys.sharded:
             return await self._call(keys, keys, users, addresses, window_index, data)
-        cadence, farms, tireless = [], [], []
+        cadence, farms, tireless, top = [], [], [], []
         by_shard: dict[int, list[int]] = {}
         for index, user_id in enumerate(users):
             by_shard.setdefault(keys.shard_of(user_id), []).append(index)
         for shard, indexes in sorted(by_shard.items()):
             part = {**data, "users": [data["users"][i] for i in indexes],
-                    "hours": [data["hours"][i] for i in indexes], "addresses": []}
+                    "hours": [data["hours"][i] for i in indexes],
+                    "top": [data["top"][i] for i in indexes], "addresses": []}
             reply = await self._call(keys.shard(shard), keys, [users[i] for i in indexes], [],
                                      window_index, part)
             cadence += [(indexes[i], times) for i, times in reply.cadence]
             tireless += [(indexes[i], hours) for i, hours in reply.tireless]
+            top += [(indexes[i], run) for i, run in reply.top]
         for index, address in enumerate(addresses):
-            part = {**data, "users": [], "hours": [], "addresses": [data["addresses"][index]]}
+            part = {**data, "users": [], "hours": [], "top": [],
+                    "addresses": [data["addresses"][index]]}
             reply = await self._call(keys, keys.at_address(address), [], [address],
                                      window_index, part)
             farms += [(index, seen, counts) for _, seen, counts in reply.farms]
-        return FraudBatchReply(cadence, farms, tireless)
+        return FraudBatchReply(cadence, farms, tireless, top)
 
     async def _call(self, user_keys: Keys, address_keys: Keys, users: Sequence[str],
                     addresses: Sequence[str], window_index: int,
                     data: dict[str, Any]) -> FraudBatchReply:
         call: Call = ([user_keys.cadence(u) for u in users]
                       + [user_keys.active_hours(u) for u in users]
+                      + [user_keys.top_run(u) for u in users]
                       + [address_keys.address_accounts(a) for a in addresses]
                       + [address_keys.address_activity(a, window_index) for a in addresses],
                       [orjson.dumps(data)])
-        cadence, farms, tireless = await self._run(call)
+        cadence, farms, tireless, top = await self._run(call)
 
         def pairs(flat: Sequence[Any]) -> dict[str, int]:
             return {_text(m): int(float(v)) for m, v in zip(flat[::2], flat[1::2], strict=True)}
@@ -479,4 +487,5 @@ class FraudBatchScript(TypedScript):
         return FraudBatchReply(
             [(int(index) - 1, [int(t) for t in times]) for index, times in cadence],
             [(int(index) - 1, pairs(seen), pairs(counts)) for index, seen, counts in farms],
-            [(int(index) - 1, [int(h) for h in hours]) for index, hours in tireless])
+            [(int(index) - 1, [int(h) for h in hours]) for index, hours in tireless],
+            [(int(index) - 1, int(run)) for index, run in top])

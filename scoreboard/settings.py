@@ -142,20 +142,29 @@ class Settings:
     cadence_actions: int = 8  # the last this many accepted actions, when their gaps ...
     cadence_max_cv: float = 0.003  # ... vary less than this (std/mean), flag the user
     cadence_window_s: int = 900  # ... and they all fall within this window
+    # ... gaps first reduced to whole periods of the shortest, up to this many (a timer
+    # whose ticks the limiter refuses now and then); 1: plain gaps
+    cadence_max_multiple: int = 3
     farm_min_accounts: int = 5  # this many accounts accepted from one address ...
     farm_window_s: int = 600  # ... within this window, each with at least ...
     farm_busy_actions: int = 30  # ... this many accepts in the window (a machine's pace), ...
     farm_busy_share: float = 0.8  # ... making this share of the address's active accounts
     tireless_hours: int = 18  # accepts in this many of the last 24 hours flag the user
     activity_hour_s: int = 3600  # the hour of the tireless rule (a simulator scales it)
+    top_action_run: int = 30  # this many accepts in a row at the board's top price flag
+    # The learned anomaly score (scoreboard/anomaly.py): reviews, never restrictions.
+    # Off by default: it has not earned its place (docs/fraud.md); needs the "anomaly" extra.
+    anomaly_scoring: bool = False  # the worker's pass every ANOMALY_EVERY_S
+    anomaly_every_s: int = 3600  # a pass scores the accounts active within this period ...
+    anomaly_window_s: int = 86400  # ... trained on every account of this window
+    anomaly_min_actions: int = 10  # accounts with fewer actions are neither trained on nor scored
+    anomaly_min_score: float = 0.65  # s(x) at or above this: a review
+    anomaly_seed: int = 0
 
     # Workers.
     consumer_group: str = "persisters"
     consumer_name: str = ""  # empty: "<hostname>-worker"; set one per process on a host
     worker_batch_max: int = 1000
-    # A consumer whose reads come back full (a backlog) doubles its next read up
-    # to this many entries per transaction; caught up, it is back to the above.
-    worker_batch_deep_max: int = 4000
     worker_block_ms: int = 1000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
@@ -281,8 +290,7 @@ def _check(settings: Settings) -> None:
             raise ConfigError(name.upper(), str(port), "not a TCP port")
     for name in ("max_body_bytes", "max_points_per_increment", "max_batch_increments",
                  "action_token_ttl_s", "access_token_ttl_s", "refresh_token_ttl_s", "dedup_ttl_s",
-                 "worker_batch_max", "worker_batch_deep_max", "worker_block_ms",
-                 "claim_idle_ms", "max_deliveries",
+                 "worker_batch_max", "worker_block_ms", "claim_idle_ms", "max_deliveries",
                  "snapshot_size", "snapshot_interval_ms", "revision_poll_ms", "ws_max_per_ip",
                  "ws_max_message_bytes", "ws_write_buffer_bytes", "ws_max_watches",
                  "broadcaster_processes",
@@ -293,11 +301,13 @@ def _check(settings: Settings) -> None:
                  "max_backlog", "backlog_check_ms", "board_refresh_s",
                  "period_archive_grace_s", "period_key_ttl_s",
                  "rate_refusal_window_s", "cadence_window_s", "farm_window_s",
-                 "history_checkpoint_hours", "history_checkpoints_per_run", "redis_shards"):
+                 "history_checkpoint_hours", "history_checkpoints_per_run", "redis_shards",
+                 "cadence_max_multiple", "anomaly_every_s", "anomaly_window_s",
+                 "anomaly_min_actions"):
         if getattr(settings, name) <= 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)), "must be positive")
     for name in ("rate_refusals_to_flag", "cadence_actions", "cadence_max_cv",
-                 "farm_min_accounts", "tireless_hours"):
+                 "farm_min_accounts", "tireless_hours", "top_action_run"):
         if getattr(settings, name) < 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)),
                               "must be zero (rule off) or positive")
@@ -322,6 +332,9 @@ def _check(settings: Settings) -> None:
     if settings.tireless_hours > TIRELESS_SPAN_HOURS:
         raise ConfigError("TIRELESS_HOURS", str(settings.tireless_hours),
                           f"at most {TIRELESS_SPAN_HOURS} (hours of a day), or 0 for off")
+    if not 0 < settings.anomaly_min_score < 1:
+        raise ConfigError("ANOMALY_MIN_SCORE", str(settings.anomaly_min_score),
+                          "must be in (0, 1): the IsolationForest's score")
     if not 0 < settings.farm_busy_share <= 1:
         raise ConfigError("FARM_BUSY_SHARE", str(settings.farm_busy_share),
                           "must be a share in (0, 1]")

@@ -16,6 +16,15 @@ strings (Redis stream values):
 | request_id | the ingest request's id, for tracing a row back to its log line  |
 | traceparent | optional: W3C trace context of the ingest span that wrote it (tracing on) |
 
+``lua/batch.lua`` writes the same fields packed, since Redis's cost per field
+bounds how many batched increments one Redis core accepts: ``item`` is
+``event_id``, ``user_id``, ``board``, ``points``, ``username`` and ``context``
+is ``source``, ``ts``, ``ip``, ``request_id`` (what every entry of one batch
+shares), each joined by ``SEPARATOR`` (a control character, which no field can
+hold: ingest refuses them in names, and ids, boards and addresses have
+narrower alphabets), plus ``traceparent`` as above. :func:`parse_entry` reads
+both forms; :func:`pack_item` makes the item, so the two sides agree.
+
 A worker takes an action's time from ``ts``, never from its own clock, so a
 redelivered entry lands in the same partition with the same key.
 """
@@ -26,6 +35,30 @@ from typing import NamedTuple
 
 FIELDS = ("event_id", "user_id", "username", "board", "points", "source", "ts", "ip",
           "request_id")
+SEPARATOR = "\x1f"  # ASCII unit separator
+ITEM_FIELDS = ("event_id", "user_id", "board", "points", "username")  # username last: free text
+CONTEXT_FIELDS = ("source", "ts", "ip", "request_id")
+
+
+def pack_item(event_id: str, user_id: str, board: str, points: int, username: str) -> str:
+    """One increment as ``lua/batch.lua`` takes it and writes it (field ``item``)."""
+    return f"{event_id}\x1f{user_id}\x1f{board}\x1f{points}\x1f{username}"
+
+
+def unpacked(fields: dict[str, str]) -> dict[str, str]:
+    """The fields of a packed entry (``item``, ``context``) as separate ones; an entry
+    of the plain form as it is. ``ValueError`` when a packed field has too few parts."""
+    if "item" not in fields:
+        return fields
+    item = fields["item"].split(SEPARATOR, len(ITEM_FIELDS) - 1)
+    context = fields.get("context", "").split(SEPARATOR, len(CONTEXT_FIELDS) - 1)
+    if len(item) != len(ITEM_FIELDS) or len(context) != len(CONTEXT_FIELDS):
+        raise ValueError("packed item or context has too few parts")
+    plain = dict(zip(ITEM_FIELDS, item, strict=True))
+    plain.update(zip(CONTEXT_FIELDS, context, strict=True))
+    if "traceparent" in fields:
+        plain["traceparent"] = fields["traceparent"]
+    return plain
 
 
 class StreamEntry(NamedTuple):
@@ -47,7 +80,10 @@ class StreamEntry(NamedTuple):
 
 
 def parse_entry(stream_id: str, fields: dict[str, str]) -> StreamEntry:
-    """Build an entry from its stream fields; ``ValueError`` names what is wrong."""
+    """Build an entry from its stream fields (either form); ``ValueError`` names what
+    is wrong."""
+    if "item" in fields:
+        fields = unpacked(fields)
     try:
         entry = StreamEntry(stream_id, fields["event_id"], fields["user_id"],
                             fields["username"], fields["board"], int(fields["points"]),

@@ -24,6 +24,7 @@ import redis as redis_sync
 
 from loadtest.harness.processes import (
     BROADCASTER_COMMAND,
+    INGEST_OPTIONS,
     PROJECT_DIR,
     stop_process,
     uvicorn_command,
@@ -90,7 +91,7 @@ def ingest_server(env: Mapping[str, str], *, ready_path: str = "/readyz") -> Ite
     """An ingest process (uvicorn, as the Procfile runs it) on a free port; yields its URL."""
     port = free_port()
     process = subprocess.Popen(
-        uvicorn_command("ingest.app:create_app", port, "--no-proxy-headers"),
+        uvicorn_command("ingest.app:create_app", port, *INGEST_OPTIONS),
         cwd=PROJECT_DIR, env=dict(env))
     url = f"http://127.0.0.1:{port}"
     try:

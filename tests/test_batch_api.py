@@ -10,6 +10,7 @@ import redis
 
 from scoreboard.accounts import create_backend_account
 from scoreboard.keys import Keys
+from scoreboard.stream_entry import unpacked
 from tests.conftest import Api, Player, new_address
 from tests.servers import Backing, create_board, fresh_name, ingest_server, stream_entries
 
@@ -34,7 +35,8 @@ def entries_by_event(redis_client: redis.Redis, keys: Keys,
     """The stream entries carrying one of ``event_ids``, grouped by event id."""
     found: dict[str, list[dict[str, str]]] = {event_id: [] for event_id in event_ids}
     stream = stream_entries(redis_client, keys)
-    for _, fields in stream:
+    for _, packed in stream:
+        fields = unpacked(packed)  # batch entries are packed (scoreboard/stream_entry.py)
         if fields["event_id"] in found:
             found[fields["event_id"]].append(fields)
     return found

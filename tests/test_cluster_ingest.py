@@ -20,6 +20,7 @@ import pytest
 
 from scoreboard.embedded_cluster import EmbeddedCluster
 from scoreboard.keys import Keys
+from scoreboard.stream_entry import unpacked
 from tests.conftest import Api, Player, new_address
 from tests.servers import Backing, fresh_name, ingest_server
 from tests.test_refusals import assert_error, batch_item
@@ -80,7 +81,8 @@ def players_in_every_shard(api: Api, keys: Keys) -> dict[int, Player]:
 
 
 def stream_event_ids(client: Any, stream: str) -> list[str]:
-    return [fields["event_id"] for _, fields in client.xrange(stream)]
+    # Batch entries are packed (scoreboard/stream_entry.py); increments are plain.
+    return [unpacked(fields)["event_id"] for _, fields in client.xrange(stream)]
 
 
 def all_lengths(client: Any, keys: Keys) -> list[int]:

@@ -20,7 +20,7 @@ import pytest
 
 from scoreboard.errors import ConfigError
 from scoreboard.settings import load_settings
-from scoreboard.stream_entry import StreamEntry
+from scoreboard.stream_entry import StreamEntry, unpacked
 from tests.load_support import BOARD, System, system, wait_settled
 from tests.servers import Backing, SyncRedis, board_totals, fresh_name, stream_total
 from tests.worker_support import worker_process
@@ -103,7 +103,8 @@ def test_two_copies_of_one_event_waiting_in_the_stream_count_once(
         assert counted(sys_, redis_client, users) == (sevens, 2, sevens)
         # each user's first copy: the earlier of its two entries in its shard's stream
         first_ids = [min((i for i, f in redis_client.xrange(sys_.keys.player(u).stream)
-                          if f["user_id"] == u), key=lambda i: tuple(map(int, i.split("-"))))
+                          if unpacked(f)["user_id"] == u),  # batch entries are packed
+                         key=lambda i: tuple(map(int, i.split("-"))))
                      for u in users]
         rows = asyncio.run(_rows(sys_.database_url, "SELECT stream_id FROM actions"
                                  " WHERE user_id = ANY($1)", users))

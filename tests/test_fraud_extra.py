@@ -260,6 +260,9 @@ def compressed(backing: Backing) -> Iterator[System]:
     env = backing.env(KEY_PREFIX=prefix, TRUSTED_PROXIES="127.0.0.1/32",
                       INCREMENT_RATE="1000/60", ACTION_TOKEN_RATE="1000/60",
                       RAPID_MAX_ACTIONS="1000", CADENCE_ACTIONS="6", CADENCE_MAX_CV="0.2",
+                      # plain gaps: at a CV of 0.2, gaps reduced to whole periods
+                      # would call the test's human (0.7 to 1.6 s) a timer
+                      CADENCE_MAX_MULTIPLE="1",
                       FARM_BUSY_ACTIONS="2",
                       CONSUMER_NAME="fraud-extra-worker", WORKER_METRICS_PORT="0",
                       WORKER_BLOCK_MS="200")

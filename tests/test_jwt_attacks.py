@@ -247,5 +247,5 @@ def test_correctly_signed_token_for_a_new_subject_is_accepted(
     assert stream_length() == before + 1
     event_id = response.json()["event_id"]
     stream: Any = stream_entries(redis_client, keys)
-    entry = next(fields for _, fields in stream if fields["event_id"] == event_id)
+    entry = next(fields for _, fields in stream if fields.get("event_id") == event_id)
     assert (entry["user_id"], entry["username"], entry["points"]) == (new_sub, "crafted", "1")

@@ -53,8 +53,7 @@ OPS = PROJECT_DIR / "ops"
 
 # The series the issue names, by the process that must serve them.
 INGEST_SERIES = ["scoreboard_http_request_duration_seconds", "scoreboard_ingest_outcomes_total",
-                 "scoreboard_db_pool_in_use", "scoreboard_db_pool_max",
-                 "scoreboard_fraud_events_total"]
+                 "scoreboard_db_pool_in_use", "scoreboard_db_pool_max"]
 WORKER_SERIES = ["scoreboard_stream_length", "scoreboard_stream_lag",
                  "scoreboard_stream_lag_seconds", "scoreboard_stream_pending",
                  "scoreboard_worker_batch_size", "scoreboard_worker_batch_seconds",

@@ -29,10 +29,9 @@ from scoreboard.ranking import (
     ranks,
     totals_by_user,
 )
-from scoreboard.stream_entry import parse_entry
+from scoreboard.stream_entry import pack_item, parse_entry
 from scoreboard.stream_trim import safe_trim_id
 from workers.batching import backoff_s, months_of, parse_batch
-from workers.consumer import next_read_count
 from workers.persist_sql import staged
 
 
@@ -263,21 +262,30 @@ def test_an_entry_keeps_its_own_time_and_month() -> None:
     assert months_of([entry]) == {date(2025, 11, 1)}
 
 
+def test_a_packed_entry_reads_as_the_plain_one() -> None:
+    """``lua/batch.lua`` writes an increment as ``item`` + ``context``; the worker must
+    read the same entry from it, a display name with separators' neighbours intact."""
+    plain = fields(username="Zoë | the\tbest", source="backend:b1", ip="10.0.0.7",
+                   request_id="r-1", traceparent="00-" + "ab" * 16 + "-" + "cd" * 8 + "-01")
+    packed = {"item": pack_item("e1", "u1", "global", 3, "Zoë | the\tbest"),
+              "context": "\x1f".join(["backend:b1", "1764547199999", "10.0.0.7", "r-1"]),
+              "traceparent": plain["traceparent"]}
+    assert parse_entry("1-0", packed) == parse_entry("1-0", plain)
+    assert parse_entry("1-0", {**packed, "traceparent": ""}).traceparent == ""
+    with pytest.raises(ValueError):
+        parse_entry("1-0", {**packed, "item": "e1\x1fu1"})
+    with pytest.raises(ValueError):
+        parse_entry("1-0", {"item": packed["item"]})
+    with pytest.raises(ValueError):
+        parse_entry("1-0", {**packed, "item": pack_item("e1", "u1", "global", 0, "")})
+
+
 def test_staged_arrays_are_the_entries_columns_with_empty_addresses_as_null() -> None:
     first = parse_entry("1-0", fields(ip="10.0.0.1", request_id="r1"))
     second = parse_entry("2-0", fields(event_id="e2", points="5"))
     assert staged([first, second]) == (
         ["e1", "e2"], [1764547199999, 1764547199999], ["u1", "u1"], ["global", "global"],
         [3, 5], ["player", "player"], ["10.0.0.1", None], ["r1", None], ["1-0", "2-0"])
-
-
-def test_a_full_read_doubles_the_next_up_to_the_deep_max_and_a_short_one_resets() -> None:
-    assert next_read_count(1000, 1000, 1000, 4000) == 2000
-    assert next_read_count(2000, 2000, 1000, 4000) == 4000
-    assert next_read_count(4000, 4000, 1000, 4000) == 4000
-    assert next_read_count(4000, 3999, 1000, 4000) == 1000
-    assert next_read_count(1000, 0, 1000, 4000) == 1000
-    assert next_read_count(1000, 1000, 1000, 1000) == 1000  # deep max = batch max: off
 
 
 def test_observe_many_gives_the_samples_of_one_observe_each() -> None:

@@ -27,7 +27,7 @@ def address_seen(api: Api, player: Player, forwarded: list[str], redis_client: S
                         json={"action_token": issued.json()["action_token"]})
     assert response.status_code == 202, response.text
     entry = next(f for _, f in stream_entries(redis_client, keys)
-                 if f["event_id"] == response.json()["event_id"])
+                 if f.get("event_id") == response.json()["event_id"])
     address: str = entry["ip"]
     return address
 

@@ -132,7 +132,7 @@ def test_create_board_command_makes_a_board_players_can_use(
     accepted = increment(api, player, action_token=issued.json()["action_token"])
     assert accepted.status_code == 202
     entry = next(f for _, f in stream_entries(redis_client, keys)
-                 if f["event_id"] == accepted.json()["event_id"])
+                 if f.get("event_id") == accepted.json()["event_id"])
     assert (entry["board"], entry["points"]) == (board, "3")
     bad = subprocess.run(
         [sys.executable, "-m", "scoreboard.cli", "admin", "create-board", fresh_name("x"),
@@ -154,7 +154,7 @@ def send_and_drop(url: str, path: str, body: dict[str, Any], headers: dict[str, 
 def wait_for_entry(redis_client: SyncRedis, keys: Keys, event_id: str) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if any(f["event_id"] == event_id for _, f in stream_entries(redis_client, keys)):
+        if any(f.get("event_id") == event_id for _, f in stream_entries(redis_client, keys)):
             return
         time.sleep(0.05)
     raise AssertionError(f"{event_id} never reached the stream")

@@ -17,6 +17,7 @@ import pytest
 from loadtest.harness.processes import WORKER_COMMAND, group_caught_up
 from scoreboard.db import create_pool
 from scoreboard.keys import Keys
+from scoreboard.stream_entry import unpacked
 from tests.servers import PROJECT_DIR, Backing, stop_process
 from workers.consumer import StreamConsumer
 from workers.fraud import RECORDER_GROUP
@@ -111,7 +112,7 @@ def persisted_but_pending(client: Any, database_url: str, stream: str, stream_id
     group (not acknowledged). ``client``: a sync Redis client."""
     pending = client.xpending_range(stream, "persisters", min=stream_id, max=stream_id,
                                     count=1)
-    event_id = client.xrange(stream, stream_id, stream_id)[0][1]["event_id"]
+    event_id = unpacked(client.xrange(stream, stream_id, stream_id)[0][1])["event_id"]
 
     async def rows() -> int:
         connection = await asyncpg.connect(database_url)

@@ -82,23 +82,6 @@ class ReadBatch:
     parsed: ParsedBatch
 
 
-def next_read_count(asked: int, got: int, batch_max: int, deep_max: int) -> int:
-    """How many entries the next XREADGROUP asks for (so: at most one transaction).
-
-    A read that came back full means a backlog is waiting: the next one asks
-    for twice as many, up to ``deep_max``, so a worker catching up commits
-    fewer, larger transactions (the commit's fsync, the round trips, the
-    statement's fixed cost and the Redis call are paid once per batch). A
-    short read means the worker is caught up: back to ``batch_max``, which
-    bounds a batch's latency (and how long its board script holds Redis) in
-    normal running. Asking for more never waits for more: XREADGROUP returns
-    what is there.
-    """
-    if got >= asked:
-        return min(deep_max, asked * 2)
-    return batch_max
-
-
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same batch later can succeed (the server, not the data).
 
@@ -122,7 +105,6 @@ def is_transient(exc: BaseException) -> bool:
 class StreamConsumer:
     def __init__(self, *, redis: Any, pool: Any, keys: Keys, group: str, name: str,
                  batch_max: int, block_ms: int, claim_idle_ms: int, max_deliveries: int,
-                 batch_deep_max: int | None = None,
                  reclaim_every_s: float | None = None,
                  chaos_exit_after_commit: float = 0.0,
                  chaos_marks: ChaosMarks | None = None,
@@ -140,8 +122,6 @@ class StreamConsumer:
         self.group = group
         self.name = name
         self.batch_max = batch_max
-        self.batch_deep_max = max(batch_max, batch_deep_max or batch_max)
-        self.read_count = batch_max  # see next_read_count
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
@@ -212,12 +192,11 @@ class StreamConsumer:
 
     async def _read(self, start: str) -> list[tuple[str, dict[str, str] | None]]:
         block = None if start != ">" else self.block_ms
-        asked = self.read_count
         reply = await self.redis.xreadgroup(self.group, self.name, {self.keys.stream: start},
-                                            count=asked, block=block)
-        entries: list[tuple[str, dict[str, str] | None]] = reply[0][1] if reply else []
-        self.read_count = next_read_count(asked, len(entries), self.batch_max,
-                                          self.batch_deep_max)
+                                            count=self.batch_max, block=block)
+        if not reply:
+            return []
+        entries: list[tuple[str, dict[str, str] | None]] = reply[0][1]
         return entries
 
     async def _housekeeping(self) -> None:

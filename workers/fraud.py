@@ -34,6 +34,7 @@ from scoreboard.fraud_rules import (
     over_board_max,
     regular_cadence,
     tireless,
+    top_action_run,
     velocity_zscore,
 )
 from scoreboard.keys import Keys
@@ -57,6 +58,7 @@ class FraudChecks:
         self.settings = settings
         self.consumer = consumer
         self._board_limits: dict[str, int | None] = {}
+        self._board_tops: dict[str, int] = {}
         self._board_limits_at = 0.0
 
     @property
@@ -147,8 +149,10 @@ class FraudChecks:
     async def _board_maximums(self) -> dict[str, int | None]:
         if time.monotonic() - self._board_limits_at > BOARD_LIMITS_TTL_S:
             rows = await self.moderation.pool.fetch(
-                "SELECT board, max_points_per_action FROM boards")
+                "SELECT board, max_points_per_action, actions FROM boards")
             self._board_limits = {r["board"]: r["max_points_per_action"] for r in rows}
+            self._board_tops = {r["board"]: top for r in rows
+                                if (top := top_price(r["actions"])) is not None}
             self._board_limits_at = time.monotonic()
         return self._board_limits
 
@@ -188,17 +192,18 @@ class FraudChecks:
             await self._check_activity(players[chunk:chunk + ACTIVITY_CHUNK])
 
     async def _check_activity(self, entries: Sequence[StreamEntry]) -> None:
-        """The cadence, farm and tireless rules over ``entries``: one
+        """The cadence, farm, tireless and top-action rules over ``entries``: one
         ``lua/fraud_batch.lua`` call keeps their state in Redis and returns it, the
-        judgement is :func:`regular_cadence`, :func:`farm_accounts` and
-        :func:`tireless`, and the flags go through ``lua/flag_users.lua``."""
+        judgement is :func:`regular_cadence`, :func:`farm_accounts`,
+        :func:`tireless` and :func:`top_action_run`, and the flags go through
+        ``lua/flag_users.lua``."""
         settings, keys = self.settings, self.keys
         keep, min_accounts = settings.cadence_actions, settings.farm_min_accounts
         by_user: dict[str, list[StreamEntry]] = {}
         by_address: dict[str, dict[str, int]] = {}
         counts: dict[str, Counter[str]] = {}
         for entry in entries:
-            if keep or settings.tireless_hours:
+            if keep or settings.tireless_hours or settings.top_action_run:
                 by_user.setdefault(entry.user_id, []).append(entry)
             if min_accounts and entry.ip:
                 seen = by_address.setdefault(entry.ip, {})
@@ -215,16 +220,23 @@ class FraudChecks:
                 "hours": [sorted({e.ts_ms // hour_ms for e in own}) for own in by_user.values()],
                 "tireless": settings.tireless_hours, "span": TIRELESS_SPAN_HOURS,
                 "hour_ms": hour_ms,
+                # a board with one price has no top action to prefer: never counted
+                "top": [[[e.ts_ms, int(e.points == self._board_tops.get(e.board, 0))]
+                         for e in sorted(own, key=lambda e: e.ts_ms)]
+                        for own in by_user.values()],
+                "top_run": settings.top_action_run,
+                "top_ttl": TIRELESS_SPAN_HOURS * hour_ms,
                 "addresses": [[max(seen.values()), [[ts, user] for user, ts in seen.items()],
                                [[user, n] for user, n in counts[address].items()]]
                               for address, seen in by_address.items()]}
         newest = max(entry.ts_ms for entry in entries)
-        cadence, farms, hours = await self.moderation.scripts.fraud_batch(
+        cadence, farms, hours, tops = await self.moderation.scripts.fraud_batch(
             keys, users=users, addresses=addresses, window_index=newest // farm_ms, data=data)
         regular = []
         for index, times in cadence:
             cv = regular_cadence(times, actions=keep, window_ms=cadence_ms,
-                                 max_cv=settings.cadence_max_cv)
+                                 max_cv=settings.cadence_max_cv,
+                                 max_multiple=settings.cadence_max_multiple)
             if cv is not None:
                 user_id = users[index]
                 regular.append((user_id, by_user[user_id][-1].ip, {
@@ -253,6 +265,15 @@ class FraudChecks:
                     "active_hours": count, "of_hours": TIRELESS_SPAN_HOURS,
                     "hour_s": settings.activity_hour_s}))
         await self._flag("tireless", tired)
+        greedy = []
+        for index, run in tops:
+            if top_action_run(run, threshold=settings.top_action_run) is not None:
+                user_id = users[index]
+                last = by_user[user_id][-1]
+                greedy.append((user_id, last.ip, {
+                    "run": run, "board": last.board, "points": last.points,
+                    "threshold": settings.top_action_run}))
+        await self._flag("top_action", greedy)
 
     async def _flag(self, rule: str, decisions: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
         """Flag ``(user id, address, evidence)`` through ``lua/flag_users.lua`` (skips
@@ -284,6 +305,14 @@ class FraudChecks:
             [v[4] for v in values])
         for row in inserted:
             count_fraud_event(row["rule"], row["severity"])
+
+
+def top_price(actions: Any) -> int | None:
+    """A board's top price from its ``actions`` column (JSON text or a list of
+    ``{"name", "points"}``), when the board has more than one price; else None."""
+    listed = orjson.loads(actions) if isinstance(actions, str | bytes) else actions
+    prices = {int(action["points"]) for action in listed or []}
+    return max(prices) if len(prices) > 1 else None
 
 
 VELOCITY_QUERY = """

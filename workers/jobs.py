@@ -1,5 +1,5 @@
 """arq jobs: partitions ahead of time, stream trimming, board reconciliation, rebuild,
-history checkpoints and retention.
+history checkpoints, retention and the anomaly score's passes.
 
 Each is safe to run on two workers at once or to be killed half-way:
 partition creation is serialised in Postgres and skips existing months; the
@@ -15,6 +15,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from scoreboard.anomaly_scoring import score_and_review
 from scoreboard.archives import NOT_ARCHIVED, archive_periods
 from scoreboard.board_writes import rebuild_board, reconcile_board
 from scoreboard.history import retention_cutoff
@@ -61,6 +62,28 @@ async def reconcile_boards(ctx: dict[str, Any]) -> int:
 async def score_velocity_job(ctx: dict[str, Any]) -> int:
     """Hourly: the score-velocity rule over the last complete hour."""
     return len(await score_velocity(ctx["moderation"], ctx["settings"]))
+
+
+async def anomaly_job(ctx: dict[str, Any]) -> int:
+    """Every minute, a pass of the anomaly score when one is due (``ANOMALY_EVERY_S``
+    since the last, on any worker: a Redis key living that long); returns how many
+    accounts it asked a moderator about. A period rather than an hourly cron, so
+    the fraud simulator's time scale shortens it like every other rule's."""
+    settings = ctx["settings"]
+    if not settings.anomaly_scoring:
+        return 0
+    if not await ctx["redis"].set(ctx["keys"].anomaly_due, "1", nx=True,
+                                  px=settings.anomaly_every_s * 1000):
+        return 0
+    try:
+        scored = await score_and_review(ctx["pool"], settings)
+    except ModuleNotFoundError as exc:  # installed without the "anomaly" extra
+        logger.warning("anomaly pass skipped: %s (pip install 'live-scoreboard[anomaly]', or"
+                       " ANOMALY_SCORING=false)", exc)
+        return 0
+    reviewed = sum(1 for s in scored if s.reviewed)
+    logger.info("anomaly pass: %d accounts scored, %d for review", len(scored), reviewed)
+    return reviewed
 
 
 async def restore_restrictions_job(ctx: dict[str, Any]) -> int:

@@ -94,7 +94,6 @@ async def startup(ctx: dict[str, Any]) -> None:
     consumers = [StreamConsumer(
         redis=ctx["redis"], pool=ctx["pool"], keys=shard_keys, group=SETTINGS.consumer_group,
         name=SETTINGS.consumer, batch_max=SETTINGS.worker_batch_max,
-        batch_deep_max=SETTINGS.worker_batch_deep_max,
         block_ms=SETTINGS.worker_block_ms, claim_idle_ms=SETTINGS.claim_idle_ms,
         max_deliveries=SETTINGS.max_deliveries,
         chaos_exit_after_commit=SETTINGS.chaos_exit_after_commit,
@@ -157,6 +156,7 @@ class WorkerSettings:
         cron(jobs.trim_stream, second={15}),
         cron(jobs.reconcile_boards, minute={0, 15, 30, 45}),
         cron(jobs.score_velocity_job, minute={2}),
+        cron(jobs.anomaly_job, second={50}, timeout=600),
         cron(jobs.restore_restrictions_job, minute={20}),
         cron(jobs.archive_periods_job, second={40}),
         cron(jobs.history_checkpoints_job, minute={7}, timeout=3600),

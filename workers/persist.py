@@ -3,11 +3,12 @@
 ONE statement, the batch's columns passed as arrays: the events new to
 ``counted_events`` (the durable dedup record, keyed by source and event id)
 become ``actions`` rows, and only rows really inserted are summed into
-``scores``. Alone (no player to write) it is its own implicit transaction,
-so the batch costs one round trip and one commit; before, BEGIN, the
-staging table, a binary COPY into it, the statement and COMMIT were five
-round trips, each waiting for the event loop (which parses the next batch
-meanwhile), and the staging rows were written only to be read once.
+``scores``. Alone (no player to write) it is its own implicit transaction:
+one round trip and one commit, where BEGIN, a staging table, a binary COPY
+into it, the statement and COMMIT were five round trips and staging rows
+written only to be read once. Measured, that was not where a batch's time
+goes (the rows are: BENCHMARKS.md, "Worker"); it is kept as the simpler
+path.
 
 A redelivered entry, or an event accepted again once its Redis marker is
 gone, is already counted and adds nothing. The committed

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ from scoreboard.settings import load_settings
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 WORKER_COMMAND = (sys.executable, "-m", "arq", "workers.main.WorkerSettings")
 BROADCASTER_COMMAND = (sys.executable, "-m", "broadcaster")
+# Ingest's uvicorn options, as the Procfile's ingest line has them: httptools, and no
+# proxy-header rewriting (ingest reads X-Forwarded-For itself, from trusted proxies).
+INGEST_OPTIONS = ("--http", "httptools", "--no-proxy-headers")
 
 
 def uvicorn_command(factory: str, port: int, *extra: str) -> list[str]:
@@ -87,10 +90,13 @@ def http_process(command: list[str], env: Mapping[str, str], log_path: Path, *, 
 
 @contextlib.contextmanager
 def uvicorn_process(factory: str, env: Mapping[str, str], log_path: Path, *,
-                    ready_path: str, what: str) -> Iterator[tuple[str, int]]:
-    """ONE uvicorn process of ``factory`` with httptools, as the Procfile runs ingest."""
+                    ready_path: str, what: str,
+                    options: Sequence[str] = ("--http", "httptools")
+                    ) -> Iterator[tuple[str, int]]:
+    """ONE uvicorn process of ``factory`` with uvloop and ``options`` (by default
+    uvicorn's httptools protocol)."""
     port = free_port()
-    with http_process(uvicorn_command(factory, port, "--http", "httptools"), env, log_path,
+    with http_process(uvicorn_command(factory, port, *options), env, log_path,
                       port=port, ready_path=ready_path, what=what) as found:
         yield found
 
@@ -99,7 +105,7 @@ def ingest_process(env: Mapping[str, str], log_path: Path
                    ) -> contextlib.AbstractContextManager[tuple[str, int]]:
     """ONE ingest process, started as the Procfile starts it; yields (url, pid)."""
     return uvicorn_process("ingest.app:create_app", env, log_path, ready_path="/readyz",
-                           what="ingest")
+                           what="ingest", options=INGEST_OPTIONS)
 
 
 @contextlib.contextmanager
