@@ -31,6 +31,7 @@ import logging
 from typing import Any
 
 import redis.exceptions
+from redis.exceptions import RedisClusterException, RedisError
 
 from scoreboard.errors import RequestError
 from scoreboard.stream_trim import trim_acknowledged
@@ -104,6 +105,6 @@ class Backpressure:
             try:
                 self.backlog = sum([await measure_backlog(self.client, stream, self.group)
                                     for stream in self.streams])
-            except (OSError, redis.exceptions.RedisError):
+            except (OSError, RedisError, RedisClusterException):  # the latter: no cluster node
                 logger.warning("backlog not measured", exc_info=True)
             await asyncio.sleep(every_s)

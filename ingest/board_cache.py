@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-import redis.exceptions
+from redis.exceptions import RedisClusterException, RedisError
 
 from scoreboard.board_defs import BoardDefinition, from_json, publish_boards
 from scoreboard.errors import RequestError
@@ -44,7 +44,7 @@ class BoardCache:
         try:
             await publish_boards(pool, self.redis, self.key, service_max=service_max)
             await self.refresh()
-        except (OSError, redis.exceptions.RedisError):
+        except (OSError, RedisError, RedisClusterException):  # the latter: no cluster node
             logger.warning("board definitions not loaded at start", exc_info=True)
 
     async def refresh(self) -> None:
@@ -57,7 +57,7 @@ class BoardCache:
             await asyncio.sleep(every_s)
             try:
                 await self.refresh()
-            except (OSError, redis.exceptions.RedisError):  # keep the last copy, retry later
+            except (OSError, RedisError, RedisClusterException):  # keep the last copy, retry later
                 logger.warning("board definitions not refreshed", exc_info=True)
 
     async def get(self, board: str) -> BoardDefinition:

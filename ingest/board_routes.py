@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ingest.board_cache import board_not_found
-from ingest.read_routes import REDIS_DOWN, respond
+from ingest.read_routes import redis_down, respond
 from ingest.state import state_of
 from ingest.validation import invalid
 from scoreboard.admin_boards import describe, window_json
@@ -71,7 +71,9 @@ async def _sizes(request: Request) -> tuple[dict[str, int], str]:
         for row in await state.pool.fetch("SELECT board FROM boards ORDER BY board"):
             found.setdefault(row["board"], 0)
         return found, "redis"
-    except REDIS_DOWN:
+    except Exception as exc:
+        if not redis_down(exc):
+            raise
         rows = await state.pool.fetch(BOARD_NAMES)
         return {r["board"]: r["size"] for r in rows}, "postgres"
 

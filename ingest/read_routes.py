@@ -31,10 +31,18 @@ from scoreboard.board_reads import BoardReader, Page, Row
 from scoreboard.boards_postgres import PostgresBoards
 from scoreboard.errors import RequestError
 from scoreboard.ranking import encode_member, epoch_ms
+from scoreboard.redis_clients import cluster_unsettled
 from scoreboard.windows import ALL_TIME, Target, TargetError, all_time_target, resolve_target
 
 T = TypeVar("T")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def redis_down(exc: BaseException) -> bool:
+    """Redis did not answer, so a read falls back to Postgres: a connection error or
+    timeout, or on a cluster the client's RedisClusterException while no node answers
+    (not a RedisError, and not to be confused with a cross-slot bug, which is raised)."""
+    return isinstance(exc, REDIS_DOWN) or cluster_unsettled(exc)
 TOP_CACHE_ENTRIES = 1024
 
 
@@ -47,7 +55,9 @@ async def _read(state: IngestState, operation: Callable[[BoardReader], Awaitable
         return await operation(fallback), "postgres"
     try:
         return await operation(state.boards), "redis"
-    except REDIS_DOWN:
+    except Exception as exc:
+        if not redis_down(exc):
+            raise
         return await operation(fallback), "postgres"
 
 
@@ -159,7 +169,9 @@ async def reader_id(request: Request, state: IngestState) -> str:
     claims = authenticate(request, state)
     try:
         await ensure_not_revoked(state, claims)
-    except REDIS_DOWN:
+    except Exception as exc:
+        if not redis_down(exc):
+            raise
         if await state.pool.fetchval("SELECT 1 FROM revoked_tokens WHERE jti = $1",
                                      claims.jti):
             raise unauthorized("token_revoked", "access token has been revoked") from None

@@ -19,7 +19,6 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-import redis.asyncio as redis_asyncio
 
 from scoreboard.anomaly_scoring import score_and_review
 from scoreboard.db import create_pool
@@ -50,7 +49,7 @@ def system(backing: Backing) -> Iterator[tuple[Api, Keys, str]]:
     with ingest_server(env) as url, worker_process(env):
         api = Api(url)
         try:
-            yield api, Keys(prefix), board
+            yield api, backing.keys_for(prefix), board
         finally:
             api.close()
 
@@ -116,7 +115,7 @@ def test_the_anomaly_score_reviews_the_bot_and_not_the_players_beside_it(
 
     async def one_pass() -> tuple[list[Any], list[dict[str, Any]], int]:
         pool = await create_pool(backing.database_url, max_size=2)
-        client = redis_asyncio.Redis.from_url(backing.redis_url, decode_responses=True)
+        client = backing.async_redis(decode_responses=True)
         try:
             scored = await score_and_review(pool, settings)
             listed = await review(pool, hours=1, limit=1000)

@@ -146,8 +146,6 @@ def test_pagination_walks_the_whole_board_across_concurrent_updates(
     assert pages == 9
 
 
-@pytest.mark.single_node("starts ingest on a Redis URL nothing answers: a cluster client "
-                         "cannot learn the slot map and the process does not start")
 def test_postgres_fallback_gives_the_same_answers(api: Api, backing: Backing,
                                                   tied_board: str) -> None:
     from scoreboard.embedded import free_port

@@ -133,8 +133,6 @@ def test_expired_access_token_is_refreshed(short_lived_url: str) -> None:
             stranger.me()
 
 
-@pytest.mark.single_node("starts ingest on a Redis URL nothing answers: a cluster client "
-                         "cannot learn the slot map and the process does not start")
 def test_unavailable_is_retried_then_raised(backing: Backing) -> None:
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     username, password = credentials()

@@ -157,8 +157,6 @@ def test_shadow_banned_player_is_invisible_to_others_and_unchanged_for_themself(
     check_visible_to_themself(api, board, sneaky)
 
 
-@pytest.mark.single_node("starts ingest on a Redis URL nothing answers: a cluster client "
-                         "cannot learn the slot map and the process does not start")
 def test_shadow_banned_player_when_reads_come_from_postgres(
         api: Api, backing: Backing, shadow_board: tuple[str, Player]) -> None:
     board, sneaky = shadow_board

@@ -30,7 +30,6 @@ import yaml
 from websockets.sync.client import connect as ws_connect
 
 from scoreboard.embedded import free_port
-from scoreboard.keys import Keys
 from tests.conftest import Api, new_address
 from tests.ops_support import increments, scrape, system, value, wait_for
 from tests.servers import PROJECT_DIR, Backing, fresh_name, ingest_server, stop_process
@@ -207,7 +206,7 @@ def test_alerts_and_dashboard_evaluate_against_scraped_series(backing: Backing,
     with system(backing, tmp_path, **overrides) as urls, \
             ingest_server(redisless, ready_path="/healthz") as broken_ingest:
         assert httpx.get(broken_ingest + "/readyz", timeout=10).status_code == 503
-        keys = Keys(urls["key_prefix"])
+        keys = backing.keys_for(urls["key_prefix"])
         client: Any = backing.sync_redis(decode_responses=True)
         api = Api(urls["ingest"])
         ws_url = urls["broadcaster"].replace("http", "ws") + "/ws?board=global"

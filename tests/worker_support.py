@@ -106,12 +106,13 @@ def wait_for_mark(marker: Path, step: str, worker: subprocess.Popen[bytes],
     raise AssertionError(f"no {step!r} mark within {timeout_s} s")
 
 
-def persisted_but_pending(client: Any, database_url: str, keys: Keys, stream_id: str) -> bool:
-    """Entry ``stream_id`` has its row in ``actions`` (committed) and is still pending
-    in the group (not acknowledged). ``client``: a sync Redis client."""
-    pending = client.xpending_range(keys.stream, "persisters", min=stream_id, max=stream_id,
+def persisted_but_pending(client: Any, database_url: str, stream: str, stream_id: str) -> bool:
+    """Entry ``stream_id`` of ``stream`` (a shard's stream, as the worker's chaos mark
+    names it) has its row in ``actions`` (committed) and is still pending in the
+    group (not acknowledged). ``client``: a sync Redis client."""
+    pending = client.xpending_range(stream, "persisters", min=stream_id, max=stream_id,
                                     count=1)
-    event_id = unpacked(client.xrange(keys.stream, stream_id, stream_id)[0][1])["event_id"]
+    event_id = unpacked(client.xrange(stream, stream_id, stream_id)[0][1])["event_id"]
 
     async def rows() -> int:
         connection = await asyncpg.connect(database_url)

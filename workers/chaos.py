@@ -1,10 +1,13 @@
 """Marks for the chaos tests: where in a batch's life a worker was killed.
 
 Off unless ``CHAOS_MARKER_FILE`` names a file. Then the consumer appends one
-line per step of each batch it persists: ``committed <first id> <n>`` once
-Postgres has committed it, ``acked <first id> <n>`` once the boards are set
-and it is acknowledged. With ``CHAOS_HOLD_AFTER_COMMITS`` = k it writes
-``holding <first id> <n>`` instead of ``committed`` for its k-th batch and
+line per step of each batch it persists: ``committed <stream> <first id> <n>``
+once Postgres has committed it, ``acked <stream> <first id> <n>`` once the
+boards are set and it is acknowledged. The stream is named because on a
+cluster a worker reads one stream per shard, and an id alone does not say
+which. With ``CHAOS_HOLD_AFTER_COMMITS`` = k it writes
+``holding <stream> <first id> <n>`` instead of ``committed`` for its k-th batch (each
+consumer, one per shard's stream, counts its own) and
 waits there, committed and not acknowledged, until it is killed: a test's
 SIGKILL then lands exactly between the commit and the XACK, and the line
 proves it did.
@@ -32,19 +35,19 @@ class ChaosMarks:
             return None
         return cls(settings.chaos_marker_file, settings.chaos_hold_after_commits)
 
-    def note(self, step: str, entries: Sequence[StreamEntry]) -> None:
+    def note(self, step: str, stream: str, entries: Sequence[StreamEntry]) -> None:
         # Written and closed at once: the line must be on disk before a SIGKILL.
         with open(self.path, "a") as marks:
-            marks.write(f"{step} {entries[0].stream_id} {len(entries)}\n")
+            marks.write(f"{step} {stream} {entries[0].stream_id} {len(entries)}\n")
 
-    async def committed(self, entries: Sequence[StreamEntry]) -> None:
+    async def committed(self, stream: str, entries: Sequence[StreamEntry]) -> None:
         """After the commit, before the boards and the XACK."""
         self.commits += 1
         if self.commits != self.hold_after_commits:
-            self.note("committed", entries)
+            self.note("committed", stream, entries)
             return
-        self.note("holding", entries)
+        self.note("holding", stream, entries)
         await asyncio.Event().wait()  # until killed
 
-    def acked(self, entries: Sequence[StreamEntry]) -> None:
-        self.note("acked", entries)
+    def acked(self, stream: str, entries: Sequence[StreamEntry]) -> None:
+        self.note("acked", stream, entries)

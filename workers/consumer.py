@@ -263,7 +263,7 @@ class StreamConsumer:
             # Fault injection for the chaos tests: die in the worst place.
             os._exit(CHAOS_EXIT_STATUS)
         if self.chaos_marks is not None:
-            await self.chaos_marks.committed(entries)
+            await self.chaos_marks.committed(self.keys.stream, entries)
         # The Redis side of this batch runs while the next batch is persisted;
         # the previous batch's is finished first (at most one in flight).
         await self.finish_applying()
@@ -295,7 +295,7 @@ class StreamConsumer:
         if not await self._retry_transient(apply):  # Redis down while stopping: stays pending
             return
         if self.chaos_marks is not None:
-            self.chaos_marks.acked(entries)
+            self.chaos_marks.acked(self.keys.stream, entries)
         PERSISTED.inc(result.inserted)
         BATCH_SIZE.observe(len(entries))
         BATCH_SECONDS.observe(time.perf_counter() - started)
