@@ -91,6 +91,11 @@ class WatchService:
         watched = players.get(update.standing.user_id)
         if watched is None:
             watched = players[update.standing.user_id] = Watched(update)
+            # ``update`` was read while nobody watched this player, so a change
+            # committed during that read was noticed for an unwatched board and
+            # dropped: read once more on the board's schedule (nothing goes out
+            # when the standing is the same).
+            self.schedule.change(update.board)
         elif update.version > watched.last.version:
             watched.last = update
         if watcher not in watched.watchers:
