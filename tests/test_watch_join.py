@@ -31,8 +31,10 @@ class Inbox:
         self.arrived.set()
 
 
-def test_a_change_during_a_new_watchers_first_read_reaches_it(backing: Backing,
-                                                               keys: Keys) -> None:
+def follow_a(backing: Backing, keys: Keys, *, change_during_first_read: bool
+             ) -> list[RankUpdate]:
+    """What a new watcher of player "a" (rank 2 of 2) receives after its first
+    standing, with or without a change committed between that read and ``add``."""
     board = fresh_name("watch-join")
     now = int(time.time() * 1000)
     seed(backing, keys, [entry("a", 10, now, board=board), entry("b", 20, now, board=board)])
@@ -45,39 +47,26 @@ def test_a_change_during_a_new_watchers_first_read_reaches_it(backing: Backing,
         try:
             first = await watches.current(board, "a")
             assert first is not None and first.standing.rank == 2
-            # committed after that read, before the watcher is added: its notice
-            # finds no watched player on the board
-            await asyncio.to_thread(seed, backing, keys, [entry("a", 15, now, board=board)])
-            watches.notice(board)
+            if change_during_first_read:  # its notice finds no watched player on the board
+                await asyncio.to_thread(seed, backing, keys, [entry("a", 15, now, board=board)])
+                watches.notice(board)
             watches.add(inbox, first)
-            await asyncio.wait_for(inbox.arrived.wait(), timeout=10)
-            await asyncio.sleep(5 * INTERVAL_S)  # and nothing more after it
+            if change_during_first_read:
+                await asyncio.wait_for(inbox.arrived.wait(), timeout=10)
+            await asyncio.sleep(10 * INTERVAL_S)  # the second read has long run
             return inbox.updates
         finally:
             await client.aclose()
 
-    updates = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_change_during_a_new_watchers_first_read_reaches_it(backing: Backing,
+                                                               keys: Keys) -> None:
+    updates = follow_a(backing, keys, change_during_first_read=True)
     assert [(u.standing.rank, u.standing.score) for u in updates] == [(1, 25)]
 
 
 def test_a_new_watcher_with_nothing_changed_gets_nothing_more(backing: Backing,
                                                               keys: Keys) -> None:
-    board = fresh_name("watch-quiet")
-    now = int(time.time() * 1000)
-    seed(backing, keys, [entry("a", 10, now, board=board), entry("b", 20, now, board=board)])
-
-    async def run() -> list[RankUpdate]:
-        client = backing.async_redis()
-        watches = WatchService(scripts=register_scripts(client), keys=keys,
-                               interval_s=INTERVAL_S, rank_mode="competition")
-        inbox = Inbox()
-        try:
-            first = await watches.current(board, "a")
-            assert first is not None
-            watches.add(inbox, first)
-            await asyncio.sleep(20 * INTERVAL_S)  # the second read has long run
-            return inbox.updates
-        finally:
-            await client.aclose()
-
-    assert asyncio.run(run()) == []
+    assert follow_a(backing, keys, change_during_first_read=False) == []
