@@ -30,8 +30,8 @@ made in steps, each one script in one slot:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from scoreboard.keys import Keys
 from scoreboard.limits import Rate
@@ -44,33 +44,35 @@ from scoreboard.script_calls import (
     TokenFailureReply,
 )
 
+_Reply = TypeVar("_Reply", Refusal, IncrementReply)
 
 async def action_token(scripts: Scripts, keys: Keys, *, address: str, ip_rate: Rate,
                        **player: Any) -> Refusal:
-    if not keys.sharded:
-        return await scripts.action_token(keys, address=address, ip_rate=ip_rate, **player)
-    verdict = await scripts.address_gate(keys, address=address, limit_name="action_token",
-                                         rate=ip_rate)
-    reply = await scripts.action_token(keys, address=address, ip_rate=ip_rate,
-                                       address_verdict=verdict, **player)
-    if reply.reason == "ok":
-        view = keys.at_address(address)
-        await scripts.rate_limit(view, rate_key=view.ip_rate("action_token", address),
-                                 rate=ip_rate)
-    return reply
+    return await _address_gated(scripts, scripts.action_token, "action_token", keys,
+                                address=address, ip_rate=ip_rate, **player)
 
 
 async def increment(scripts: Scripts, keys: Keys, *, address: str, ip_rate: Rate,
                     **player: Any) -> IncrementReply:
+    return await _address_gated(scripts, scripts.increment, "increment", keys,
+                                address=address, ip_rate=ip_rate, **player)
+
+
+async def _address_gated(scripts: Scripts, call: Callable[..., Awaitable[_Reply]],
+                         limit_name: str, keys: Keys, *, address: str, ip_rate: Rate,
+                         **player: Any) -> _Reply:
+    """``call`` (the player's script) behind the address limit: one script on a single
+    node; on a cluster the read-only gate in the address's slot, the player's script
+    with its verdict, and the limit charged only after an accept."""
     if not keys.sharded:
-        return await scripts.increment(keys, address=address, ip_rate=ip_rate, **player)
-    verdict = await scripts.address_gate(keys, address=address, limit_name="increment",
+        return await call(keys, address=address, ip_rate=ip_rate, **player)
+    verdict = await scripts.address_gate(keys, address=address, limit_name=limit_name,
                                          rate=ip_rate)
-    reply = await scripts.increment(keys, address=address, ip_rate=ip_rate,
-                                    address_verdict=verdict, **player)
+    reply = await call(keys, address=address, ip_rate=ip_rate, address_verdict=verdict,
+                       **player)
     if reply.reason == "ok":
         view = keys.at_address(address)
-        await scripts.rate_limit(view, rate_key=view.ip_rate("increment", address),
+        await scripts.rate_limit(view, rate_key=view.ip_rate(limit_name, address),
                                  rate=ip_rate)
     return reply
 
