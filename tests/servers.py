@@ -15,7 +15,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,20 +102,24 @@ def ingest_server(env: Mapping[str, str], *, ready_path: str = "/readyz") -> Ite
 
 
 @contextmanager
-def broadcaster_server(env: Mapping[str, str], *, port: int | None = None) -> Iterator[str]:
+def broadcaster_server(env: Mapping[str, str], *, port: int | None = None,
+                       log: Path | None = None) -> Iterator[str]:
     """A broadcaster process (``python -m broadcaster``, as the Procfile runs it) on
     ``port`` (a free one by default: pass one to restart on the same address); yields
-    its base URL (http://...; the WebSocket is ws://.../ws)."""
+    its base URL (http://...; the WebSocket is ws://.../ws). Its output goes to the
+    test's own (pytest shows it with a failure) or, with ``log``, to that file."""
     port = port if port is not None else free_port()
-    process = subprocess.Popen(BROADCASTER_COMMAND, cwd=PROJECT_DIR,
-                               env={**env, "BROADCASTER_HOST": "127.0.0.1",
-                                    "BROADCASTER_PORT": str(port)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url + "/healthz", process)
-        yield url
-    finally:
-        stop_process(process)
+    with open(log, "ab") if log is not None else nullcontext() as output:
+        process = subprocess.Popen(BROADCASTER_COMMAND, cwd=PROJECT_DIR,
+                                   env={**env, "BROADCASTER_HOST": "127.0.0.1",
+                                        "BROADCASTER_PORT": str(port)},
+                                   stdout=output, stderr=output)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_ready(url + "/healthz", process)
+            yield url
+        finally:
+            stop_process(process)
 
 
 def fresh_name(prefix: str) -> str:

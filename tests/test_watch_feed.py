@@ -35,13 +35,20 @@ async def send(ws: ClientConnection, **message: Any) -> None:
 
 async def next_message(ws: ClientConnection, predicate: Any, seen: list[dict[str, Any]] | None
                        = None, timeout_s: float = 10) -> dict[str, Any]:
-    """The first message that ``predicate`` accepts; the ones before it go to ``seen``."""
+    """The first message that ``predicate`` accepts; the ones before it go to ``seen``.
+    Not one within ``timeout_s``: an AssertionError naming the messages that came."""
     deadline = time.monotonic() + timeout_s
+    skipped: list[dict[str, Any]] = []
     while True:
-        raw = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+        try:
+            raw = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            raise AssertionError(f"no message wanted within {timeout_s} s; "
+                                 f"{len(skipped)} others came: {skipped[-6:]}") from None
         message: dict[str, Any] = orjson.loads(raw)
         if predicate(message):
             return message
+        skipped.append(message)
         if seen is not None:
             seen.append(message)
 

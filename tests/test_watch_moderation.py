@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import connect
 
 from scoreboard.db import create_pool
@@ -40,7 +42,11 @@ def wait_for_board(api: Api, board: str, expected: dict[str, int]) -> None:
 
 
 def test_banned_and_shadow_banned_players_leave_the_feed_as_they_leave_board_reads(
-        api: Api, backend: Player, backing: Backing, keys: Keys) -> None:
+        api: Api, backend: Player, backing: Backing, keys: Keys, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # both processes' logs go into a failure's message (CI shows its head)
+    logs = {"broadcaster": tmp_path / "broadcaster.log", "worker": tmp_path / "worker.log"}
+    monkeypatch.setenv("WORKER_TEST_LOG", str(logs["worker"]))
     board = create_board(backing, fresh_name("modwatch"), max_points=100)
     ann, bob, cyd = (fresh_name(name) for name in ("ann", "bob", "cyd"))
 
@@ -48,7 +54,7 @@ def test_banned_and_shadow_banned_players_leave_the_feed_as_they_leave_board_rea
         return api.get(f"/api/scores/users/{user_id}", params={"board": board}).status_code
 
     with worker_process(backing.env()), broadcaster_server(
-            backing.env(SNAPSHOT_INTERVAL_MS="50")) as live:
+            backing.env(SNAPSHOT_INTERVAL_MS="50"), log=logs["broadcaster"]) as live:
         for user_id, points in ((ann, 30), (bob, 20), (cyd, 10)):
             post(api, backend, board, user_id, points)
         wait_for_board(api, board, {ann: 30, bob: 20, cyd: 10})
@@ -102,4 +108,12 @@ def test_banned_and_shadow_banned_players_leave_the_feed_as_they_leave_board_rea
                 await pool.close()
                 await client.aclose()
 
-        asyncio.run(scenario())
+        try:
+            asyncio.run(scenario())
+        except AssertionError as failure:
+            tails = "\n".join(f"--- {name} log:\n{log_tail(path)}" for name, path in logs.items())
+            raise AssertionError(f"{failure}\n{tails}") from failure
+
+
+def log_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-4000:] if path.exists() else "(none)"
