@@ -90,7 +90,7 @@ def test_a_restart_over_a_large_aof_returns_once_the_data_is_loaded(
     nothing that starts after it (ingest, a worker, a test) sees that error."""
     client = redis.Redis.from_url(killable_redis.url)
     keys = 400_000  # loading takes a good fraction of a second here
-    client.eval("for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'k' .. i, i) end", 0, keys)
+    client.eval("for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'k' .. i, i) end", 0, str(keys))
     client.close()
     port = killable_redis.port
     killable_redis.stop()
