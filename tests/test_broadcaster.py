@@ -382,9 +382,8 @@ def test_a_lost_notice_is_caught_by_the_revision_poll(broadcaster_url: str, back
                     board=board, user_id="ann", score=7, reached_at=datetime.now(UTC),
                     version=99, username="ann")], hidden=[False] if keys.sharded else None)
                 await writer.client.incr(keys.board_revision(board))
-                started = time.monotonic()
-                snapshot = await snapshot_where(ws, lambda s: scores(s) == {"ann": 7}, 5)
-                assert time.monotonic() - started < 3
+                # without the poll it never comes (no notice was sent)
+                snapshot = await snapshot_where(ws, lambda s: scores(s) == {"ann": 7}, 10)
                 assert snapshot["board"] == board
         finally:
             await writer.close()
