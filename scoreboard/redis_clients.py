@@ -11,7 +11,10 @@ What the cluster client does differently, and what the code relies on:
 - PUBLISH on any node reaches subscribers on every node, so pub/sub needs no
   cluster client: :func:`cluster_pubsub` is a plain connection to one node.
 - After a failover the client re-reads the slot map on MOVED and on connection
-  errors (``cluster_error_retry_attempts``).
+  errors (``cluster_error_retry_attempts``). Two gaps of redis-py 5.3 in that
+  recovery (it could lose every node it starts from, and a stream read depended on
+  its default node being up) are closed by scoreboard/cluster_client.py, the class
+  built here.
 """
 
 from __future__ import annotations
@@ -20,18 +23,24 @@ import random
 from typing import Any
 
 import redis.asyncio as redis_asyncio
-from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError, RedisClusterException, RedisError
+
+from scoreboard.cluster_client import ReseedingRedisCluster, split_seed_url
 
 
 def redis_client(url: str, *, cluster: bool, **options: Any) -> Any:
     """An asyncio client of ``url``. On a cluster, options a node connection does
-    not take (``connection_class``, ``health_check_interval``) are dropped."""
+    not take (``connection_class``, ``health_check_interval``) are dropped, and
+    ``url`` may name several nodes, comma-separated: the client starts from any
+    of them that answers."""
     if not cluster:
         return redis_asyncio.Redis.from_url(url, **options)
     options.pop("connection_class", None)
     options.pop("health_check_interval", None)
-    return RedisCluster.from_url(url, **options)
+    first, seeds = split_seed_url(url)
+    nodes = [ClusterNode(host, port) for host, port in seeds]
+    return ReseedingRedisCluster.from_url(first, startup_nodes=nodes or None, **options)
 
 
 # What a process that serves through Redis treats as "Redis is not answering": a

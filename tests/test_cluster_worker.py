@@ -207,16 +207,18 @@ def test_a_master_killed_under_load_loses_nothing_acknowledged(
         except BaseException as exc:  # surfaced by the test thread
             failures.append(exc)
 
+    consumer = fresh_name("failover-worker")
     with ingest_server(backing.env(TRUSTED_PROXIES="127.0.0.1/32",
                                    BACKEND_RATE="100000000/60")) as url, \
             worker_process(backing.env(WORKER_METRICS_PORT="0", WORKER_BLOCK_MS="100",
-                                       CLAIM_IDLE_MS="2000")) as worker:
+                                       CLAIM_IDLE_MS="2000", CONSUMER_NAME=consumer)) as worker:
         api = Api(url)
         try:
             backend = backend_login(api, backing)
-            # the worker's consumers are in their groups (its start-up is over)
-            wait_for(lambda: all(consumers_of(client, shard.stream)
-                                 for shard in keys.every_shard), "the worker started")
+            # this worker's consumers are in their groups (its start-up is over); by its
+            # own name: the previous test's worker left its consumers there
+            wait_for(lambda: all(consumer in {c["name"] for c in consumers_of(client, s.stream)}
+                                 for s in keys.every_shard), "the worker started")
             loader = threading.Thread(target=load, args=(api, backend), daemon=True)
             loader.start()
             wait_for(lambda: batches >= 30 or bool(failures), "30 batches before the kill")

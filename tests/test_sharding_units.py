@@ -1,5 +1,6 @@
 """Sharded key names and the pure parts of running on a cluster, no server needed
-(scoreboard/keys.py, scoreboard/sharded_calls.py, scoreboard/redis_clients.py)."""
+(scoreboard/keys.py, scoreboard/sharded_calls.py, scoreboard/redis_clients.py,
+scoreboard/cluster_client.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import redis.asyncio.connection
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
+from scoreboard.cluster_client import split_seed_url, stream_read_keys
 from scoreboard.errors import ConfigError
 from scoreboard.keys import Keys
 from scoreboard.redis_clients import cluster_unsettled
@@ -98,3 +100,27 @@ def test_a_cluster_in_flux_is_told_from_a_bug() -> None:
         "Redis Cluster cannot be connected. Please provide at least one reachable node"))
     assert not cluster_unsettled(RedisClusterException(
         "EVALSHA - all keys must map to the same key slot"))  # a bug: not retried
+
+
+def test_a_stream_reads_keys_are_read_from_its_arguments() -> None:
+    """What the cluster client routes XREAD/XREADGROUP by, without asking a node."""
+    assert stream_read_keys(["GROUP", "g", "c", "COUNT", 10, "BLOCK", 100, "STREAMS",
+                             "{s0}:a", ">"]) == ["{s0}:a"]
+    assert stream_read_keys([b"COUNT", b"5", b"streams", b"k1", b"k2", b"0", b"0"]) == [
+        b"k1", b"k2"]
+    # a group or consumer named like an option is an argument, not the option
+    assert stream_read_keys(["GROUP", "streams", "count", "NOACK", "STREAMS", "k",
+                             "0"]) == ["k"]
+    for refused in (["GROUP", "g", "c"], ["STREAMS", "k1", "k2", "0"], ["STREAMS"],
+                    ["WHAT", "STREAMS", "k", "0"]):
+        with pytest.raises(ValueError):
+            stream_read_keys(refused)
+
+
+def test_a_cluster_url_may_name_several_nodes() -> None:
+    assert split_seed_url("redis://127.0.0.1:7000/0") == ("redis://127.0.0.1:7000/0", [])
+    assert split_seed_url("redis://user:secret@a:7000,b:7001,c,[::1]:7002,[::2]/0?x=1") == (
+        "redis://user:secret@a:7000/0?x=1",
+        [("a", 7000), ("b", 7001), ("c", 6379), ("::1", 7002), ("::2", 6379)])
+    with pytest.raises(ValueError):
+        split_seed_url("redis://a:7000,,b:7001/0")

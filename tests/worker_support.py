@@ -83,8 +83,26 @@ def wait_caught_up(client: Any, keys: Keys, *, group: str = "persisters",
                   and group_caught_up(client, shard.fraud_stream, RECORDER_GROUP)
                   for shard in keys.every_shard):
         if time.monotonic() > deadline:
-            raise AssertionError(f"the worker did not catch up within {timeout_s} s")
+            raise AssertionError(f"the worker did not catch up within {timeout_s} s: "
+                                 + "; ".join(_group_states(client, keys)))
         time.sleep(0.05)
+
+
+def _group_states(client: Any, keys: Keys) -> list[str]:
+    """Each shard stream's length, last id and groups (pending, last delivered): what
+    a catch-up timeout shows of where the worker stopped."""
+    states = []
+    for shard in keys.every_shard:
+        for stream in (shard.stream, shard.fraud_stream):
+            try:
+                info = client.xinfo_stream(stream)
+                groups = [f"{g['name']} pending {g['pending']} delivered "
+                          f"{g['last-delivered-id']}" for g in client.xinfo_groups(stream)]
+                states.append(f"{stream}: length {info['length']}, last "
+                              f"{info['last-generated-id']}, {groups}")
+            except Exception as exc:  # a diagnosis: never hide the timeout itself
+                states.append(f"{stream}: {exc!r}")
+    return states
 
 
 # --- The kill -9 test's proof: the worker's marks (workers/chaos.py) ---------------------
