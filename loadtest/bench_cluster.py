@@ -225,7 +225,10 @@ def run(args: argparse.Namespace) -> int:
                            requests=args.raw_requests, keyspace=args.raw_keys,
                            clients=args.raw_clients)
         print("starting a 3-master cluster…", flush=True)
-        cluster = EmbeddedCluster(root / "cluster", masters=SHARDS)
+        # Redis's default node timeout (the embedded one's 1 s is for failover tests):
+        # on a saturated 2-core machine a node's bus pings can be late by a second,
+        # and the cluster would go down under the measurement.
+        cluster = EmbeddedCluster(root / "cluster", masters=SHARDS, node_timeout_ms=15_000)
         cluster_url = cluster.start()
         stack.callback(cluster.stop)
         prefix = spread_prefix(cluster)
@@ -236,10 +239,12 @@ def run(args: argparse.Namespace) -> int:
         servers = shard_servers(cluster, settings3.keys)
         if not args.skip_http:
             print("3 shards, HTTP:", flush=True)
+            cluster.wait_ok(timeout_s=30)
             http3 = run_http(args, root, env3, settings3.keys, cluster_url, servers, "cluster")
         if not args.skip_raw:
             assert binary is not None
             print("3 shards, raw…", flush=True)
+            cluster.wait_ok(timeout_s=30)
             raw3 = run_raw(binary, servers, settings3.keys, settings3,
                            requests=args.raw_requests, keyspace=args.raw_keys,
                            clients=args.raw_clients)
