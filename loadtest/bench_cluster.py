@@ -93,7 +93,15 @@ def limit_notes(redis_cores: dict[int, float], client: tuple[str, float],
     if machine >= 0.9 * cpus:
         notes.append(f"the machine's {cpus} cores all busy ({machine:.2f}): the parties took "
                      "cores from each other")
-    return notes or ["no party saturated: round trips bound the figure"]
+    if notes:
+        return notes
+    parties = {f"redis-server [{pid}]": cores for pid, cores in redis_cores.items()}
+    parties[client[0]] = client[1]
+    if ingest is not None:
+        parties["ingest"] = ingest
+    busiest = max(parties, key=lambda name: parties[name])
+    return [f"no party at a full core (the busiest: {busiest}, {parties[busiest]:.2f}); "
+            "round trips and the shared cores bound the figure"]
 
 
 def others_text(others: list[tuple[str, float]]) -> str:
