@@ -4,7 +4,9 @@
 
 ``JOB`` names the target, the requests to send (headers and body; one
 action token each, so each is sent once), the concurrency, the warm-up and the window, and the
-process ids whose CPU use to record; ``RESULT`` receives counts per status,
+process ids whose CPU use to record (ingest's, and optionally ``redis_pids``:
+every Redis process of a cluster, as ``redis_pid_<pid>``; ``redis_url``'s INFO
+covers one server only); ``RESULT`` receives counts per status,
 the latencies of the 202s and the CPU each party used during the window.
 
 Why a process of its own: on a small machine the client competes with the
@@ -71,7 +73,9 @@ async def drive(job: dict[str, Any]) -> dict[str, Any]:
                           "ingest_cpu_s": process_cpu_s(job["ingest_pid"]),
                           "generator_cpu_s": time.process_time(),
                           "machine_busy_s": machine_busy_s(),
-                          **{f"redis_{k}": v for k, v in redis_info(redis_client).items()}})
+                          **{f"redis_{k}": v for k, v in redis_info(redis_client).items()},
+                          **{f"redis_pid_{pid}": process_cpu_s(pid)
+                             for pid in job.get("redis_pids", [])}})
 
     async def raw_worker() -> None:
         connection: HttpConnection | None = None

@@ -27,26 +27,13 @@ from loadtest import BenchError
 from loadtest.harness.backing import settle_redis, wait_for_no_fork
 from loadtest.harness.cpu import machine_busy_s, redis_info
 from loadtest.harness.figures import share
+from loadtest.harness.redis_benchmark import prefill_token_keys
 from scoreboard.keys import Keys
 from scoreboard.lua import script_source
 from scoreboard.settings import Settings
 
 RAW_USER_ID = "u_benchraw0000001"
 TOKEN_KEYS_TTL_S = 3600
-PREFILL_CHUNK = 250_000  # keys per EVAL: each call blocks Redis well under a second
-
-# Sets token keys ``<ARGV[1]><12-digit i>`` for i in [ARGV[2], ARGV[3]]: the
-# names redis-benchmark makes of ``__rand_int__``. Not propagated as commands
-# (REPL_NONE): the AOF rewrite that follows the prefill writes them once.
-PREFILL_LUA = """
-redis.replicate_commands()
-redis.set_repl(redis.REPL_NONE)
-local prefix, first, last = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = first, last do
-  redis.call('SET', prefix .. string.format('%012d', i), ARGV[4], 'PX', ARGV[5])
-end
-return last - first + 1
-"""
 
 
 def stream_length(client: redis.Redis, keys: Keys) -> int:
@@ -79,10 +66,8 @@ def prefill_tokens(client: redis.Redis, keys: Keys, keyspace: int) -> float:
     AOF, and an automatic rewrite (a fork writing millions of keys) must not
     start in the middle of the measurement."""
     started = time.perf_counter()
-    for first in range(0, keyspace, PREFILL_CHUNK):
-        last = min(first + PREFILL_CHUNK, keyspace) - 1
-        client.eval(PREFILL_LUA, 0, keys.action_token(""), str(first), str(last),
-                    RAW_USER_ID, str(TOKEN_KEYS_TTL_S * 1000))
+    prefill_token_keys(client, keys.action_token(""), RAW_USER_ID, keyspace,
+                       ttl_ms=TOKEN_KEYS_TTL_S * 1000)
     settle_redis(client, rewrite=True)
     return time.perf_counter() - started
 

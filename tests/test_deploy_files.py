@@ -15,6 +15,8 @@ import yaml
 from tests.servers import PROJECT_DIR
 
 OPS = PROJECT_DIR / "ops"
+# Services that run once and exit 0: no health check, not restarted.
+ONE_SHOTS = {"migrate", "migrate-cluster", "redis-cluster-init"}
 
 
 def procfile() -> dict[str, str]:
@@ -59,7 +61,7 @@ def test_compose_has_every_service_with_health_checks() -> None:
     assert set(services) >= {"redis", "postgres", "migrate", "ingest", "worker", "broadcaster",
                              "prometheus", "grafana"}
     for name, service in services.items():
-        if name != "migrate":  # a one-shot
+        if name not in ONE_SHOTS:
             assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
     assert "--appendonly" in services["redis"]["command"]
     # Prometheus reads ops/ (the scrape targets are the compose services, on the
@@ -84,3 +86,37 @@ def test_compose_has_every_service_with_health_checks() -> None:
     uids = {panel["datasource"]["uid"] for panel in dashboard["panels"]
             if panel["type"] != "row"}
     assert uids == {datasource["datasources"][0]["uid"]}
+
+
+def test_compose_cluster_profile_runs_the_same_processes_on_a_cluster() -> None:
+    """``docker compose --profile cluster up``: three cluster-enabled Redis masters,
+    a one-shot that forms the cluster, and ingest, worker and broadcaster with the
+    single-node services' commands, pointed at the cluster (arq on the plain Redis),
+    after their own init; none of it starts without the profile."""
+    services = compose()["services"]
+    cluster = {name for name, service in services.items()
+               if "cluster" in (service.get("profiles") or [])}
+    assert cluster == {"redis-node-1", "redis-node-2", "redis-node-3", "redis-cluster-init",
+                       "migrate-cluster", "ingest-cluster", "worker-cluster",
+                       "broadcaster-cluster"}
+    assert all(not service.get("profiles") for name, service in services.items()
+               if name not in cluster)
+    for node in ("redis-node-1", "redis-node-2", "redis-node-3"):
+        command = services[node]["command"]
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert "--appendonly" in command
+    init = services["redis-cluster-init"]
+    assert "redis-cli --cluster create" in init["command"][0]
+    assert set(init["depends_on"]) == {"redis-node-1", "redis-node-2", "redis-node-3"}
+    assert services["migrate-cluster"]["depends_on"]["redis-cluster-init"]["condition"] == \
+        "service_completed_successfully"
+    for name in ("ingest", "worker", "broadcaster"):
+        service = services[f"{name}-cluster"]
+        assert service["command"] == services[name]["command"], name
+        environment = {k: str(v) for k, v in service["environment"].items()}
+        assert environment["REDIS_CLUSTER"] == "1" and environment["REDIS_SHARDS"] == "3"
+        assert environment["REDIS_URL"].startswith("redis://redis-node-")
+        assert environment["ARQ_REDIS_URL"].startswith("redis://redis:")
+        assert environment["DATABASE_URL"] != services[name]["environment"]["DATABASE_URL"]
+        assert service["depends_on"]["migrate-cluster"]["condition"] == \
+            "service_completed_successfully"

@@ -190,3 +190,20 @@ class CpuMeter:
                       redis=(after.redis_s - before.redis_s) / window, postgres=postgres,
                       redis_forked=after.redis_forks != before.redis_forks,
                       top_others=sorted(others, key=lambda o: -o[1])[:4])
+
+
+def busiest_others(before: dict[int, ProcessTimes], after: dict[int, ProcessTimes],
+                   window_s: float, parties: set[int], *, top: int = 4,
+                   floor: float = 0.05) -> list[tuple[str, float]]:
+    """The processes outside ``parties`` that used at least ``floor`` cores between
+    two :func:`process_table` readings, busiest first, as ``("name[pid]", cores)``:
+    on a shared machine, who else took the cores."""
+    others = []
+    for pid, times in after.items():
+        if pid in parties or pid == os.getpid():
+            continue
+        earlier = before.get(pid)
+        cores = (times.own_s - (earlier.own_s if earlier else 0.0)) / window_s
+        if cores >= floor:
+            others.append((f"{times.name}[{pid}]", cores))
+    return sorted(others, key=lambda other: -other[1])[:top]
