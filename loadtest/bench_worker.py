@@ -262,17 +262,18 @@ class LatencyPass:
 
 class TimedConsumer(StreamConsumer):
     """The product's consumer with each batch timed: persist in one transaction,
-    the fraud checks that ride along, then the one Redis call that sets the
-    boards and acknowledges (the read and parse of the next batch run
-    meanwhile, outside this time)."""
+    the wait for the batch read before it, the fraud checks that ride along,
+    then the one Redis call that sets the boards and acknowledges (the read
+    and parse of the next batch, and the other batch in flight, run meanwhile)."""
 
     def __init__(self, *, timings: BatchTimings, **options: Any) -> None:
         super().__init__(**options)
         self.timings = timings
 
-    async def _handle_parsed(self, parsed: ParsedBatch) -> None:
+    async def _handle_parsed(self, parsed: ParsedBatch,
+                             previous: asyncio.Task[None] | None = None) -> None:
         started = time.perf_counter()
-        await super()._handle_parsed(parsed)
+        await super()._handle_parsed(parsed, previous)
         self.timings.batch_s.append(time.perf_counter() - started)
         self.timings.batch_sizes.append(len(parsed.entries) + len(parsed.malformed))
 
@@ -312,6 +313,7 @@ async def run_latency_pass(backing: WorkerBacking, workload: Workload, ids: Sequ
                              block_ms=settings.worker_block_ms,
                              claim_idle_ms=settings.claim_idle_ms,
                              max_deliveries=settings.max_deliveries,
+                             in_flight=settings.worker_in_flight,
                              after_batch=timed(fraud.check_batch, timings.fraud_s),
                              every_second=fraud.record_decisions)
     # The Postgres and Redis halves of each batch, timed where the consumer calls them.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -197,14 +196,22 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     print(f"    Postgres        persist_batch p50 {1000 * percentile(pg_s, 0.5):.1f} ms, p99 "
           f"{1000 * percentile(pg_s, 0.99):.1f} ms (one statement: counted_events, "
           "actions and scores inserts, totals; plus the users write when a player is new)")
-    spans = latency.timings.postgres_spans
-    idle_s = sorted(later[0] - earlier[1] for earlier, later in itertools.pairwise(spans))
-    if idle_s:
-        share = sum(idle_s) / (spans[-1][1] - spans[0][0])
-        print(f"    between         Postgres idle from one persist_batch's end to the next's "
-              f"start p50 {1000 * percentile(idle_s, 0.5):.1f} ms, p99 "
-              f"{1000 * percentile(idle_s, 0.99):.1f} ms; {share:.0%} of the time from the "
-              "first transaction to the last")
+    spans = sorted(latency.timings.postgres_spans)
+    idle_s, overlap_s, busy_until = [], 0.0, spans[0][1] if spans else 0.0
+    for start, end in spans[1:]:  # batches overlap in Postgres (WORKER_IN_FLIGHT)
+        if start > busy_until:
+            idle_s.append(start - busy_until)
+        else:
+            overlap_s += min(end, busy_until) - start
+        busy_until = max(busy_until, end)
+    idle_s.sort()
+    if spans:
+        window = spans[-1][1] - spans[0][0]
+        print(f"    between         no persist_batch running {sum(idle_s) / window:.0%} of the "
+              "time from the first transaction to the last (gaps p50 "
+              f"{1000 * percentile(idle_s or [0.0], 0.5):.1f} ms, p99 "
+              f"{1000 * percentile(idle_s or [0.0], 0.99):.1f} ms); two or more at once "
+              f"{overlap_s / window:.0%}")
     print(f"    Redis           apply_and_ack p50 {1000 * percentile(redis_s, 0.5):.1f} ms, "
           f"p99 {1000 * percentile(redis_s, 0.99):.1f} ms (one lua/apply_batch.lua call: "
           "boards, usernames, revisions, XACK, notices)")
