@@ -19,10 +19,11 @@ batches read before it), so the boards, names and acknowledgements go out
 as they did one batch at a time. At most ``in_flight + 1`` batches are
 between read and acknowledged; a stop finishes all of them.
 
-Two batches of one consumer in Postgres at once cannot deadlock each other:
-each statement takes its locks in one order (``counted_events`` keys sorted,
-then ``scores`` rows sorted by board and user, ``workers.persist_sql``), and
-a deadlock with anything else is retried like any transient failure.
+Two batches of one consumer in Postgres at once do not deadlock each other in
+the plain statement: it takes its locks in one order (``counted_events`` keys
+sorted, then ``scores`` rows sorted by board and user, ``workers.persist_sql``);
+a deadlock that remains possible (the windowed statement's two upserts, a
+players rename) is retried like any transient failure.
 
 Failures: Postgres or Redis unreachable (or a deadlock) is transient: the
 same batch is retried with capped backoff, nothing acknowledged, nothing new
