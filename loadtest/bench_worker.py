@@ -20,6 +20,10 @@ the figure is its ceiling, not the rate of some load generator. One run gives:
    of the same entries and a database of its own, with every ``handle()``
    timed and its Postgres transaction, Redis MULTI/XACK and fraud checks
    timed apart. Exact p50/p99 per batch.
+1c. The same as 1 with ``WORKER_IN_FLIGHT=1`` (one batch in Postgres at a
+   time, the behaviour before two): the gain of batches in flight, measured
+   in the same run, on a stream and database of its own (``--no-serial-pass``
+   skips it).
 3. Baseline: asyncpg binary COPY (``copy_records_to_table``) of the same rows
    (``loadtest.worker_anchor.action_record`` of the same parsed entries) into a
    table made ``LIKE actions INCLUDING ALL`` and partitioned by month the same
@@ -174,7 +178,7 @@ def scrape_worker(port: int) -> tuple[list[tuple[float, float]], float]:
     return histogram_buckets(samples, "scoreboard_worker_batch_seconds"), persisted
 
 
-def worker_env(backing: WorkerBacking, name: str, *, batch_max: int,
+def worker_env(backing: WorkerBacking, name: str, *, batch_max: int, in_flight: int,
                metrics_port: int = 0, number: int = 0) -> dict[str, str]:
     """A worker's environment: the run's servers, database and prefix ``name``;
     everything else at the defaults a deployment gets (a second worker differs
@@ -183,15 +187,17 @@ def worker_env(backing: WorkerBacking, name: str, *, batch_max: int,
             "DATABASE_URL": backing.database_url(name), "KEY_PREFIX": backing.prefix(name),
             "CONSUMER_GROUP": GROUP,
             "CONSUMER_NAME": f"bench-{name}" + (f"-{number}" if number else ""),
-            "WORKER_BATCH_MAX": str(batch_max), "CHAOS_EXIT_AFTER_COMMIT": "0",
+            "WORKER_BATCH_MAX": str(batch_max), "WORKER_IN_FLIGHT": str(in_flight),
+            "CHAOS_EXIT_AFTER_COMMIT": "0",
             "LOG_LEVEL": "WARNING", "WORKER_METRICS_PORT": str(metrics_port),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent),
                                      os.environ.get("PATH", "")])}
 
 
 def run_worker_pass(backing: WorkerBacking, workload: Workload, ids: Sequence[str],
-                    client: Any, meter: CpuMeter, *, batch_max: int, timeout_s: float,
-                    root: Path, name: str = "worker", count: int = 1) -> WorkerPass:
+                    client: Any, meter: CpuMeter, *, batch_max: int, in_flight: int,
+                    timeout_s: float, root: Path, name: str = "worker",
+                    count: int = 1) -> WorkerPass:
     """Start ``count`` ``arq workers.main.WorkerSettings`` processes in one group and
     poll until the group has acknowledged every entry; always stops them."""
     keys, metrics_port = Keys(backing.prefix(name)), free_port()
@@ -199,7 +205,8 @@ def run_worker_pass(backing: WorkerBacking, workload: Workload, ids: Sequence[st
     processes = []
     with log_path.open("wb") as log:
         for number in range(count):
-            env = worker_env(backing, name, batch_max=batch_max, number=number,
+            env = worker_env(backing, name, batch_max=batch_max, in_flight=in_flight,
+                             number=number,
                              metrics_port=metrics_port if number == 0 else 0)
             processes.append(subprocess.Popen(WORKER_COMMAND, cwd=PROJECT_DIR, env=env,
                                               stdout=log, stderr=subprocess.STDOUT))
@@ -262,17 +269,18 @@ class LatencyPass:
 
 class TimedConsumer(StreamConsumer):
     """The product's consumer with each batch timed: persist in one transaction,
-    the fraud checks that ride along, then the one Redis call that sets the
-    boards and acknowledges (the read and parse of the next batch run
-    meanwhile, outside this time)."""
+    the wait for the batch read before it, the fraud checks that ride along,
+    then the one Redis call that sets the boards and acknowledges (the read
+    and parse of the next batch, and the other batch in flight, run meanwhile)."""
 
     def __init__(self, *, timings: BatchTimings, **options: Any) -> None:
         super().__init__(**options)
         self.timings = timings
 
-    async def _handle_parsed(self, parsed: ParsedBatch) -> None:
+    async def _handle_parsed(self, parsed: ParsedBatch,
+                             previous: asyncio.Task[None] | None = None) -> None:
         started = time.perf_counter()
-        await super()._handle_parsed(parsed)
+        await super()._handle_parsed(parsed, previous)
         self.timings.batch_s.append(time.perf_counter() - started)
         self.timings.batch_sizes.append(len(parsed.entries) + len(parsed.malformed))
 
@@ -312,6 +320,7 @@ async def run_latency_pass(backing: WorkerBacking, workload: Workload, ids: Sequ
                              block_ms=settings.worker_block_ms,
                              claim_idle_ms=settings.claim_idle_ms,
                              max_deliveries=settings.max_deliveries,
+                             in_flight=settings.worker_in_flight,
                              after_batch=timed(fraud.check_batch, timings.fraud_s),
                              every_second=fraud.record_decisions)
     # The Postgres and Redis halves of each batch, timed where the consumer calls them.
@@ -373,6 +382,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="stream entries drained by each pass (200000)")
     parser.add_argument("--batch-max", type=int, default=1000,
                         help="WORKER_BATCH_MAX, and the COPY batch size (1000)")
+    parser.add_argument("--in-flight", type=int, default=Settings().worker_in_flight,
+                        help="WORKER_IN_FLIGHT of the workers measured (the default's); a "
+                        "pass with 1 runs beside them unless --no-serial-pass")
+    parser.add_argument("--no-serial-pass", action="store_true",
+                        help="skip the pass of one worker with WORKER_IN_FLIGHT=1")
     parser.add_argument("--users", type=int, default=10_000, help="distinct players (10000)")
     parser.add_argument("--timeout", type=float, default=150,
                         help="seconds each drain may take before the run is abandoned (150)")
@@ -383,6 +397,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1_000 <= args.entries <= 2_000_000 or not 1 <= args.batch_max <= 10_000:
         parser.error("--entries must be 1000..2000000 and --batch-max 1..10000")
+    if not 1 <= args.in_flight <= 16:
+        parser.error("--in-flight must be 1..16")
     if not 1 <= args.users <= 1_000_000 or not 1 <= args.timeout <= 1800:
         parser.error("--users must be 1..1000000 and --timeout 1..1800 s")
     return args
@@ -399,19 +415,22 @@ def run(args: argparse.Namespace) -> int:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-worker-")))
         print("starting Redis and Postgres (durable), migrating two fresh databases…",
               flush=True)
-        backing = start_backing(stack, root, ["worker", "inproc", "workers2", "anchor"])
+        backing = start_backing(stack, root, ["worker", "inproc", "workers2", "serial",
+                                              "anchor"])
         client = stack.enter_context(contextlib.closing(
             redis.Redis.from_url(backing.redis_url, decode_responses=True)))
         servers = server_line(client, backing.admin_database_url)
         meter = CpuMeter(client, asyncio.run(postmaster_pid(backing.admin_database_url)))
-        settings = load_settings(worker_env(backing, "inproc", batch_max=args.batch_max))
+        settings = load_settings(worker_env(backing, "inproc", batch_max=args.batch_max,
+                                            in_flight=args.in_flight))
 
         print(f"filling the worker's stream with {args.entries:,} entries…", flush=True)
         ids, prefill_s = prefill(client, Keys(backing.prefix("worker")), workload)
         settle_redis(client, rewrite=backing.redis_embedded)
         print("draining it with one worker process…", flush=True)
         worker = run_worker_pass(backing, workload, ids, client, meter,
-                                 batch_max=args.batch_max, timeout_s=args.timeout, root=root)
+                                 batch_max=args.batch_max, in_flight=args.in_flight,
+                                 timeout_s=args.timeout, root=root)
         worker_problems = asyncio.run(check_drained(
             backing.database_url("worker"), backing.redis_url, Keys(backing.prefix("worker")),
             workload))
@@ -421,11 +440,24 @@ def run(args: argparse.Namespace) -> int:
         settle_redis(client, rewrite=backing.redis_embedded)
         print("draining it with two worker processes in one group…", flush=True)
         workers2 = run_worker_pass(backing, workload, ids2, client, meter,
-                                   batch_max=args.batch_max, timeout_s=args.timeout, root=root,
-                                   name="workers2", count=2)
+                                   batch_max=args.batch_max, in_flight=args.in_flight,
+                                   timeout_s=args.timeout, root=root, name="workers2", count=2)
         worker_problems += [f"two workers: {p}" for p in asyncio.run(check_drained(
             backing.database_url("workers2"), backing.redis_url,
             Keys(backing.prefix("workers2")), workload))]
+
+        serial = None
+        if not args.no_serial_pass:
+            print("filling a stream for one worker with one batch in flight…", flush=True)
+            ids_serial, _ = prefill(client, Keys(backing.prefix("serial")), workload)
+            settle_redis(client, rewrite=backing.redis_embedded)
+            print("draining it with one worker process, WORKER_IN_FLIGHT=1…", flush=True)
+            serial = run_worker_pass(backing, workload, ids_serial, client, meter,
+                                     batch_max=args.batch_max, in_flight=1,
+                                     timeout_s=args.timeout, root=root, name="serial")
+            worker_problems += [f"one in flight: {p}" for p in asyncio.run(check_drained(
+                backing.database_url("serial"), backing.redis_url,
+                Keys(backing.prefix("serial")), workload))]
 
         print("filling a second stream with the same entries…", flush=True)
         inproc_ids, _ = prefill(client, Keys(backing.prefix("inproc")), workload)
@@ -448,7 +480,7 @@ def run(args: argparse.Namespace) -> int:
                     night=night_line(settings, workload), prefill_s=prefill_s,
                     worker=worker, worker_problems=worker_problems, latency=latency,
                     latency_problems=latency_problems, baseline=baseline,
-                    workers2=workers2, anchor=anchor)
+                    workers2=workers2, anchor=anchor, serial=serial)
         print("stopping the servers started…", flush=True)
     return 0 if ok else 1
 

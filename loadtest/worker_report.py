@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -82,11 +81,11 @@ async def check_drained(database_url: str, redis_url: str, keys: Keys,
 # --- Report ---------------------------------------------------------------------------------
 
 
-def limit_notes(cpu: CpuUse, process_name: str, *, serial_batches: bool) -> list[str]:
+def limit_notes(cpu: CpuUse, process_name: str, *, in_flight: int = 0) -> list[str]:
     """Plain-language reading of a window's CPU split: which party was saturated.
 
-    ``serial_batches``: the window ran the consumer, whose steps per batch
-    (XREADGROUP, the Postgres transaction, the MULTI) run one after another.
+    ``in_flight``: the window ran the consumer with that many batches in
+    Postgres at once (``WORKER_IN_FLIGHT``; 0: not a consumer).
     """
     cores, notes = os.cpu_count() or 1, []
     if cpu.process >= 0.85:
@@ -112,13 +111,19 @@ def limit_notes(cpu: CpuUse, process_name: str, *, serial_batches: bool) -> list
                      "shared the machine with the figure")
     parties = cpu.process + cpu.redis + (cpu.postgres or 0.0)
     saturated = cpu.process >= 0.85 or (cpu.postgres or 0.0) >= 0.85
-    if serial_batches and not saturated and 0.7 <= parties <= 1.3:
+    if in_flight == 1 and not saturated and 0.7 <= parties <= 1.3:
         notes.append(f"neither {process_name} nor postgres saturated a core; with "
                      f"redis-server they used {parties:.2f} cores together, about one: the "
                      "read of the next batch and the Redis call of the last overlap each "
                      "batch's Postgres transaction, but the transactions of one consumer run "
                      "one after another, so the rate is batch size / transaction time, and "
                      "more worker processes overlap their transactions")
+    elif in_flight > 1 and not saturated and not notes:
+        notes.append(f"{in_flight} batches in Postgres at once; neither {process_name} nor "
+                     f"postgres saturated a core (with redis-server {parties:.2f} cores "
+                     "together): the rate is about batch size x batches in flight / "
+                     "transaction time, and each transaction waited for a core, its commit's "
+                     "fsync or the other's locks")
     elif not notes:
         notes.append("no party was saturated: round trips and fsync waits bound the figure")
     return notes
@@ -141,7 +146,8 @@ def night_line(settings: Settings, workload: Workload) -> str:
 def report(args: argparse.Namespace, *, background: float, servers: str, backing: WorkerBacking,
            code: tuple[str, bool], night: str, prefill_s: float, worker: WorkerPass,
            worker_problems: list[str], latency: LatencyPass, latency_problems: list[str],
-           baseline: CopyResult, workers2: WorkerPass, anchor: AnchorResult) -> bool:
+           baseline: CopyResult, workers2: WorkerPass, anchor: AnchorResult,
+           serial: WorkerPass | None = None) -> bool:
     n = args.entries
     print("\n=== Worker benchmark: one worker process draining a backlog ===")
     print(f"machine     {machine_line()}")
@@ -151,7 +157,7 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     print(f"servers     {servers}; started here: {backing.embedded}")
     print(f"workload    {n:,} entries per stream, {args.users:,} users x boards "
           f"{'/'.join(BOARDS)}, points 1..10, unique event ids, source backend:…; batch "
-          f"max {args.batch_max}")
+          f"max {args.batch_max}, WORKER_IN_FLIGHT {args.in_flight}")
     print(f"time        {night}")
     print(f"prefill     {n:,} XADDs pipelined by 1000 in {prefill_s:.2f} s "
           f"({n / prefill_s:,.0f}/s), before any consumer started")
@@ -173,7 +179,7 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     print(f"  check             {'OK: ' if not worker_problems else 'FAILED: '}"
           + ("; ".join(worker_problems) or f"actions = {n:,} rows, scores and boards = the "
              "entries' per-user sums, no dead letters"))
-    for note in limit_notes(drain.cpu, "worker process", serial_batches=True):
+    for note in limit_notes(drain.cpu, "worker process", in_flight=args.in_flight):
         print(f"  limit             {note}")
 
     drain2 = workers2.drain
@@ -186,6 +192,17 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     print(f"  CPU in drain      {drain2.cpu.line('first worker')} (the second worker is "
           "among the others)")
 
+    if serial is not None:
+        sdrain = serial.drain
+        print("\n1c. ONE IN FLIGHT  one worker process with WORKER_IN_FLIGHT=1 (one batch in "
+              "Postgres at a time, as before it was 2), on a stream and database of its own")
+        print(f"  persisted/s       {sdrain.steady_rate:,.0f}/s steady, all {n:,} at "
+              f"{sdrain.done_s:.2f} s; one worker above ÷ this: "
+              f"{drain.steady_rate / sdrain.steady_rate:.2f}")
+        print(f"  CPU in drain      {sdrain.cpu.line('worker')}")
+        for note in limit_notes(sdrain.cpu, "worker process", in_flight=1):
+            print(f"  limit             {note}")
+
     ldrain, batch_s = latency.drain, sorted(latency.timings.batch_s)
     pg_s, redis_s = sorted(latency.timings.postgres_s), sorted(latency.timings.redis_s)
     fraud_s = sorted(latency.timings.fraud_s)
@@ -197,14 +214,22 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     print(f"    Postgres        persist_batch p50 {1000 * percentile(pg_s, 0.5):.1f} ms, p99 "
           f"{1000 * percentile(pg_s, 0.99):.1f} ms (one statement: counted_events, "
           "actions and scores inserts, totals; plus the users write when a player is new)")
-    spans = latency.timings.postgres_spans
-    idle_s = sorted(later[0] - earlier[1] for earlier, later in itertools.pairwise(spans))
-    if idle_s:
-        share = sum(idle_s) / (spans[-1][1] - spans[0][0])
-        print(f"    between         Postgres idle from one persist_batch's end to the next's "
-              f"start p50 {1000 * percentile(idle_s, 0.5):.1f} ms, p99 "
-              f"{1000 * percentile(idle_s, 0.99):.1f} ms; {share:.0%} of the time from the "
-              "first transaction to the last")
+    spans = sorted(latency.timings.postgres_spans)
+    idle_s, overlap_s, busy_until = [], 0.0, spans[0][1] if spans else 0.0
+    for start, end in spans[1:]:  # batches overlap in Postgres (WORKER_IN_FLIGHT)
+        if start > busy_until:
+            idle_s.append(start - busy_until)
+        else:
+            overlap_s += min(end, busy_until) - start
+        busy_until = max(busy_until, end)
+    idle_s.sort()
+    if spans:
+        window = spans[-1][1] - spans[0][0]
+        print(f"    between         no persist_batch running {sum(idle_s) / window:.0%} of the "
+              "time from the first transaction to the last (gaps p50 "
+              f"{1000 * percentile(idle_s or [0.0], 0.5):.1f} ms, p99 "
+              f"{1000 * percentile(idle_s or [0.0], 0.99):.1f} ms); two or more at once "
+              f"{overlap_s / window:.0%}")
     print(f"    Redis           apply_and_ack p50 {1000 * percentile(redis_s, 0.5):.1f} ms, "
           f"p99 {1000 * percentile(redis_s, 0.99):.1f} ms (one lua/apply_batch.lua call: "
           "boards, usernames, revisions, XACK, notices)")
@@ -216,7 +241,7 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     print(f"  CPU in drain      {ldrain.cpu.line('this process')}")
     print(f"  check             {'OK: ' if not latency_problems else 'FAILED: '}"
           + ("; ".join(latency_problems) or "same as above, on a database of its own"))
-    for note in limit_notes(ldrain.cpu, "this process", serial_batches=True):
+    for note in limit_notes(ldrain.cpu, "this process", in_flight=args.in_flight):
         print(f"  limit             {note}")
 
     copy_s = sorted(baseline.copy_s)
@@ -228,7 +253,7 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
           f" per batch p50 {1000 * percentile(copy_s, 0.5):.1f} ms, p99 "
           f"{1000 * percentile(copy_s, 0.99):.1f} ms)")
     print(f"  CPU               {baseline.cpu.line('this process')}")
-    for note in limit_notes(baseline.cpu, "this process", serial_batches=False):
+    for note in limit_notes(baseline.cpu, "this process"):
         print(f"  limit             {note}")
 
     anchor_s = sorted(anchor.batch_s)
@@ -246,6 +271,9 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
           f"{drain.steady_rate / anchor.rate:.3f}")
     print(f"  two workers       {drain2.steady_rate:,.0f} / {anchor.rate:,.0f} = "
           f"{drain2.steady_rate / anchor.rate:.3f}")
+    if serial is not None:
+        print(f"  one, 1 in flight  {serial.drain.steady_rate:,.0f} / {anchor.rate:,.0f} = "
+              f"{serial.drain.steady_rate / anchor.rate:.3f}")
     print("\nRATIO  persisted/s ÷ COPY rows/s")
     print(f"  real worker       {drain.steady_rate:,.0f} / {baseline.rate:,.0f} = "
           f"{drain.steady_rate / baseline.rate:.3f}")

@@ -165,6 +165,9 @@ class Settings:
     consumer_group: str = "persisters"
     consumer_name: str = ""  # empty: "<hostname>-worker"; set one per process on a host
     worker_batch_max: int = 1000
+    # Batches of one consumer in Postgres at once, each on a connection of its own
+    # (workers/consumer.py); 1 persists one batch after the other.
+    worker_in_flight: int = 2
     worker_block_ms: int = 1000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
@@ -290,7 +293,8 @@ def _check(settings: Settings) -> None:
             raise ConfigError(name.upper(), str(port), "not a TCP port")
     for name in ("max_body_bytes", "max_points_per_increment", "max_batch_increments",
                  "action_token_ttl_s", "access_token_ttl_s", "refresh_token_ttl_s", "dedup_ttl_s",
-                 "worker_batch_max", "worker_block_ms", "claim_idle_ms", "max_deliveries",
+                 "worker_batch_max", "worker_in_flight", "worker_block_ms", "claim_idle_ms",
+                 "max_deliveries",
                  "snapshot_size", "snapshot_interval_ms", "revision_poll_ms", "ws_max_per_ip",
                  "ws_max_message_bytes", "ws_write_buffer_bytes", "ws_max_watches",
                  "broadcaster_processes",

@@ -253,3 +253,71 @@ def test_restart_drains_more_pending_entries_than_one_batch_then_reads_new(
 
     asyncio.run(scenario())
     assert user_total(redis_client, worker_keys, "global", user) == 110
+
+
+async def _wait_for(condition: Any, what: str, timeout_s: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("in_flight", [2, 1])
+def test_a_batch_commits_while_the_one_before_waits_and_is_acknowledged_after_it(
+        backing: Backing, redis_client: SyncRedis, worker_keys: Keys, in_flight: int) -> None:
+    """Two batches in Postgres at once (WORKER_IN_FLIGHT=2): batch A waits on a row
+    lock held elsewhere, batch B commits meanwhile, and B is not acknowledged (nor
+    on the board) before A is. With one in flight B waits behind A. Then every
+    entry counts once."""
+    blocked, others = fresh_name("wu"), [fresh_name("wu") for _ in range(3)]
+    redis_client.xadd(worker_keys.stream, entry_fields(blocked, 1))  # gives it a scores row
+
+    async def scenario() -> None:
+        async with consumer_for(backing, worker_keys, batch_max=5,
+                                in_flight=in_flight) as consumer:
+            await consumer.ensure_group()
+            await run_until(consumer, lambda: _no_lag(consumer, worker_keys))
+        holder = await asyncpg.connect(backing.database_url)
+        holding = holder.transaction()
+        await holding.start()
+        await holder.execute("SELECT 1 FROM scores WHERE board = 'global' AND user_id = $1"
+                             " FOR UPDATE", blocked)
+        batch_a = [entry_fields(blocked if i == 0 else others[0], 2) for i in range(5)]
+        batch_b = [entry_fields(others[1 + i % 2], 3) for i in range(5)]
+        for fields in batch_a + batch_b:
+            redis_client.xadd(worker_keys.stream, fields)
+        b_events = [f["event_id"] for f in batch_b]
+
+        async def b_committed() -> bool:
+            return len(await fetch(backing, "SELECT 1 FROM actions WHERE event_id = ANY($1)",
+                                   b_events)) == 5
+
+        async with consumer_for(backing, worker_keys, batch_max=5,
+                                in_flight=in_flight) as consumer:
+            task = asyncio.create_task(consumer.run())
+            try:
+                if in_flight == 2:
+                    await _wait_for(b_committed, "batch B committed while A waits")
+                    await asyncio.sleep(0.3)  # time for a wrong early XACK to show
+                    assert pending(redis_client, worker_keys) == 10
+                    assert user_total(redis_client, worker_keys, "global", others[1]) is None
+                else:
+                    await asyncio.sleep(1.0)
+                    assert not await b_committed()
+                await holding.rollback()
+                await holder.close()
+                await _wait_for(lambda: _no_lag(consumer, worker_keys), "drained")
+            finally:
+                consumer.stop()
+                await asyncio.wait_for(task, 30)
+
+    asyncio.run(scenario())
+    assert user_total(redis_client, worker_keys, "global", blocked) == 3
+    assert board_totals(redis_client, worker_keys, "global") == {
+        blocked: 3, others[0]: 8, others[1]: 9, others[2]: 6}
+    rows = asyncio.run(fetch(backing, "SELECT user_id, score FROM scores WHERE board = 'global'"
+                                      " AND user_id = ANY($1)", [blocked, *others]))
+    assert {r["user_id"]: r["score"] for r in rows} == {
+        blocked: 3, others[0]: 8, others[1]: 9, others[2]: 6}
+    assert pending(redis_client, worker_keys) == 0

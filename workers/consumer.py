@@ -9,10 +9,21 @@ A crash anywhere leaves the entries pending; they come back (to this consumer
 on restart, or to any consumer through XAUTOCLAIM once idle), step 1 then
 inserts nothing new and step 2 writes the same totals.
 
-Pipelined, three batches at a time at most: while batch N is in Postgres,
-batch N+1 is being read and parsed, and batch N-1's step 2 runs. Each batch
-still goes 1 then 2 in that order, and nothing is acknowledged before its
-own commit; a stop finishes all three.
+Pipelined: up to ``in_flight`` batches are in Postgres at once, each on a
+pool connection of its own (one consumer's statements no longer wait for
+each other: BENCHMARKS.md, "Worker"), while the next batch is being read and
+parsed and an earlier batch's step 2 runs. Each batch still goes 1 then 2 in
+that order, and nothing is acknowledged before its own commit; step 2 runs
+in the order the batches were read (a batch committed first waits for the
+batches read before it), so the boards, names and acknowledgements go out
+as they did one batch at a time. At most ``in_flight + 1`` batches are
+between read and acknowledged; a stop finishes all of them.
+
+Two batches of one consumer in Postgres at once do not deadlock each other in
+the plain statement: it takes its locks in one order (``counted_events`` keys
+sorted, then ``scores`` rows sorted by board and user, ``workers.persist_sql``);
+a deadlock that remains possible (the windowed statement's two upserts, a
+players rename) is retried like any transient failure.
 
 Failures: Postgres or Redis unreachable (or a deadlock) is transient: the
 same batch is retried with capped backoff, nothing acknowledged, nothing new
@@ -75,6 +86,16 @@ CHAOS_EXIT_STATUS = 86
 
 
 @dataclass(frozen=True)
+class Persisted:
+    """A committed batch (or, split after a refusal, one of its entries) and what
+    its transaction returned, waiting for its step 2."""
+
+    entries: Sequence[StreamEntry]
+    result: Any
+    started: float
+
+
+@dataclass(frozen=True)
 class ReadBatch:
     """What one XREADGROUP returned, and the same parsed."""
 
@@ -105,7 +126,7 @@ def is_transient(exc: BaseException) -> bool:
 class StreamConsumer:
     def __init__(self, *, redis: Any, pool: Any, keys: Keys, group: str, name: str,
                  batch_max: int, block_ms: int, claim_idle_ms: int, max_deliveries: int,
-                 reclaim_every_s: float | None = None,
+                 in_flight: int = 2, reclaim_every_s: float | None = None,
                  chaos_exit_after_commit: float = 0.0,
                  chaos_marks: ChaosMarks | None = None,
                  after_batch: Callable[[Sequence[StreamEntry]], Awaitable[None]] | None = None,
@@ -114,7 +135,10 @@ class StreamConsumer:
                  board_keys: Keys | None = None) -> None:
         """``keys``: the keys of the stream consumed (a shard's, sharded);
         ``board_keys``: the deployment's, for boards and their definitions (default
-        ``keys``: unsharded they are the same)."""
+        ``keys``: unsharded they are the same); ``in_flight``: batches in Postgres
+        at once, each holding a pool connection (the pool needs that many)."""
+        if in_flight < 1:
+            raise ValueError("in_flight must be at least 1")
         self.redis = redis
         self.pool = pool
         self.keys = keys
@@ -138,7 +162,11 @@ class StreamConsumer:
         self.every_second = every_second
         self.tracing = tracing
         self._stopping = asyncio.Event()
-        self._applying: asyncio.Task[None] | None = None
+        self.in_flight = in_flight
+        self._postgres_slots = asyncio.Semaphore(in_flight)
+        self._batches: set[asyncio.Task[None]] = set()  # read, not yet acknowledged
+        self._last_batch: asyncio.Task[None] | None = None  # the one read last
+        self._failed: BaseException | None = None
         self._last_heartbeat = 0.0
         self._last_reclaim = time.monotonic()
 
@@ -160,12 +188,13 @@ class StreamConsumer:
     async def run(self) -> None:
         """Until stopped: drain this consumer's own pending entries, then new ones.
 
-        The next batch is read and parsed while the current one is persisted
+        The next batch is read and parsed while earlier ones are persisted
         (one read ahead, no more): XREADGROUP and parsing overlap the Postgres
-        transaction. A read that was sent is always awaited and what it
+        transactions. A read that was sent is always awaited and what it
         returned persisted, stopping or not: those entries are already
         delivered to this consumer, and leaving them pending would hold them
-        back until this consumer restarts or they are reclaimed.
+        back until this consumer restarts or they are reclaimed. A batch that
+        fails with an error that is not transient ends the loop with that error.
         """
         await self._retry_transient(self.ensure_group)
         start = "0"  # first our own pending entries (a restart resumes them) ...
@@ -179,9 +208,10 @@ class StreamConsumer:
                 start = batch.raw[-1][0] if batch.raw else ">"
             ahead = None if self.stopping else self._read_ahead(start)
             if batch.raw:
-                await self._handle_parsed(batch.parsed)
+                await self._start_batch(batch.parsed)
+            self._raise_failure()
             await self._housekeeping()
-        await self.finish_applying()
+        await self.finish_in_flight()
 
     def _read_ahead(self, start: str) -> asyncio.Task[ReadBatch | None]:
         async def read_and_parse() -> ReadBatch | None:
@@ -213,25 +243,73 @@ class StreamConsumer:
             await self._retry_transient(self.reclaim)
 
     async def handle(self, raw: Sequence[tuple[str, dict[str, str] | None]]) -> None:
-        await self._handle_parsed(parse_batch(raw))
+        """Persist, set on the boards and acknowledge ``raw`` (entries delivered to this
+        consumer), in turn with the batches in flight; returns once it is done."""
+        await (await self._start_batch(parse_batch(raw)))
 
-    async def _handle_parsed(self, parsed: ParsedBatch) -> None:
-        for stream_id, fields, why in parsed.malformed:
-            await self._retry_transient(lambda s=stream_id, f=fields, w=why:
-                                        self.dead_letter(s, f, w, deliveries=1))
-        if parsed.entries:
-            await self._persist(parsed.entries)
+    async def _start_batch(self, parsed: ParsedBatch) -> asyncio.Task[None]:
+        """Start ``parsed`` on its way once the bounds allow: a Postgres slot free, and
+        fewer than ``in_flight + 1`` batches between read and acknowledged."""
+        while len(self._batches) > self.in_flight:
+            await asyncio.wait(set(self._batches), return_when=asyncio.FIRST_COMPLETED)
+        await self._postgres_slots.acquire()
+        try:
+            task = asyncio.create_task(self._handle_parsed(parsed, self._last_batch),
+                                       name=f"batch-{self.name}")
+        except BaseException:
+            self._postgres_slots.release()
+            raise
+        self._last_batch = task
+        self._batches.add(task)
+        task.add_done_callback(self._batch_done)
+        return task
 
-    async def _persist(self, entries: Sequence[StreamEntry]) -> None:
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failed is None:
+            self._failed = task.exception()
+
+    def _raise_failure(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    async def finish_in_flight(self) -> None:
+        """Wait until every batch read so far is on the boards and acknowledged
+        (or has failed: the first failure is raised)."""
+        while self._batches:
+            await asyncio.wait(set(self._batches))
+        self._raise_failure()
+
+    finish_applying = finish_in_flight  # its name before batches overlapped
+
+    async def _handle_parsed(self, parsed: ParsedBatch,
+                             previous: asyncio.Task[None] | None = None) -> None:
+        """One batch's whole way, holding a Postgres slot (taken by ``_start_batch``)
+        until its transaction is over: dead letters, commit, then, once ``previous``
+        (the batch read before it) is done, its step 2 (boards, XACK)."""
+        try:
+            for stream_id, fields, why in parsed.malformed:
+                await self._retry_transient(lambda s=stream_id, f=fields, w=why:
+                                            self.dead_letter(s, f, w, deliveries=1))
+            persisted = await self._persist(parsed.entries) if parsed.entries else []
+        finally:
+            self._postgres_slots.release()
+        if previous is not None:
+            await previous  # its failure is this batch's too: nothing more is applied
+        for each in persisted:
+            await self._apply(each.entries, each.result, each.started)
+
+    async def _persist(self, entries: Sequence[StreamEntry]) -> list[Persisted]:
         if self.tracing is None:
-            await self._persist_batch(entries)
-            return
+            return await self._persist_batch(entries)
         # One batch serves many requests: its span links to each entry's trace.
         with inner_span(self.tracing, "persist batch", [e.traceparent for e in entries],
                         **{"scoreboard.batch.size": len(entries)}):
-            await self._persist_batch(entries)
+            return await self._persist_batch(entries)
 
-    async def _persist_batch(self, entries: Sequence[StreamEntry]) -> None:
+    async def _persist_batch(self, entries: Sequence[StreamEntry]) -> list[Persisted]:
+        """Commit ``entries``; returns what was committed (nothing when the batch
+        stays pending), to be applied in that order."""
         started = time.perf_counter()
 
         async def write() -> Any:
@@ -248,33 +326,24 @@ class StreamConsumer:
             if len(entries) > 1:
                 logger.warning("batch of %d refused (%r); persisting one by one",
                                len(entries), exc)
+                persisted = []
                 for entry in entries:
-                    await self._persist_batch([entry])
-            else:
-                logger.error("entry %s refused by Postgres: %r; left pending for retry",
-                             entries[0].stream_id, exc, extra={
-                                 "stream_id": entries[0].stream_id,
-                                 "event_id": entries[0].event_id,
-                                 "request_id": entries[0].request_id})
-            return
+                    persisted += await self._persist_batch([entry])
+                return persisted
+            logger.error("entry %s refused by Postgres: %r; left pending for retry",
+                         entries[0].stream_id, exc, extra={
+                             "stream_id": entries[0].stream_id,
+                             "event_id": entries[0].event_id,
+                             "request_id": entries[0].request_id})
+            return []
         if result is None:  # stopping while the database was down: all stays pending
-            return
+            return []
         if self.chaos_exit_after_commit and random.random() < self.chaos_exit_after_commit:
             # Fault injection for the chaos tests: die in the worst place.
             os._exit(CHAOS_EXIT_STATUS)
         if self.chaos_marks is not None:
             await self.chaos_marks.committed(self.keys.stream, entries)
-        # The Redis side of this batch runs while the next batch is persisted;
-        # the previous batch's is finished first (at most one in flight).
-        await self.finish_applying()
-        self._applying = asyncio.create_task(self._apply(entries, result, started),
-                                             name=f"apply-{self.name}")
-
-    async def finish_applying(self) -> None:
-        """Wait until the last committed batch is on the boards and acknowledged."""
-        if self._applying is not None:
-            applying, self._applying = self._applying, None
-            await applying
+        return [Persisted(entries=entries, result=result, started=started)]
 
     async def _apply(self, entries: Sequence[StreamEntry], result: Any, started: float) -> None:
         """Fraud checks, then the boards, XACK and notices: after the commit, in that

@@ -76,7 +76,10 @@ async def startup(ctx: dict[str, Any]) -> None:
                                 decode_responses=True, socket_connect_timeout=2,
                                 socket_timeout=SETTINGS.worker_block_ms / 1000 + 5,
                                 health_check_interval=30)
-    ctx["pool"] = await create_pool(SETTINGS.database_url, min_size=1, max_size=5)
+    # A connection per batch in flight on each shard's stream, and a few for the
+    # fraud checks and the scheduled jobs.
+    ctx["pool"] = await create_pool(SETTINGS.database_url, min_size=1, max_size=3 + (
+        SETTINGS.worker_in_flight * len(KEYS.every_shard)))
     ctx["keys"] = KEYS
     ctx["settings"] = SETTINGS
     ctx["scripts"] = register_scripts(ctx["redis"])
@@ -95,7 +98,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         redis=ctx["redis"], pool=ctx["pool"], keys=shard_keys, group=SETTINGS.consumer_group,
         name=SETTINGS.consumer, batch_max=SETTINGS.worker_batch_max,
         block_ms=SETTINGS.worker_block_ms, claim_idle_ms=SETTINGS.claim_idle_ms,
-        max_deliveries=SETTINGS.max_deliveries,
+        max_deliveries=SETTINGS.max_deliveries, in_flight=SETTINGS.worker_in_flight,
         chaos_exit_after_commit=SETTINGS.chaos_exit_after_commit,
         chaos_marks=ChaosMarks.from_settings(SETTINGS),
         after_batch=fraud.check_batch,
