@@ -29,7 +29,6 @@ import contextlib
 import datetime
 import os
 import secrets
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from loadtest.harness.command import benchmark_parser, command
 from loadtest.harness.cpu import background_cores
 from loadtest.harness.figures import background_line, command_line, machine_line
 from loadtest.harness.players import add_load_options, check_load_options, ingest_env
+from loadtest.harness.redis_benchmark import benchmark_binary as find_benchmark
 from scoreboard.embedded_cluster import EmbeddedCluster
 from scoreboard.keys import Keys
 from scoreboard.settings import load_settings
@@ -204,10 +204,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    binary = shutil.which("redis-benchmark")
-    if binary is None and not args.skip_raw:
-        raise BenchError("redis-benchmark is not on PATH; install it (apt-get install "
-                         "redis-tools) or pass --skip-raw")
+    binary = find_benchmark(needed=not args.skip_raw)
     started = datetime.datetime.now(datetime.UTC)
     load_before, background = os.getloadavg(), background_cores()
     raw1 = raw3 = http1 = http3 = None

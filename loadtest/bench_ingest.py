@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -45,7 +44,6 @@ from typing import Any
 import orjson
 import redis
 
-from loadtest import BenchError
 from loadtest.harness.backing import Backing, settle_redis, start_backing
 from loadtest.harness.command import benchmark_parser, command
 from loadtest.harness.cpu import background_cores
@@ -61,6 +59,7 @@ from loadtest.harness.players import (
     prepare_requests,
 )
 from loadtest.harness.processes import INGEST_OPTIONS, ingest_process, run_job, uvicorn_process
+from loadtest.harness.redis_benchmark import benchmark_binary as find_benchmark
 from loadtest.ingest_anchor import (
     backend_headers,
     batch_requests,
@@ -212,10 +211,7 @@ def run_load(args: argparse.Namespace, root: Path, url: str, ingest_pid: int,
 
 
 def run(args: argparse.Namespace) -> int:
-    benchmark_binary = shutil.which("redis-benchmark")
-    if benchmark_binary is None and not args.skip_raw:
-        raise BenchError("redis-benchmark is not on PATH; install it (apt-get install "
-                         "redis-tools) or pass --skip-raw")
+    benchmark_binary = find_benchmark(needed=not args.skip_raw)
     background = background_cores()
     with contextlib.ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ingest-")))

