@@ -37,6 +37,7 @@ at once: retrying cannot fix it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import random
@@ -93,6 +94,9 @@ class Persisted:
     entries: Sequence[StreamEntry]
     result: Any
     started: float
+    # Tracing on: the context inside its batch's span, so that its step 2's spans
+    # (fraud checks, apply_batch.lua) are that span's children.
+    context: contextvars.Context | None = None
 
 
 @dataclass(frozen=True)
@@ -297,7 +301,11 @@ class StreamConsumer:
         if previous is not None:
             await previous  # its failure is this batch's too: nothing more is applied
         for each in persisted:
-            await self._apply(each.entries, each.result, each.started)
+            applying = self._apply(each.entries, each.result, each.started)
+            if each.context is None:
+                await applying
+            else:
+                await asyncio.create_task(applying, context=each.context)
 
     async def _persist(self, entries: Sequence[StreamEntry]) -> list[Persisted]:
         if self.tracing is None:
@@ -343,7 +351,8 @@ class StreamConsumer:
             os._exit(CHAOS_EXIT_STATUS)
         if self.chaos_marks is not None:
             await self.chaos_marks.committed(self.keys.stream, entries)
-        return [Persisted(entries=entries, result=result, started=started)]
+        return [Persisted(entries=entries, result=result, started=started,
+                          context=None if self.tracing is None else contextvars.copy_context())]
 
     async def _apply(self, entries: Sequence[StreamEntry], result: Any, started: float) -> None:
         """Fraud checks, then the boards, XACK and notices: after the commit, in that
