@@ -11,13 +11,23 @@ from scoreboard.passwords import hash_password
 BACKEND_SCOPES = ["scores:write"]
 
 
+def new_password() -> str:
+    """32 URL-safe characters, never starting with ``-``: it is pasted after
+    ``--password`` on command lines (examples/, the README), where a leading dash
+    reads as an option (a generated password did, one time in 64)."""
+    while True:
+        password = secrets.token_urlsafe(24)
+        if not password.startswith("-"):
+            return password
+
+
 async def create_backend_account(database_url: str, name: str, *, scrypt_n: int, scrypt_r: int,
                                  scrypt_p: int) -> tuple[str, str]:
     """Create a login with scope ``scores:write``; returns (user id, generated password).
 
     The password is shown once and only its hash is kept.
     """
-    password = secrets.token_urlsafe(24)
+    password = new_password()
     password_hash = hash_password(password, n=scrypt_n, r=scrypt_r, p=scrypt_p)
     user_id = "b_" + secrets.token_hex(8)
     connection = await asyncpg.connect(database_url, timeout=30)
