@@ -382,8 +382,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="stream entries drained by each pass (200000)")
     parser.add_argument("--batch-max", type=int, default=1000,
                         help="WORKER_BATCH_MAX, and the COPY batch size (1000)")
-    parser.add_argument("--in-flight", type=int, default=Settings().worker_in_flight,
-                        help="WORKER_IN_FLIGHT of the workers measured (the default's); a "
+    parser.add_argument("--in-flight", type=int, default=2,
+                        help="WORKER_IN_FLIGHT of the workers measured (2); a "
                         "pass with 1 runs beside them unless --no-serial-pass")
     parser.add_argument("--no-serial-pass", action="store_true",
                         help="skip the pass of one worker with WORKER_IN_FLIGHT=1")

@@ -130,7 +130,7 @@ def is_transient(exc: BaseException) -> bool:
 class StreamConsumer:
     def __init__(self, *, redis: Any, pool: Any, keys: Keys, group: str, name: str,
                  batch_max: int, block_ms: int, claim_idle_ms: int, max_deliveries: int,
-                 in_flight: int = 2, reclaim_every_s: float | None = None,
+                 in_flight: int = 1, reclaim_every_s: float | None = None,
                  chaos_exit_after_commit: float = 0.0,
                  chaos_marks: ChaosMarks | None = None,
                  after_batch: Callable[[Sequence[StreamEntry]], Awaitable[None]] | None = None,
