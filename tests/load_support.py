@@ -193,4 +193,8 @@ def assert_exactly_once(sys_: System, client: SyncRedis) -> None:
     assert rows == load.accepted_events
     assert sums == expected
     assert scores == expected
-    assert board_totals(client, sys_.keys, BOARD) == expected
+    on_board = board_totals(client, sys_.keys, BOARD)
+    differ = {user: (on_board.get(user), total) for user, total in expected.items()
+              if on_board.get(user) != total}
+    extra = sorted(set(on_board) - set(expected))
+    assert not differ and not extra, f"board != Postgres (board, expected): {differ}; extra {extra}"
