@@ -50,9 +50,9 @@ def test_increments_at_midnight_land_once_in_the_right_periods_across_redelivery
             await consumer.ensure_group()
             delivered = await consumer._read(">")
             await consumer.handle(delivered)
-            await consumer.finish_applying()
+            await consumer.finish_in_flight()
             await consumer.handle(delivered)  # redelivered after the boundary
-            await consumer.finish_applying()
+            await consumer.finish_in_flight()
             return [parse_entry(i, f) for i, f in delivered if f]
 
     entries = asyncio.run(scenario())

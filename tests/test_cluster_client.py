@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +61,7 @@ def test_the_client_comes_back_after_every_node_timed_out_at_once(folder: Path) 
         finally:
             await client.aclose()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        cluster.stop()
+    run_then_stop(cluster, scenario)
 
 
 def test_a_client_starts_from_the_next_node_of_its_url_when_one_refuses(
@@ -84,10 +81,7 @@ def test_a_client_starts_from_the_next_node_of_its_url_when_one_refuses(
         finally:
             await client.aclose()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        cluster.stop()
+    run_then_stop(cluster, scenario)
 
 
 def test_stream_reads_go_on_when_the_clients_default_node_is_killed(folder: Path) -> None:
@@ -126,6 +120,13 @@ def test_stream_reads_go_on_when_the_clients_default_node_is_killed(folder: Path
         finally:
             await client.aclose()
 
+    run_then_stop(cluster, scenario)
+
+
+def run_then_stop(cluster: EmbeddedCluster,
+                  scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``scenario`` against ``cluster`` (started), then stop the cluster whatever
+    the scenario did."""
     try:
         asyncio.run(scenario())
     finally:

@@ -284,8 +284,6 @@ class StreamConsumer:
             await asyncio.wait(set(self._batches))
         self._raise_failure()
 
-    finish_applying = finish_in_flight  # its name before batches overlapped
-
     async def _handle_parsed(self, parsed: ParsedBatch,
                              previous: asyncio.Task[None] | None = None) -> None:
         """One batch's whole way, holding a Postgres slot (taken by ``_start_batch``)
