@@ -173,6 +173,11 @@ class Settings:
     worker_block_ms: int = 1000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5
+    # Every this many minutes (from each hour's start) a worker sets every board to
+    # Postgres's totals (workers/jobs.reconcile_boards), repairing a Redis that lost
+    # writes; 0 turns it off. It reads every board of the database: deployments
+    # sharing one database under several KEY_PREFIXes (the test suite) turn it off.
+    board_reconcile_minutes: int = 15
     # Fault injection for chaos tests only: the probability that a worker exits
     # right after a Postgres commit, before the boards are set and XACK is sent.
     chaos_exit_after_commit: float = 0.0
@@ -317,6 +322,9 @@ def _check(settings: Settings) -> None:
         if getattr(settings, name) < 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)),
                               "must be zero (rule off) or positive")
+    if not 0 <= settings.board_reconcile_minutes <= 60:
+        raise ConfigError("BOARD_RECONCILE_MINUTES", str(settings.board_reconcile_minutes),
+                          "must be 0 (off) to 60 minutes")
     for name in ("retention_months", "history_checkpoint_lag_s"):
         if getattr(settings, name) < 0:
             raise ConfigError(name.upper(), str(getattr(settings, name)),

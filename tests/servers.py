@@ -80,6 +80,9 @@ class Backing:
                "ACTION_KEYS_FILE": str(self.action_keys_file),
                # Cheap hashes keep registration fast in tests; production keeps the default.
                "SCRYPT_N": "1024", "LOG_LEVEL": "WARNING",
+               # The suite's prefixes share one database: a worker's reconcile would
+               # copy every test's boards onto its own (tests call the job directly).
+               "BOARD_RECONCILE_MINUTES": "0",
                "PATH": os.pathsep.join([str(Path(sys.executable).parent),
                                         os.environ.get("PATH", "")])}
         env.update(overrides)

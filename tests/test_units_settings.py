@@ -88,6 +88,8 @@ def test_settings_read_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) ->
     ("KEY_PREFIX", ""),
     ("KEY_PREFIX", "a{b}"),
     ("KEY_PREFIX", "has space"),
+    ("BOARD_RECONCILE_MINUTES", "61"),
+    ("BOARD_RECONCILE_MINUTES", "-1"),
 ])
 def test_settings_bad_value_names_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -109,3 +111,12 @@ def test_settings_are_frozen() -> None:
     settings = load_settings({})
     with pytest.raises(AttributeError):
         settings.ingest_port = 1  # type: ignore[misc]
+
+
+def test_board_reconcile_runs_every_n_minutes_from_the_hour_or_never() -> None:
+    from workers.jobs import reconcile_minutes
+
+    assert load_settings({}).board_reconcile_minutes == 15
+    assert reconcile_minutes(15) == {0, 15, 30, 45}
+    assert reconcile_minutes(60) == {0}
+    assert reconcile_minutes(0) == set()

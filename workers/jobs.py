@@ -49,6 +49,12 @@ async def trim_stream(ctx: dict[str, Any]) -> str | None:
     return trimmed
 
 
+def reconcile_minutes(every: int) -> set[int]:
+    """The minutes of each hour the reconcile job runs at, every ``every`` minutes
+    from the hour's start (``BOARD_RECONCILE_MINUTES``; 0: never)."""
+    return set(range(0, 60, every)) if every else set()
+
+
 async def reconcile_boards(ctx: dict[str, Any]) -> int:
     redis, pool, keys = ctx["redis"], ctx["pool"], ctx["keys"]
     # Archived periods are frozen and their Redis keys expire: not reconciled.
