@@ -26,6 +26,7 @@ from ingest.validation import (
 )
 from scoreboard import action_tokens, sharded_calls
 from scoreboard.action_tokens import ExpiredActionToken
+from scoreboard.dedup_marks import marked
 from scoreboard.errors import ActionTokenError, RequestError
 from scoreboard.jwt_tokens import Claims
 from scoreboard.limits import retry_after_seconds
@@ -155,7 +156,9 @@ async def _verified_token(state: IngestState, claims: Claims, text: str,
                                     ttl_ms=settings.action_token_ttl_s * 1000)
     except ExpiredActionToken as exc:
         event_id = "at-" + exc.token.nonce
-        if await state.redis.exists(state.keys.player(claims.sub).event(event_id)):
+        if (await marked(state.redis, state.keys.player(claims.sub).event_marks("player"),
+                         [event_id], now_ms=int(time.time() * 1000),
+                         ttl_ms=settings.dedup_ttl_s * 1000))[0]:
             metrics.script_outcome("increment", "replayed")
             return _accepted(event_id)
         metrics.script_outcome("increment", exc.code)

@@ -139,11 +139,12 @@ async def worker_series(url: str) -> dict[str, float] | None:
     return series
 
 
-async def dedup_markers(client: Any, keys: Keys, sample: int = 200) -> tuple[int, float]:
-    """(event-id markers alive, their mean MEMORY USAGE over a sample of ``sample``)."""
-    alive, sizes = 0, list[int]()
-    async for key in client.scan_iter(match=keys.event("*", source="*"), count=1000):
-        alive += 1
-        if len(sizes) < sample:
-            sizes.append(int(await client.memory_usage(key) or 0))
-    return alive, (sum(sizes) / len(sizes) if sizes else 0.0)
+async def dedup_markers(client: Any, keys: Keys) -> tuple[int, float]:
+    """(event-id marks alive, the bytes per mark of their windows' SETs), every
+    source's (``scoreboard.dedup_marks``); MEMORY USAGE estimates a large SET from
+    a sample of its members."""
+    alive, size = 0, 0
+    async for key in client.scan_iter(match=keys.event_marks("*") + "*", count=1000):
+        alive += int(await client.scard(key))
+        size += int(await client.memory_usage(key) or 0)
+    return alive, (size / alive if alive else 0.0)

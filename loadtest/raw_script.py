@@ -89,12 +89,12 @@ def script_call(keys: Keys, settings: Settings) -> list[str]:
                    keys.user_rate("increment", user),
                    keys.user_rate("increment_flagged", RAW_USER_ID),
                    keys.ip_rate("increment", address),
-                   keys.event("at-__rand_int__-__rand_int__"), keys.stream,
+                   keys.event_marks("player"), keys.stream,
                    keys.address_limited(address), keys.recent_actions(user), keys.fraud_stream,
                    keys.token_failures_user(RAW_USER_ID)]
     script_args = [RAW_USER_ID, *settings.increment_rate.as_args(),
                    *settings.flagged_increment_rate.as_args(), *settings.ip_rate.as_args(),
-                   settings.dedup_ttl_s * 1000, "at-" + secrets.token_hex(16), "global", 1,
+                   settings.dedup_ttl_s * 1000, "at-__rand_int__-__rand_int__", "global", 1,
                    "bench_raw_player", "player", "198.18.0.1", secrets.token_hex(8),
                    settings.rapid_max_actions, settings.rapid_window_ms,
                    settings.flag_duration_s * 1000, ""]  # no traceparent: tracing off
@@ -120,7 +120,7 @@ def run_raw(binary: str, redis_url: str, settings: Settings, prefix: str, *,
     The script refuses ('token_used') unless KEYS[1] holds the caller's user
     id, and consumes it when it accepts. So ``keyspace`` token keys are set
     first and redis-benchmark draws KEYS[1] from them with ``__rand_int__``;
-    the event key takes two draws (keyspace squared names) so that it
+    the event id takes two draws (keyspace squared names) so that it
     practically never repeats. A token drawn twice is refused the second time,
     the cheaper path: the share accepted is measured (stream growth), not
     assumed, and reported. (A variant of the script that recreates its token

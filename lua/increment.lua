@@ -17,12 +17,13 @@
 -- KEYS[1] action token key      (holds the user id it was issued to)
 -- KEYS[2] revoked jti key       KEYS[3] banned key       KEYS[4] flagged key
 -- KEYS[5] user rate key         KEYS[6] flagged-user rate key
--- KEYS[7] ip rate key           KEYS[8] event id key     KEYS[9] stream
+-- KEYS[7] ip rate key           KEYS[8] mark prefix of the source (lib/marks.lua)
+-- KEYS[9] stream
 -- KEYS[10] address-limited key  KEYS[11] recent actions ZSET   KEYS[12] fraud stream
 -- KEYS[13] the user's token-failure counter
 -- ARGV[1] user id
 -- ARGV[2..3] user rate (count, period ms)  ARGV[4..5] flagged rate  ARGV[6..7] ip rate
--- ARGV[8] dedup ttl ms
+-- ARGV[8] dedup ttl ms (a mark's least life)
 -- ARGV[9..15] entry: event_id, board, points, username, source, client address, request id
 -- ARGV[16..18] rapid rule: max accepted in window, window ms, flag duration ms
 -- ARGV[19] W3C traceparent of the caller's span ('' when tracing is off): written
@@ -38,7 +39,7 @@
 
 local token_key, revoked_key, banned_key, flagged_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local user_rate_key, flagged_rate_key, ip_rate_key = KEYS[5], KEYS[6], KEYS[7]
-local event_key, stream_key = KEYS[8], KEYS[9]
+local mark_prefix, stream_key = KEYS[8], KEYS[9]
 local address_limited_key, recent_key, fraud_key = KEYS[10], KEYS[11], KEYS[12]
 local user_failures_key = KEYS[13]
 
@@ -52,8 +53,14 @@ local source, client_addr, request_id = ARGV[13], ARGV[14], ARGV[15]
 local rapid_max, rapid_window, flag_ttl = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 
 if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
+local now = now_ms()
+local marks_now, marks_before, marks_ttl = mark_windows(mark_prefix, now, dedup_ttl)
+local function marked()
+  return redis.call('SISMEMBER', marks_now, event_id) == 1
+      or redis.call('SISMEMBER', marks_before, event_id) == 1
+end
 local owner = redis.call('GET', token_key)
-if not owner and redis.call('EXISTS', event_key) == 1 then return {'replayed', 0} end
+if not owner and marked() then return {'replayed', 0} end
 if redis.call('EXISTS', banned_key) == 1 then return {'banned', 0} end
 local external_address = (ARGV[20] or '') ~= ''
 local limited_ttl
@@ -66,7 +73,6 @@ end
 if not owner then return {'token_used', 0} end
 if owner ~= user_id then return {'token_foreign', 0} end
 
-local now = now_ms()
 local limit_key, limit_count, limit_period = user_rate_key, user_count, user_period
 if redis.call('EXISTS', flagged_key) == 1 then
   limit_key, limit_count, limit_period = flagged_rate_key, flagged_count, flagged_period
@@ -81,12 +87,13 @@ else
   ip_ok, ip_tat, ip_retry = gcra_check(ip_rate_key, now, ip_count, ip_period, 1)
 end
 if not ip_ok then return {'limited_ip', ip_retry} end
-if redis.call('EXISTS', event_key) == 1 then return {'duplicate', 0} end
+if marked() then return {'duplicate', 0} end
 
 redis.call('DEL', token_key)
 gcra_commit(limit_key, now, user_tat)
 if not external_address then gcra_commit(ip_rate_key, now, ip_tat) end
-redis.call('SET', event_key, '1', 'PX', dedup_ttl)
+redis.call('SADD', marks_now, event_id)
+redis.call('PEXPIRE', marks_now, marks_ttl)
 local entry = {'event_id', event_id, 'user_id', user_id, 'username', username, 'board', board,
   'points', points, 'source', source, 'ts', tostring(now),
   'ip', client_addr, 'request_id', request_id}

@@ -94,6 +94,19 @@ def redis_server_binary() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server")
 
 
+def redis_server_command(port: int, data_dir: Path, maxmemory: str) -> list[str]:
+    """An embedded ``redis-server`` (a single node or a cluster's node): AOF every
+    second, refusing writes past ``maxmemory`` rather than evicting."""
+    return [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+            "--dir", str(data_dir), "--appendonly", "yes",
+            "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+            "--maxmemory", maxmemory, "--maxmemory-policy", "noeviction",
+            # a dedup window's SET (scoreboard/dedup_marks.py) is freed in the
+            # background when it expires, not while every client waits
+            "--lazyfree-lazy-expire", "yes",
+            "--logfile", str(data_dir / "redis.log")]
+
+
 def _ensure_system_user(name: str) -> pwd.struct_passwd:
     """The user ``name``, created if missing (retrying: another process may hold the
     passwd lock, or create the same user, at the same moment)."""
@@ -133,11 +146,7 @@ class EmbeddedRedis:
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                   "--dir", str(self.data_dir), "--appendonly", "yes",
-                   "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
-                   "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
-                   "--logfile", str(self.data_dir / "redis.log")]
+        command = redis_server_command(self.port, self.data_dir, self.maxmemory)
         # A session of its own: a Ctrl-C meant for the app must not kill the
         # server before the app has stopped using it.
         self._process = subprocess.Popen(command, start_new_session=True,

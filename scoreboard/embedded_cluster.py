@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from scoreboard.embedded import DEFAULT_REDIS_MAXMEMORY, _wait_for_port, redis_server_binary
+from scoreboard.embedded import DEFAULT_REDIS_MAXMEMORY, _wait_for_port, redis_server_command
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +114,9 @@ class EmbeddedCluster:
 
     def _start_node(self, node: ClusterNode) -> None:
         node.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [redis_server_binary(), "--port", str(node.port), "--bind", "127.0.0.1",
-                   "--dir", str(node.data_dir), "--appendonly", "yes",
-                   "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
-                   "--maxmemory", self.maxmemory, "--maxmemory-policy", "noeviction",
+        command = [*redis_server_command(node.port, node.data_dir, self.maxmemory),
                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                   "--cluster-node-timeout", str(self.node_timeout_ms),
-                   "--logfile", str(node.data_dir / "redis.log")]
+                   "--cluster-node-timeout", str(self.node_timeout_ms)]
         node.process = subprocess.Popen(command, start_new_session=True,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(node.port, 20, node.process, f"cluster redis-server :{node.port}")

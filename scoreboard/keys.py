@@ -117,14 +117,11 @@ class Keys:
     def flagged(self, user_id: str) -> str:
         return f"{self._user_tag(user_id)}:flagged:{user_id}"
 
-    def event(self, event_id: str, source: str = "player") -> str:
-        """Idempotency marker of an accepted event id (expires after the dedup TTL),
-        per source as in ``counted_events``: two game backends may both send "e1"."""
-        return self.event_prefix(source) + event_id
-
-    def event_prefix(self, source: str) -> str:
-        """``event(event_id, source)`` is this followed by the event id."""
-        return f"{self.tag}:event:{source}:"
+    def event_marks(self, source: str) -> str:
+        """Prefix of the SETs of accepted event ids of ``source``, one per window
+        (``scoreboard.dedup_marks``); per source as in ``counted_events``: two game
+        backends may both send "e1"."""
+        return f"{self.tag}:marks:{source}:"
 
     def user_rate(self, limit_name: str, user_id: str) -> str:
         return f"{self._user_tag(user_id)}:rate:{limit_name}:user:{user_id}"

@@ -112,7 +112,7 @@ class IncrementScript(TypedScript):
                        player.banned(user_id), player.flagged(user_id),
                        player.user_rate("increment", user_id),
                        player.user_rate("increment_flagged", user_id), ip_key,
-                       player.event(event_id, source), player.stream, limited_key,
+                       player.event_marks(source), player.stream, limited_key,
                        player.recent_actions(user_id), player.fraud_stream,
                        player.token_failures_user(user_id)], args)
         reason, detail, *rest = await self._run(call)
@@ -187,9 +187,9 @@ class BatchScript(TypedScript):
             stand_in = view.user_rate("backend", backend_id)
             script_keys = [stand_in, stand_in, view.stream, stand_in]
         source = f"backend:{backend_id}"
-        # The event and banned keys are built in the script from these two prefixes,
+        # The mark and banned keys are built in the script from these two prefixes,
         # which carry the tag of the call's slot (the shard's, on a sharded cluster).
-        script_keys += [view.event_prefix(source), view.banned_prefix]
+        script_keys += [view.event_marks(source), view.banned_prefix]
         args: list[Any] = [*rate_args, dedup_ttl_ms, source, address, request_id,
                            traceparent]
         # One argument per increment (see the script's header): Redis's cost per

@@ -30,9 +30,11 @@ made in steps, each one script in one slot:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from scoreboard.dedup_marks import marked
 from scoreboard.keys import Keys
 from scoreboard.limits import Rate
 from scoreboard.lua import Scripts
@@ -86,18 +88,20 @@ def items_by_shard(keys: Keys, items: Sequence[BatchItem]) -> dict[int, list[Bat
 
 
 async def new_increments(client: Any, keys: Keys, backend_id: str,
-                         items: Sequence[BatchItem]) -> int:
-    """How many of the batch's event ids are new (no marker yet, first in the batch):
-    what the backend's limit is checked against, as on a single node, where
-    duplicates cost nothing. One pipeline of EXISTS, each in its player's slot."""
+                         items: Sequence[BatchItem], *, dedup_ttl_ms: int) -> int:
+    """How many of the batch's event ids are new (not marked yet, first in the
+    batch): what the backend's limit is checked against, as on a single node,
+    where duplicates cost nothing. The marks of each shard (its players' slot)
+    are looked up together."""
     source = f"backend:{backend_id}"
-    distinct = list(dict.fromkeys(item.event_id for item in items))
-    shard_of = {item.event_id: keys.shard_of(item.user_id) for item in items}
-    async with client.pipeline(transaction=False) as pipe:
-        for event_id in distinct:
-            pipe.exists(keys.shard(shard_of[event_id]).event(event_id, source))
-        known = await pipe.execute()
-    return sum(1 for found in known if not int(found))
+    now_ms = int(time.time() * 1000)
+    new = 0
+    for shard, part in items_by_shard(keys, items).items():
+        distinct = list(dict.fromkeys(item.event_id for item in part))
+        found = await marked(client, keys.shard(shard).event_marks(source), distinct,
+                             now_ms=now_ms, ttl_ms=dedup_ttl_ms)
+        new += found.count(False)
+    return new
 
 
 async def batch(scripts: Scripts, client: Any, keys: Keys, *, backend_id: str, jti: str,
@@ -105,7 +109,8 @@ async def batch(scripts: Scripts, client: Any, keys: Keys, *, backend_id: str, j
     if not keys.sharded:
         return await scripts.batch(keys, backend_id=backend_id, jti=jti, rate=rate,
                                    items=items, **common)
-    cost = await new_increments(client, keys, backend_id, items)
+    cost = await new_increments(client, keys, backend_id, items,
+                                dedup_ttl_ms=common["dedup_ttl_ms"])
     gate = await scripts.backend_gate(keys, backend_id=backend_id, jti=jti, rate=rate,
                                       cost=cost)
     if gate.reason != "ok":

@@ -152,6 +152,17 @@ def stream_total(client: SyncRedis, keys: Keys) -> int:
     return sum(int(client.xlen(stream)) for stream in keys.streams)
 
 
+def forget_marks(client: SyncRedis, prefix: str, event_ids: list[str]) -> int:
+    """Remove ``event_ids``' idempotency marks from every window of ``prefix``
+    (``Keys.event_marks``); returns how many were there."""
+    return sum(int(client.srem(key, *event_ids)) for key in client.scan_iter(match=prefix + "*"))
+
+
+def is_marked(client: SyncRedis, prefix: str, event_id: str) -> bool:
+    """Whether ``event_id`` is marked in any window of ``prefix``."""
+    return any(client.sismember(key, event_id) for key in client.scan_iter(match=prefix + "*"))
+
+
 def user_total(client: SyncRedis, keys: Keys, board: str, user_id: str) -> int | None:
     return board_totals(client, keys, board).get(user_id)
 

@@ -12,7 +12,14 @@ from scoreboard.accounts import create_backend_account, new_password
 from scoreboard.keys import Keys
 from scoreboard.stream_entry import unpacked
 from tests.conftest import Api, Player, new_address
-from tests.servers import Backing, create_board, fresh_name, ingest_server, stream_entries
+from tests.servers import (
+    Backing,
+    create_board,
+    fresh_name,
+    ingest_server,
+    is_marked,
+    stream_entries,
+)
 
 BATCH = "/api/scores/batch"
 
@@ -175,8 +182,8 @@ def test_backend_limit_refuses_the_whole_batch(backing: Backing, backend: Player
             assert limited.json()["error"]["code"] == "rate_limited"
             assert 1 <= int(limited.headers["retry-after"]) <= 12  # one every 12 s
             assert stream_length() == before
-            assert not redis_client.exists(keys.player(over["user_id"]).event(over["event_id"],
-                                                      f"backend:{backend.user_id}"))
+            assert not is_marked(redis_client, keys.player(over["user_id"]).event_marks(
+                f"backend:{backend.user_id}"), over["event_id"])
 
             # Duplicates cost nothing: a retried batch is still answered.
             retried = post_batch(client, backend, first)

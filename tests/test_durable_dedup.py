@@ -22,7 +22,14 @@ from scoreboard.errors import ConfigError
 from scoreboard.settings import load_settings
 from scoreboard.stream_entry import StreamEntry, unpacked
 from tests.load_support import BOARD, System, system, wait_settled
-from tests.servers import Backing, SyncRedis, board_totals, fresh_name, stream_total
+from tests.servers import (
+    Backing,
+    SyncRedis,
+    board_totals,
+    forget_marks,
+    fresh_name,
+    stream_total,
+)
 from tests.worker_support import worker_process
 from workers.persist import PartitionCache, persist_batch
 
@@ -53,9 +60,8 @@ def increments(users: list[str]) -> list[dict[str, Any]]:
 
 def forget_markers(redis_client: SyncRedis, sys_: System, batch: list[dict[str, Any]]) -> None:
     backend = jwt.decode(sys_.load.token, options={"verify_signature": False})["sub"]
-    removed = sum(int(redis_client.delete(
-        sys_.keys.player(i["user_id"]).event(i["event_id"], f"backend:{backend}")))
-        for i in batch)
+    removed = sum(forget_marks(redis_client, sys_.keys.player(i["user_id"]).event_marks(
+        f"backend:{backend}"), [i["event_id"]]) for i in batch)
     assert removed == len(batch)  # the markers were there, and now they are gone
 
 

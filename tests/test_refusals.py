@@ -20,6 +20,7 @@ import pytest
 from scoreboard import action_tokens
 from scoreboard.embedded import EmbeddedRedis
 from scoreboard.jwt_tokens import JWTAuthority
+from scoreboard.keys import Keys
 from scoreboard.signing_keys import load_action_keys, load_jwt_keys
 from tests.conftest import Api, Player
 from tests.servers import Backing, fresh_name, ingest_server
@@ -317,6 +318,35 @@ def test_replayed_action_token_gets_the_original_answer(api: Api, player: Player
     for _ in range(2):
         again = increment(api, player, {"action_token": token})
         assert (again.status_code, again.json()) == (202, first.json())
+    assert stream_length() == before
+
+
+def test_retry_after_the_token_expired_still_gets_the_original_answer(
+        api: Api, player: Player, backing: Backing, redis_client: Any, keys: Keys,
+        stream_length: Any) -> None:
+    """A token accepted while valid and sent again once expired (a slow client's
+    retry) is answered with its 202 and event id from the mark, nothing written;
+    an expired token that was never accepted stays 403."""
+    key_id, key = list(load_action_keys(backing.action_keys_file).items())[-1]
+    issued_ms = int(time.time() * 1000) - 57_000  # expires in 3 s (TTL 60 s)
+
+    def token_of(nonce: str) -> str:
+        # as POST /api/actions/token issues it: signed, and its nonce recorded
+        redis_client.set(keys.player(player.user_id).action_token(nonce), player.user_id,
+                         px=10_000)
+        return action_tokens.encode(action_tokens.ActionToken(
+            user_id=player.user_id, board="global", action="play", issued_ms=issued_ms,
+            nonce=nonce, key_id=key_id), key)
+
+    accepted_in_time, never_sent = token_of(secrets.token_hex(16)), token_of(secrets.token_hex(16))
+    first = increment(api, player, {"action_token": accepted_in_time})
+    assert first.status_code == 202, first.text
+    time.sleep(max(0.0, (issued_ms + 60_500) / 1000 - time.time()))
+    before = stream_length()
+    again = increment(api, player, {"action_token": accepted_in_time})
+    assert (again.status_code, again.json()) == (202, first.json())
+    assert_error(increment(api, player, {"action_token": never_sent}), 403,
+                 "action_token_expired")
     assert stream_length() == before
 
 

@@ -35,7 +35,7 @@ def test_unsharded_names_are_unchanged() -> None:
 def test_a_players_keys_share_its_shards_slot() -> None:
     keys = Keys("sb", shards=3, cluster=True)
     player = keys.player("u1")
-    names = [player.banned("u1"), player.action_token("n"), player.event("e", "player"),
+    names = [player.banned("u1"), player.action_token("n"), player.event_marks("player") + "1",
              player.user_rate("increment", "u1"), player.stream, player.fraud_stream,
              player.revoked_jti("j"), player.recent_actions("u1")]
     assert len({key_slot(name.encode()) for name in names}) == 1

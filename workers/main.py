@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 SETTINGS = load_settings()
 KEYS = SETTINGS.keys
 SHUTDOWN_GRACE_S = 30
+RECONCILE_MINUTES = jobs.reconcile_minutes(SETTINGS.board_reconcile_minutes)
 EXIT_CONSUMER_DIED = 70
 
 
@@ -157,8 +158,7 @@ class WorkerSettings:
     cron_jobs: ClassVar = [
         cron(jobs.ensure_partitions, hour={0, 12}, minute={5}, run_at_startup=False),
         cron(jobs.trim_stream, second={15}),
-        *([cron(jobs.reconcile_boards, minute=minutes)]
-          if (minutes := jobs.reconcile_minutes(SETTINGS.board_reconcile_minutes)) else []),
+        *([cron(jobs.reconcile_boards, minute=RECONCILE_MINUTES)] if RECONCILE_MINUTES else []),
         cron(jobs.score_velocity_job, minute={2}),
         cron(jobs.anomaly_job, second={50}, timeout=600),
         cron(jobs.restore_restrictions_job, minute={20}),
