@@ -17,7 +17,7 @@ of a thousand ``SET ... PX``, which were about half of Redis's cost per
 increment, and a member costs Redis less memory than a key with an expiry
 (BENCHMARKS.md, "Ingest"). A window's SET is large at high rates: Redis frees
 it in the background when ``lazyfree-lazy-expire`` is on (the embedded Redis
-sets it; README, "Deploying").
+sets it; README, "Guarantees and where they come from").
 """
 
 from __future__ import annotations
