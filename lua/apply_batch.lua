@@ -1,6 +1,6 @@
 -- apply_batch.lua: the Redis side of one persisted batch, in one call.
 --
--- Sets every board's totals (apply_total in lib/board.lua: compare-and-set on
+-- Sets every board's totals (apply_totals in lib/board.lua: compare-and-set on
 -- the version), keeps the username map and the set of boards, bumps each
 -- touched board's revision, acknowledges the batch's entries and announces
 -- each board's change. One script rather than a MULTI of one script per
@@ -35,22 +35,33 @@ local boards, totals, ack = batch.boards, batch.totals, batch.ack
 local first_user_key = 4 + 3 * #boards
 local CHUNK = 500  -- arguments per unpack(), well inside Lua's C stack
 
-local changed = 0
+-- Unsharded, the users' banned keys: looked up one by one only when one exists.
+local any_hidden = false
+if not batch.hidden and #totals > 0 then
+  local hidden_keys = {}
+  for k = first_user_key, #KEYS do hidden_keys[#hidden_keys + 1] = KEYS[k] end
+  any_hidden = existing(hidden_keys) > 0
+end
+local per_board = {}
+for b = 1, #boards do per_board[b] = {} end
 local names = {}
 for i, t in ipairs(totals) do
-  local b = 4 + 3 * t[1]
-  local k = first_user_key + 2 * (i - 1)
   local hidden
   if batch.hidden then hidden = batch.hidden[i] == 1
-  else hidden = redis.call('EXISTS', KEYS[k], KEYS[k + 1]) > 0 end
-  changed = changed + apply_total(KEYS[b], KEYS[b + 1], hidden, t[2], tonumber(t[3]),
-                                  tonumber(t[4]), tonumber(t[5]))
+  elseif any_hidden then
+    local k = first_user_key + 2 * (i - 1)
+    hidden = redis.call('EXISTS', KEYS[k], KEYS[k + 1]) > 0
+  else hidden = false end
+  local own = per_board[t[1] + 1]
+  own[#own + 1] = {t[2], tonumber(t[3]), tonumber(t[4]), tonumber(t[5]), hidden}
   names[#names + 1] = t[2]
   names[#names + 1] = t[6]
 end
-for i = 1, #names, 2 * CHUNK do
-  redis.call('HSET', usernames_key, unpack(names, i, math.min(i + 2 * CHUNK - 1, #names)))
+local changed = 0
+for b = 0, #boards - 1 do
+  changed = changed + apply_totals(KEYS[4 + 3 * b], KEYS[5 + 3 * b], per_board[b + 1])
 end
+chunked('HSET', usernames_key, names, 2)
 if #boards > 0 then redis.call('SADD', boards_key, unpack(boards)) end
 for b = 0, #boards - 1 do redis.call('INCR', KEYS[6 + 3 * b]) end
 for i = 1, #ack, CHUNK do

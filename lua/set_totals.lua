@@ -1,5 +1,5 @@
 -- set_totals.lua: set users' totals on one board, each only if newer
--- (apply_total in lib/board.lua). Used to reconcile and rebuild a board; a
+-- (apply_totals in lib/board.lua). Used to reconcile and rebuild a board; a
 -- worker's batch goes through apply_batch.lua.
 --
 -- KEYS[1] board ZSET   KEYS[2] board entries HASH
@@ -13,13 +13,21 @@
 local board_key, entries_key = KEYS[1], KEYS[2]
 local sharded = #KEYS == 2
 local stride = sharded and 5 or 4
-local changed = 0
-for i = 0, #ARGV / stride - 1 do
+local count = #ARGV / stride
+-- Unsharded, the users' banned keys: looked up one by one only when one exists.
+local any_hidden = false
+if not sharded and count > 0 then
+  local hidden_keys = {}
+  for k = 3, #KEYS do hidden_keys[k - 2] = KEYS[k] end
+  any_hidden = existing(hidden_keys) > 0
+end
+local items = {}
+for i = 0, count - 1 do
   local a = stride * i + 1
   local hidden
   if sharded then hidden = ARGV[a + 4] == '1'
-  else hidden = redis.call('EXISTS', KEYS[3 + 2 * i], KEYS[4 + 2 * i]) > 0 end
-  changed = changed + apply_total(board_key, entries_key, hidden, ARGV[a], tonumber(ARGV[a + 1]),
-                                  tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]))
+  else hidden = any_hidden and redis.call('EXISTS', KEYS[3 + 2 * i], KEYS[4 + 2 * i]) > 0 end
+  items[i + 1] = {ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
+                  hidden}
 end
-return changed
+return apply_totals(board_key, entries_key, items)

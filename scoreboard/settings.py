@@ -167,9 +167,8 @@ class Settings:
     worker_batch_max: int = 1000
     # Batches of one consumer in Postgres at once, each on a connection of its own
     # (workers/consumer.py); 1 persists one batch after the other. 2 measured
-    # faster (BENCHMARKS.md, "Two batches in flight per worker") but stays opt-in
-    # until a CI failure seen with it (docs/decisions.md, "Worker") is understood.
-    worker_in_flight: int = 1
+    # faster (BENCHMARKS.md, "Two batches in flight per worker").
+    worker_in_flight: int = 2
     worker_block_ms: int = 1000
     claim_idle_ms: int = 30_000
     max_deliveries: int = 5

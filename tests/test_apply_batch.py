@@ -83,3 +83,40 @@ def test_totals_acks_and_notices_in_one_call_and_a_stale_replay_changes_nothing(
             notices.append(message["data"])
     pubsub.close()
     assert notices == ["global", "weekly", "global"]
+
+
+def test_a_batch_past_one_chunk_applies_each_total_as_one_by_one_would(
+        backing: Backing, redis_client: SyncRedis) -> None:
+    """1,200 totals in one call (the script works in chunks of 500): new users, newer
+    and older versions, a total down to 0, a banned user taken off, one user twice."""
+    keys = Keys(fresh_name("apply"))
+    earlier = datetime(2026, 1, 1, tzinfo=UTC)
+    first = [BoardTotal(board="global", user_id=f"u{i}", score=i + 1, reached_at=earlier,
+                        version=5, username=f"u{i}") for i in range(1_200)]
+    then = [total("global", f"u{i}", 1_000 + i, 6) for i in range(0, 1_200, 2)]  # newer
+    then += [total("global", f"u{i}", 7, 4) for i in range(1, 1_200, 4)]  # older: ignored
+    then += [total("global", "u3", 0, 9), total("global", "u5", 50, 7),
+             total("global", "u5", 40, 8)]  # u3 down to 0; u5 twice, 8 wins
+    redis_client.set(keys.banned("u7"), "1")
+
+    async def scenario() -> None:
+        client = backing.async_redis(decode_responses=True)
+        scripts = register_scripts(client)
+        try:
+            await apply_and_ack(client, scripts, keys, group="g", ack_ids=[], totals=first)
+            redis_client.set(keys.banned("u9"), "1")
+            await apply_and_ack(client, scripts, keys, group="g", ack_ids=[], totals=then)
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+    expected = {f"u{i}": (1_000 + i if i % 2 == 0 else i + 1) for i in range(1_200)}
+    del expected["u3"], expected["u7"], expected["u9"]
+    expected["u5"] = 40
+    assert board_totals(redis_client, keys, "global") == expected
+    members = dict(redis_client.zrange(keys.board("global"), 0, -1, withscores=True))
+    assert len(members) == len(expected)  # no user left with an old member beside the new
+    reached_ms = int(REACHED.timestamp() * 1000)
+    assert f"{reached_ms:013d}|u0" in members and f"{reached_ms:013d}|u5" in members
+    assert redis_client.hget(keys.board_entries("global"), "u5").startswith("8|")
+    assert redis_client.hget(keys.board_entries("global"), "u3") is None

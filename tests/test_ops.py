@@ -125,9 +125,9 @@ def test_metrics_endpoints_carry_the_named_series(backing: Backing, tmp_path: Pa
     assert value(worker, "scoreboard_worker_batch_seconds_count") >= 1
     assert value(worker, "scoreboard_redis_up") == 1
     assert value(worker, "scoreboard_postgres_up") == 1
-    # workers/main.py: a connection per batch in flight (WORKER_IN_FLIGHT, 1 by
+    # workers/main.py: a connection per batch in flight (WORKER_IN_FLIGHT, 2 by
     # default) on each shard's stream, and 3 for the fraud checks and the scheduled jobs
-    assert value(worker, "scoreboard_db_pool_max") == 3 + 1 * backing.redis_shards
+    assert value(worker, "scoreboard_db_pool_max") == 3 + 2 * backing.redis_shards
     # Spectators: one was connected and got at least two snapshots.
     assert value(broadcaster, "scoreboard_snapshots_sent_total") >= 2
     assert value(broadcaster, "scoreboard_snapshots_built_total") >= 1

@@ -40,7 +40,8 @@ def ingest_env(backing: Backing) -> dict[str, str]:
             # A token's marker must live as long as the token (the settings refuse less).
             "DEDUP_TTL_S": str(TOKEN_TTL_S),
             "INCREMENT_RATE": HIGH_RATE, "ACTION_TOKEN_RATE": HIGH_RATE, "IP_RATE": HIGH_RATE,
-            "AUTH_IP_RATE": HIGH_RATE, "TRUSTED_PROXIES": "127.0.0.1/32",
+            "AUTH_IP_RATE": HIGH_RATE, "BACKEND_RATE": HIGH_RATE,
+            "TRUSTED_PROXIES": "127.0.0.1/32",
             # The rapid-actions rule still runs (its ZSET work is in the script) but
             # never flags: a flagged player would fall to the reduced limit.
             "RAPID_MAX_ACTIONS": str(RAPID_MAX_ACTIONS)}

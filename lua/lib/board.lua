@@ -1,4 +1,4 @@
--- board.lua: the compare-and-set of one user's total on one board, shared by
+-- board.lua: compare-and-set of users' totals on one board, shared by
 -- set_totals.lua and apply_batch.lua (scoreboard/lua.py prepends it to them).
 --
 -- A board is a ZSET (score = -total, member = "<reached ms>|<user id>", see
@@ -8,34 +8,94 @@
 -- down (an action removed) still applies. A hidden (banned or shadow-banned)
 -- user is kept off the board, and taken off it if there.
 --
--- Returns 1 when the user's entry changed, else 0.
-local function apply_total(board_key, entries_key, hidden, user_id, total, reached, version)
-  local current = redis.call('HGET', entries_key, user_id)
-  local current_version, current_member = -1, nil
-  if current then
-    local sep = string.find(current, '|', 1, true)
-    current_version = tonumber(string.sub(current, 1, sep - 1))
-    current_member = string.sub(current, sep + 1)
+-- All the totals of one board go in a few calls (one HMGET, ZREM, ZADD, HSET
+-- and HDEL per chunk) rather than four or five per total: each redis.call
+-- costs more than the command it runs, and one per total made a worker's
+-- batch of 1,000 totals take about 23 ms of Redis (BENCHMARKS.md, "Worker").
+
+local BOARD_CHUNK = 500  -- values per unpack(), well inside Lua's C stack
+
+-- Run `command key` over `values` (a flat list), BOARD_CHUNK at a time;
+-- `step` keeps pairs together.
+local function chunked(command, key, values, step)
+  local size = BOARD_CHUNK * step
+  for first = 1, #values, size do
+    redis.call(command, key, unpack(values, first, math.min(#values, first + size - 1)))
   end
-  if hidden then
-    if current_member then
-      redis.call('ZREM', board_key, current_member)
-      redis.call('HDEL', entries_key, user_id)
-      return 1
+end
+
+-- How many of `keys` exist (a key listed twice counts twice), in chunks.
+local function existing(keys)
+  local found = 0
+  for first = 1, #keys, BOARD_CHUNK do
+    found = found + redis.call('EXISTS', unpack(keys, first, math.min(#keys, first + BOARD_CHUNK - 1)))
+  end
+  return found
+end
+
+-- `items`: a list of {user id, total, reached ms, version, hidden (boolean)}.
+-- A user listed twice keeps the newer version (what applying them one by one
+-- would leave). Returns how many users' entries changed.
+local function apply_totals(board_key, entries_key, given)
+  local items, at = {}, {}
+  for _, item in ipairs(given) do
+    local seen = at[item[1]]
+    if not seen then
+      items[#items + 1] = item
+      at[item[1]] = #items
+    elseif item[4] > items[seen][4] then
+      items[seen] = item
     end
-    return 0
   end
-  if version <= current_version then return 0 end
-  local member = string.format('%013d|%s', reached, user_id)
-  -- (a total down to 0 leaves the board even when its member is unchanged)
-  if current_member and (current_member ~= member or total <= 0) then
-    redis.call('ZREM', board_key, current_member)
+  local n = #items
+  if n == 0 then return 0 end
+  local users = {}
+  for i = 1, n do users[i] = items[i][1] end
+  local stored = {}
+  for first = 1, n, BOARD_CHUNK do
+    local last = math.min(n, first + BOARD_CHUNK - 1)
+    local got = redis.call('HMGET', entries_key, unpack(users, first, last))
+    for j = 1, last - first + 1 do stored[first + j - 1] = got[j] end
   end
-  if total > 0 then
-    redis.call('ZADD', board_key, -total, member)
-    redis.call('HSET', entries_key, user_id, string.format('%d|%s', version, member))
-  else
-    redis.call('HDEL', entries_key, user_id)
+  local removed, added, entries, dropped = {}, {}, {}, {}
+  local changed = 0
+  for i = 1, n do
+    local user_id, total, reached, version, hidden = unpack(items[i])
+    local current = stored[i]
+    local current_version, current_member = -1, nil
+    if current then
+      local sep = string.find(current, '|', 1, true)
+      current_version = tonumber(string.sub(current, 1, sep - 1))
+      current_member = string.sub(current, sep + 1)
+    end
+    if hidden then
+      if current_member then
+        removed[#removed + 1] = current_member
+        dropped[#dropped + 1] = user_id
+        changed = changed + 1
+      end
+    elseif version > current_version then
+      local member = string.format('%013d|%s', reached, user_id)
+      -- (a total down to 0 leaves the board even when its member is unchanged)
+      if current_member and (current_member ~= member or total <= 0) then
+        removed[#removed + 1] = current_member
+      end
+      if total > 0 then
+        added[#added + 1] = -total
+        added[#added + 1] = member
+        entries[#entries + 1] = user_id
+        entries[#entries + 1] = string.format('%d|%s', version, member)
+      else
+        dropped[#dropped + 1] = user_id
+      end
+      changed = changed + 1
+    end
   end
-  return 1
+  -- Members are "<reached>|<user id>": one user's old member is never another's
+  -- new one, so removing all before adding all is the same as one by one.
+  chunked('ZREM', board_key, removed, 1)
+  chunked('ZADD', board_key, added, 2)
+  chunked('HSET', entries_key, entries, 2)
+  chunked('HDEL', entries_key, dropped, 1)
+  return changed
 end
