@@ -37,10 +37,12 @@ async def marked(client: Any, prefix: str, event_ids: Sequence[str], *, now_ms: 
                  ttl_ms: int) -> list[bool]:
     """Whether each of ``event_ids`` is marked (one pipeline, two SMISMEMBER).
 
-    ``now_ms`` is this host's clock where the scripts read Redis's: within a few
-    ms of a window's edge the two may disagree on which window is current, and a
-    mark made just before the edge is then looked up one window late (still
-    found: the previous window is looked up too)."""
+    ``now_ms`` is this host's clock where the scripts read Redis's. Ahead of
+    Redis's, a mark is still found (the previous window is looked up too); behind
+    it by d ms, a mark made in the first d ms of a window is missed until this
+    clock passes the window's edge too. The callers look up marks made long
+    before (an expired token's retry) or send on to a script that checks again
+    (the sharded batch's count of new ids only sizes the limit's check)."""
     if not event_ids:
         return []
     current, previous = mark_windows(prefix, now_ms, ttl_ms)
