@@ -373,8 +373,9 @@ def report_phase(title: str, run: PhaseRun, f: Figures, check: Check, *, ours: b
     if run.markers is not None:
         alive, size = run.markers
         print(f"    dedup markers   {alive:,} alive after the run, {size:,.0f} bytes each "
-              "(MEMORY USAGE, mean of a sample); each lives DEDUP_TTL_S: at 1,000 accepted/s "
-              f"and the default 600 s, {1000 * 600 * size / 1e6:,.0f} MB")
+              "(MEMORY USAGE of their windows' SETs over their members); each lives one to two "
+              "DEDUP_TTL_S (scoreboard/dedup_marks.py): at 1,000 accepted/s and the default "
+              f"600 s, {1000 * 600 * size / 1e6:,.0f}-{2 * 1000 * 600 * size / 1e6:,.0f} MB")
     if f.persisted_per_s is not None:
         print(f"  persisted/s       {f.persisted_per_s:,.0f} (rows in actions: {f.rows_start:,} "
               f"at the window's start, {f.rows_end:,} at its end)")
