@@ -7,12 +7,15 @@
 -- board: one round trip with no SCRIPT EXISTS before it, a few arguments
 -- instead of several per total, and if Redis answers NOSCRIPT nothing at all
 -- has run (in a MULTI the XACK would have gone through without the boards).
+-- The users' banned keys are built here from two prefixes (as in batch.lua:
+-- they carry the call's tag, so the keys are in its slot): two key names per
+-- total cost the worker more to build and send than the script spends on them.
 --
 -- KEYS[1] stream   KEYS[2] usernames HASH   KEYS[3] boards SET
 -- KEYS[4 + 3b], KEYS[5 + 3b], KEYS[6 + 3b] board b's ZSET, entries HASH and
 --   revision (b from 0, in the order of the "boards" list below)
--- KEYS[f + 2i], KEYS[f + 2i + 1] banned and shadow-banned keys of total i,
---   f = 4 + 3 * number of boards
+-- KEYS[f], KEYS[f + 1] banned and shadow-banned key prefixes (a user's key is
+--   the prefix .. user id), f = 4 + 3 * number of boards; unsharded only
 -- ARGV[1] consumer group   ARGV[2] change-notice channel
 -- ARGV[3] JSON {"boards": [name, ...],
 --               "totals": [[board index (from 0), user id, total, reached ms, version,
@@ -21,7 +24,7 @@
 --               "trace": W3C traceparent (optional; tracing on),
 --               "hidden": [0 or 1, ...] (sharded only, one per total: whether its user
 --                 is banned or shadow-banned, read in the player's slot beforehand;
---                 the banned and shadow-banned keys are then not passed, "ack" is
+--                 the banned and shadow-banned prefixes are then not passed, "ack" is
 --                 empty and KEYS[1] is not touched: the caller XACKs in the
 --                 stream's slot after this call)}
 --   The notice is the board's name, followed by "\n" and the traceparent when
@@ -32,14 +35,17 @@ local stream_key, usernames_key, boards_key = KEYS[1], KEYS[2], KEYS[3]
 local group, channel = ARGV[1], ARGV[2]
 local batch = cjson.decode(ARGV[3])
 local boards, totals, ack = batch.boards, batch.totals, batch.ack
-local first_user_key = 4 + 3 * #boards
+local banned_prefix, shadow_prefix = KEYS[4 + 3 * #boards], KEYS[5 + 3 * #boards]
 local CHUNK = 500  -- arguments per unpack(), well inside Lua's C stack
 
 -- Unsharded, the users' banned keys: looked up one by one only when one exists.
 local any_hidden = false
 if not batch.hidden and #totals > 0 then
   local hidden_keys = {}
-  for k = first_user_key, #KEYS do hidden_keys[#hidden_keys + 1] = KEYS[k] end
+  for _, t in ipairs(totals) do
+    hidden_keys[#hidden_keys + 1] = banned_prefix .. t[2]
+    hidden_keys[#hidden_keys + 1] = shadow_prefix .. t[2]
+  end
   any_hidden = existing(hidden_keys) > 0
 end
 local per_board = {}
@@ -49,8 +55,7 @@ for i, t in ipairs(totals) do
   local hidden
   if batch.hidden then hidden = batch.hidden[i] == 1
   elseif any_hidden then
-    local k = first_user_key + 2 * (i - 1)
-    hidden = redis.call('EXISTS', KEYS[k], KEYS[k + 1]) > 0
+    hidden = redis.call('EXISTS', banned_prefix .. t[2], shadow_prefix .. t[2]) > 0
   else hidden = false end
   local own = per_board[t[1] + 1]
   own[#own + 1] = {t[2], tonumber(t[3]), tonumber(t[4]), tonumber(t[5]), hidden}

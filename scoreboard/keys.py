@@ -111,7 +111,7 @@ class Keys:
     def banned_prefix(self) -> str:
         """``banned(user_id)`` is this followed by the user id, on an unsharded ``Keys``
         or a shard's view, where every player's tag is ``tag`` (``lua/batch.lua``
-        builds the keys from it)."""
+        and ``lua/apply_batch.lua`` build the keys from it)."""
         return f"{self.tag}:banned:"
 
     def flagged(self, user_id: str) -> str:
@@ -133,6 +133,12 @@ class Keys:
     def shadow_banned(self, user_id: str) -> str:
         """Exists while the user is hidden from boards but not told so."""
         return f"{self._user_tag(user_id)}:shadow-banned:{user_id}"
+
+    @property
+    def shadow_banned_prefix(self) -> str:
+        """``shadow_banned(user_id)`` is this followed by the user id, where every
+        player's tag is ``tag`` (as :attr:`banned_prefix`)."""
+        return f"{self.tag}:shadow-banned:"
 
     def recent_actions(self, user_id: str) -> str:
         """ZSET of the user's accepted increments in the rapid-actions window."""

@@ -366,7 +366,8 @@ class ApplyBatchScript(TypedScript):
                        ack_ids: Sequence[str], traceparent: str = "",
                        hidden: Sequence[bool] | None = None) -> int:
         """The totals travel as one JSON argument: packing three arguments per total
-        into the command cost the worker more CPU than Redis spends on the script.
+        into the command cost the worker more CPU than Redis spends on the script;
+        for the same reason the users' banned keys are built in the script.
         A ``traceparent`` is appended to each notice (``board\ntraceparent``).
         ``hidden`` (sharded: one per total, read in the players' slot) replaces the
         users' banned keys, and nothing is acknowledged (``ack_ids`` must be empty;
@@ -381,12 +382,10 @@ class ApplyBatchScript(TypedScript):
         for board in boards:
             script_keys += [keys.board(board), keys.board_entries(board),
                             keys.board_revision(board)]
-        rows = []
-        for total in totals:
-            if hidden is None:
-                script_keys += [keys.banned(total.user_id), keys.shadow_banned(total.user_id)]
-            rows.append([index[total.board], total.user_id, total.score,
-                         epoch_ms(total.reached_at), total.version, total.username])
+        if hidden is None:
+            script_keys += [keys.banned_prefix, keys.shadow_banned_prefix]
+        rows = [[index[total.board], total.user_id, total.score, epoch_ms(total.reached_at),
+                 total.version, total.username] for total in totals]
         batch: dict[str, Any] = {"boards": boards, "totals": rows, "ack": list(ack_ids)}
         if hidden is not None:
             if ack_ids:
