@@ -103,15 +103,18 @@ def run(settings: Settings) -> int:
         running_file = _running_file(ready)
         running_file.write_bytes(orjson.dumps({"redis_url": ready.redis_url,
                                                "database_url": ready.database_url}))
-        # honcho gets the terminal's Ctrl-C itself and stops the processes; we
-        # wait for it and only then stop the servers they were using. A stop
-        # asked for (Ctrl-C, SIGTERM) is a clean exit; a process dying is not.
+        # honcho stops the processes on a stop signal (a terminal's Ctrl-C reaches
+        # it directly; one sent to this process alone is passed on: honcho stops
+        # once however often it is asked); we wait for it and only then stop the
+        # servers they were using. A stop asked for (SIGINT, SIGTERM) is a clean
+        # exit; a process dying is not.
         stop_requested = False
+        child: subprocess.Popen[bytes] | None = None
 
-        def on_stop(signum: int, _frame: object) -> None:
+        def on_stop(_signum: int, _frame: object) -> None:
             nonlocal stop_requested
             stop_requested = True
-            if signum == signal.SIGTERM:
+            if child is not None and child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
         previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -119,6 +122,8 @@ def run(settings: Settings) -> int:
             child = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f",
                                       str(_supervised_procfile(ready)), "-d", str(PROJECT_DIR)],
                                      env=env)
+            if stop_requested:  # asked before honcho was there to be told
+                child.send_signal(signal.SIGTERM)
             status = child.wait()
             return 0 if stop_requested else status
         finally:

@@ -92,8 +92,12 @@ def test_run_starts_everything_persists_and_stops_cleanly(tmp_path: Path) -> Non
         assert (data_dir / path).exists(), path
 
     # Second run on the same folder: same keys, same data; the account still logs in.
+    # Stopped by a SIGINT to the run process alone (kill -INT, a process manager),
+    # not to its whole group as a terminal's Ctrl-C: it still stops everything.
     with _running(data_dir, port, log) as process:
         _wait_ready(url, process, log)
         login = httpx.post(url + "/api/auth/login", json=credentials)
         assert login.status_code == 200
-        assert _stop(process) == 0
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert not _port_open(port)
