@@ -36,7 +36,6 @@ local group, channel = ARGV[1], ARGV[2]
 local batch = cjson.decode(ARGV[3])
 local boards, totals, ack = batch.boards, batch.totals, batch.ack
 local banned_prefix, shadow_prefix = KEYS[4 + 3 * #boards], KEYS[5 + 3 * #boards]
-local CHUNK = 500  -- arguments per unpack(), well inside Lua's C stack
 
 -- Unsharded, the users' banned keys: looked up one by one only when one exists.
 local any_hidden = false

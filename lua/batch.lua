@@ -67,7 +67,6 @@ for i = 1, n do
   banned_keys[i] = banned_prefix .. sub(item, after_event + 1, after_user - 1)
 end
 
-local CHUNK = 500
 local now = now_ms()
 local marks_now, marks_before, marks_ttl = mark_windows(mark_prefix, now, dedup_ttl)
 -- marked[i]: event i is in one of the two windows
@@ -80,13 +79,7 @@ for first = 1, n, CHUNK do
     marked[first + j - 1] = in_now[j] == 1 or in_before[j] == 1
   end
 end
-local any_banned = false
-for first = 1, n, CHUNK do
-  if redis.call('EXISTS', unpack(banned_keys, first, math.min(n, first + CHUNK - 1))) > 0 then
-    any_banned = true
-    break
-  end
-end
+local any_banned = existing(banned_keys) > 0
 
 local fresh, refused, seen = {}, {}, {}
 local duplicates = 0
@@ -113,9 +106,7 @@ if new_tat then gcra_commit(rate_key, now, new_tat) end
 if #fresh > 0 then
   local fresh_ids = {}
   for j, i in ipairs(fresh) do fresh_ids[j] = event_ids[i] end
-  for first = 1, #fresh_ids, CHUNK do
-    redis.call('SADD', marks_now, unpack(fresh_ids, first, math.min(#fresh_ids, first + CHUNK - 1)))
-  end
+  chunked('SADD', marks_now, fresh_ids, 1)
   redis.call('PEXPIRE', marks_now, marks_ttl)
 end
 -- What every entry of this call shares: source \31 ts \31 ip \31 request_id.

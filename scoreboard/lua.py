@@ -38,8 +38,8 @@ from scoreboard.script_calls import (
 LUA_DIR = Path(__file__).parent / "lua_scripts"
 PRELUDE = LUA_DIR / "lib" / "gcra.lua"
 # Scripts that share code besides the prelude, and the ``lua/lib/`` files they use.
-LIBRARIES = {"set_totals": ("board",), "apply_batch": ("board",), "increment": ("marks",),
-             "batch": ("marks",)}
+LIBRARIES = {"set_totals": ("chunks", "board"), "apply_batch": ("chunks", "board"),
+             "increment": ("marks",), "batch": ("marks", "chunks")}
 
 
 def script_source(name: str) -> str:

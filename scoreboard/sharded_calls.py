@@ -88,15 +88,16 @@ def items_by_shard(keys: Keys, items: Sequence[BatchItem]) -> dict[int, list[Bat
 
 
 async def new_increments(client: Any, keys: Keys, backend_id: str,
-                         items: Sequence[BatchItem], *, dedup_ttl_ms: int) -> int:
-    """How many of the batch's event ids are new (not marked yet, first in the
-    batch): what the backend's limit is checked against, as on a single node,
-    where duplicates cost nothing. The marks of each shard (its players' slot)
-    are looked up together."""
+                         parts: dict[int, list[BatchItem]], *, dedup_ttl_ms: int) -> int:
+    """How many of the batch's event ids (``parts``: its items by shard,
+    :func:`items_by_shard`) are new (not marked yet, first in their part): what
+    the backend's limit is checked against, as on a single node, where duplicates
+    cost nothing. The marks of each shard (its players' slot) are looked up
+    together."""
     source = f"backend:{backend_id}"
     now_ms = int(time.time() * 1000)
     new = 0
-    for shard, part in items_by_shard(keys, items).items():
+    for shard, part in parts.items():
         distinct = list(dict.fromkeys(item.event_id for item in part))
         found = await marked(client, keys.shard(shard).event_marks(source), distinct,
                              now_ms=now_ms, ttl_ms=dedup_ttl_ms)
@@ -109,14 +110,15 @@ async def batch(scripts: Scripts, client: Any, keys: Keys, *, backend_id: str, j
     if not keys.sharded:
         return await scripts.batch(keys, backend_id=backend_id, jti=jti, rate=rate,
                                    items=items, **common)
-    cost = await new_increments(client, keys, backend_id, items,
+    parts = items_by_shard(keys, items)
+    cost = await new_increments(client, keys, backend_id, parts,
                                 dedup_ttl_ms=common["dedup_ttl_ms"])
     gate = await scripts.backend_gate(keys, backend_id=backend_id, jti=jti, rate=rate,
                                       cost=cost)
     if gate.reason != "ok":
         return BatchReply(gate.reason, gate.retry_after_ms, 0, 0, [])
     accepted, duplicates, refused = 0, 0, []
-    for shard, part in items_by_shard(keys, items).items():
+    for shard, part in parts.items():
         reply = await scripts.batch(keys, backend_id=backend_id, jti=jti, rate=rate,
                                     items=part, shard=shard, **common)
         accepted += reply.accepted

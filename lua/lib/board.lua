@@ -1,5 +1,6 @@
 -- board.lua: compare-and-set of users' totals on one board, shared by
--- set_totals.lua and apply_batch.lua (scoreboard/lua.py prepends it to them).
+-- set_totals.lua and apply_batch.lua (scoreboard/lua.py prepends it to them,
+-- after lib/chunks.lua, whose `chunked` and `existing` it uses).
 --
 -- A board is a ZSET (score = -total, member = "<reached ms>|<user id>", see
 -- scoreboard/ranking.py) plus a HASH user id -> "<version>|<member>". A total is
@@ -12,26 +13,6 @@
 -- and HDEL per chunk) rather than four or five per total: each redis.call
 -- costs more than the command it runs, and one per total made a worker's
 -- batch of 1,000 totals take about 23 ms of Redis (BENCHMARKS.md, "Worker").
-
-local BOARD_CHUNK = 500  -- values per unpack(), well inside Lua's C stack
-
--- Run `command key` over `values` (a flat list), BOARD_CHUNK at a time;
--- `step` keeps pairs together.
-local function chunked(command, key, values, step)
-  local size = BOARD_CHUNK * step
-  for first = 1, #values, size do
-    redis.call(command, key, unpack(values, first, math.min(#values, first + size - 1)))
-  end
-end
-
--- How many of `keys` exist (a key listed twice counts twice), in chunks.
-local function existing(keys)
-  local found = 0
-  for first = 1, #keys, BOARD_CHUNK do
-    found = found + redis.call('EXISTS', unpack(keys, first, math.min(#keys, first + BOARD_CHUNK - 1)))
-  end
-  return found
-end
 
 -- `items`: a list of {user id, total, reached ms, version, hidden (boolean)}.
 -- A user listed twice keeps the newer version (what applying them one by one
@@ -52,8 +33,8 @@ local function apply_totals(board_key, entries_key, given)
   local users = {}
   for i = 1, n do users[i] = items[i][1] end
   local stored = {}
-  for first = 1, n, BOARD_CHUNK do
-    local last = math.min(n, first + BOARD_CHUNK - 1)
+  for first = 1, n, CHUNK do
+    local last = math.min(n, first + CHUNK - 1)
     local got = redis.call('HMGET', entries_key, unpack(users, first, last))
     for j = 1, last - first + 1 do stored[first + j - 1] = got[j] end
   end
