@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scoreboard.keys import Keys
-from scoreboard.stream_entry import StreamEntry, parse_entry
+from scoreboard.stream_entry import StreamEntry, pack_context, pack_item, parse_entry
 from scoreboard.stream_trim import stream_id_key
 
 GROUP = "persisters"
@@ -52,14 +52,15 @@ class Workload:
         return len(self.user_of)
 
     def fields(self, index: int) -> dict[str, str]:
-        """Entry ``index`` as a game backend's batch would have put it in the stream:
-        ten entries per ms (the backlog of a busy ingest), one request per 100."""
+        """Entry ``index`` as a game backend's batch puts it in the stream (the packed
+        form ``lua/batch.lua`` writes): ten entries per ms (the backlog of a busy
+        ingest), one request per 100."""
         user = self.user_of[index]
-        return {"event_id": f"bench-{self.run_id}-{index}", "user_id": f"player-{user:05d}",
-                "username": f"Player {user}", "board": BOARDS[self.board_of[index]],
-                "points": str(self.points_of[index]), "source": "backend:bench-worker",
-                "ts": str(self.ts_ms + index // 10), "ip": "127.0.0.1",
-                "request_id": f"req-{self.run_id}-{index // 100}"}
+        return {"item": pack_item(f"bench-{self.run_id}-{index}", f"player-{user:05d}",
+                                  BOARDS[self.board_of[index]], self.points_of[index],
+                                  f"Player {user}"),
+                "context": pack_context("backend:bench-worker", self.ts_ms + index // 10,
+                                        "127.0.0.1", f"req-{self.run_id}-{index // 100}")}
 
     def expected_totals(self) -> dict[tuple[str, str], int]:
         totals: dict[tuple[str, str], int] = {}

@@ -45,6 +45,12 @@ def pack_item(event_id: str, user_id: str, board: str, points: int, username: st
     return f"{event_id}\x1f{user_id}\x1f{board}\x1f{points}\x1f{username}"
 
 
+def pack_context(source: str, ts_ms: int, ip: str, request_id: str) -> str:
+    """What every entry of one batch shares, as ``lua/batch.lua`` writes it (field
+    ``context``)."""
+    return f"{source}\x1f{ts_ms}\x1f{ip}\x1f{request_id}"
+
+
 def unpacked(fields: dict[str, str]) -> dict[str, str]:
     """The fields of a packed entry (``item``, ``context``) as separate ones; an entry
     of the plain form as it is. ``ValueError`` when a packed field has too few parts."""
@@ -83,7 +89,7 @@ def parse_entry(stream_id: str, fields: dict[str, str]) -> StreamEntry:
     """Build an entry from its stream fields (either form); ``ValueError`` names what
     is wrong."""
     if "item" in fields:
-        fields = unpacked(fields)
+        return _parse_packed(stream_id, fields)
     try:
         entry = StreamEntry(stream_id, fields["event_id"], fields["user_id"],
                             fields["username"], fields["board"], int(fields["points"]),
@@ -92,6 +98,26 @@ def parse_entry(stream_id: str, fields: dict[str, str]) -> StreamEntry:
     except KeyError:
         missing = [name for name in FIELDS if name not in fields]
         raise ValueError(f"missing fields: {', '.join(missing)}") from None
+    except ValueError:
+        raise ValueError("points and ts must be integers") from None
+    if entry.points <= 0:
+        raise ValueError("points must be positive")
+    return entry
+
+
+def _parse_packed(stream_id: str, fields: dict[str, str]) -> StreamEntry:
+    """:func:`parse_entry` of the packed form, split straight into the entry: a
+    worker parses a thousand of these per batch, and going through
+    :func:`unpacked`'s dict cost a third of the parse."""
+    item = fields["item"].split(SEPARATOR, len(ITEM_FIELDS) - 1)
+    context = fields.get("context", "").split(SEPARATOR, len(CONTEXT_FIELDS) - 1)
+    if len(item) != len(ITEM_FIELDS) or len(context) != len(CONTEXT_FIELDS):
+        raise ValueError("packed item or context has too few parts")
+    event_id, user_id, board, points, username = item
+    source, ts, ip, request_id = context
+    try:
+        entry = StreamEntry(stream_id, event_id, user_id, username, board, int(points),
+                            source, int(ts), ip, request_id, fields.get("traceparent", ""))
     except ValueError:
         raise ValueError("points and ts must be integers") from None
     if entry.points <= 0:
