@@ -16,6 +16,14 @@ One run gives two figures on the same Redis, and their ratio:
    and arguments of the same shape, so HTTP/raw says how much of one Redis
    core one ingest process can use.
 
+The increment's windows alternate with those of the anchor, a bare Starlette
+route on the same stack (``loadtest.ingest_anchor``), and of the action-token
+endpoint: ``--rounds`` rounds of bare, increment, token. Each part's figure
+pools its rounds and is divided by the bare route's pooled rate; each round's
+own ratio is printed beside it. On a shared machine whose speed moves by a
+factor of two within a minute, one window of each in turn compared moments,
+not code.
+
 The client runs in a process of its own (``loadtest.load_generator``; its
 docstring says why it is not httpx by default): the machine this was written
 on has 2 cores, shared by ingest, Redis and the client. The report gives,
@@ -187,8 +195,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="batches in flight (4)")
     parser.add_argument("--skip-anchor", action="store_true",
                         help="no token part and no bare Starlette route")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of bare route, increment and token windows, in turn "
+                             "(3): each ratio pools the rounds, so a machine that speeds "
+                             "up or slows down during the run weighs on both sides")
     args = parser.parse_args(argv)
     check_load_options(parser, args)
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be 1..20")
     if not 1_000 <= args.raw_keys <= 50_000_000 or args.raw_requests < 1:
         parser.error("--raw-keys must be 1000..50000000 and --raw-requests positive")
     return args
@@ -226,12 +240,35 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
         players = asyncio.run(create_players(url, args.players))
         print("fetching action tokens…", flush=True)
-        requests, token_rate = prepare_requests(url, players, args)
-        print(f"{len(requests):,} tokens ready; driving increments for {args.warmup:g} + "
-              f"{args.duration:g} s…", flush=True)
+        requests, token_rate = prepare_requests(url, players, args, windows=args.rounds)
+        fetched = len(requests)
+        print(f"{fetched:,} tokens ready", flush=True)
         client = stack.enter_context(contextlib.closing(redis.Redis.from_url(backing.redis_url)))
         settle_redis(client, rewrite=True)
-        http = run_load(args, root, url, ingest_pid, backing.redis_url, requests)
+        bare_url = bare_pid = None
+        if not args.skip_anchor:
+            bare_url, bare_pid = stack.enter_context(uvicorn_process(
+                "loadtest.ingest_anchor:bare_app", env, root / "bare.log",
+                ready_path="/healthz", what="the bare route", options=INGEST_OPTIONS))
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for number in range(1, args.rounds + 1):
+            parts: dict[str, dict[str, Any]] = {}
+            if bare_url is not None and bare_pid is not None:
+                print(f"round {number}: the bare Starlette route…", flush=True)
+                parts["bare"] = run_load(args, root, bare_url, bare_pid, backing.redis_url,
+                                         requests, cycle=True)
+            print(f"round {number}: POST {INCREMENT_PATH} ({args.warmup:g} + "
+                  f"{args.duration:g} s)…", flush=True)
+            parts["increment"] = run_load(args, root, url, ingest_pid, backing.redis_url,
+                                          requests)
+            del requests[:sent(parts["increment"])]  # each action token is used once
+            if bare_url is not None:
+                print(f"round {number}: POST /api/actions/token…", flush=True)
+                parts["token"] = run_load(args, root, url, ingest_pid, backing.redis_url,
+                                          token_requests(players, len(players)),
+                                          path="/api/actions/token", cycle=True)
+            rounds.append(parts)
+        http = pooled([parts["increment"] for parts in rounds])
         xlen = stream_length(client, Keys(backing.key_prefix))
         raw = None
         if benchmark_binary is not None and not args.skip_raw:
@@ -239,9 +276,10 @@ def run(args: argparse.Namespace) -> int:
             raw = run_raw(benchmark_binary, backing.redis_url, load_settings(env), raw_prefix,
                           requests=args.raw_requests, keyspace=args.raw_keys,
                           clients=args.raw_clients or args.concurrency)
-        ok = report(args, backing, background, len(players), len(requests), token_rate, http,
-                    xlen, raw)
-        run_anchor_parts(args, root, env, backing, url, ingest_pid, players, requests, http)
+        ok = report(args, backing, background, len(players), fetched,
+                    token_rate, http, xlen, raw)
+        batches = run_batch_part(args, root, backing, url, ingest_pid)
+        report_ratios(args, rounds, batches)
         print("stopping the processes started…", flush=True)
     return 0 if ok else 1
 
@@ -249,41 +287,65 @@ def run(args: argparse.Namespace) -> int:
 BATCH_WINDOW_S = 5.0  # 100,000 increments/s for 6 s is 600 batches of 1,000: ~45 MB of JSON
 
 
-def run_anchor_parts(args: argparse.Namespace, root: Path, env: dict[str, str],
-                     backing: Backing, url: str, ingest_pid: int,
-                     players: list[dict[str, str]],
-                     requests: list[tuple[dict[str, str], str]], http: dict[str, Any]) -> None:
-    """The action-token part, the batch part and the bare route, then the ratios."""
-    tokens = batches = bare = None
-    if not args.skip_anchor:
-        print("driving POST /api/actions/token…", flush=True)
-        tokens = run_load(args, root, url, ingest_pid, backing.redis_url,
-                          token_requests(players, len(players)), path="/api/actions/token",
-                          cycle=True)
-    if args.batches:
-        print(f"driving POST /api/scores/batch ({args.batches} batches of "
-              f"{args.batch_size})…", flush=True)
-        batches = run_load(args, root, url, ingest_pid, backing.redis_url,
-                           batch_requests(backend_headers(url, backing.database_url),
-                                          args.batches, args.batch_size),
-                           path="/api/scores/batch", concurrency=args.batch_concurrency,
-                           warmup_s=1, duration_s=min(args.duration, BATCH_WINDOW_S))
-    if not args.skip_anchor:
-        print("driving the bare Starlette route…", flush=True)
-        with uvicorn_process("loadtest.ingest_anchor:bare_app", env, root / "bare.log",
-                             ready_path="/healthz", what="the bare route",
-                             options=INGEST_OPTIONS) as (bare_url, pid):
-            bare = run_load(args, root, bare_url, pid, backing.redis_url, requests, cycle=True)
-    bare_rps = rate(bare) if bare is not None else None
+def sent(result: dict[str, Any]) -> int:
+    """Requests the load generator sent (each answered or awaited to the end)."""
+    return sum(result["total_statuses"].values())
+
+
+def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several windows of one part as one: their times, counts and CPU summed, their
+    latencies together."""
+    if len(results) == 1:
+        return results[0]
+    merged: dict[str, Any] = {"window_s": 0.0, "exhausted": False, "stuck": 0,
+                              "window_statuses": {}, "total_statuses": {},
+                              "latencies_ms": [], "cpu_s": {}}
+    for result in results:
+        merged["window_s"] += result["window_s"]
+        merged["exhausted"] |= result["exhausted"]
+        merged["stuck"] += result["stuck"]
+        merged["latencies_ms"] += result["latencies_ms"]
+        for field in ("window_statuses", "total_statuses", "cpu_s"):
+            for key, value in result[field].items():
+                merged[field][key] = merged[field].get(key, 0) + value
+    merged["latencies_ms"].sort()
+    return merged
+
+
+def run_batch_part(args: argparse.Namespace, root: Path, backing: Backing, url: str,
+                   ingest_pid: int) -> dict[str, Any] | None:
+    """Game-backend batches at full speed (an absolute target: no anchor of its own)."""
+    if not args.batches:
+        return None
+    print(f"driving POST /api/scores/batch ({args.batches} batches of "
+          f"{args.batch_size})…", flush=True)
+    return run_load(args, root, url, ingest_pid, backing.redis_url,
+                    batch_requests(backend_headers(url, backing.database_url),
+                                   args.batches, args.batch_size),
+                    path="/api/scores/batch", concurrency=args.batch_concurrency,
+                    warmup_s=1, duration_s=min(args.duration, BATCH_WINDOW_S))
+
+
+def report_ratios(args: argparse.Namespace, rounds: list[dict[str, dict[str, Any]]],
+                  batches: dict[str, Any] | None) -> None:
+    """Each part's rounds pooled, its ratio to the bare route's pooled rate, and the
+    ratio of each round alone (how much the machine moved during the run)."""
     print(f"\nSame run, same client ({args.client}, {args.concurrency} connections; batches "
-          f"{args.batch_concurrency}), {args.warmup:g} s warm-up, {args.duration:g} s window "
-          f"(batches: 1 s, at most {BATCH_WINDOW_S:g} s), access log at its default (on); CPU "
-          "is the server process's")
-    if bare is not None:
-        print(report_line("bare Starlette JSON route", bare, bare_rps))
-    if tokens is not None:
-        print(report_line("POST /api/actions/token", tokens, bare_rps))
-    print(report_line("POST /api/scores/increment", http, bare_rps))
+          f"{args.batch_concurrency}), {len(rounds)} rounds of {args.warmup:g} s warm-up + "
+          f"{args.duration:g} s window per part in turn (batches: once, 1 s + at most "
+          f"{BATCH_WINDOW_S:g} s), access log at its default (on); CPU is the server "
+          "process's")
+    labels = {"bare": "bare Starlette JSON route", "token": "POST /api/actions/token",
+              "increment": "POST /api/scores/increment"}
+    bare_rps = rate(pooled([r["bare"] for r in rounds])) if "bare" in rounds[0] else None
+    for part, label in labels.items():
+        if part not in rounds[0]:
+            continue
+        line = report_line(label, pooled([r[part] for r in rounds]), bare_rps)
+        if bare_rps and len(rounds) > 1:
+            line += "  (rounds: " + ", ".join(
+                f"{rate(r[part]) / rate(r['bare']):.2f}" for r in rounds) + ")"
+        print(line)
     if batches is not None:
         print(report_line(f"POST /api/scores/batch ({args.batch_size} each)", batches, None,
                           per=args.batch_size))

@@ -133,9 +133,9 @@ async def fetch_tokens(url: str, players: list[dict[str, str]], count: int,
     return requests, count / (time.perf_counter() - started)
 
 
-def prepare_requests(url: str, players: list[dict[str, str]], args: argparse.Namespace
-                     ) -> tuple[list[Request], float]:
-    """Enough tokens for warm-up + window. Unless ``args.tokens`` is given, the
+def prepare_requests(url: str, players: list[dict[str, str]], args: argparse.Namespace,
+                     windows: int = 1) -> tuple[list[Request], float]:
+    """Enough tokens for ``windows`` times warm-up + window. Unless ``args.tokens`` is given, the
     count comes from the rate of a first batch: issuing a token costs the
     server about what an increment does, so it predicts the increment rate;
     ``args.token_margin`` covers the difference (``args.max_tokens`` caps it),
@@ -143,7 +143,7 @@ def prepare_requests(url: str, players: list[dict[str, str]], args: argparse.Nam
     if args.tokens:
         return asyncio.run(fetch_tokens(url, players, args.tokens, args.concurrency))
     first, rate = asyncio.run(fetch_tokens(url, players, 3000, args.concurrency))
-    wanted = min(math.ceil(rate * (args.warmup + args.duration) * args.token_margin),
+    wanted = min(math.ceil(rate * (args.warmup + args.duration) * windows * args.token_margin),
                  args.max_tokens)
     if wanted <= len(first):
         return first, rate
