@@ -70,7 +70,10 @@ class ScriptBatcher:
         self.watchdog: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
 
-    async def call(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    def call(self, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Queue the call; the future is its reply. A plain function returning the
+        future rather than a coroutine: every coroutine between a request and its
+        reply is resumed once more when the reply comes (see ``CoalescedScript``)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self.queue.append((script, keys, args, future))
@@ -79,7 +82,7 @@ class ScriptBatcher:
         elif not self.flush_scheduled:
             self.flush_scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self.flush_scheduled = False
@@ -211,15 +214,18 @@ class ScriptBatcher:
 
 class CoalescedScript:
     """A stand-in for a redis-py ``Script`` (``await script(keys=..., args=...)``) whose
-    calls go through a :class:`ScriptBatcher`."""
+    calls go through a :class:`ScriptBatcher`. Calling it returns the reply's future
+    itself, not a coroutine awaiting it: profiled, the ``await`` lines of the chain from
+    the handler down to the future were about a tenth of an increment's CPU, each
+    coroutine on it being resumed when the reply comes."""
 
     def __init__(self, script: Any, batcher: ScriptBatcher) -> None:
         self.script = script
         self.batcher = batcher
         self.sha = script.sha
 
-    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        return await self.batcher.call(self.script, keys, args)
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> asyncio.Future[Any]:
+        return self.batcher.call(self.script, keys, args)
 
 
 def coalesce_hot_scripts(scripts: Scripts, client: Any) -> tuple[Scripts, ScriptBatcher]:

@@ -11,7 +11,7 @@ against the highest ``KEYS[n]`` and ``ARGV[n]`` the script reads.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
@@ -42,11 +42,13 @@ class TypedScript:
         """The same wrapper calling ``runner`` instead (it must take keys= and args=)."""
         return dataclasses.replace(self, script=runner)
 
-    async def _run(self, call: Call, client: Any = None) -> Any:
+    def _run(self, call: Call, client: Any = None) -> Awaitable[Any]:
+        """The script's reply, to await (the script's own awaitable: no coroutine of
+        ours in between, see ``ingest.script_batching.CoalescedScript``)."""
         keys, args = call
-        if client is None:
-            return await self.script(keys=keys, args=args)
-        return await self.script(keys=keys, args=args, client=client)
+        reply: Awaitable[Any] = (self.script(keys=keys, args=args) if client is None
+                                 else self.script(keys=keys, args=args, client=client))
+        return reply
 
 
 # --- ingest's hot path ------------------------------------------------------------------------

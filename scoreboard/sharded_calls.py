@@ -48,26 +48,35 @@ from scoreboard.script_calls import (
 
 _Reply = TypeVar("_Reply", Refusal, IncrementReply)
 
-async def action_token(scripts: Scripts, keys: Keys, *, address: str, ip_rate: Rate,
-                       **player: Any) -> Refusal:
-    return await _address_gated(scripts, scripts.action_token, "action_token", keys,
-                                address=address, ip_rate=ip_rate, **player)
+def action_token(scripts: Scripts, keys: Keys, *, address: str, ip_rate: Rate,
+                 **player: Any) -> Awaitable[Refusal]:
+    return _address_gated(scripts, scripts.action_token, "action_token", keys,
+                          address=address, ip_rate=ip_rate, **player)
 
 
-async def increment(scripts: Scripts, keys: Keys, *, address: str, ip_rate: Rate,
-                    **player: Any) -> IncrementReply:
-    return await _address_gated(scripts, scripts.increment, "increment", keys,
-                                address=address, ip_rate=ip_rate, **player)
+def increment(scripts: Scripts, keys: Keys, *, address: str, ip_rate: Rate,
+              **player: Any) -> Awaitable[IncrementReply]:
+    return _address_gated(scripts, scripts.increment, "increment", keys,
+                          address=address, ip_rate=ip_rate, **player)
 
 
-async def _address_gated(scripts: Scripts, call: Callable[..., Awaitable[_Reply]],
-                         limit_name: str, keys: Keys, *, address: str, ip_rate: Rate,
-                         **player: Any) -> _Reply:
+def _address_gated(scripts: Scripts, call: Callable[..., Awaitable[_Reply]],
+                   limit_name: str, keys: Keys, *, address: str, ip_rate: Rate,
+                   **player: Any) -> Awaitable[_Reply]:
     """``call`` (the player's script) behind the address limit: one script on a single
     node; on a cluster the read-only gate in the address's slot, the player's script
-    with its verdict, and the limit charged only after an accept."""
+    with its verdict, and the limit charged only after an accept. Plain functions
+    returning the call's awaitable on a single node, not coroutines awaiting it: each
+    coroutine on the way is resumed once more when the reply comes."""
     if not keys.sharded:
-        return await call(keys, address=address, ip_rate=ip_rate, **player)
+        return call(keys, address=address, ip_rate=ip_rate, **player)
+    return _gated_on_cluster(scripts, call, limit_name, keys, address=address,
+                             ip_rate=ip_rate, **player)
+
+
+async def _gated_on_cluster(scripts: Scripts, call: Callable[..., Awaitable[_Reply]],
+                            limit_name: str, keys: Keys, *, address: str, ip_rate: Rate,
+                            **player: Any) -> _Reply:
     verdict = await scripts.address_gate(keys, address=address, limit_name=limit_name,
                                          rate=ip_rate)
     reply = await call(keys, address=address, ip_rate=ip_rate, address_verdict=verdict,
