@@ -272,12 +272,14 @@ def test_a_packed_entry_reads_as_the_plain_one() -> None:
               "traceparent": plain["traceparent"]}
     assert parse_entry("1-0", packed) == parse_entry("1-0", plain)
     assert parse_entry("1-0", {**packed, "traceparent": ""}).traceparent == ""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="too few parts"):
         parse_entry("1-0", {**packed, "item": "e1\x1fu1"})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="too few parts"):
         parse_entry("1-0", {"item": packed["item"]})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be positive"):
         parse_entry("1-0", {**packed, "item": pack_item("e1", "u1", "global", 0, "")})
+    with pytest.raises(ValueError, match="must be integers"):
+        parse_entry("1-0", {**packed, "item": "e1\x1fu1\x1fglobal\x1fthree\x1f"})
 
 
 def test_staged_arrays_are_the_entries_columns_with_empty_addresses_as_null() -> None:
