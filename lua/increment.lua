@@ -9,10 +9,10 @@
 -- action token was issued to this user and is unused, the per-user limit (the
 -- reduced one if the user is flagged) and the per-IP limit, the event id is
 -- new. Then: consumes the action token, commits both limits, marks the event
--- id, XADDs the entry to the stream. Last, the rapid-actions rule: more than
--- `rapid_max` accepted within `rapid_window_ms` flags the user (the reduced
--- limit applies from the next request) and records the decision on the fraud
--- stream.
+-- id, XADDs the entry to the stream (packed: fields 'item' and 'context').
+-- Last, the rapid-actions rule: more than `rapid_max` accepted within
+-- `rapid_window_ms` flags the user (the reduced limit applies from the next
+-- request) and records the decision on the fraud stream.
 --
 -- KEYS[1] action token key      (holds the user id it was issued to)
 -- KEYS[2] revoked jti key       KEYS[3] banned key       KEYS[4] flagged key
@@ -94,15 +94,18 @@ gcra_commit(limit_key, now, user_tat)
 if not external_address then gcra_commit(ip_rate_key, now, ip_tat) end
 redis.call('SADD', marks_now, event_id)
 redis.call('PEXPIRE', marks_now, marks_ttl)
-local entry = {'event_id', event_id, 'user_id', user_id, 'username', username, 'board', board,
-  'points', points, 'source', source, 'ts', tostring(now),
-  'ip', client_addr, 'request_id', request_id}
+-- The entry in the packed form batch.lua writes (scoreboard/stream_entry.py): two
+-- fields instead of nine, cheaper for Redis to store and for the worker to read.
+local item = event_id .. '\31' .. user_id .. '\31' .. board .. '\31' .. points .. '\31' .. username
+local context = source .. '\31' .. tostring(now) .. '\31' .. client_addr .. '\31' .. request_id
 local traceparent = ARGV[19] or ''
+local stream_id
 if traceparent ~= '' then
-  entry[#entry + 1] = 'traceparent'
-  entry[#entry + 1] = traceparent
+  stream_id = redis.call('XADD', stream_key, '*', 'item', item, 'context', context,
+    'traceparent', traceparent)
+else
+  stream_id = redis.call('XADD', stream_key, '*', 'item', item, 'context', context)
 end
-local stream_id = redis.call('XADD', stream_key, '*', unpack(entry))
 
 redis.call('ZADD', recent_key, now, event_id)
 redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', now - rapid_window)

@@ -16,14 +16,16 @@ strings (Redis stream values):
 | request_id | the ingest request's id, for tracing a row back to its log line  |
 | traceparent | optional: W3C trace context of the ingest span that wrote it (tracing on) |
 
-``lua/batch.lua`` writes the same fields packed, since Redis's cost per field
-bounds how many batched increments one Redis core accepts: ``item`` is
+``lua/batch.lua`` and ``lua/increment.lua`` write the same fields packed, since
+Redis's cost per field bounds how many increments one Redis core accepts: ``item`` is
 ``event_id``, ``user_id``, ``board``, ``points``, ``username`` and ``context``
 is ``source``, ``ts``, ``ip``, ``request_id`` (what every entry of one batch
 shares), each joined by ``SEPARATOR`` (a control character, which no field can
 hold: ingest refuses them in names, and ids, boards and addresses have
 narrower alphabets), plus ``traceparent`` as above. :func:`parse_entry` reads
-both forms; :func:`pack_item` makes the item, so the two sides agree.
+both forms (the plain one is what scripts before the packed form wrote, and
+what tests and tools may still add); :func:`pack_item` makes the item, so the
+two sides agree.
 
 A worker takes an action's time from ``ts``, never from its own clock, so a
 redelivered entry lands in the same partition with the same key.

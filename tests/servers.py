@@ -34,6 +34,7 @@ from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
 from scoreboard.ranking import totals_by_user
 from scoreboard.redis_clients import redis_client
+from scoreboard.stream_entry import unpacked
 
 __all__ = ["PROJECT_DIR", "Backing", "stop_process", "wait_until_ready"]
 
@@ -140,10 +141,11 @@ def board_totals(client: SyncRedis, keys: Keys, board: str) -> dict[str, int]:
 
 
 def stream_entries(client: SyncRedis, keys: Keys) -> list[tuple[str, dict[str, str]]]:
-    """Every entry of the increment streams (each shard's, in shard order)."""
+    """Every entry of the increment streams (each shard's, in shard order), with its
+    fields as separate ones (``unpacked``: the scripts write them packed)."""
     entries: list[tuple[str, dict[str, str]]] = []
     for stream in keys.streams:
-        entries += client.xrange(stream)
+        entries += [(stream_id, unpacked(fields)) for stream_id, fields in client.xrange(stream)]
     return entries
 
 

@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
+from scoreboard.stream_entry import unpacked
 from scoreboard.tracing import parse_traceparent, tracing_enabled
 from tests.conftest import Api, Player
 from tests.ops_support import increments, wait_for
@@ -92,8 +93,8 @@ def test_off_by_default_the_entry_carries_no_trace_context(
         api: Api, player: Player, redis_client: Any, keys: Keys) -> None:
     response, = increments(api, player, 1)
     event_id = response.json()["event_id"]
-    entry = next(fields for _, fields in redis_client.xrevrange(
-        keys.player(player.user_id).stream, count=200) if fields.get("event_id") == event_id)
+    entry = next(fields for fields in (unpacked(f) for _, f in redis_client.xrevrange(
+        keys.player(player.user_id).stream, count=200)) if fields["event_id"] == event_id)
     assert "traceparent" not in entry
 
 
@@ -120,11 +121,12 @@ def test_one_increment_is_one_connected_trace_from_ingest_to_the_snapshot(
                     assert batch.status_code == 202, batch.text
                 finally:
                     api.close()
-                # the player's entry (plain fields) and the backend's (a packed batch
-                # item); on a cluster each is in its player's shard stream, listed in
-                # shard order, not in the order they were written
-                entry, = [e for _, e in stream_entries(client, keys) if "event_id" in e]
-                batch_entry, = [e for _, e in stream_entries(client, keys) if "item" in e]
+                # the player's entry and the backend's (a batch item); on a cluster
+                # each is in its player's shard stream, listed in shard order, not in
+                # the order they were written
+                entry, = [e for _, e in stream_entries(client, keys) if e["source"] == "player"]
+                batch_entry, = [e for _, e in stream_entries(client, keys)
+                                if e["source"] != "player"]
 
                 def linked() -> list[tuple[str, str]]:
                     return [link for s in spans if s["service"] == "worker"
