@@ -29,6 +29,7 @@ import redis
 import scoreboard
 from scoreboard.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from scoreboard.keys import Keys
+from scoreboard.stream_entry import unpacked
 
 
 def call(url: str, body: dict[str, Any] | None = None,
@@ -121,7 +122,7 @@ def smoke(root: Path, redis_url: str, database_url: str) -> int:
     entries = client.xrange(Keys("wheel").stream)
     client.close()
     # The server decides the points: global's one action, "play", is worth 1.
-    if len(entries) != 1 or entries[0][1].get("points") != "1":
+    if len(entries) != 1 or unpacked(entries[0][1]).get("points") != "1":
         raise SystemExit(f"expected one stream entry of 1 point, found {entries}")
     print(f"one increment from the installed wheel: 202, stream entry {entries[0][0]}")
     return 0
