@@ -244,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
         fetched = len(requests)
         print(f"{fetched:,} tokens ready", flush=True)
         client = stack.enter_context(contextlib.closing(redis.Redis.from_url(backing.redis_url)))
+        settle_redis(client, rewrite=True)
         bare_url = bare_pid = None
         if not args.skip_anchor:
             bare_url, bare_pid = stack.enter_context(uvicorn_process(
@@ -256,17 +257,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"round {number}: the bare Starlette route…", flush=True)
                 parts["bare"] = run_load(args, root, bare_url, bare_pid, backing.redis_url,
                                          requests, cycle=True)
-            # Increments and tokens grow the AOF; rewriting it before each of their
-            # windows keeps most automatic rewrites (a fork copying every token key)
-            # out of the windows.
-            settle_redis(client, rewrite=True)
             print(f"round {number}: POST {INCREMENT_PATH} ({args.warmup:g} + "
                   f"{args.duration:g} s)…", flush=True)
             parts["increment"] = run_load(args, root, url, ingest_pid, backing.redis_url,
                                           requests)
             del requests[:sent(parts["increment"])]  # each action token is used once
             if bare_url is not None:
-                settle_redis(client, rewrite=True)
                 print(f"round {number}: POST /api/actions/token…", flush=True)
                 parts["token"] = run_load(args, root, url, ingest_pid, backing.redis_url,
                                           token_requests(players, len(players)),
