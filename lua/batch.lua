@@ -109,15 +109,9 @@ if #fresh > 0 then
   chunked('SADD', marks_now, fresh_ids, 1)
   redis.call('PEXPIRE', marks_now, marks_ttl)
 end
--- What every entry of this call shares: source \31 ts \31 ip \31 request_id.
-local context = source .. '\31' .. tostring(now) .. '\31' .. client_addr .. '\31' .. request_id
+local context = entry_context(source, now, client_addr, request_id)
 for _, i in ipairs(fresh) do
-  if traceparent ~= '' then
-    redis.call('XADD', stream_key, '*', 'item', ARGV[FIRST + i], 'context', context,
-      'traceparent', traceparent)
-  else
-    redis.call('XADD', stream_key, '*', 'item', ARGV[FIRST + i], 'context', context)
-  end
+  add_entry(stream_key, ARGV[FIRST + i], context, traceparent)
 end
 local result = {'ok', #fresh, duplicates}
 for _, event_id in ipairs(refused) do result[#result + 1] = event_id end

@@ -94,18 +94,11 @@ gcra_commit(limit_key, now, user_tat)
 if not external_address then gcra_commit(ip_rate_key, now, ip_tat) end
 redis.call('SADD', marks_now, event_id)
 redis.call('PEXPIRE', marks_now, marks_ttl)
--- The entry in the packed form batch.lua writes (scoreboard/stream_entry.py): two
--- fields instead of nine, cheaper for Redis to store and for the worker to read.
+-- The entry in the packed form batch.lua writes (lib/entry.lua): two fields
+-- instead of nine, cheaper for Redis to store and for the worker to read.
 local item = event_id .. '\31' .. user_id .. '\31' .. board .. '\31' .. points .. '\31' .. username
-local context = source .. '\31' .. tostring(now) .. '\31' .. client_addr .. '\31' .. request_id
-local traceparent = ARGV[19] or ''
-local stream_id
-if traceparent ~= '' then
-  stream_id = redis.call('XADD', stream_key, '*', 'item', item, 'context', context,
-    'traceparent', traceparent)
-else
-  stream_id = redis.call('XADD', stream_key, '*', 'item', item, 'context', context)
-end
+local stream_id = add_entry(stream_key, item, entry_context(source, now, client_addr, request_id),
+  ARGV[19] or '')
 
 redis.call('ZADD', recent_key, now, event_id)
 redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', now - rapid_window)
