@@ -245,24 +245,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"{fetched:,} tokens ready", flush=True)
         client = stack.enter_context(contextlib.closing(redis.Redis.from_url(backing.redis_url)))
         settle_redis(client, rewrite=True)
-        bare_url = bare_pid = None
+        bare: tuple[str, int] | None = None  # the anchor's URL and pid
         if not args.skip_anchor:
-            bare_url, bare_pid = stack.enter_context(uvicorn_process(
+            bare = stack.enter_context(uvicorn_process(
                 "loadtest.ingest_anchor:bare_app", env, root / "bare.log",
                 ready_path="/healthz", what="the bare route", options=INGEST_OPTIONS))
         rounds: list[dict[str, dict[str, Any]]] = []
         for number in range(1, args.rounds + 1):
             parts: dict[str, dict[str, Any]] = {}
-            if bare_url is not None and bare_pid is not None:
+            if bare is not None:
                 print(f"round {number}: the bare Starlette route…", flush=True)
-                parts["bare"] = run_load(args, root, bare_url, bare_pid, backing.redis_url,
-                                         requests, cycle=True)
+                parts["bare"] = run_load(args, root, *bare, backing.redis_url, requests,
+                                         cycle=True)
             print(f"round {number}: POST {INCREMENT_PATH} ({args.warmup:g} + "
                   f"{args.duration:g} s)…", flush=True)
             parts["increment"] = run_load(args, root, url, ingest_pid, backing.redis_url,
                                           requests)
             del requests[:sent(parts["increment"])]  # each action token is used once
-            if bare_url is not None:
+            if bare is not None:
                 print(f"round {number}: POST /api/actions/token…", flush=True)
                 parts["token"] = run_load(args, root, url, ingest_pid, backing.redis_url,
                                           token_requests(players, len(players)),
