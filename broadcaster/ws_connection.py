@@ -363,8 +363,12 @@ class SpectatorConnection(asyncio.Protocol):
 
     def _follow(self, user_id: str) -> None:
         """Start following ``user_id`` on the current board: its slot is taken now, its
-        first update read (or taken from the players watched here) in a task."""
+        first update read (or taken from the players watched here) in a task. Before
+        the window named at the handshake is resolved there is no board yet: the slot
+        alone, which ``_watch`` follows once the board is known."""
         self.watching[user_id] = -1
+        if not self.board:
+            return
         task = asyncio.get_running_loop().create_task(self._start_following(self.board,
                                                                              user_id))
         _loading.add(task)

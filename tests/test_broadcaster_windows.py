@@ -258,3 +258,39 @@ def test_watched_players_move_to_the_next_period_with_their_spectators(
         assert [(m["period"], m["rank"], m["score"]) for m in standings] == [
             ("s1", 1, 3), ("s2", 2, 4)]
         assert standings[1]["above"] == neighbour(1, "ann", 9)
+
+
+
+def test_a_watch_sent_before_the_window_is_resolved_follows_its_period(
+        backing: Backing) -> None:
+    """The watch message right after the handshake, while the broadcaster still looks
+    the window's period up: the player is followed on that period, not on the board
+    of no name the connection had until then (seen on the cluster as a rank message
+    with no window and no rank). Thousands of board definitions under a key prefix of
+    its own make the lookup slow enough that the watch always comes first."""
+    prefix = fresh_name("slowdefs")
+    keys = Keys(prefix, shards=backing.redis_shards, cluster=backing.redis_cluster)
+    board = fresh_name("earlywatch")
+    made = make_board(backing, board, windows=("all_time", "daily"), key_prefix=prefix)
+    today = made.spec.period_at("daily", datetime.now(UTC))
+    assert today is not None
+
+    async def scenario(url: str) -> dict[str, Any]:
+        writer = Writer(backing, keys)
+        try:
+            raw = await writer.client.hget(keys.board_definitions, board)
+            await writer.client.hset(keys.board_definitions, mapping={
+                f"filler{n}": raw.replace(board, f"filler{n}") for n in range(20_000)})
+            await writer.set(scope(board, "daily", today.period), "bob", 7)
+            async with connect(ws_url(url, board) + "&window=daily") as ws:
+                await send(ws, type="watch", user_id="bob")
+                return await next_message(ws, lambda m: m["type"] != "snapshot")
+        finally:
+            await writer.client.delete(keys.board_definitions)
+            await writer.close()
+
+    with broadcaster_server(backing.env(KEY_PREFIX=prefix)) as url:
+        first = asyncio.run(scenario(url))
+    assert {k: first.get(k) for k in ("type", "board", "window", "period", "rank", "score")} == {
+        "type": "rank", "board": board, "window": "daily", "period": today.period, "rank": 1,
+        "score": 7}
