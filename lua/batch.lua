@@ -107,7 +107,7 @@ if #fresh > 0 then
   local fresh_ids = {}
   for j, i in ipairs(fresh) do fresh_ids[j] = event_ids[i] end
   chunked('SADD', marks_now, fresh_ids, 1)
-  redis.call('PEXPIRE', marks_now, marks_ttl)
+  expire_window(marks_now, marks_ttl)
 end
 local context = entry_context(source, now, client_addr, request_id)
 for _, i in ipairs(fresh) do

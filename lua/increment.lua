@@ -52,7 +52,10 @@ local event_id, board, points, username = ARGV[9], ARGV[10], ARGV[11], ARGV[12]
 local source, client_addr, request_id = ARGV[13], ARGV[14], ARGV[15]
 local rapid_max, rapid_window, flag_ttl = tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 
-if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
+-- One EXISTS for the three states that are usually absent; each is asked alone
+-- only when one of them is there.
+local some_state = redis.call('EXISTS', revoked_key, banned_key, flagged_key) > 0
+if some_state and redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
 local now = now_ms()
 local marks_now, marks_before, marks_ttl = mark_windows(mark_prefix, now, dedup_ttl)
 local function marked()
@@ -61,7 +64,7 @@ local function marked()
 end
 local owner = redis.call('GET', token_key)
 if not owner and marked() then return {'replayed', 0} end
-if redis.call('EXISTS', banned_key) == 1 then return {'banned', 0} end
+if some_state and redis.call('EXISTS', banned_key) == 1 then return {'banned', 0} end
 local external_address = (ARGV[20] or '') ~= ''
 local limited_ttl
 if external_address then limited_ttl = tonumber(ARGV[20])
@@ -74,7 +77,8 @@ if not owner then return {'token_used', 0} end
 if owner ~= user_id then return {'token_foreign', 0} end
 
 local limit_key, limit_count, limit_period = user_rate_key, user_count, user_period
-if redis.call('EXISTS', flagged_key) == 1 then
+local flagged = some_state and redis.call('EXISTS', flagged_key) == 1
+if flagged then
   limit_key, limit_count, limit_period = flagged_rate_key, flagged_count, flagged_period
 end
 local user_ok, user_tat, user_retry = gcra_check(limit_key, now, limit_count, limit_period, 1)
@@ -93,19 +97,27 @@ redis.call('DEL', token_key)
 gcra_commit(limit_key, now, user_tat)
 if not external_address then gcra_commit(ip_rate_key, now, ip_tat) end
 redis.call('SADD', marks_now, event_id)
-redis.call('PEXPIRE', marks_now, marks_ttl)
+expire_window(marks_now, marks_ttl)
 -- The entry in the packed form batch.lua writes (lib/entry.lua): two fields
 -- instead of nine, cheaper for Redis to store and for the worker to read.
 local item = event_id .. '\31' .. user_id .. '\31' .. board .. '\31' .. points .. '\31' .. username
 local stream_id = add_entry(stream_key, item, entry_context(source, now, client_addr, request_id),
   ARGV[19] or '')
 
+-- The rapid-actions window: its accepted increments, by time. Entries that left it
+-- are trimmed once they outnumber rapid_max, and its expiry is renewed (to two
+-- windows) once under one: writes not made on every call, as above.
 redis.call('ZADD', recent_key, now, event_id)
-redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', now - rapid_window)
-redis.call('PEXPIRE', recent_key, rapid_window)
-local recent = redis.call('ZCARD', recent_key)
+local window_start = string.format('(%d', now - rapid_window)
+local recent = redis.call('ZCOUNT', recent_key, window_start, '+inf')
+if redis.call('ZCARD', recent_key) - recent > rapid_max then
+  redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', now - rapid_window)
+end
+if redis.call('PTTL', recent_key) < rapid_window then
+  redis.call('PEXPIRE', recent_key, 2 * rapid_window)
+end
 local flagged_now = 0
-if recent > rapid_max and redis.call('EXISTS', flagged_key) == 0 then
+if recent > rapid_max and not flagged then
   redis.call('SET', flagged_key, 'rapid_actions', 'PX', flag_ttl)
   redis.call('XADD', fraud_key, '*', 'rule', 'rapid_actions', 'severity', 'high',
     'action', 'flagged', 'user_id', user_id, 'client_addr', client_addr,

@@ -18,10 +18,11 @@ import pytest
 from websockets.asyncio.client import connect
 
 from scoreboard.db import create_pool
+from scoreboard.dedup_marks import mark_windows
 from scoreboard.keys import Keys
 from scoreboard.lua import register_scripts
 from scoreboard.moderation import Moderation, restore_restrictions
-from scoreboard.settings import load_settings
+from scoreboard.settings import Settings, load_settings
 from tests.board_support import entry, seed
 from tests.conftest import Api, Player, new_address
 from tests.servers import (
@@ -118,6 +119,9 @@ def test_rapid_actions_flag_the_user_and_the_script_holds_them_to_the_reduced_li
 
 def test_actions_spread_over_more_than_the_window_are_not_flagged(
         backing: Backing, redis_client: SyncRedis, keys: Keys) -> None:
+    """...and what the script keeps of them stays bounded and expires by itself: it
+    trims the window's old entries and renews its expiry only now and then (fewer
+    writes per increment), and gives the marks' window SET an expiry once."""
     with ingest_server(backing.env(TRUSTED_PROXIES="127.0.0.1/32", INCREMENT_RATE="1000/60",
                                    ACTION_TOKEN_RATE="1000/60", RAPID_WINDOW_MS="1000",
                                    RAPID_MAX_ACTIONS="3")) as url:
@@ -128,6 +132,15 @@ def test_actions_spread_over_more_than_the_window_are_not_flagged(
                 assert increment(api, player).status_code == 202
                 time.sleep(0.4)
             assert not redis_client.exists(keys.flagged(player.user_id))
+            recent = keys.player(player.user_id).recent_actions(player.user_id)
+            assert redis_client.zcard(recent) <= 3 + 3  # in the window, plus 3 stale at most
+            # it outlives its newest entry's window (the last came 0.4 s ago)
+            assert 500 < redis_client.pttl(recent) <= 2000
+            ttl_ms = Settings().dedup_ttl_s * 1000
+            marks = [m for m in mark_windows(keys.player(player.user_id).event_marks("player"),
+                                             int(time.time() * 1000), ttl_ms)
+                     if redis_client.exists(m)]
+            assert marks and all(0 < redis_client.pttl(m) <= 2 * ttl_ms for m in marks)
         finally:
             api.close()
 
