@@ -13,6 +13,11 @@ upserts the per-(board, user) totals of the rows really inserted into
 least any exactly-once writer of this schema does; what the worker adds on
 top (the durable dedup record, the users upsert, reading the totals back,
 the boards, XACK, fraud checks, the stream read) is its overhead.
+
+``ON CONFLICT`` needs the key ``actions`` had until migration 010 (event id,
+acceptance time, source), which the worker no longer uses (its durable record
+is ``counted_events``): the anchor puts it back on its own database first, so
+it does the same work as before that migration.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from loadtest.worker_workload import Workload
 from scoreboard.stream_entry import StreamEntry
 from workers.batching import entry_time, months_of
 
+ANCHOR_KEY = "ALTER TABLE actions ADD PRIMARY KEY (event_id, created_at, source)"
 STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS anchor_staging (LIKE actions) ON COMMIT DELETE ROWS
 """
@@ -81,6 +87,7 @@ async def run_anchor(database_url: str, workload: Workload, ids: Sequence[str],
             workload.entries(ids, len(workload) - 1, len(workload)))
         for month in months:
             await connection.execute("SELECT ensure_actions_partitions($1, 1)", month)
+        await connection.execute(ANCHOR_KEY)
         batches = [[action_record(e) for e in workload.entries(
             ids, start, min(len(workload), start + batch_max))]
             for start in range(0, len(workload), batch_max)]

@@ -28,6 +28,17 @@ from scoreboard.window_moderation import correct_scopes
 
 KINDS = ("flagged", "banned", "shadow_banned")
 SERVICE_MAX_UNUSED = 2**31 - 1  # a definition's max points plays no part in moderation
+# The counted events of ``$1`` (of source ``$2``, or any) whose action is still
+# there: ``counted_events``' key finds them by event id (``actions`` has no key
+# of its own, migration 010) and gives each action's acceptance time, which
+# prunes ``actions`` to one partition.
+FIND_ACTION = """
+SELECT c.source, c.created_at FROM counted_events c
+WHERE c.event_id = $1 AND ($2::text IS NULL OR c.source = $2)
+  AND EXISTS (SELECT FROM actions a WHERE a.created_at = c.created_at
+              AND a.event_id = c.event_id AND a.source = c.source)
+ORDER BY c.source
+"""
 
 
 class AmbiguousAction(Exception):
@@ -162,15 +173,13 @@ class Moderation:
         removed)."""
         totals = []
         async with self.pool.acquire() as connection, connection.transaction():
-            if source is None:
-                sources = [row["source"] for row in await connection.fetch(
-                    "SELECT DISTINCT source FROM actions WHERE event_id = $1 ORDER BY source",
-                    event_id)]
-                if len(sources) > 1:
-                    raise AmbiguousAction(event_id, sources)
-            removed = await connection.fetch(
-                "DELETE FROM actions WHERE event_id = $1 AND ($2::text IS NULL OR source = $2)"
-                " RETURNING user_id, board, points, created_at", event_id, source)
+            found = await connection.fetch(FIND_ACTION, event_id, source)
+            if len(found) > 1:
+                raise AmbiguousAction(event_id, [row["source"] for row in found])
+            removed = [] if not found else await connection.fetch(
+                "DELETE FROM actions WHERE created_at = $3 AND event_id = $1 AND source = $2"
+                " RETURNING user_id, board, points, created_at", event_id, found[0]["source"],
+                found[0]["created_at"])
             for action in removed:
                 username = await connection.fetchval(
                     "SELECT username FROM users WHERE user_id = $1", action["user_id"])

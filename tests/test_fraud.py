@@ -367,6 +367,8 @@ def test_removing_an_action_corrects_postgres_the_board_and_the_next_snapshot(
                 assert [(t.user_id, t.score) for t in totals] == [(user, 5)]
                 after = snapshot_users(await asyncio.wait_for(ws.recv(), 5))
                 assert after == {"rival": 100, user: 5}
+                # its event stays counted (counted_events), its action is gone: nothing more
+                assert await moderation.remove_action(bad.event_id, reason="again") == []
 
         asyncio.run(run())
 

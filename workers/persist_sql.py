@@ -22,7 +22,8 @@ from scoreboard.stream_entry import StreamEntry
 #   ``actions`` rows and points: a redelivered entry, or the same event
 #   accepted again after its Redis marker expired, inserts nothing. Keys go in
 #   sorted, so two workers holding the same events lock them in one order.
-# inserted: the ``actions`` rows of the counted events.
+# inserted: the ``actions`` rows of the counted events: new by construction, so
+#   ``actions`` needs no key of its own to stay exactly-once (migration 010).
 STAGED = """staged AS (
     SELECT s.event_id, timestamptz 'epoch' + s.ts_ms * interval '1 millisecond' AS created_at,
            s.user_id, s.board, s.points, s.source, s.client_addr, s.request_id, s.stream_id
@@ -45,7 +46,6 @@ COUNTED = """firsts AS (
     SELECT f.event_id, f.created_at, f.user_id, f.board, f.points, f.source, f.client_addr,
            f.request_id, f.stream_id
     FROM firsts f JOIN counted c USING (source, event_id)
-    ON CONFLICT DO NOTHING
     RETURNING board, user_id, points, created_at, source, event_id
 )"""
 # Per (board, user) of ``{rows}`` (a relation, and maybe its WHERE, with board,
