@@ -37,25 +37,22 @@ local batch = cjson.decode(ARGV[3])
 local boards, totals, ack = batch.boards, batch.totals, batch.ack
 local banned_prefix, shadow_prefix = KEYS[4 + 3 * #boards], KEYS[5 + 3 * #boards]
 
--- Unsharded, the users' banned keys: looked up one by one only when one exists.
-local any_hidden = false
-if not batch.hidden and #totals > 0 then
-  local hidden_keys = {}
-  for _, t in ipairs(totals) do
-    hidden_keys[#hidden_keys + 1] = banned_prefix .. t[2]
-    hidden_keys[#hidden_keys + 1] = shadow_prefix .. t[2]
+-- Unsharded, the users' banned and shadow-banned keys, built here (lib/board.lua)
+local flags
+if not batch.hidden then
+  local pair_keys = {}
+  for i, t in ipairs(totals) do
+    pair_keys[2 * i - 1] = banned_prefix .. t[2]
+    pair_keys[2 * i] = shadow_prefix .. t[2]
   end
-  any_hidden = existing(hidden_keys) > 0
+  flags = hidden_flags(pair_keys, #totals)
 end
 local per_board = {}
 for b = 1, #boards do per_board[b] = {} end
 local names = {}
 for i, t in ipairs(totals) do
   local hidden
-  if batch.hidden then hidden = batch.hidden[i] == 1
-  elseif any_hidden then
-    hidden = redis.call('EXISTS', banned_prefix .. t[2], shadow_prefix .. t[2]) > 0
-  else hidden = false end
+  if batch.hidden then hidden = batch.hidden[i] == 1 else hidden = flags[i] end
   local own = per_board[t[1] + 1]
   own[#own + 1] = {t[2], tonumber(t[3]), tonumber(t[4]), tonumber(t[5]), hidden}
   names[#names + 1] = t[2]

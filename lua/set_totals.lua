@@ -14,19 +14,18 @@ local board_key, entries_key = KEYS[1], KEYS[2]
 local sharded = #KEYS == 2
 local stride = sharded and 5 or 4
 local count = #ARGV / stride
--- Unsharded, the users' banned keys: looked up one by one only when one exists.
-local any_hidden = false
-if not sharded and count > 0 then
-  local hidden_keys = {}
-  for k = 3, #KEYS do hidden_keys[k - 2] = KEYS[k] end
-  any_hidden = existing(hidden_keys) > 0
+-- Unsharded, the users' banned and shadow-banned keys are KEYS[3..] (lib/board.lua)
+local flags
+if not sharded then
+  local pair_keys = {}
+  for k = 3, #KEYS do pair_keys[k - 2] = KEYS[k] end
+  flags = hidden_flags(pair_keys, count)
 end
 local items = {}
 for i = 0, count - 1 do
   local a = stride * i + 1
   local hidden
-  if sharded then hidden = ARGV[a + 4] == '1'
-  else hidden = any_hidden and redis.call('EXISTS', KEYS[3 + 2 * i], KEYS[4 + 2 * i]) > 0 end
+  if sharded then hidden = ARGV[a + 4] == '1' else hidden = flags[i + 1] end
   items[i + 1] = {ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
                   hidden}
 end

@@ -1,6 +1,7 @@
--- board.lua: compare-and-set of users' totals on one board, shared by
--- set_totals.lua and apply_batch.lua (scoreboard/lua.py prepends it to them,
--- after lib/chunks.lua, whose `chunked` and `existing` it uses).
+-- board.lua: compare-and-set of users' totals on one board, and which users are
+-- hidden (banned or shadow-banned), shared by set_totals.lua and apply_batch.lua
+-- (scoreboard/lua.py prepends it to them, after lib/chunks.lua, whose `chunked`
+-- and `existing` it uses).
 --
 -- A board is a ZSET (score = -total, member = "<reached ms>|<user id>", see
 -- scoreboard/ranking.py) plus a HASH user id -> "<version>|<member>". A total is
@@ -79,4 +80,17 @@ local function apply_totals(board_key, entries_key, given)
   chunked('HSET', entries_key, entries, 2)
   chunked('HDEL', entries_key, dropped, 1)
   return changed
+end
+
+-- Whether each of n users is hidden (banned or shadow-banned): `pair_keys` holds
+-- user i's two keys at 2i - 1 and 2i. One EXISTS over all of them answers the
+-- usual batch (nobody hidden); only when it counts more than 0 is each user
+-- asked alone.
+local function hidden_flags(pair_keys, n)
+  local flags = {}
+  local any = n > 0 and existing(pair_keys) > 0
+  for i = 1, n do
+    flags[i] = any and redis.call('EXISTS', pair_keys[2 * i - 1], pair_keys[2 * i]) > 0
+  end
+  return flags
 end
