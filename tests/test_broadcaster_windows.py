@@ -260,7 +260,6 @@ def test_watched_players_move_to_the_next_period_with_their_spectators(
         assert standings[1]["above"] == neighbour(1, "ann", 9)
 
 
-
 def test_a_watch_sent_before_the_window_is_resolved_follows_its_period(
         backing: Backing) -> None:
     """The watch message right after the handshake, while the broadcaster still looks
