@@ -6,7 +6,7 @@ tree, so nothing can be read from a checkout: the Lua scripts and the
 migrations must come from the package. It starts the embedded Redis and
 Postgres (from the installed package) in a temporary folder, runs
 ``scoreboard migrate`` and ``scoreboard init`` against them, starts ONE
-ingest process (``uvicorn --factory ingest.app:create_app``), registers a
+ingest process (``python -m ingest``, as the Procfile), registers a
 player, logs in, takes an action token, posts one increment, and checks the
 202 and the stream entry it wrote. Exit status 0 when all of that held.
 """
@@ -99,10 +99,8 @@ def smoke(root: Path, redis_url: str, database_url: str) -> int:
         if done.returncode != 0:
             raise SystemExit(f"scoreboard {command[0]} failed:\n{done.stderr[-2000:]}")
     port = free_port()
-    ingest = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory",
-                               "ingest.app:create_app", "--host", "127.0.0.1", "--port",
-                               str(port), "--no-proxy-headers", "--no-access-log"],
-                              env=env, cwd=root)
+    ingest = subprocess.Popen([sys.executable, "-m", "ingest", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, cwd=root)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url + "/readyz", ingest)

@@ -1,7 +1,9 @@
 """The ingest Starlette app: routes, error handlers, and the lifespan that owns
 the Redis client, the registered scripts, the Postgres pool and the keys.
 
-Run with ``uvicorn --factory ingest.app:create_app``.
+Run with ``python -m ingest`` (the Procfile's line, ``ingest/__main__.py``); under
+``uvicorn --factory ingest.app:create_app`` it works the same, with uvicorn's
+own HTTP protocol (two writes per answer, ``ingest/one_write.py``).
 """
 
 from __future__ import annotations

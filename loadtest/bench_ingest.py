@@ -66,7 +66,7 @@ from loadtest.harness.players import (
     ingest_env,
     prepare_requests,
 )
-from loadtest.harness.processes import INGEST_OPTIONS, ingest_process, run_job, uvicorn_process
+from loadtest.harness.processes import UVICORN_OPTIONS, ingest_process, run_job, uvicorn_process
 from loadtest.harness.redis_benchmark import benchmark_binary as find_benchmark
 from loadtest.ingest_anchor import (
     backend_headers,
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.skip_anchor:
             bare = stack.enter_context(uvicorn_process(
                 "loadtest.ingest_anchor:bare_app", env, root / "bare.log",
-                ready_path="/healthz", what="the bare route", options=INGEST_OPTIONS))
+                ready_path="/healthz", what="the bare route", options=UVICORN_OPTIONS))
         rounds: list[dict[str, dict[str, Any]]] = []
         for number in range(1, args.rounds + 1):
             parts: dict[str, dict[str, Any]] = {}

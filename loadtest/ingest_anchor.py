@@ -2,10 +2,11 @@
 endpoint, game-backend batches, and the anchor every ingest figure is compared to,
 a bare Starlette route on the same stack.
 
-The anchor (``bare_app``): one uvicorn process started exactly as the harness
-starts ingest (``loadtest.harness.processes.INGEST_OPTIONS``, the Procfile's:
-uvloop, httptools, no proxy-header rewriting, no access log of uvicorn's)
-serving a Starlette app whose route at
+The anchor (``bare_app``): one uvicorn process on the stack the issue names
+(``loadtest.harness.processes.UVICORN_OPTIONS``: uvloop, uvicorn's httptools
+protocol, no proxy-header rewriting, no access log of uvicorn's; ingest itself
+runs the same with its one-write protocol, ``ingest/one_write.py``, which the
+anchor does not get) serving a Starlette app whose route at
 the increment's path reads the JSON body, parses it with orjson and answers 202
 with a small JSON body (plus ``/healthz`` for the harness's readiness check).
 Driven by the same client with the same requests in the same run, its rate is

@@ -24,10 +24,9 @@ import redis as redis_sync
 
 from loadtest.harness.processes import (
     BROADCASTER_COMMAND,
-    INGEST_OPTIONS,
     PROJECT_DIR,
+    ingest_command,
     stop_process,
-    uvicorn_command,
 )
 from loadtest.harness.processes import wait_ready as wait_until_ready
 from scoreboard.embedded import free_port
@@ -92,11 +91,10 @@ class Backing:
 
 @contextmanager
 def ingest_server(env: Mapping[str, str], *, ready_path: str = "/readyz") -> Iterator[str]:
-    """An ingest process (uvicorn, as the Procfile runs it) on a free port; yields its URL."""
+    """An ingest process (``python -m ingest``, as the Procfile runs it) on a free port;
+    yields its URL."""
     port = free_port()
-    process = subprocess.Popen(
-        uvicorn_command("ingest.app:create_app", port, *INGEST_OPTIONS),
-        cwd=PROJECT_DIR, env=dict(env))
+    process = subprocess.Popen(ingest_command(port), cwd=PROJECT_DIR, env=dict(env))
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url + ready_path, process)

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import REGISTRY
 from websockets.sync.client import connect as ws_connect
 
-from loadtest.harness.processes import uvicorn_command
+from loadtest.harness.processes import ingest_command
 from scoreboard.db import create_pool
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
@@ -269,8 +269,7 @@ def test_request_id_travels_from_ingest_logs_to_the_entry_and_worker_logs(
 def _logged_ingest(env: Mapping[str, str], log: Any) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        uvicorn_command("ingest.app:create_app", port, "--no-proxy-headers"),
-        cwd=PROJECT_DIR, env=dict(env), stdout=log, stderr=log)
+        ingest_command(port), cwd=PROJECT_DIR, env=dict(env), stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url + "/readyz", process)
@@ -305,8 +304,7 @@ def test_ingest_with_two_processes_merges_their_metrics(backing: Backing,
     env = backing.env(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     port = free_port()
     process = subprocess.Popen(
-        uvicorn_command("ingest.app:create_app", port, "--workers", "2"),
-        cwd=PROJECT_DIR, env=env)
+        [*ingest_command(port), "--workers", "2"], cwd=PROJECT_DIR, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url + "/healthz", process)

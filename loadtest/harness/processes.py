@@ -28,9 +28,11 @@ from scoreboard.settings import load_settings
 PROJECT_DIR = Path(__file__).resolve().parent.parent.parent
 WORKER_COMMAND = (sys.executable, "-m", "arq", "workers.main.WorkerSettings")
 BROADCASTER_COMMAND = (sys.executable, "-m", "broadcaster")
-# Ingest's uvicorn options, as the Procfile's ingest line has them: httptools, and no
+INGEST_COMMAND = (sys.executable, "-m", "ingest")  # the Procfile's (ingest/__main__.py)
+# uvicorn's options for an app served as ingest is, with uvicorn's own httptools
+# protocol (``python -m ingest`` writes each answer in one call instead): no
 # proxy-header rewriting (ingest reads X-Forwarded-For itself, from trusted proxies).
-INGEST_OPTIONS = ("--http", "httptools", "--no-proxy-headers")
+UVICORN_OPTIONS = ("--http", "httptools", "--no-proxy-headers")
 
 
 def uvicorn_command(factory: str, port: int, *extra: str) -> list[str]:
@@ -101,11 +103,18 @@ def uvicorn_process(factory: str, env: Mapping[str, str], log_path: Path, *,
         yield found
 
 
-def ingest_process(env: Mapping[str, str], log_path: Path
-                   ) -> contextlib.AbstractContextManager[tuple[str, int]]:
+def ingest_command(port: int) -> list[str]:
+    """``python -m ingest`` (the Procfile's ingest line) on 127.0.0.1:``port``."""
+    return [*INGEST_COMMAND, "--host", "127.0.0.1", "--port", str(port)]
+
+
+@contextlib.contextmanager
+def ingest_process(env: Mapping[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
     """ONE ingest process, started as the Procfile starts it; yields (url, pid)."""
-    return uvicorn_process("ingest.app:create_app", env, log_path, ready_path="/readyz",
-                           what="ingest", options=INGEST_OPTIONS)
+    port = free_port()
+    with http_process(ingest_command(port), env, log_path, port=port, ready_path="/readyz",
+                      what="ingest") as found:
+        yield found
 
 
 @contextlib.contextmanager
