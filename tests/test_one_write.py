@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,7 +148,8 @@ def test_a_client_gone_before_its_answer_leaves_the_server_serving(
     for _ in range(20):
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(request("POST", "/api/scores/increment", b"{}"))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            # linger 0: the close resets the connection, the answer has nowhere to go
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     with socket.create_connection((host, port), timeout=10) as sock:
         sock.sendall(request("GET", "/healthz", close=True))
         received = b""
