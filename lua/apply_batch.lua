@@ -18,8 +18,9 @@
 --   the prefix .. user id), f = 4 + 3 * number of boards; unsharded only
 -- ARGV[1] consumer group   ARGV[2] change-notice channel
 -- ARGV[3] JSON {"boards": [name, ...],
---               "totals": [[board index (from 0), user id, total, reached ms, version,
---                           username], ...],
+--               "totals": [[board index (from 0), user id, total, reached ms, version], ...],
+--               "names": [user id, username, user id, username, ...] (each user of
+--                 the totals once: a user usually has a total on several boards),
 --               "ack": [stream id, ...],
 --               "trace": W3C traceparent (optional; tracing on),
 --               "hidden": [0 or 1, ...] (sharded only, one per total: whether its user
@@ -36,27 +37,28 @@ local group, channel = ARGV[1], ARGV[2]
 local batch = cjson.decode(ARGV[3])
 local boards, totals, ack = batch.boards, batch.totals, batch.ack
 local banned_prefix, shadow_prefix = KEYS[4 + 3 * #boards], KEYS[5 + 3 * #boards]
+local names = batch.names
 
--- Unsharded, the users' banned and shadow-banned keys, built here (lib/board.lua)
-local flags
-if not batch.hidden then
-  local pair_keys = {}
-  for i, t in ipairs(totals) do
-    pair_keys[2 * i - 1] = banned_prefix .. t[2]
-    pair_keys[2 * i] = shadow_prefix .. t[2]
+-- The hidden users. Unsharded: from their banned and shadow-banned keys, built
+-- here (lib/board.lua), once per user (from "names") rather than once per total.
+local hidden = {}
+if batch.hidden then
+  for i, t in ipairs(totals) do hidden[t[2]] = batch.hidden[i] == 1 or hidden[t[2]] end
+else
+  local users, pair_keys = #names / 2, {}
+  for u = 1, users do
+    local user_id = names[2 * u - 1]
+    pair_keys[2 * u - 1] = banned_prefix .. user_id
+    pair_keys[2 * u] = shadow_prefix .. user_id
   end
-  flags = hidden_flags(pair_keys, #totals)
+  local flags = hidden_flags(pair_keys, users)
+  for u = 1, users do hidden[names[2 * u - 1]] = flags[u] end
 end
 local per_board = {}
 for b = 1, #boards do per_board[b] = {} end
-local names = {}
-for i, t in ipairs(totals) do
-  local hidden
-  if batch.hidden then hidden = batch.hidden[i] == 1 else hidden = flags[i] end
+for _, t in ipairs(totals) do
   local own = per_board[t[1] + 1]
-  own[#own + 1] = {t[2], tonumber(t[3]), tonumber(t[4]), tonumber(t[5]), hidden}
-  names[#names + 1] = t[2]
-  names[#names + 1] = t[6]
+  own[#own + 1] = {t[2], t[3], t[4], t[5], hidden[t[2]] == true}
 end
 local changed = 0
 for b = 0, #boards - 1 do

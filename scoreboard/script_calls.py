@@ -387,8 +387,12 @@ class ApplyBatchScript(TypedScript):
         if hidden is None:
             script_keys += [keys.banned_prefix, keys.shadow_banned_prefix]
         rows = [[index[total.board], total.user_id, total.score, epoch_ms(total.reached_at),
-                 total.version, total.username] for total in totals]
-        batch: dict[str, Any] = {"boards": boards, "totals": rows, "ack": list(ack_ids)}
+                 total.version] for total in totals]
+        # each user's name once (its totals on several boards carry the same name)
+        names = [part for pair in {t.user_id: t.username for t in totals}.items()
+                 for part in pair]
+        batch: dict[str, Any] = {"boards": boards, "totals": rows, "names": names,
+                                 "ack": list(ack_ids)}
         if hidden is not None:
             if ack_ids:
                 raise ValueError("with hidden flags the caller acknowledges")

@@ -22,7 +22,7 @@ def total(board: str, user_id: str, score: int, version: int, username: str = ""
                       version=version, username=username or user_id)
 
 
-def test_call_shape_names_each_board_once_and_the_ban_prefixes() -> None:
+def test_call_shape_names_each_board_and_user_once_and_the_ban_prefixes() -> None:
     keys = Keys("p")
     totals = [total("weekly", "u1", 5, 1), total("global", "u2", 7, 3, "Ann"),
               total("weekly", "u2", 9, 2, "Ann")]
@@ -41,8 +41,9 @@ def test_call_shape_names_each_board_once_and_the_ban_prefixes() -> None:
     reached_ms = int(REACHED.timestamp() * 1000)
     assert orjson.loads(args[2]) == {
         "boards": ["global", "weekly"],
-        "totals": [[1, "u1", 5, reached_ms, 1, "u1"], [0, "u2", 7, reached_ms, 3, "Ann"],
-                   [1, "u2", 9, reached_ms, 2, "Ann"]],
+        "totals": [[1, "u1", 5, reached_ms, 1], [0, "u2", 7, reached_ms, 3],
+                   [1, "u2", 9, reached_ms, 2]],
+        "names": ["u1", "u1", "u2", "Ann"],  # each user once
         "ack": ["1-0", "1-1"]}
 
 
@@ -62,7 +63,7 @@ def test_totals_acks_and_notices_in_one_call_and_a_stale_replay_changes_nothing(
         try:
             await apply_and_ack(client, scripts, keys, group="g", ack_ids=ids, totals=[
                 total("global", "ann", 10, 2, "Ann"), total("weekly", "bob", 4, 1),
-                total("global", "cheat", 99, 1)])
+                total("global", "cheat", 99, 1), total("weekly", "cheat", 99, 1)])
             # an older version of ann's total, delivered late: ignored
             await client.script_flush()  # and the script is gone: reloaded, nothing half-done
             await apply_and_ack(client, scripts, keys, group="g", ack_ids=[],
