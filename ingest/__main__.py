@@ -20,6 +20,8 @@ import uvicorn
 from ingest.one_write import OneWriteHttpTools
 from scoreboard.settings import load_settings
 
+APP = "ingest.app:create_app"
+
 
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings()
@@ -29,10 +31,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=settings.ingest_port,
                         help=f"port to listen on (INGEST_PORT, {settings.ingest_port})")
     parser.add_argument("--workers", type=int, default=1, help="processes on that port (1)")
+    parser.add_argument("--factory", default=APP,
+                        help=f"the app factory served ({APP}; `make bench-ingest` serves its "
+                             "bare route on this protocol with it)")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535 or args.workers < 1:
         parser.error("--port must be 0..65535 and --workers at least 1")
-    uvicorn.run("ingest.app:create_app", factory=True, host=args.host, port=args.port,
+    uvicorn.run(args.factory, factory=True, host=args.host, port=args.port,
                 workers=args.workers, loop="uvloop", http=OneWriteHttpTools, access_log=False,
                 proxy_headers=False, log_level=settings.log_level.lower())
 

@@ -6,8 +6,8 @@ rate of the very script each increment runs.
 One run gives two figures on the same Redis, and their ratio:
 
 1. HTTP. A closed-loop client keeps ``--concurrency`` POST
-   /api/scores/increment in flight against one uvicorn ingest process (as
-   the Procfile runs it) for ``--duration`` seconds after a warm-up. Every
+   /api/scores/increment in flight against one ingest process (``python -m
+   ingest``, as the Procfile runs it) for ``--duration`` seconds after a warm-up. Every
    request carries a fresh action token fetched beforehand, so every one
    takes the accepted path (one EVALSHA of ``increment.lua`` that consumes
    the token and XADDs); only 202s are counted, and at the end the stream
@@ -17,10 +17,14 @@ One run gives two figures on the same Redis, and their ratio:
    core one ingest process can use.
 
 The increment's windows alternate with those of the anchor, a bare Starlette
-route on the same stack (``loadtest.ingest_anchor``), and of the action-token
-endpoint: ``--rounds`` rounds of bare, increment, token. Each part's figure
-pools its rounds and is divided by the bare route's pooled rate; each round's
-own ratio is printed beside it. On a shared machine whose speed moves by a
+route on the same stack (``loadtest.ingest_anchor``: uvicorn's own httptools
+protocol, the floor the issue set), of the same bare route on ingest's
+one-write protocol (``ingest/one_write.py``), and of the action-token
+endpoint: ``--rounds`` rounds of bare, bare on one write, increment, token.
+Each part's figure pools its rounds and is divided by the bare route's pooled
+rate; each round's own ratio is printed beside it; a last line divides the
+player endpoints by the bare route on ingest's protocol instead (what our own
+code keeps of a floor with the same protocol). On a shared machine whose speed moves by a
 factor of two within a minute, one window of each in turn compared moments,
 not code.
 
@@ -246,10 +250,14 @@ def run(args: argparse.Namespace) -> int:
         client = stack.enter_context(contextlib.closing(redis.Redis.from_url(backing.redis_url)))
         settle_redis(client, rewrite=True)
         bare: tuple[str, int] | None = None  # the anchor's URL and pid
+        bare_one_write: tuple[str, int] | None = None  # the same app on ingest's protocol
         if not args.skip_anchor:
             bare = stack.enter_context(uvicorn_process(
                 "loadtest.ingest_anchor:bare_app", env, root / "bare.log",
                 ready_path="/healthz", what="the bare route", options=UVICORN_OPTIONS))
+            bare_one_write = stack.enter_context(ingest_process(
+                env, root / "bare-one-write.log", factory="loadtest.ingest_anchor:bare_app",
+                ready_path="/healthz", what="the bare route on ingest's protocol"))
         rounds: list[dict[str, dict[str, Any]]] = []
         for number in range(1, args.rounds + 1):
             parts: dict[str, dict[str, Any]] = {}
@@ -257,6 +265,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"round {number}: the bare Starlette route…", flush=True)
                 parts["bare"] = run_load(args, root, *bare, backing.redis_url, requests,
                                          cycle=True)
+            if bare_one_write is not None:
+                print(f"round {number}: the bare route on ingest's one-write protocol…",
+                      flush=True)
+                parts["bare_one_write"] = run_load(args, root, *bare_one_write,
+                                                   backing.redis_url, requests, cycle=True)
             print(f"round {number}: POST {INCREMENT_PATH} ({args.warmup:g} + "
                   f"{args.duration:g} s)…", flush=True)
             parts["increment"] = run_load(args, root, url, ingest_pid, backing.redis_url,
@@ -335,8 +348,9 @@ def report_ratios(args: argparse.Namespace, rounds: list[dict[str, dict[str, Any
           f"{args.duration:g} s window per part in turn (batches: once, 1 s + at most "
           f"{BATCH_WINDOW_S:g} s), access log at its default (on); CPU is the server "
           "process's")
-    labels = {"bare": "bare Starlette JSON route", "token": "POST /api/actions/token",
-              "increment": "POST /api/scores/increment"}
+    labels = {"bare": "bare Starlette JSON route",
+              "bare_one_write": "bare route, ingest's protocol",
+              "token": "POST /api/actions/token", "increment": "POST /api/scores/increment"}
     bare_rps = rate(pooled([r["bare"] for r in rounds])) if "bare" in rounds[0] else None
     for part, label in labels.items():
         if part not in rounds[0]:
@@ -349,6 +363,13 @@ def report_ratios(args: argparse.Namespace, rounds: list[dict[str, dict[str, Any
     if batches is not None:
         print(report_line(f"POST /api/scores/batch ({args.batch_size} each)", batches, None,
                           per=args.batch_size))
+    if "bare_one_write" in rounds[0]:
+        # The issue's floor is the bare route on uvicorn's own protocol (above); against
+        # the bare route on ingest's protocol, what ingest's own code keeps:
+        floor = rate(pooled([r["bare_one_write"] for r in rounds]))
+        print("  ÷ the bare route on ingest's protocol: " + ", ".join(
+            f"{part} {rate(pooled([r[part] for r in rounds])) / floor:.2f}"
+            for part in ("token", "increment")))
     print()
 
 

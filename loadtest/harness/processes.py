@@ -103,17 +103,21 @@ def uvicorn_process(factory: str, env: Mapping[str, str], log_path: Path, *,
         yield found
 
 
-def ingest_command(port: int) -> list[str]:
+def ingest_command(port: int, *extra: str) -> list[str]:
     """``python -m ingest`` (the Procfile's ingest line) on 127.0.0.1:``port``."""
-    return [*INGEST_COMMAND, "--host", "127.0.0.1", "--port", str(port)]
+    return [*INGEST_COMMAND, "--host", "127.0.0.1", "--port", str(port), *extra]
 
 
 @contextlib.contextmanager
-def ingest_process(env: Mapping[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
-    """ONE ingest process, started as the Procfile starts it; yields (url, pid)."""
+def ingest_process(env: Mapping[str, str], log_path: Path, *, factory: str | None = None,
+                   ready_path: str = "/readyz", what: str = "ingest"
+                   ) -> Iterator[tuple[str, int]]:
+    """ONE ingest process, started as the Procfile starts it (``factory``: another app
+    served the same way); yields (url, pid)."""
     port = free_port()
-    with http_process(ingest_command(port), env, log_path, port=port, ready_path="/readyz",
-                      what="ingest") as found:
+    extra = () if factory is None else ("--factory", factory)
+    with http_process(ingest_command(port, *extra), env, log_path, port=port,
+                      ready_path=ready_path, what=what) as found:
         yield found
 
 
