@@ -4,6 +4,7 @@ Locust run, all against real processes (the deployment files: test_deploy_files)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -297,14 +298,27 @@ def _request_ids_in_postgres(database_url: str, event_ids: list[str]) -> list[st
 # --- ingest as several processes: multiprocess metrics ------------------------------------
 
 
+def _live_members(group: int) -> list[int]:
+    """The processes of process group ``group`` that are not zombies (killed processes
+    whose parent is gone wait for PID 1 to reap them)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+    return members
+
+
 def test_ingest_with_two_processes_merges_their_metrics(backing: Backing,
                                                         tmp_path: Path) -> None:
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     env = backing.env(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
     port = free_port()
-    process = subprocess.Popen(
-        [*ingest_command(port), "--workers", "2"], cwd=PROJECT_DIR, env=env)
+    process = subprocess.Popen(  # a session of its own: stop_process kills its children too
+        [*ingest_command(port), "--workers", "2"], cwd=PROJECT_DIR, env=env,
+        start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url + "/healthz", process)
@@ -317,6 +331,7 @@ def test_ingest_with_two_processes_merges_their_metrics(backing: Backing,
         writers = {path.name.rsplit("_", 1)[-1] for path in metrics_dir.glob("*.db")}
     finally:
         stop_process(process)
+    wait_for(lambda: not _live_members(process.pid), "no process of the group outlives the stop")
     assert value(merged, "scoreboard_http_request_duration_seconds_count",
                  route="/api/scores/top", status="200") == 40
     assert len(writers) >= 2, writers

@@ -9,6 +9,7 @@ The tests start their processes with the same commands and helpers.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -42,14 +43,24 @@ def uvicorn_command(factory: str, port: int, *extra: str) -> list[str]:
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15) -> None:
-    """SIGTERM (a clean stop, as a process manager does), then SIGKILL after ``timeout_s``."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """SIGTERM (a clean stop, as a process manager does), then SIGKILL after ``timeout_s``;
+    a process started in a session of its own (``start_new_session``: one that starts
+    children, as ``--workers N`` does) is killed with its whole group, so no child
+    outlives it."""
+    if process.poll() is not None:
+        return
+    leads_a_group = False
+    with contextlib.suppress(ProcessLookupError):
+        leads_a_group = os.getpgid(process.pid) == process.pid
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if leads_a_group:  # its children, if any outlived it (the group outlives its leader)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _log_tail(log_path: Path | None) -> str:
