@@ -7,11 +7,11 @@ One run gives two figures on the same Redis, and their ratio:
 
 1. HTTP. A closed-loop client keeps ``--concurrency`` POST
    /api/scores/increment in flight against one ingest process (``python -m
-   ingest``, as the Procfile runs it) for ``--duration`` seconds after a warm-up. Every
-   request carries a fresh action token fetched beforehand, so every one
-   takes the accepted path (one EVALSHA of ``increment.lua`` that consumes
-   the token and XADDs); only 202s are counted, and at the end the stream
-   length must equal the number of 202s.
+   ingest``, as the Procfile runs it) for ``--duration`` seconds after a
+   warm-up. Every request carries a fresh action token fetched beforehand, so
+   every one takes the accepted path (one EVALSHA of ``increment.lua`` that
+   consumes the token and XADDs); only 202s are counted, and at the end the
+   stream length must equal the number of 202s.
 2. Raw. ``redis-benchmark`` calls EVALSHA of the same script SHA with keys
    and arguments of the same shape, so HTTP/raw says how much of one Redis
    core one ingest process can use.
@@ -24,9 +24,9 @@ endpoint: ``--rounds`` rounds of bare, bare on one write, increment, token.
 Each part's figure pools its rounds and is divided by the bare route's pooled
 rate; each round's own ratio is printed beside it; a last line divides the
 player endpoints by the bare route on ingest's protocol instead (what our own
-code keeps of a floor with the same protocol). On a shared machine whose speed moves by a
-factor of two within a minute, one window of each in turn compared moments,
-not code.
+code keeps of a floor with the same protocol). On a shared machine whose speed
+moves by a factor of two within a minute, one window of each in turn compared
+moments, not code.
 
 The client runs in a process of its own (``loadtest.load_generator``; its
 docstring says why it is not httpx by default): the machine this was written
