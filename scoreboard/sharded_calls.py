@@ -88,6 +88,20 @@ async def _gated_on_cluster(scripts: Scripts, call: Callable[..., Awaitable[_Rep
     return reply
 
 
+def first_of_each_event(items: Sequence[BatchItem]) -> tuple[list[BatchItem], int]:
+    """The batch's items with each event id's first only, and how many repeats were
+    left out. ``lua/batch.lua`` counts a repeat inside its call as a duplicate; split
+    by shard, one event id sent for two players would reach two calls and be
+    accepted by both (counted once by Postgres, but answered as two)."""
+    seen: set[str] = set()
+    firsts = []
+    for item in items:
+        if item.event_id not in seen:
+            seen.add(item.event_id)
+            firsts.append(item)
+    return firsts, len(items) - len(firsts)
+
+
 def items_by_shard(keys: Keys, items: Sequence[BatchItem]) -> dict[int, list[BatchItem]]:
     """The batch's items per shard of their user, each part in the batch's order."""
     parts: dict[int, list[BatchItem]] = {}
@@ -119,14 +133,15 @@ async def batch(scripts: Scripts, client: Any, keys: Keys, *, backend_id: str, j
     if not keys.sharded:
         return await scripts.batch(keys, backend_id=backend_id, jti=jti, rate=rate,
                                    items=items, **common)
-    parts = items_by_shard(keys, items)
+    firsts, repeats = first_of_each_event(items)
+    parts = items_by_shard(keys, firsts)
     cost = await new_increments(client, keys, backend_id, parts,
                                 dedup_ttl_ms=common["dedup_ttl_ms"])
     gate = await scripts.backend_gate(keys, backend_id=backend_id, jti=jti, rate=rate,
                                       cost=cost)
     if gate.reason != "ok":
         return BatchReply(gate.reason, gate.retry_after_ms, 0, 0, [])
-    accepted, duplicates, refused = 0, 0, []
+    accepted, duplicates, refused = 0, repeats, []
     for shard, part in parts.items():
         reply = await scripts.batch(keys, backend_id=backend_id, jti=jti, rate=rate,
                                     items=part, shard=shard, **common)

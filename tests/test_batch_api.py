@@ -129,10 +129,15 @@ def test_duplicates_inside_one_batch_count_once(api: Api, backend: Player,
                                                 redis_client: redis.Redis, keys: Keys,
                                                 stream_length: Any) -> None:
     twice, once = item(points=7), item(points=2)
+    # the same event id for another player (sharded: one in another shard, whose own
+    # call would not know the first)
+    other = next(user for user in (fresh_name("gp") for _ in range(100))
+                 if keys.shard_of(user) != keys.shard_of(twice["user_id"]) or not keys.sharded)
     before = stream_length()
-    response = post_batch(api, backend, [twice, once, twice, {**twice, "points": 8}])
+    response = post_batch(api, backend, [twice, once, twice, {**twice, "points": 8},
+                                         {**twice, "user_id": other}])
     assert response.status_code == 202, response.text
-    assert response.json() == {"accepted": 2, "duplicates": 2, "refused": []}
+    assert response.json() == {"accepted": 2, "duplicates": 3, "refused": []}
     assert stream_length() == before + 2
     found = entries_by_event(redis_client, keys, {twice["event_id"], once["event_id"]})
     assert [e["points"] for e in found[twice["event_id"]]] == ["7"]  # the first one wins
