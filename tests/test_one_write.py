@@ -8,31 +8,28 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
 
-from loadtest.harness.processes import PROJECT_DIR, ingest_command, stop_process
-from loadtest.harness.processes import wait_ready as wait_until_ready
-from scoreboard.embedded import free_port
+from loadtest.harness.processes import ingest_process
 from tests.servers import Backing
 
 REQUESTS = 200
 
 
 @pytest.fixture(scope="module")
-def ingest(backing: Backing) -> Iterator[tuple[str, int, int]]:
+def ingest(backing: Backing, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[str, int, int]]:
     """(host, port, pid) of an ingest process of this module's own."""
-    port = free_port()
-    process = subprocess.Popen(ingest_command(port), cwd=PROJECT_DIR, env=backing.env())
-    try:
-        wait_until_ready(f"http://127.0.0.1:{port}/readyz", process)
-        yield "127.0.0.1", port, process.pid
-    finally:
-        stop_process(process)
+    log = tmp_path_factory.mktemp("one-write") / "ingest.log"
+    with ingest_process(backing.env(), log) as (url, pid):
+        address = urlsplit(url)
+        assert address.hostname is not None and address.port is not None
+        yield address.hostname, address.port, pid
 
 
 def write_calls(pid: int) -> int:
