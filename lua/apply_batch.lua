@@ -18,16 +18,18 @@
 --   the prefix .. user id), f = 4 + 3 * number of boards; unsharded only
 -- ARGV[1] consumer group   ARGV[2] change-notice channel
 -- ARGV[3] JSON {"boards": [name, ...],
---               "totals": [[board index (from 0), user id, total, reached ms, version], ...],
+--               "totals": [[user id, total, reached ms, version, user id, ...], ...]:
+--                 one flat list per board (in the order of "boards"), four values
+--                 per total (lib/board.lua's apply_totals takes them so),
 --               "names": [user id, username, user id, username, ...] (each user of
 --                 the totals once: a user usually has a total on several boards),
 --               "ack": [stream id, ...],
 --               "trace": W3C traceparent (optional; tracing on),
---               "hidden": [0 or 1, ...] (sharded only, one per total: whether its user
---                 is banned or shadow-banned, read in the player's slot beforehand;
---                 the banned and shadow-banned prefixes are then not passed, "ack" is
---                 empty and KEYS[1] is not touched: the caller XACKs in the
---                 stream's slot after this call)}
+--               "hidden": [user id, ...] (sharded only: the users of the totals
+--                 who are banned or shadow-banned, read in the players' slots
+--                 beforehand; the banned and shadow-banned prefixes are then not
+--                 passed, "ack" is empty and KEYS[1] is not touched: the caller
+--                 XACKs in the stream's slot after this call)}
 --   The notice is the board's name, followed by "\n" and the traceparent when
 --   there is one (board names hold no newline).
 -- Returns the number of board entries that changed.
@@ -43,7 +45,7 @@ local names = batch.names
 -- here (lib/board.lua), once per user (from "names") rather than once per total.
 local hidden = {}
 if batch.hidden then
-  for i, t in ipairs(totals) do hidden[t[2]] = batch.hidden[i] == 1 or hidden[t[2]] end
+  for _, user_id in ipairs(batch.hidden) do hidden[user_id] = true end
 else
   local users, pair_keys = #names / 2, {}
   for u = 1, users do
@@ -52,17 +54,13 @@ else
     pair_keys[2 * u] = shadow_prefix .. user_id
   end
   local flags = hidden_flags(pair_keys, users)
-  for u = 1, users do hidden[names[2 * u - 1]] = flags[u] end
-end
-local per_board = {}
-for b = 1, #boards do per_board[b] = {} end
-for _, t in ipairs(totals) do
-  local own = per_board[t[1] + 1]
-  own[#own + 1] = {t[2], t[3], t[4], t[5], hidden[t[2]] == true}
+  for u = 1, users do
+    if flags[u] then hidden[names[2 * u - 1]] = true end
+  end
 end
 local changed = 0
 for b = 0, #boards - 1 do
-  changed = changed + apply_totals(KEYS[4 + 3 * b], KEYS[5 + 3 * b], per_board[b + 1])
+  changed = changed + apply_totals(KEYS[4 + 3 * b], KEYS[5 + 3 * b], totals[b + 1], hidden)
 end
 chunked('HSET', usernames_key, names, 2)
 if #boards > 0 then redis.call('SADD', boards_key, unpack(boards)) end

@@ -21,12 +21,14 @@ if not sharded then
   for k = 3, #KEYS do pair_keys[k - 2] = KEYS[k] end
   flags = hidden_flags(pair_keys, count)
 end
-local items = {}
+local flat, hidden = {}, {}
 for i = 0, count - 1 do
   local a = stride * i + 1
-  local hidden
-  if sharded then hidden = ARGV[a + 4] == '1' else hidden = flags[i + 1] end
-  items[i + 1] = {ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
-                  hidden}
+  local user_id = ARGV[a]
+  flat[4 * i + 1], flat[4 * i + 2] = user_id, tonumber(ARGV[a + 1])
+  flat[4 * i + 3], flat[4 * i + 4] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  if (sharded and ARGV[a + 4] == '1') or (not sharded and flags[i + 1]) then
+    hidden[user_id] = true
+  end
 end
-return apply_totals(board_key, entries_key, items)
+return apply_totals(board_key, entries_key, flat, hidden)

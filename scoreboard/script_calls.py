@@ -377,8 +377,11 @@ class ApplyBatchScript(TypedScript):
         entries changed."""
         if keys.sharded and hidden is None:
             raise ValueError("sharded: the users' bans are in other slots; pass hidden")
-        boards = sorted({t.board for t in totals})
-        index = {board: i for i, board in enumerate(boards)}
+        by_board: dict[str, list[Any]] = {}
+        for total in totals:  # four values in a row per total, one list per board
+            by_board.setdefault(total.board, []).extend(
+                (total.user_id, total.score, epoch_ms(total.reached_at), total.version))
+        boards = sorted(by_board)
         stream = keys.usernames if hidden is not None else keys.stream
         script_keys = [stream, keys.usernames, keys.boards]
         for board in boards:
@@ -386,17 +389,17 @@ class ApplyBatchScript(TypedScript):
                             keys.board_revision(board)]
         if hidden is None:
             script_keys += [keys.banned_prefix, keys.shadow_banned_prefix]
-        rows = [[index[total.board], total.user_id, total.score, epoch_ms(total.reached_at),
-                 total.version] for total in totals]
         # each user's name once (its totals on several boards carry the same name)
         names = [part for pair in {t.user_id: t.username for t in totals}.items()
                  for part in pair]
-        batch: dict[str, Any] = {"boards": boards, "totals": rows, "names": names,
-                                 "ack": list(ack_ids)}
+        batch: dict[str, Any] = {"boards": boards,
+                                 "totals": [by_board[board] for board in boards],
+                                 "names": names, "ack": list(ack_ids)}
         if hidden is not None:
             if ack_ids:
                 raise ValueError("with hidden flags the caller acknowledges")
-            batch["hidden"] = [int(flag) for flag in hidden]
+            batch["hidden"] = sorted({t.user_id for t, flag in zip(totals, hidden, strict=True)
+                                      if flag})
         if traceparent:
             batch["trace"] = traceparent
         payload = orjson.dumps(batch)

@@ -41,8 +41,8 @@ def test_call_shape_names_each_board_and_user_once_and_the_ban_prefixes() -> Non
     reached_ms = int(REACHED.timestamp() * 1000)
     assert orjson.loads(args[2]) == {
         "boards": ["global", "weekly"],
-        "totals": [[1, "u1", 5, reached_ms, 1], [0, "u2", 7, reached_ms, 3],
-                   [1, "u2", 9, reached_ms, 2]],
+        "totals": [["u2", 7, reached_ms, 3],  # global's, then weekly's, four values each
+                   ["u1", 5, reached_ms, 1, "u2", 9, reached_ms, 2]],
         "names": ["u1", "u1", "u2", "Ann"],  # each user once
         "ack": ["1-0", "1-1"]}
 

@@ -15,49 +15,56 @@
 -- costs more than the command it runs, and one per total made a worker's
 -- batch of 1,000 totals take about 23 ms of Redis (BENCHMARKS.md, "Worker").
 
--- `items`: a list of {user id, total, reached ms, version, hidden (boolean)}.
--- A user listed twice keeps the newer version (what applying them one by one
--- would leave). Returns how many users' entries changed.
-local function apply_totals(board_key, entries_key, given)
-  local items, at = {}, {}
-  for _, item in ipairs(given) do
-    local seen = at[item[1]]
+-- `flat`: each total as four values in a row (user id, total, reached ms,
+-- version; numbers as numbers), rather than a table per total: the tables (one
+-- from cjson per total, one more to split them by board) were a fifth of a
+-- worker's batch in this script. `hidden`: user id -> true for a banned or
+-- shadow-banned user. A user listed twice keeps the newer version (what
+-- applying them one by one would leave). Returns how many users' entries
+-- changed.
+local function apply_totals(board_key, entries_key, flat, hidden)
+  local users, at_value, at_user = {}, {}, {}
+  for a = 1, #flat, 4 do
+    local user_id = flat[a]
+    local seen = at_user[user_id]
     if not seen then
-      items[#items + 1] = item
-      at[item[1]] = #items
-    elseif item[4] > items[seen][4] then
-      items[seen] = item
+      seen = #users + 1
+      users[seen] = user_id
+      at_user[user_id] = seen
+      at_value[seen] = a
+    elseif flat[a + 3] > flat[at_value[seen] + 3] then
+      at_value[seen] = a
     end
   end
-  local n = #items
+  local n = #users
   if n == 0 then return 0 end
-  local users = {}
-  for i = 1, n do users[i] = items[i][1] end
   local stored = {}
   for first = 1, n, CHUNK do
     local last = math.min(n, first + CHUNK - 1)
     local got = redis.call('HMGET', entries_key, unpack(users, first, last))
     for j = 1, last - first + 1 do stored[first + j - 1] = got[j] end
   end
+  local find, sub, format = string.find, string.sub, string.format
   local removed, added, entries, dropped = {}, {}, {}, {}
   local changed = 0
   for i = 1, n do
-    local user_id, total, reached, version, hidden = unpack(items[i])
+    local user_id, a = users[i], at_value[i]
     local current = stored[i]
     local current_version, current_member = -1, nil
     if current then
-      local sep = string.find(current, '|', 1, true)
-      current_version = tonumber(string.sub(current, 1, sep - 1))
-      current_member = string.sub(current, sep + 1)
+      local sep = find(current, '|', 1, true)
+      current_version = tonumber(sub(current, 1, sep - 1))
+      current_member = sub(current, sep + 1)
     end
-    if hidden then
+    if hidden[user_id] then
       if current_member then
         removed[#removed + 1] = current_member
         dropped[#dropped + 1] = user_id
         changed = changed + 1
       end
-    elseif version > current_version then
-      local member = string.format('%013d|%s', reached, user_id)
+    elseif flat[a + 3] > current_version then
+      local total, version = flat[a + 1], flat[a + 3]
+      local member = format('%013d|%s', flat[a + 2], user_id)
       -- (a total down to 0 leaves the board even when its member is unchanged)
       if current_member and (current_member ~= member or total <= 0) then
         removed[#removed + 1] = current_member
@@ -66,7 +73,7 @@ local function apply_totals(board_key, entries_key, given)
         added[#added + 1] = -total
         added[#added + 1] = member
         entries[#entries + 1] = user_id
-        entries[#entries + 1] = string.format('%d|%s', version, member)
+        entries[#entries + 1] = format('%d|%s', version, member)
       else
         dropped[#dropped + 1] = user_id
       end
