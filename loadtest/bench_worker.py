@@ -258,6 +258,9 @@ class BatchTimings:
     # one serial step waits on everything else (the pipelining's check)
     postgres_spans: list[tuple[float, float]] = field(default_factory=list)
     redis_s: list[float] = field(default_factory=list)
+    # Redis's own time of each lua/apply_batch.lua call (SLOWLOG: the server's clock,
+    # the script alone, without the round trip or the worker's event loop)
+    script_s: list[float] = field(default_factory=list)
     fraud_s: list[float] = field(default_factory=list)
 
 
@@ -299,6 +302,33 @@ def timed(function: Callable[..., Awaitable[Any]], into: list[float],
     return wrapper
 
 
+SLOWLOG_FROM_US = 500  # every apply_batch.lua call of a batch takes longer
+SLOWLOG_LENGTH = 100_000
+
+
+async def slowlog_start(client: Any) -> dict[str, str]:
+    """Log every command slower than ``SLOWLOG_FROM_US`` from now on; returns the
+    settings to put back (:func:`slowlog_script_s`)."""
+    saved: dict[str, str] = {}
+    for name in ("slowlog-log-slower-than", "slowlog-max-len"):
+        saved.update(await client.config_get(name))
+    await client.config_set("slowlog-log-slower-than", SLOWLOG_FROM_US)
+    await client.config_set("slowlog-max-len", SLOWLOG_LENGTH)
+    await client.slowlog_reset()
+    return saved
+
+
+async def slowlog_script_s(client: Any, saved: dict[str, str], sha: str) -> list[float]:
+    """Redis's own duration of each logged EVALSHA of ``sha``, in seconds; puts the
+    slow log's settings back."""
+    logged = await client.slowlog_get(SLOWLOG_LENGTH)
+    for name, value in saved.items():
+        await client.config_set(name, value)
+    prefix = f"evalsha {sha}".encode()  # redis-py gives the command as bytes
+    return sorted(entry["duration"] / 1e6 for entry in logged
+                  if bytes(entry["command"]).lower().startswith(prefix))
+
+
 async def run_latency_pass(backing: WorkerBacking, workload: Workload, ids: Sequence[str],
                            meter: CpuMeter, settings: Settings, *,
                            timeout_s: float) -> LatencyPass:
@@ -323,6 +353,7 @@ async def run_latency_pass(backing: WorkerBacking, workload: Workload, ids: Sequ
                              in_flight=settings.worker_in_flight,
                              after_batch=timed(fraud.check_batch, timings.fraud_s),
                              every_second=fraud.record_decisions)
+    slowlog = await slowlog_start(client)
     # The Postgres and Redis halves of each batch, timed where the consumer calls them.
     with mock.patch("workers.consumer.persist_batch", timed(persist_batch, timings.postgres_s,
                                                                    timings.postgres_spans)), \
@@ -349,6 +380,8 @@ async def run_latency_pass(backing: WorkerBacking, workload: Workload, ids: Sequ
         finally:
             consumer.stop()
             await asyncio.wait_for(task, 30)
+            timings.script_s = await slowlog_script_s(client, slowlog,
+                                                      consumer.scripts.apply_batch.script.sha)
             await pool.close()
             await client.aclose()
     assert first is not None

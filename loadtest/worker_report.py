@@ -233,6 +233,12 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
     print(f"    Redis           apply_and_ack p50 {1000 * percentile(redis_s, 0.5):.1f} ms, "
           f"p99 {1000 * percentile(redis_s, 0.99):.1f} ms (one lua/apply_batch.lua call: "
           "boards, usernames, revisions, XACK, notices)")
+    script_s = latency.timings.script_s
+    if script_s:
+        print(f"    in Redis        apply_batch.lua p50 {1000 * percentile(script_s, 0.5):.1f} ms, "
+              f"p99 {1000 * percentile(script_s, 0.99):.1f} ms of Redis's own time per call "
+              f"({len(script_s)} calls, SLOWLOG; per 1,000 entries p50 "
+              f"{1e6 * percentile(script_s, 0.5) * len(batch_s) / n:.1f} ms)")
     print(f"    fraud checks    after_batch p50 {1000 * percentile(fraud_s, 0.5):.1f} ms, "
           f"p99 {1000 * percentile(fraud_s, 0.99):.1f} ms (after the XACK, before the next "
           "read; not in the worker's histogram)")
