@@ -82,7 +82,10 @@ def error_frame(refusal: Refusal, user_id: str | None = None) -> bytes:
     return text_frame(orjson.dumps(body))
 
 
-def unwatched_frame(board: str, user_id: str) -> bytes:
+def unwatched_frame(board: str, user_id: str, window: str = "") -> bytes:
     """The acknowledgement of an unwatch: nothing more comes for that player. ``board``
-    as the connection follows it: a board, or a window's period (its scope)."""
-    return text_frame(orjson.dumps({"type": "unwatched", **named(board), "user_id": user_id}))
+    as the connection follows it: a board, or a window's period (its scope); or,
+    with ``window``, the board and window named at the handshake while that
+    window's period is still being looked up (no period to name yet)."""
+    where = {"board": board, "window": window} if window else named(board)
+    return text_frame(orjson.dumps({"type": "unwatched", **where, "user_id": user_id}))

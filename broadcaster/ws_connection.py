@@ -108,6 +108,8 @@ class SpectatorConnection(asyncio.Protocol):
                                    logger=_protocol_logger)
         self.transport: asyncio.Transport | None = None
         self.board = ""
+        # (board, window) named at the handshake while its period is looked up
+        self.unresolved = ("", "")
         self.address: str | None = None  # set once admitted: its slot is released on loss
         self.open = False
         self.version_sent = -1  # of the current board: versions sent only grow
@@ -271,6 +273,8 @@ class SpectatorConnection(asyncio.Protocol):
         if window == ALL_TIME:
             self._watch(board)
             return
+        if not self.board:
+            self.unresolved = (board, window)
         task = asyncio.get_running_loop().create_task(self._subscribe_window(board, window))
         _loading.add(task)
         task.add_done_callback(_loading.discard)
@@ -359,7 +363,8 @@ class SpectatorConnection(asyncio.Protocol):
             del self.watching[request.user_id]
             self.pending_ranks.pop(request.user_id, None)
             self.state.watches.remove(self, self.board, request.user_id)
-            self.transport.write(unwatched_frame(self.board, request.user_id))
+            board, window = (self.board, "") if self.board else self.unresolved
+            self.transport.write(unwatched_frame(board, request.user_id, window))
 
     def _follow(self, user_id: str) -> None:
         """Start following ``user_id`` on the current board: its slot is taken now, its

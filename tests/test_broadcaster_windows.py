@@ -260,16 +260,15 @@ def test_watched_players_move_to_the_next_period_with_their_spectators(
         assert standings[1]["above"] == neighbour(1, "ann", 9)
 
 
-def test_a_watch_sent_before_the_window_is_resolved_follows_its_period(
-        backing: Backing) -> None:
-    """The watch message right after the handshake, while the broadcaster still looks
-    the window's period up: the player is followed on that period, not on the board
-    of no name the connection had until then (seen on the cluster as a rank message
-    with no window and no rank). Thousands of board definitions under a key prefix of
-    its own make the lookup slow enough that the watch always comes first."""
+def _before_the_period_is_known(backing: Backing, board: str,
+                                 messages: list[dict[str, str]]) -> tuple[str, dict[str, Any]]:
+    """Send ``messages`` right after the handshake of a connection to ``board``'s
+    daily window, while the broadcaster still looks its period up; returns today's
+    period and the first message back that is not a snapshot. Thousands of board
+    definitions under a key prefix of its own make the lookup slow enough that the
+    messages always come first. Bob has 7 points today."""
     prefix = fresh_name("slowdefs")
     keys = Keys(prefix, shards=backing.redis_shards, cluster=backing.redis_cluster)
-    board = fresh_name("earlywatch")
     made = make_board(backing, board, windows=("all_time", "daily"), key_prefix=prefix)
     today = made.spec.period_at("daily", datetime.now(UTC))
     assert today is not None
@@ -282,14 +281,35 @@ def test_a_watch_sent_before_the_window_is_resolved_follows_its_period(
                 f"filler{n}": raw.replace(board, f"filler{n}") for n in range(20_000)})
             await writer.set(scope(board, "daily", today.period), "bob", 7)
             async with connect(ws_url(url, board) + "&window=daily") as ws:
-                await send(ws, type="watch", user_id="bob")
+                for message in messages:
+                    await send(ws, **message)
                 return await next_message(ws, lambda m: m["type"] != "snapshot")
         finally:
             await writer.client.delete(keys.board_definitions)
             await writer.close()
 
     with broadcaster_server(backing.env(KEY_PREFIX=prefix)) as url:
-        first = asyncio.run(scenario(url))
+        return today.period, asyncio.run(scenario(url))
+
+
+def test_a_watch_sent_before_the_window_is_resolved_follows_its_period(
+        backing: Backing) -> None:
+    """The player is followed on the period, not on the board of no name the
+    connection had until then (seen on the cluster as a rank message with no window
+    and no rank)."""
+    board = fresh_name("earlywatch")
+    period, first = _before_the_period_is_known(backing, board,
+                                                [{"type": "watch", "user_id": "bob"}])
     assert {k: first.get(k) for k in ("type", "board", "window", "period", "rank", "score")} == {
-        "type": "rank", "board": board, "window": "daily", "period": today.period, "rank": 1,
+        "type": "rank", "board": board, "window": "daily", "period": period, "rank": 1,
         "score": 7}
+
+
+def test_an_unwatch_sent_before_the_window_is_resolved_names_the_board_and_window(
+        backing: Backing) -> None:
+    """Answered with the board and window of the handshake (its period is not known
+    yet), not with an empty board name."""
+    board = fresh_name("earlyunwatch")
+    _, first = _before_the_period_is_known(backing, board, [
+        {"type": "watch", "user_id": "bob"}, {"type": "unwatch", "user_id": "bob"}])
+    assert first == {"type": "unwatched", "board": board, "window": "daily", "user_id": "bob"}
