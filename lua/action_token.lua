@@ -12,7 +12,8 @@
 -- ARGV[6] token lifetime ms
 -- ARGV[7..8] sharded only: the address's limited ttl ms and IP-limit verdict (retry
 --          ms, 0 when allowed) from lua/address_gate.lua; KEYS[4] and KEYS[6] are
---          then not touched (the caller commits the IP limit after an 'ok')
+--          then not touched (the caller commits the IP limit after an 'ok'; see
+--          lib/address.lua)
 --
 -- Returns {'ok', 0} or {reason, retry after ms}, reason one of 'revoked',
 -- 'banned', 'address_limited', 'limited_user', 'limited_ip'.
@@ -27,27 +28,16 @@ local token_ttl = tonumber(ARGV[6])
 
 if redis.call('EXISTS', revoked_key) == 1 then return {'revoked', 0} end
 if redis.call('EXISTS', banned_key) == 1 then return {'banned', 0} end
-local external_address = (ARGV[7] or '') ~= ''
-local limited_ttl
-if external_address then limited_ttl = tonumber(ARGV[7])
-else limited_ttl = redis.call('PTTL', address_limited_key) end
-if limited_ttl > 0 and redis.call('EXISTS', user_failures_key) == 1 then
-  return {'address_limited', limited_ttl}
-end
+local lockout = address_lockout(address_limited_key, user_failures_key, ARGV[7] or '')
+if lockout then return {'address_limited', lockout} end
 
 local now = now_ms()
 local user_ok, user_tat, user_retry = gcra_check(user_rate_key, now, user_count, user_period, 1)
 if not user_ok then return {'limited_user', user_retry} end
-local ip_ok, ip_tat, ip_retry
-if external_address then
-  ip_retry = tonumber(ARGV[8])
-  ip_ok = ip_retry <= 0
-else
-  ip_ok, ip_tat, ip_retry = gcra_check(ip_rate_key, now, ip_count, ip_period, 1)
-end
+local ip_ok, ip_tat, ip_retry = address_rate(ip_rate_key, now, ip_count, ip_period, ARGV[8] or '')
 if not ip_ok then return {'limited_ip', ip_retry} end
 
 gcra_commit(user_rate_key, now, user_tat)
-if not external_address then gcra_commit(ip_rate_key, now, ip_tat) end
+if ip_tat then gcra_commit(ip_rate_key, now, ip_tat) end
 redis.call('SET', token_key, user_id, 'PX', token_ttl)
 return {'ok', 0}

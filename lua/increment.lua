@@ -31,7 +31,8 @@
 -- ARGV[20..21] sharded only (scoreboard/keys.py): the address's limited ttl ms and
 --          its IP-limit verdict (retry ms, 0 when allowed), read beforehand in the
 --          address's own slot (lua/address_gate.lua); KEYS[7] and KEYS[10] are then
---          not touched (the caller commits the IP limit after an 'ok')
+--          not touched (the caller commits the IP limit after an 'ok'; see
+--          lib/address.lua)
 --
 -- Returns {'ok', stream id, accepted ms, flagged now (0/1)} or {reason, retry after ms},
 -- or {'replayed', 0}, reason one of 'revoked', 'banned', 'address_limited', 'token_used', 'token_foreign',
@@ -65,13 +66,8 @@ end
 local owner = redis.call('GET', token_key)
 if not owner and marked() then return {'replayed', 0} end
 if some_state and redis.call('EXISTS', banned_key) == 1 then return {'banned', 0} end
-local external_address = (ARGV[20] or '') ~= ''
-local limited_ttl
-if external_address then limited_ttl = tonumber(ARGV[20])
-else limited_ttl = redis.call('PTTL', address_limited_key) end
-if limited_ttl > 0 and redis.call('EXISTS', user_failures_key) == 1 then
-  return {'address_limited', limited_ttl}
-end
+local lockout = address_lockout(address_limited_key, user_failures_key, ARGV[20] or '')
+if lockout then return {'address_limited', lockout} end
 
 if not owner then return {'token_used', 0} end
 if owner ~= user_id then return {'token_foreign', 0} end
@@ -83,19 +79,14 @@ if flagged then
 end
 local user_ok, user_tat, user_retry = gcra_check(limit_key, now, limit_count, limit_period, 1)
 if not user_ok then return {'limited_user', user_retry} end
-local ip_ok, ip_tat, ip_retry
-if external_address then
-  ip_retry = tonumber(ARGV[21])
-  ip_ok = ip_retry <= 0
-else
-  ip_ok, ip_tat, ip_retry = gcra_check(ip_rate_key, now, ip_count, ip_period, 1)
-end
+local ip_ok, ip_tat, ip_retry = address_rate(ip_rate_key, now, ip_count, ip_period,
+  ARGV[21] or '')
 if not ip_ok then return {'limited_ip', ip_retry} end
 if marked() then return {'duplicate', 0} end
 
 redis.call('DEL', token_key)
 gcra_commit(limit_key, now, user_tat)
-if not external_address then gcra_commit(ip_rate_key, now, ip_tat) end
+if ip_tat then gcra_commit(ip_rate_key, now, ip_tat) end
 redis.call('SADD', marks_now, event_id)
 expire_window(marks_now, marks_ttl)
 -- The entry in the packed form batch.lua writes (lib/entry.lua): two fields

@@ -39,7 +39,8 @@ LUA_DIR = Path(__file__).parent / "lua_scripts"
 PRELUDE = LUA_DIR / "lib" / "gcra.lua"
 # Scripts that share code besides the prelude, and the ``lua/lib/`` files they use.
 LIBRARIES = {"set_totals": ("chunks", "board"), "apply_batch": ("chunks", "board"),
-             "increment": ("marks", "entry"), "batch": ("marks", "chunks", "entry")}
+             "increment": ("marks", "entry", "address"), "action_token": ("address",),
+             "batch": ("marks", "chunks", "entry")}
 
 
 def script_source(name: str) -> str:
