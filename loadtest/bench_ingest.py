@@ -59,7 +59,14 @@ import redis
 from loadtest.harness.backing import Backing, settle_redis, start_backing
 from loadtest.harness.command import benchmark_parser, command
 from loadtest.harness.cpu import background_cores
-from loadtest.harness.figures import background_line, closing_notes, machine_line, percentile, share
+from loadtest.harness.figures import (
+    background_line,
+    closing_notes,
+    code_line,
+    machine_line,
+    percentile,
+    share,
+)
 from loadtest.harness.http import INCREMENT_PATH
 from loadtest.harness.players import (
     HIGH_RATE,
@@ -158,6 +165,8 @@ def report(args: argparse.Namespace, backing: Backing, background: float, player
     """Print the whole report; return whether the stream check passed."""
     print("\n=== Ingest benchmark: one ingest process ===")
     print(f"machine     {machine_line()}")
+    print("code        " + code_line(("ingest", "scoreboard", "lua"),
+                                     "uncommitted changes in ingest/, scoreboard/ or lua/"))
     print(background_line(background))
     print(f"servers     redis {'embedded' if backing.redis_embedded else 'REDIS_URL'} "
           f"(AOF everysec), postgres {'embedded' if backing.database_embedded else 'DATABASE_URL'}"

@@ -129,6 +129,29 @@ def limit_notes(cpu: CpuUse, process_name: str, *, in_flight: int = 0) -> list[s
     return notes
 
 
+def scaling_note(one: CpuUse, two: CpuUse, target: float = 1.6) -> str:
+    """What bounds two workers against one: a party at a full core, or the machine.
+
+    At one worker's CPU per entry (every party's: worker, Postgres, Redis, this
+    benchmark's poll), ``target`` times its rate needs ``target`` times the cores
+    its drain kept busy; when that is more than the machine has, no second
+    process can get there, whoever the busiest party is."""
+    cores = os.cpu_count() or 1
+    full = [f"{name} {used:.2f}" for name, used in (
+        ("postgres", two.postgres or 0.0), ("redis-server", two.redis),
+        ("the first worker", two.process)) if used >= 0.9]
+    if full:
+        return f"{', '.join(full)} of a core: that party bounds two workers"
+    needed = target * one.machine
+    if needed > 0.9 * cores:
+        return (f"the machine: one worker's drain kept {one.machine:.2f} of its {cores} cores "
+                f"busy, so {target:g}x its rate at the same CPU per entry needs about "
+                f"{needed:.2f}; two workers had {two.machine:.2f} busy. No party is at a "
+                "full core; they share the machine's")
+    return (f"no party at a full core and the machine at {two.machine:.2f} of {cores}: "
+            "round trips, fsync waits and row locks between the two bound the figure")
+
+
 def night_line(settings: Settings, workload: Workload) -> str:
     """Whether the entries fall in the unusual-time rule's window, which changes
     the fraud checks' work per entry."""
@@ -191,6 +214,7 @@ def report(args: argparse.Namespace, *, background: float, servers: str, backing
           + f" (one worker alone: {drain.cpu.process:.2f})")
     print(f"  CPU in drain      {drain2.cpu.line('first worker')} (the second worker is "
           "among the others)")
+    print(f"  limit             {scaling_note(drain.cpu, drain2.cpu)}")
 
     if serial is not None:
         sdrain = serial.drain
