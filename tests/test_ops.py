@@ -11,8 +11,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ import pytest
 from prometheus_client import REGISTRY
 from websockets.sync.client import connect as ws_connect
 
-from loadtest.harness.processes import ingest_command
+from loadtest.harness.processes import ingest_command, ingest_process
 from scoreboard.db import create_pool
 from scoreboard.embedded import free_port
 from scoreboard.keys import Keys
@@ -214,7 +212,7 @@ def test_request_id_travels_from_ingest_logs_to_the_entry_and_worker_logs(
     env = backing.env(KEY_PREFIX=fresh_name("sbrid"), TRUSTED_PROXIES="127.0.0.1/32",
                       LOG_LEVEL="INFO", WORKER_METRICS_PORT="0")
     keys = backing.keys_for(env["KEY_PREFIX"])
-    with ingest_log.open("ab") as log, _logged_ingest(env, log) as url:
+    with ingest_process(env, ingest_log) as (url, _):
         api = Api(url)
         try:
             player = api.register_and_login()
@@ -264,19 +262,6 @@ def test_request_id_travels_from_ingest_logs_to_the_entry_and_worker_logs(
     assert ours and ours[0]["request_id"] == "trace-0002"
     assert ours[0]["event_id"] == "broken-1"
     assert ours[0]["level"] == "error"
-
-
-@contextmanager
-def _logged_ingest(env: Mapping[str, str], log: Any) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        ingest_command(port), cwd=PROJECT_DIR, env=dict(env), stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url + "/readyz", process)
-        yield url
-    finally:
-        stop_process(process)
 
 
 def _request_ids_in_postgres(database_url: str, event_ids: list[str]) -> list[str] | None:
