@@ -16,8 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -30,14 +28,8 @@ from scoreboard.supervise import Backoff, Restarter, ServerWatch, supervised_pro
 from tests.load_support import BOARD, assert_exactly_once, system, wait_settled
 from tests.servers import PROJECT_DIR, Backing, SyncRedis
 from tests.test_run_command import _running, _stop, _wait_ready
+from tests.waiting import wait_for
 from tests.worker_support import worker_process
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 @pytest.mark.single_node("kills and restarts an embedded single Redis (make run's ServerWatch); "
@@ -55,17 +47,18 @@ def test_redis_sigkilled_under_load_comes_back_and_every_202_lands_once(
             sys_.load.retry_unavailable = True
             with sys_.load.running():
                 # the worker is up and persisting (a board it wrote), under load
-                _wait_for(lambda: client.zcard(sys_.keys.board(BOARD)) > 0, 60,
-                          "the worker never wrote the board")
-                _wait_for(lambda: sys_.load.accepted_events >= 200, 30, "no load accepted")
+                wait_for(lambda: client.zcard(sys_.keys.board(BOARD)) > 0,
+                         "the worker never wrote the board", timeout_s=60)
+                wait_for(lambda: sys_.load.accepted_events >= 200,
+                         "no load accepted", timeout_s=30)
                 killed_pid = server.pid
                 assert killed_pid is not None
                 os.kill(killed_pid, signal.SIGKILL)
-                _wait_for(lambda: server.pid != killed_pid and server.alive(), 30,
-                          "the watch did not restart redis")
+                wait_for(lambda: server.pid != killed_pid and server.alive(),
+                         "the watch did not restart redis", timeout_s=30)
                 accepted_at_restart = sys_.load.accepted_events
-                _wait_for(lambda: sys_.load.accepted_events > accepted_at_restart + 200, 60,
-                          "ingest did not accept again after the restart")
+                wait_for(lambda: sys_.load.accepted_events > accepted_at_restart + 200,
+                         "ingest did not accept again after the restart", timeout_s=60)
             assert worker.poll() is None, "the worker must ride the outage out, not exit"
             wait_settled(client, sys_.keys)
             assert not sys_.load.refused
@@ -104,8 +97,8 @@ def test_restarter_restarts_a_command_that_dies_and_stops_on_sigterm(tmp_path: P
             [sys.executable, "-m", "scoreboard.supervise", "--base-s", "0.1", "--cap-s", "0.4",
              "dying", "--", *command], cwd=PROJECT_DIR, stdout=output, stderr=output)
         try:
-            _wait_for(lambda: starts.exists() and len(starts.read_text()) >= 4, 30,
-                      "the command was not restarted")
+            wait_for(lambda: starts.exists() and len(starts.read_text()) >= 4,
+                     "the command was not restarted", timeout_s=30)
             assert wrapper.poll() is None
             wrapper.send_signal(signal.SIGTERM)
             # Stopped in a backoff wait: 0. Stopped while a restarted command was
@@ -157,8 +150,9 @@ def _pids_with(argument: str, mark: str) -> list[int]:
 
 def _one_pid(argument: str, mark: str, log: Path) -> int:
     """The one process matching (waiting for a restart in progress to settle)."""
-    _wait_for(lambda: len(_pids_with(argument, mark)) == 1, 60,
-              f"not exactly one {argument}: {_pids_with(argument, mark)}\n{log.read_text()}")
+    wait_for(lambda: len(_pids_with(argument, mark)) == 1,
+             f"not exactly one {argument}: {_pids_with(argument, mark)}\n{log.read_text()}",
+             timeout_s=60)
     return _pids_with(argument, mark)[0]
 
 
@@ -173,13 +167,13 @@ def test_make_run_restarts_a_killed_worker_and_a_killed_redis(tmp_path: Path) ->
         assert redis_url, log.read_text()
         redis_pid = _one_pid("redis-server", redis_url.group(1), log)
         os.kill(redis_pid, signal.SIGKILL)
-        _wait_for(lambda: "embedded redis is back" in log.read_text(), 60,
-                  "redis was not restarted:\n" + log.read_text())
+        wait_for(lambda: "embedded redis is back" in log.read_text(),
+                 "redis was not restarted:\n" + log.read_text(), timeout_s=60)
         _wait_ready(url, process, log)
         worker_pid = _one_pid("arq workers.main.WorkerSettings", str(data_dir), log)
         os.kill(worker_pid, signal.SIGKILL)
-        _wait_for(lambda: "worker exited unexpectedly" in log.read_text(), 60,
-                  "the worker's death was not noticed:\n" + log.read_text())
+        wait_for(lambda: "worker exited unexpectedly" in log.read_text(),
+                 "the worker's death was not noticed:\n" + log.read_text(), timeout_s=60)
         assert _one_pid("arq workers.main.WorkerSettings", str(data_dir), log) != worker_pid
         # The restarted worker persists: an increment reaches the board.
         credentials = {"username": "blip", "password": "long enough"}
@@ -190,8 +184,9 @@ def test_make_run_restarts_a_killed_worker_and_a_killed_redis(tmp_path: Path) ->
         response = httpx.post(url + "/api/scores/increment", headers=headers,
                               json={"action_token": token})
         assert response.status_code == 202, response.text
-        _wait_for(lambda: httpx.get(url + f"/api/scores/users/{user_id}").status_code == 200,
-                  60, "the restarted worker never persisted the increment:\n" + log.read_text())
+        wait_for(lambda: httpx.get(url + f"/api/scores/users/{user_id}").status_code == 200,
+                 "the restarted worker never persisted the increment:\n" + log.read_text(),
+                 timeout_s=60)
         assert _stop(process) == 0, log.read_text()
     text = log.read_text()
     assert "embedded redis died; restarting it" in text
@@ -213,14 +208,14 @@ def test_wrapper_whose_manager_is_killed_stops_its_command(tmp_path: Path) -> No
     manager = subprocess.Popen([sys.executable, str(manager_script), str(command),
                                 str(pid_file)], cwd=PROJECT_DIR)
     try:
-        _wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", 30,
-                  "the command never started")
+        wait_for(lambda: pid_file.exists() and pid_file.read_text() != "",
+                 "the command never started", timeout_s=30)
         child = int(pid_file.read_text())
         manager.kill()
         manager.wait()
-        _wait_for(lambda: not Path(f"/proc/{child}").exists()
-                  or "zombie" in Path(f"/proc/{child}/status").read_text(), 30,
-                  "the command outlived its manager")
+        wait_for(lambda: not Path(f"/proc/{child}").exists()
+                  or "zombie" in Path(f"/proc/{child}/status").read_text(),
+                 "the command outlived its manager", timeout_s=30)
     finally:
         if manager.poll() is None:
             manager.kill()

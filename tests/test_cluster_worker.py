@@ -37,6 +37,7 @@ from scoreboard.keys import Keys
 from tests.conftest import Api, Player
 from tests.servers import Backing, board_totals, fresh_name, ingest_server
 from tests.test_cluster_ingest import backend_login
+from tests.waiting import wait_for
 from tests.worker_support import wait_caught_up, worker_process
 
 BATCH = "/api/scores/batch"
@@ -218,14 +219,16 @@ def test_a_master_killed_under_load_loses_nothing_acknowledged(
             # this worker's consumers are in their groups (its start-up is over); by its
             # own name: the previous test's worker left its consumers there
             wait_for(lambda: all(consumer in {c["name"] for c in consumers_of(client, s.stream)}
-                                 for s in keys.every_shard), "the worker started")
+                                 for s in keys.every_shard), "the worker started", timeout_s=120)
             loader = threading.Thread(target=load, args=(api, backend), daemon=True)
             loader.start()
-            wait_for(lambda: batches >= 30 or bool(failures), "30 batches before the kill")
+            wait_for(lambda: batches >= 30 or bool(failures), "30 batches before the kill",
+                     timeout_s=120)
             cluster.stop_node(victim, kill=True)  # SIGKILL: no AOF flush, no goodbye
             killed_at = batches
             wait_for(lambda: batches >= killed_at + 30 or bool(failures),
-                     "30 batches accepted after the kill (through the failover)")
+                     "30 batches accepted after the kill (through the failover)",
+                     timeout_s=120)
             stop.set()
             loader.join(timeout=60)
             assert not failures, failures
@@ -256,11 +259,3 @@ def consumers_of(client: Any, stream: str) -> list[Any]:
         return list(client.xinfo_consumers(stream, "persisters"))
     except Exception:  # no stream or group yet
         return []
-
-
-def wait_for(condition: Any, what: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout_s} s: {what}")
-        time.sleep(0.05)

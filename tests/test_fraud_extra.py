@@ -9,9 +9,8 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import pytest
@@ -21,6 +20,7 @@ from scoreboard.stream_entry import StreamEntry
 from tests.conftest import Api, Player, new_address
 from tests.servers import Backing, SyncRedis, fresh_name, ingest_server
 from tests.test_fraud import events_of, fraud_tools, increment, record_decisions
+from tests.waiting import wait_for
 from tests.worker_support import wait_caught_up, worker_process
 
 INCREMENT, ACTION_TOKEN = "/api/scores/increment", "/api/actions/token"
@@ -46,14 +46,6 @@ def decisions_of(backing: Backing, user_id: str) -> list[tuple[str, str, str]]:
     "logged" rows (real time of day in the end-to-end tests) are left out."""
     return [(e["rule"], e["severity"], e["action"]) for e in events_of(backing, user_id)
             if e["action"] != "logged"]
-
-
-def wait_for(condition: Callable[[], Any], timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {timeout_s} s")
-        time.sleep(0.1)
 
 
 def play(user_id: str, ts_ms: int, *, ip: str = "", source: str = "player",

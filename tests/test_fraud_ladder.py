@@ -31,6 +31,7 @@ from tests.servers import (
     ingest_server,
 )
 from tests.test_fraud import events_of, forged, fraud_tools, increment, record_decisions
+from tests.waiting import wait_for
 
 # Short rungs so that the test sees them end; the worker side gets the same values.
 LADDER = {"FLAG_DURATION_S": "1", "TEMP_BAN_S": "2", "TOKEN_FAILURES_TO_FLAG": "3"}
@@ -64,13 +65,6 @@ def restrictions(backing: Backing, user_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in rows]
 
     return asyncio.run(run())
-
-
-def wait_for(condition: Any, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.1)
 
 
 def sweep(backing: Backing, keys: Keys) -> int:

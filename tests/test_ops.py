@@ -34,7 +34,6 @@ from tests.ops_support import (
     scrape,
     system,
     value,
-    wait_for,
 )
 from tests.servers import (
     PROJECT_DIR,
@@ -45,6 +44,7 @@ from tests.servers import (
     stream_entries,
     wait_until_ready,
 )
+from tests.waiting import wait_for
 from tests.worker_support import worker_process
 from workers.stream_metrics import WorkerMetrics, undelivered_count
 

@@ -31,8 +31,9 @@ from websockets.sync.client import connect as ws_connect
 
 from scoreboard.embedded import free_port
 from tests.conftest import Api, new_address
-from tests.ops_support import increments, scrape, system, value, wait_for
+from tests.ops_support import increments, scrape, system, value
 from tests.servers import PROJECT_DIR, Backing, fresh_name, ingest_server, stop_process
+from tests.waiting import wait_for
 
 OPS = PROJECT_DIR / "ops"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

@@ -27,8 +27,9 @@ from scoreboard.keys import Keys
 from scoreboard.stream_entry import unpacked
 from scoreboard.tracing import parse_traceparent, tracing_enabled
 from tests.conftest import Api, Player
-from tests.ops_support import increments, wait_for
+from tests.ops_support import increments
 from tests.servers import Backing, broadcaster_server, fresh_name, ingest_server, stream_entries
+from tests.waiting import wait_for
 from tests.worker_support import worker_process
 
 Span = dict[str, Any]
