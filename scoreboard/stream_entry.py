@@ -22,10 +22,12 @@ Redis's cost per field bounds how many increments one Redis core accepts: ``item
 is ``source``, ``ts``, ``ip``, ``request_id`` (what every entry of one batch
 shares), each joined by ``SEPARATOR`` (a control character, which no field can
 hold: ingest refuses them in names, and ids, boards and addresses have
-narrower alphabets), plus ``traceparent`` as above. :func:`parse_entry` reads
-both forms (the plain one is what scripts before the packed form wrote, and
-what tests and tools may still add); :func:`pack_item` makes the item, so the
-two sides agree.
+narrower alphabets), plus ``traceparent`` as above. An entry whose field holds
+the separator anyway (a plain one made by hand) is malformed: the worker passes
+each column of a batch to Postgres joined by it (``workers.persist_sql``).
+:func:`parse_entry` reads both forms (the plain one is what scripts before the
+packed form wrote, and what tests and tools may still add); :func:`pack_item`
+makes the item, so the two sides agree.
 
 A worker takes an action's time from ``ts``, never from its own clock, so a
 redelivered entry lands in the same partition with the same key.
@@ -69,10 +71,12 @@ def unpacked(fields: dict[str, str]) -> dict[str, str]:
 
 
 def _packed_parts(fields: dict[str, str]) -> tuple[list[str], list[str]]:
-    item = fields["item"].split(SEPARATOR, len(ITEM_FIELDS) - 1)
-    context = fields.get("context", "").split(SEPARATOR, len(CONTEXT_FIELDS) - 1)
-    if len(item) != len(ITEM_FIELDS) or len(context) != len(CONTEXT_FIELDS):
+    item = fields["item"].split(SEPARATOR)
+    context = fields.get("context", "").split(SEPARATOR)
+    if len(item) < len(ITEM_FIELDS) or len(context) < len(CONTEXT_FIELDS):
         raise ValueError("packed item or context has too few parts")
+    if len(item) > len(ITEM_FIELDS) or len(context) > len(CONTEXT_FIELDS):
+        raise ValueError("a field holds the separator")
     return item, context
 
 
@@ -109,6 +113,10 @@ def parse_entry(stream_id: str, fields: dict[str, str]) -> StreamEntry:
         except KeyError:
             missing = [name for name in FIELDS if name not in fields]
             raise ValueError(f"missing fields: {', '.join(missing)}") from None
+        if SEPARATOR in "".join((event_id, user_id, board, source, ip, request_id)):
+            raise ValueError("a field holds the separator")
+    if not (event_id and user_id and board and source):
+        raise ValueError("event_id, user_id, board and source must not be empty")
     try:
         entry = StreamEntry(stream_id, event_id, user_id, username, board, int(points),
                             source, int(ts), ip, request_id, fields.get("traceparent", ""))

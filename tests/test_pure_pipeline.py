@@ -282,12 +282,24 @@ def test_a_packed_entry_reads_as_the_plain_one() -> None:
         parse_entry("1-0", {**packed, "item": "e1\x1fu1\x1fglobal\x1fthree\x1f"})
 
 
-def test_staged_arrays_are_the_entries_columns_with_empty_addresses_as_null() -> None:
+def test_staged_columns_are_the_entries_values_joined_by_the_separator() -> None:
     first = parse_entry("1-0", fields(ip="10.0.0.1", request_id="r1"))
     second = parse_entry("2-0", fields(event_id="e2", points="5"))
     assert staged([first, second]) == (
-        ["e1", "e2"], [1764547199999, 1764547199999], ["u1", "u1"], ["global", "global"],
-        [3, 5], ["player", "player"], ["10.0.0.1", None], ["r1", None], ["1-0", "2-0"])
+        "e1\x1fe2", "1764547199999\x1f1764547199999", "u1\x1fu1", "global\x1fglobal",
+        "3\x1f5", "player\x1fplayer", "10.0.0.1\x1f", "r1\x1f", "1-0\x1f2-0")
+
+
+def test_an_entry_whose_field_holds_the_separator_or_lacks_an_id_is_malformed() -> None:
+    """The worker joins a batch's columns with the separator: a field holding it
+    would shift every value after it into the next row."""
+    with pytest.raises(ValueError, match="holds the separator"):
+        parse_entry("1-0", fields(event_id="e1\x1fe2"))
+    with pytest.raises(ValueError, match="holds the separator"):
+        parse_entry("1-0", {"item": pack_item("e1", "u1", "global", 3, "Zoë\x1fx"),
+                            "context": "player\x1f1764547199999\x1f\x1fr-1"})
+    with pytest.raises(ValueError, match="must not be empty"):
+        parse_entry("1-0", fields(event_id=""))
 
 
 def test_observe_many_gives_the_samples_of_one_observe_each() -> None:

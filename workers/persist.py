@@ -1,6 +1,6 @@
 """One batch of stream entries into Postgres, in one transaction.
 
-ONE statement, the batch's columns passed as arrays: the events new to
+ONE statement, the batch's columns passed one text each: the events new to
 ``counted_events`` (the durable dedup record, keyed by source and event id)
 become ``actions`` rows, and only rows really inserted are summed into
 ``scores``. Alone (no player to write) it is its own implicit transaction:
@@ -76,7 +76,7 @@ FROM users WHERE user_id = ANY($1::text[])
 # The batch in one statement: one round trip, and with nothing else to write one
 # implicit transaction of its own (see ``persist_batch``). The shared parts
 # (``workers.persist_sql``) say what each step does: the batch's rows come in
-# as arrays, the earliest copy of each event is counted once forever in
+# as one text per column, the earliest copy of each event is counted once forever in
 # ``counted_events``, only counted events become ``actions`` rows and points,
 # and the totals of every (board, user) the batch touched come back (with
 # how many ``actions`` rows it inserted).
@@ -136,10 +136,10 @@ async def persist_batch(connection: Any, entries: Sequence[StreamEntry],
     writes = known.to_write(requested)
     names = {user_id: known.name(user_id) or name for user_id, name in requested.items()
              if user_id not in writes}
-    arrays = staged(entries)
+    columns = staged(entries)
     windowed = window_arrays(entries, definitions) if definitions else None
-    statement, arguments = (PERSIST, arrays) if windowed is None else (
-        PERSIST_WINDOWED, (*arrays, *windowed))
+    statement, arguments = (PERSIST, columns) if windowed is None else (
+        PERSIST_WINDOWED, (*columns, *windowed))
     written: list[tuple[str, str, bool]] = []
     if writes:
         async with connection.transaction():

@@ -6,7 +6,7 @@ A board with only ``all_time`` and the ``sum`` operator (every board before
 migration 008) gets no row here, and its batch goes through the plain
 ``PERSIST`` statement of ``workers.persist``. For the others,
 :func:`window_arrays` names each counted copy's scopes (the board itself and
-``<board>/<window>/<period>``), passed as arrays beside the batch's, and
+``<board>/<window>/<period>``), passed as arrays beside the batch's columns, and
 :data:`PERSIST_WINDOWED` sums (``sum``) or keeps the maximum (``best``) per
 scope in the same statement and with the same exactly-once rule
 (``counted_events``, ``workers.persist_sql``) as the plain one.
