@@ -214,7 +214,7 @@ def test_wrapper_whose_manager_is_killed_stops_its_command(tmp_path: Path) -> No
         manager.kill()
         manager.wait()
         wait_for(lambda: not Path(f"/proc/{child}").exists()
-                  or "zombie" in Path(f"/proc/{child}/status").read_text(),
+                 or "zombie" in Path(f"/proc/{child}/status").read_text(),
                  "the command outlived its manager", timeout_s=30)
     finally:
         if manager.poll() is None:

@@ -219,16 +219,17 @@ def test_a_master_killed_under_load_loses_nothing_acknowledged(
             # this worker's consumers are in their groups (its start-up is over); by its
             # own name: the previous test's worker left its consumers there
             wait_for(lambda: all(consumer in {c["name"] for c in consumers_of(client, s.stream)}
-                                 for s in keys.every_shard), "the worker started", timeout_s=120)
+                                 for s in keys.every_shard), "the worker started", timeout_s=120,
+                     every_s=0.05)
             loader = threading.Thread(target=load, args=(api, backend), daemon=True)
             loader.start()
             wait_for(lambda: batches >= 30 or bool(failures), "30 batches before the kill",
-                     timeout_s=120)
+                     timeout_s=120, every_s=0.05)
             cluster.stop_node(victim, kill=True)  # SIGKILL: no AOF flush, no goodbye
             killed_at = batches
             wait_for(lambda: batches >= killed_at + 30 or bool(failures),
                      "30 batches accepted after the kill (through the failover)",
-                     timeout_s=120)
+                     timeout_s=120, every_s=0.05)
             stop.set()
             loader.join(timeout=60)
             assert not failures, failures

@@ -284,8 +284,8 @@ def test_end_to_end_a_regular_script_is_flagged_and_held_to_the_flagged_limit(
     # requests by 200 ms (std) or so; the human's gaps (0.7 to 1.6 s) have a CV near 0.4.
     send_at(api, bot, [i * 1.0 for i in range(6)])
     send_at(api, human, [0, 0.7, 2.2, 3.0, 4.6, 5.3])
-    wait_for(lambda: redis_client.exists(keys.flagged(bot.user_id)))
-    wait_for(lambda: decisions_of(backing, bot.user_id))  # the worker's recorder wrote it
+    wait_for(lambda: redis_client.exists(keys.flagged(bot.user_id)), timeout_s=15)
+    wait_for(lambda: decisions_of(backing, bot.user_id), timeout_s=15)  # the recorder wrote it
     assert decisions_of(backing, bot.user_id) == [("cadence_regularity", "high", "flagged")]
     assert restrictions_of(backing, bot.user_id) == [("flagged", "cadence_regularity")]
     assert increment(api, bot).status_code == 202  # the flagged limit: 1 a minute
@@ -307,8 +307,9 @@ def test_end_to_end_a_farm_behind_one_address_is_flagged(
         player.address = home_ip
     for player in [*farm, *farm, *home]:  # two each (FARM_BUSY_ACTIONS=2 here), one each
         assert increment(api, player).status_code == 202
-    wait_for(lambda: all(redis_client.exists(keys.flagged(p.user_id)) for p in farm))
-    wait_for(lambda: all(decisions_of(backing, p.user_id) for p in farm))
+    wait_for(lambda: all(redis_client.exists(keys.flagged(p.user_id)) for p in farm),
+             timeout_s=15)
+    wait_for(lambda: all(decisions_of(backing, p.user_id) for p in farm), timeout_s=15)
     assert all(decisions_of(backing, p.user_id) == [("farm", "high", "flagged")] for p in farm)
     wait_caught_up(redis_client, keys)  # the household's batch was checked and acknowledged
     assert not any(redis_client.exists(keys.flagged(p.user_id)) for p in home)

@@ -99,7 +99,7 @@ def test_offences_climb_flag_then_temporary_ban_then_ban(
     offence(ladder, player, backing, keys, redis_client, 3)  # rung 1: a flag of 1 s
     assert not redis_client.exists(keys.banned(player.user_id))
     assert board_totals(redis_client, keys, board) == {player.user_id: 7}
-    wait_for(lambda: not redis_client.exists(keys.flagged(player.user_id)))
+    wait_for(lambda: not redis_client.exists(keys.flagged(player.user_id)), timeout_s=15)
     # the failure count still stands: the next failure is the second offence
     offence(ladder, player, backing, keys, redis_client, 1)
     assert redis_client.get(keys.banned(player.user_id)) == "token_manipulation"
@@ -109,7 +109,7 @@ def test_offences_climb_flag_then_temporary_ban_then_ban(
     assert (refused.status_code, refused.json()["error"]["code"]) == (403, "user_banned")
     # The temporary ban ends: the sweep puts the user back without an increment of theirs.
     wait_for(lambda: sweep(backing, keys) >= 0 and board_totals(
-        redis_client, keys, board) == {player.user_id: 7})
+        redis_client, keys, board) == {player.user_id: 7}, timeout_s=15)
     offence(ladder, player, backing, keys, redis_client, 1)  # rung 3: for good
     assert redis_client.pttl(keys.banned(player.user_id)) == -1
     assert board_totals(redis_client, keys, board) == {}
@@ -127,7 +127,7 @@ def test_an_appeal_lifts_with_who_and_why_and_resets_the_ladder(
     board = fresh_name("appeal")
     seed(backing, keys, [entry(player.user_id, 5, int(time.time() * 1000), board=board)])
     offence(ladder, player, backing, keys, redis_client, 3)
-    wait_for(lambda: not redis_client.exists(keys.flagged(player.user_id)))
+    wait_for(lambda: not redis_client.exists(keys.flagged(player.user_id)), timeout_s=15)
     offence(ladder, player, backing, keys, redis_client, 1)
     assert redis_client.exists(keys.banned(player.user_id))
 
@@ -145,7 +145,7 @@ def test_an_appeal_lifts_with_who_and_why_and_resets_the_ladder(
     assert (lifted["action"], lifted["evidence"]["by"], lifted["evidence"]["reason"]) == (
         "lifted_banned", "alice", "shared device")
     redis_client.delete(keys.token_failures_user(player.user_id))
-    wait_for(lambda: not redis_client.exists(keys.flagged(player.user_id)))
+    wait_for(lambda: not redis_client.exists(keys.flagged(player.user_id)), timeout_s=15)
     offence(ladder, player, backing, keys, redis_client, 3)  # a fresh start: rung 1 again
     assert not redis_client.exists(keys.banned(player.user_id))
     assert events_of(backing, player.user_id)[-1]["evidence"]["rung"] == 1
@@ -208,7 +208,7 @@ def test_admin_review_lists_the_evidence_and_undo_corrects_the_board(
     seed(backing, keys, [entry(player.user_id, 9, now, board=board),
                          entry(quiet.user_id, 4, now, board=board)])
     offence(ladder, player, backing, keys, redis_client, 3)
-    wait_for(lambda: not redis_client.exists(keys.flagged(player.user_id)))
+    wait_for(lambda: not redis_client.exists(keys.flagged(player.user_id)), timeout_s=15)
     offence(ladder, player, backing, keys, redis_client, 1)  # a temporary ban
     assert board_totals(redis_client, keys, board) == {quiet.user_id: 4}
     env = backing.env(**LADDER)
